@@ -1,0 +1,177 @@
+/* dualparal: the backend interface.
+ *
+ * A backend is a table of operations over tensors that live in its memory.
+ * The model code (Wan DiT, VAE, umT5) is written once against this table; the
+ * CPU backend (core/src/cpu/) and the CUDA backend (kernels/) implement it.
+ *
+ * Conventions, for every operation:
+ * - Tensors are contiguous, row-major, shape[0] outermost (tensor.h).  Views
+ *   (dp_tensor_view/slice0 on backend memory) are fine.
+ * - Operations may run asynchronously (CUDA stream order).  Results become
+ *   visible to the host through to_host() followed by sync().
+ * - Errors are sticky, like CUDA's: an operation that fails (bad shapes, an
+ *   unsupported dtype, a CUDA/cuBLAS error, out of memory) records the first
+ *   error in the backend and later operations become no-ops.  dp_backend_check()
+ *   or ops->sync() report it as a GError.  Nothing aborts the process.
+ * - dtypes: the CPU backend computes in F32 only.  A GPU backend states what
+ *   it accepts per op; the model code allocates activations in
+ *   backend->act_dtype, weights in backend->weight_dtype, and keeps the
+ *   residual stream, norms' statistics, modulation vectors and RoPE angles in F32.
+ * - "rows" means all leading dimensions flattened; the op works along the last.
+ */
+#ifndef DUALPARAL_BACKEND_H
+#define DUALPARAL_BACKEND_H
+
+#include "dualparal/tensor.h"
+
+G_BEGIN_DECLS
+
+#define DP_ERROR (dp_error_quark ())
+GQuark dp_error_quark (void);
+
+typedef enum {
+  DP_ERROR_FAILED,      /* generic */
+  DP_ERROR_IO,          /* cannot open / read / map a file */
+  DP_ERROR_FORMAT,      /* malformed file (safetensors, json, config) */
+  DP_ERROR_MISSING,     /* a required tensor / file / key is absent */
+  DP_ERROR_SHAPE,       /* a tensor has the wrong shape or dtype */
+  DP_ERROR_UNSUPPORTED, /* valid but not supported (dtype, size, option) */
+  DP_ERROR_NOMEM,       /* allocation failed (host or device) */
+  DP_ERROR_DEVICE,      /* CUDA / cuBLAS / NCCL failure */
+  DP_ERROR_INVALID,     /* bad argument or setting */
+  DP_ERROR_CANCELLED,   /* stopped on request */
+} dp_error_code;
+
+typedef struct dp_backend dp_backend;
+
+typedef enum {
+  DP_ACT_NONE = 0,
+  DP_ACT_GELU_TANH, /* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+  DP_ACT_SILU,      /* x / (1 + exp(-x)) */
+} dp_act;
+
+/* Wan 3D rotary embedding of a token grid.  Tokens are ordered (f, h, w)
+ * row-major, frames * height * width of them.  The head dimension d is split
+ * into time / height / width parts: dh = dw = 2 * (d / 6), dt = d - dh - dw
+ * (44/42/42 for d = 128).  Each part rotates interleaved pairs
+ * (x[2i], x[2i+1]) by angle pos * theta^(-2i / d_part), with pos the frame
+ * position (frame_pos[f], chosen by the caller) for the time part and the row
+ * / column index for the others. */
+typedef struct {
+  int frames, height, width;
+  const int *frame_pos; /* host array, length frames */
+  float theta;          /* 10000 for Wan */
+} dp_rope_grid;
+
+/* Softmax attention: o = softmax(scale * q k^T + bias) v, per batch and head.
+ * q [B, Lq, H, d], k and v [B, Lk, H, d], o [B, Lq, H, d]. */
+typedef struct {
+  float scale;            /* 1/sqrt(d) for Wan, 1 for umT5 */
+  int key_len;            /* keys [0, key_len) are attended; 0 means all Lk */
+  const dp_tensor *bias;  /* optional additive F32 bias [H, Lq, Lk] (umT5), else NULL */
+} dp_attn_params;
+
+/* Conv3d over one sample: x [Cin, T, H, W], w [Cout, Cin, kt, kh, kw],
+ * bias [Cout] or NULL, y [Cout, To, Ho, Wo] with
+ * To = (T + pad_t_front + pad_t_back - kt) / stride_t + 1 (same for H, W with
+ * symmetric pad_h / pad_w).  Padding is zeros; a causal conv uses
+ * pad_t_front = kt - 1, pad_t_back = 0 (or concatenates its cached frames in
+ * front and uses no time padding). */
+typedef struct {
+  int stride_t, stride_h, stride_w;
+  int pad_t_front, pad_t_back, pad_h, pad_w;
+} dp_conv3d_params;
+
+typedef struct {
+  /* memory -------------------------------------------------------------- */
+  /* nbytes of backend memory; NULL (and a sticky error) on failure. */
+  void *(*alloc) (dp_backend *be, size_t nbytes);
+  void (*free) (dp_backend *be, void *ptr);
+  /* Host -> backend: src is a host tensor (any dtype), dst a backend tensor
+   * with the same element count; converts to dst->dtype. */
+  void (*to_device) (dp_backend *be, dp_tensor *dst, const dp_tensor *src);
+  /* Backend -> host: converts to dst->dtype.  Valid after sync(). */
+  void (*to_host) (dp_backend *be, dp_tensor *dst, const dp_tensor *src);
+  /* Backend -> backend copy with the same element count, converting dtype. */
+  void (*copy) (dp_backend *be, dp_tensor *dst, const dp_tensor *src);
+  void (*fill) (dp_backend *be, dp_tensor *t, float value);
+  /* Waits for all queued work; returns FALSE with the sticky error if any. */
+  gboolean (*sync) (dp_backend *be, GError **error);
+  void (*destroy) (dp_backend *be);
+
+  /* maths --------------------------------------------------------------- */
+  /* y = act(x w^T + bias): x [M, K] (rows), w [N, K] (PyTorch Linear layout),
+   * bias [N] or NULL, y [M, N]. */
+  void (*linear) (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *w,
+                  const dp_tensor *bias, dp_act act);
+  /* Row-wise LayerNorm (biased variance): y = (x - mean) / sqrt(var + eps) * w + b.
+   * w and b are [D] or NULL (no affine).  y may alias x. */
+  void (*layer_norm) (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *w,
+                      const dp_tensor *b, float eps);
+  /* y = LN(x) * (1 + scale) + shift, LN without affine.  x and y [B, L, D];
+   * shift and scale F32 [B, D] (one modulation per batch entry).  y may alias x. */
+  void (*layer_norm_modulate) (dp_backend *be, dp_tensor *y, const dp_tensor *x,
+                               const dp_tensor *shift, const dp_tensor *scale, float eps);
+  /* Row-wise RMSNorm: y = x / sqrt(mean(x^2) + eps) * w; w [D] or NULL.  y may alias x. */
+  void (*rms_norm) (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *w,
+                    float eps);
+  /* In place on x [B, L, H, d] with L = frames * height * width. */
+  void (*rope_3d) (dp_backend *be, dp_tensor *x, const dp_rope_grid *grid);
+  /* Element-wise activations; y may alias x. */
+  void (*gelu_tanh) (dp_backend *be, dp_tensor *y, const dp_tensor *x);
+  void (*silu) (dp_backend *be, dp_tensor *y, const dp_tensor *x);
+  void (*attention) (dp_backend *be, dp_tensor *o, const dp_tensor *q, const dp_tensor *k,
+                     const dp_tensor *v, const dp_attn_params *p);
+  void (*conv3d) (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *w,
+                  const dp_tensor *bias, const dp_conv3d_params *p);
+  /* Nearest-neighbour 2x in H and W: x [C, T, H, W] -> y [C, T, 2H, 2W]. */
+  void (*upsample_nearest2x) (dp_backend *be, dp_tensor *y, const dp_tensor *x);
+  /* Element-wise, same element counts; y may alias a or b. */
+  void (*add) (dp_backend *be, dp_tensor *y, const dp_tensor *a, const dp_tensor *b);
+  void (*mul) (dp_backend *be, dp_tensor *y, const dp_tensor *a, const dp_tensor *b);
+  /* y = alpha * a + beta * b (samplers, guidance); y may alias a or b. */
+  void (*axpby) (dp_backend *be, dp_tensor *y, float alpha, const dp_tensor *a, float beta,
+                 const dp_tensor *b);
+  /* x += gate * y: x and y [B, L, D], gate F32 [B, D] or NULL (plain residual add). */
+  void (*gated_add) (dp_backend *be, dp_tensor *x, const dp_tensor *y, const dp_tensor *gate);
+  /* Patch rearrangement of a latent video for the DiT:
+   * x [C, F, H, W] -> tokens [(F/pt)(H/ph)(W/pw), C*pt*ph*pw], token order
+   * (f, h, w) row-major, column (c, kt, kh, kw) row-major (= Conv3d weight
+   * flattening, so patch embedding is a linear layer on these rows). */
+  void (*patchify) (dp_backend *be, dp_tensor *tokens, const dp_tensor *x, int pt, int ph, int pw);
+  /* Inverse of the Wan head's layout: tokens [Fp*Hp*Wp, pt*ph*pw*C] with column
+   * (kt*ph*pw + kh*pw + kw)*C + c -> x [C, Fp*pt, Hp*ph, Wp*pw]. */
+  void (*unpatchify) (dp_backend *be, dp_tensor *x, const dp_tensor *tokens, int pt, int ph,
+                      int pw);
+} dp_backend_ops;
+
+struct dp_backend {
+  const dp_backend_ops *ops;
+  const char *name;      /* "cpu", "cuda:0" */
+  dp_dtype act_dtype;    /* dtype of activations fed to linear / attention */
+  dp_dtype weight_dtype; /* dtype weights are stored in on this backend */
+  gboolean host_memory;  /* tensors are host-addressable (the CPU backend) */
+  GError *error;         /* first error (sticky), NULL while healthy */
+  void *priv;            /* backend state */
+};
+
+/* "cpu", "cuda" (device 0) or "cuda:N".  NULL with an error when the spec is
+ * unknown, CUDA support was not built, or the device is missing. */
+dp_backend *dp_backend_new (const char *spec, GError **error);
+void dp_backend_free (dp_backend *be);
+/* Whether the CUDA backend was compiled in (not whether a GPU is present). */
+gboolean dp_backend_have_cuda (void);
+
+/* Records the first error; later calls keep the first.  For implementations. */
+void dp_backend_fail (dp_backend *be, dp_error_code code, const char *fmt, ...) G_GNUC_PRINTF (3, 4);
+static inline gboolean dp_backend_failed (const dp_backend *be) { return be->error != NULL; }
+/* Copies the sticky error into *error; FALSE when there is one. */
+gboolean dp_backend_check (dp_backend *be, GError **error);
+
+/* Owned backend tensor (free with dp_backend_tensor_free). */
+dp_tensor dp_backend_tensor_new (dp_backend *be, dp_dtype dtype, int ndim, const int64_t *shape);
+void dp_backend_tensor_free (dp_backend *be, dp_tensor *t);
+
+G_END_DECLS
+
+#endif

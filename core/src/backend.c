@@ -1,0 +1,103 @@
+/* Backend selection, sticky errors and owned backend tensors. */
+#include "dualparal/backend.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu/backend_cpu.h"
+#ifdef DP_HAVE_CUDA
+#include "cuda_backend.h"
+#endif
+
+G_DEFINE_QUARK (dp-error-quark, dp_error)
+
+gboolean
+dp_backend_have_cuda (void)
+{
+#ifdef DP_HAVE_CUDA
+  return TRUE;
+#else
+  return FALSE;
+#endif
+}
+
+dp_backend *
+dp_backend_new (const char *spec, GError **error)
+{
+  if (spec == NULL || g_strcmp0 (spec, "cpu") == 0)
+    return dp_cpu_backend_new (error);
+  if (g_str_has_prefix (spec, "cuda")) {
+    int device = 0;
+    const char *rest = spec + 4;
+    if (*rest == ':') {
+      char *end = NULL;
+      long v = strtol (rest + 1, &end, 10);
+      if (end == rest + 1 || *end != '\0' || v < 0 || v > 1024) {
+        g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "bad device \"%s\": expected cuda:N", spec);
+        return NULL;
+      }
+      device = (int) v;
+    } else if (*rest != '\0') {
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "unknown backend \"%s\" (expected cpu or cuda:N)", spec);
+      return NULL;
+    }
+#ifdef DP_HAVE_CUDA
+    return dp_cuda_backend_new (device, error);
+#else
+    (void) device;
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED,
+                 "backend \"%s\": this build has no CUDA support (configure with -Dcuda=enabled)", spec);
+    return NULL;
+#endif
+  }
+  g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "unknown backend \"%s\" (expected cpu or cuda:N)", spec);
+  return NULL;
+}
+
+void
+dp_backend_free (dp_backend *be)
+{
+  if (be)
+    be->ops->destroy (be);
+}
+
+void
+dp_backend_fail (dp_backend *be, dp_error_code code, const char *fmt, ...)
+{
+  if (be->error)
+    return;
+  va_list ap;
+  va_start (ap, fmt);
+  char *msg = g_strdup_vprintf (fmt, ap);
+  va_end (ap);
+  be->error = g_error_new (DP_ERROR, code, "%s: %s", be->name, msg);
+  g_free (msg);
+}
+
+gboolean
+dp_backend_check (dp_backend *be, GError **error)
+{
+  if (!be->error)
+    return TRUE;
+  if (error)
+    *error = g_error_copy (be->error);
+  return FALSE;
+}
+
+dp_tensor
+dp_backend_tensor_new (dp_backend *be, dp_dtype dtype, int ndim, const int64_t *shape)
+{
+  dp_tensor t = dp_tensor_view (NULL, dtype, ndim, shape);
+  t.data = be->ops->alloc (be, MAX (dp_tensor_nbytes (&t), 1));
+  t.owned = FALSE; /* backend memory: released by dp_backend_tensor_free */
+  return t;
+}
+
+void
+dp_backend_tensor_free (dp_backend *be, dp_tensor *t)
+{
+  if (t->data)
+    be->ops->free (be, t->data);
+  memset (t, 0, sizeof *t);
+}

@@ -1,0 +1,132 @@
+/* CPU backend: memory functions and the operation table. */
+#include "cpu/backend_cpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static void *
+cpu_alloc (dp_backend *be, size_t nbytes)
+{
+  if (dp_backend_failed (be))
+    return NULL;
+  /* 64-byte alignment for vector loads; a failed request is an error the
+   * caller reports, never an abort (g_malloc would abort). */
+  void *p = NULL;
+  if (posix_memalign (&p, 64, MAX (nbytes, 1)) != 0 || !p) {
+    dp_backend_fail (be, DP_ERROR_NOMEM, "cannot allocate %zu bytes of host memory", nbytes);
+    return NULL;
+  }
+  return p;
+}
+
+static void
+cpu_free (dp_backend *be, void *ptr)
+{
+  free (ptr);
+}
+
+static gboolean
+same_count (dp_backend *be, const char *op, const dp_tensor *a, const dp_tensor *b)
+{
+  if (dp_tensor_nelem (a) != dp_tensor_nelem (b)) {
+    dp_backend_fail (be, DP_ERROR_SHAPE, "%s: element counts differ (%" G_GINT64_FORMAT " vs %" G_GINT64_FORMAT ")",
+                     op, dp_tensor_nelem (a), dp_tensor_nelem (b));
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static void
+cpu_copy (dp_backend *be, dp_tensor *dst, const dp_tensor *src)
+{
+  if (dp_backend_failed (be) || !same_count (be, "copy", dst, src))
+    return;
+  dp_convert (dst->data, dst->dtype, src->data, src->dtype, dp_tensor_nelem (src));
+}
+
+static void
+cpu_fill (dp_backend *be, dp_tensor *t, float value)
+{
+  if (dp_backend_failed (be))
+    return;
+  int64_t n = dp_tensor_nelem (t);
+  if (t->dtype == DP_F32) {
+    float *d = t->data;
+    for (int64_t i = 0; i < n; i++)
+      d[i] = value;
+  } else {
+    uint16_t h = t->dtype == DP_BF16 ? dp_f32_to_bf16 (value) : dp_f32_to_f16 (value);
+    uint16_t *d = t->data;
+    for (int64_t i = 0; i < n; i++)
+      d[i] = h;
+  }
+}
+
+static gboolean
+cpu_sync (dp_backend *be, GError **error)
+{
+  return dp_backend_check (be, error);
+}
+
+static void
+cpu_destroy (dp_backend *be)
+{
+  g_clear_error (&be->error);
+  g_free (be);
+}
+
+gboolean
+dp_cpu_check_f32 (dp_backend *be, const char *op, const dp_tensor *t)
+{
+  if (dp_backend_failed (be))
+    return FALSE;
+  if (t->dtype != DP_F32) {
+    dp_backend_fail (be, DP_ERROR_UNSUPPORTED, "%s: the CPU backend computes in F32, got %s", op,
+                     dp_dtype_name (t->dtype));
+    return FALSE;
+  }
+  if (!t->data && dp_tensor_nelem (t) > 0) {
+    dp_backend_fail (be, DP_ERROR_INVALID, "%s: tensor without data", op);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static const dp_backend_ops cpu_ops = {
+  .alloc = cpu_alloc,
+  .free = cpu_free,
+  .to_device = cpu_copy,
+  .to_host = cpu_copy,
+  .copy = cpu_copy,
+  .fill = cpu_fill,
+  .sync = cpu_sync,
+  .destroy = cpu_destroy,
+  .linear = dp_cpu_linear,
+  .layer_norm = dp_cpu_layer_norm,
+  .layer_norm_modulate = dp_cpu_layer_norm_modulate,
+  .rms_norm = dp_cpu_rms_norm,
+  .rope_3d = dp_cpu_rope_3d,
+  .gelu_tanh = dp_cpu_gelu_tanh,
+  .silu = dp_cpu_silu,
+  .attention = dp_cpu_attention,
+  .conv3d = dp_cpu_conv3d,
+  .upsample_nearest2x = dp_cpu_upsample_nearest2x,
+  .add = dp_cpu_add,
+  .mul = dp_cpu_mul,
+  .axpby = dp_cpu_axpby,
+  .gated_add = dp_cpu_gated_add,
+  .patchify = dp_cpu_patchify,
+  .unpatchify = dp_cpu_unpatchify,
+};
+
+dp_backend *
+dp_cpu_backend_new (GError **error)
+{
+  dp_backend *be = g_new0 (dp_backend, 1);
+  be->ops = &cpu_ops;
+  be->name = "cpu";
+  be->act_dtype = DP_F32;
+  be->weight_dtype = DP_F32;
+  be->host_memory = TRUE;
+  return be;
+}
