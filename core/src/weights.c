@@ -1,6 +1,8 @@
 /* Weights of one component, uploaded (or borrowed) on demand. */
 #include "dualparal/weights.h"
 
+#include <string.h>
+
 struct dp_weights {
   dp_backend *be;
   dp_safetensors *st;
@@ -64,7 +66,16 @@ dp_weights_get (dp_weights *w, const char *name, dp_dtype dtype, int ndim, const
   }
   g_ptr_array_add (w->allocations, t.data);
   w->bytes += dp_tensor_nbytes (&t);
-  w->be->ops->to_device (w->be, &t, &file);
+  if ((uintptr_t) file.data % dp_dtype_size (file.dtype) != 0) {
+    /* A file not written by the standard writers may leave a tensor unaligned:
+     * convert from an aligned copy. */
+    dp_tensor aligned = dp_tensor_new_host (file.dtype, file.ndim, file.shape);
+    memcpy (aligned.data, file.data, dp_tensor_nbytes (&file));
+    w->be->ops->to_device (w->be, &t, &aligned);
+    dp_tensor_free (&aligned);
+  } else {
+    w->be->ops->to_device (w->be, &t, &file);
+  }
   if (!dp_backend_check (w->be, error))
     return FALSE;
   *out = t;

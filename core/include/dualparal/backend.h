@@ -143,6 +143,29 @@ typedef struct {
    * (kt*ph*pw + kh*pw + kw)*C + c -> x [C, Fp*pt, Hp*ph, Wp*pw]. */
   void (*unpatchify) (dp_backend *be, dp_tensor *x, const dp_tensor *tokens, int pt, int ph,
                       int pw);
+
+  /* Added for the VAE decoder (channel-first [C, T, H, W] activations). ---- */
+  /* RMS normalisation over dimension 0: x is viewed as [C, L] (C = x->shape[0],
+   * L = nelem / C) and for every column l
+   *   y[c, l] = act (x[c, l] / max (||x[:, l]||_2, eps) * sqrt (C) * gamma[c])
+   * (diffusers WanRMS_norm: F.normalize over channels, eps 1e-12).  gamma has
+   * C elements (any shape) or is NULL (ones); act is DP_ACT_NONE or an
+   * activation fused after the norm (the VAE's resnets use SiLU).  y has x's
+   * element count and may alias x. */
+  void (*channel_rms_norm) (dp_backend *be, dp_tensor *y, const dp_tensor *x,
+                            const dp_tensor *gamma, float eps, dp_act act);
+  /* Column-block copy between two 2-D views with the same number of rows
+   * R = dst->shape[0] = src->shape[0] and row lengths nelem / R:
+   *   dst[r, dst_col0 + j] = src[r, src_col0 + j]   for r < R, j < ncols.
+   * Same dtype on both sides (no conversion; cudaMemcpy2DAsync does exactly
+   * this).  Concatenates and slices along a non-leading dimension, e.g. the
+   * time axis of [C, T, H, W] seen as [C, T*H*W].  dst must not overlap src. */
+  void (*copy_cols) (dp_backend *be, dp_tensor *dst, int64_t dst_col0, const dp_tensor *src,
+                     int64_t src_col0, int64_t ncols);
+  /* 2-D transpose: x viewed as [A, B] (A = x->shape[0], B = nelem / A) gives
+   * y[b, a] = x[a, b]; y has the same element count (its shape is the
+   * caller's, e.g. [B, A]) and dtype, and must not alias x. */
+  void (*transpose) (dp_backend *be, dp_tensor *y, const dp_tensor *x);
 } dp_backend_ops;
 
 struct dp_backend {

@@ -1,6 +1,8 @@
 /* CPU backend: memory functions and the operation table. */
 #include "cpu/backend_cpu.h"
+#include "dualparal/arena.h"
 
+#include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,10 +11,10 @@ cpu_alloc (dp_backend *be, size_t nbytes)
 {
   if (dp_backend_failed (be))
     return NULL;
-  /* 64-byte alignment for vector loads; a failed request is an error the
-   * caller reports, never an abort (g_malloc would abort). */
+  /* Aligned for vector loads and for arenas carved from one block; a failed
+   * request is an error the caller reports, never an abort (as g_malloc's). */
   void *p = NULL;
-  if (posix_memalign (&p, 64, MAX (nbytes, 1)) != 0 || !p) {
+  if (posix_memalign (&p, DP_ARENA_ALIGN, MAX (nbytes, 1)) != 0 || !p) {
     dp_backend_fail (be, DP_ERROR_NOMEM, "cannot allocate %zu bytes of host memory", nbytes);
     return NULL;
   }
@@ -117,6 +119,9 @@ static const dp_backend_ops cpu_ops = {
   .gated_add = dp_cpu_gated_add,
   .patchify = dp_cpu_patchify,
   .unpatchify = dp_cpu_unpatchify,
+  .channel_rms_norm = dp_cpu_channel_rms_norm,
+  .copy_cols = dp_cpu_copy_cols,
+  .transpose = dp_cpu_transpose,
 };
 
 dp_backend *
@@ -128,5 +133,12 @@ dp_cpu_backend_new (GError **error)
   be->act_dtype = DP_F32;
   be->weight_dtype = DP_F32;
   be->host_memory = TRUE;
+#if defined(_OPENMP) && defined(OPENBLAS_VERSION)
+  /* The operations thread their GEMMs themselves over the OpenMP team
+   * (dp_cpu_sgemm, attention and conv tasks): OpenBLAS's own pool would
+   * busy-wait against it between calls (attention measured 2-2.5x slower on
+   * 2 cores).  This is a process-wide OpenBLAS setting. */
+  openblas_set_num_threads (1);
+#endif
   return be;
 }

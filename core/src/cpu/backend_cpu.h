@@ -34,6 +34,12 @@ void dp_cpu_gated_add (dp_backend *be, dp_tensor *x, const dp_tensor *y, const d
 void dp_cpu_patchify (dp_backend *be, dp_tensor *tokens, const dp_tensor *x, int pt, int ph, int pw);
 void dp_cpu_unpatchify (dp_backend *be, dp_tensor *x, const dp_tensor *tokens, int pt, int ph,
                         int pw);
+/* cpu_vae_ops.c */
+void dp_cpu_channel_rms_norm (dp_backend *be, dp_tensor *y, const dp_tensor *x,
+                              const dp_tensor *gamma, float eps, dp_act act);
+void dp_cpu_copy_cols (dp_backend *be, dp_tensor *dst, int64_t dst_col0, const dp_tensor *src,
+                       int64_t src_col0, int64_t ncols);
+void dp_cpu_transpose (dp_backend *be, dp_tensor *y, const dp_tensor *x);
 
 /* Shared checks: FALSE (and a sticky error naming op) unless t is F32 with data. */
 gboolean dp_cpu_check_f32 (dp_backend *be, const char *op, const dp_tensor *t);

@@ -1,0 +1,114 @@
+/* dualparal: the Wan2.1 VAE decoder, streaming.
+ *
+ * Numerically the decoder half of diffusers' AutoencoderKLWan as WanPipeline
+ * uses it: latent de-normalisation (z = latent * latents_std + latents_mean,
+ * per channel, from vae/config.json), post_quant_conv, then the causal 3D
+ * decoder run one latent frame at a time.  Every causal k=3 convolution keeps
+ * the last 2 frames of its input as a cache (zeros at the start of a video);
+ * the temporal upsamplers skip their time convolution on the first latent
+ * frame and run it with zero history on the second, exactly as diffusers'
+ * feat_cache does.  So latent frame 0 gives 1 video frame and every later
+ * one gives 2^(temporal upsamplers) = 4 (Wan2.1): F latent frames decode to
+ * 1 + 4 (F - 1) frames, 8x the latent size (2^(levels-1)).
+ *
+ * Streaming is the only code path: dp_wan_vae_decode() (a whole video) is a
+ * loop over dp_wan_vae_decoder_push(), so both give bitwise the same frames.
+ *
+ * Output: the decoder's float video clamped to [-1, 1] (diffusers'
+ * vae.decode), and 8-bit RGB as the pipeline's PIL / uint8 path makes it:
+ * v = clamp (x * 0.5 + 0.5, 0, 1) in float, pixel = round_half_even (v * 255)
+ * (VaeImageProcessor.denormalize then numpy_to_pil).
+ *
+ * Precision and backends: weights and activations are F32 on every backend
+ * (the published Wan VAE is F32 and diffusers' pipeline runs it in F32); the
+ * mid-block attention's q, k, v go through be->act_dtype like the DiT's.
+ * Operations used: conv3d, channel_rms_norm, copy_cols, transpose, attention,
+ * upsample_nearest2x, add, mul, copy, fill, to_device, to_host, sync.
+ *
+ * Memory: a decoder object is made for one latent size; it allocates its
+ * causal caches, two ping-pong activation arenas and a scratch arena (sized by
+ * a measuring pass) and a host staging buffer once.  Pushing a frame
+ * allocates nothing.  Not thread-safe: one decoder per thread; several
+ * decoders may share one dp_wan_vae.
+ */
+#ifndef DUALPARAL_WAN_VAE_H
+#define DUALPARAL_WAN_VAE_H
+
+#include "dualparal/backend.h"
+
+G_BEGIN_DECLS
+
+#define DP_WAN_VAE_MAX_LEVELS 8
+#define DP_WAN_VAE_MAX_Z 64
+
+/* From vae/config.json (diffusers key names in comments). */
+typedef struct {
+  int base_dim;        /* decoder width: decoder_base_dim, or base_dim when that is null */
+  int z_dim;           /* latent channels (16) */
+  int n_levels;        /* length of dim_mult (4) */
+  int dim_mult[DP_WAN_VAE_MAX_LEVELS];
+  int num_res_blocks;  /* the decoder has num_res_blocks + 1 resnets per up block */
+  /* Up block i < n_levels - 1 doubles time too (temperal_downsample reversed). */
+  gboolean temporal_upsample[DP_WAN_VAE_MAX_LEVELS];
+  int out_channels;    /* 3 */
+  float latents_mean[DP_WAN_VAE_MAX_Z];
+  float latents_std[DP_WAN_VAE_MAX_Z];
+  int spatial_scale;   /* 2^(n_levels - 1): 8 */
+  int temporal_scale;  /* 2^(number of temporal upsamplers): 4 */
+} dp_wan_vae_config;
+
+typedef struct dp_wan_vae dp_wan_vae;
+
+/* Reads vae_dir/config.json and the decoder's weights (post_quant_conv.*,
+ * decoder.*; every shape checked; encoder tensors are ignored) onto be (not
+ * owned; it must outlive the dp_wan_vae).  Wan2.2-style configurations
+ * (is_residual, patch_size) are refused with DP_ERROR_UNSUPPORTED; a backend
+ * without the operations listed above with DP_ERROR_UNSUPPORTED.  Errors name
+ * the file and the key or tensor. */
+dp_wan_vae *dp_wan_vae_load (dp_backend *be, const char *vae_dir, GError **error);
+void dp_wan_vae_free (dp_wan_vae *vae);
+const dp_wan_vae_config *dp_wan_vae_get_config (const dp_wan_vae *vae);
+/* Video frames decoded from latent_frames latent frames: 1 + temporal_scale * (latent_frames - 1). */
+int64_t dp_wan_vae_num_frames (const dp_wan_vae *vae, int64_t latent_frames);
+
+typedef struct dp_wan_vae_decoder dp_wan_vae_decoder;
+
+/* A streaming decoder for latents of latent_height x latent_width; the video
+ * is spatial_scale times larger.  Allocates everything it will need (causal
+ * caches, arenas, host staging); fails with DP_ERROR_NOMEM when that does not
+ * fit.  Starts at the beginning of a video. */
+dp_wan_vae_decoder *dp_wan_vae_decoder_new (dp_wan_vae *vae, int latent_height, int latent_width,
+                                            GError **error);
+void dp_wan_vae_decoder_free (dp_wan_vae_decoder *dec);
+/* Starts a new video: clears the causal caches. */
+void dp_wan_vae_decoder_reset (dp_wan_vae_decoder *dec);
+/* Output frame size in pixels. */
+void dp_wan_vae_decoder_get_size (const dp_wan_vae_decoder *dec, int *width, int *height);
+/* The most frames one push gives (temporal_scale), to size output buffers. */
+int dp_wan_vae_decoder_max_frames (const dp_wan_vae_decoder *dec);
+/* Backend memory the decoder holds (caches, arenas), in bytes. */
+size_t dp_wan_vae_decoder_memory_bytes (const dp_wan_vae_decoder *dec);
+/* Latent frames pushed since the start of the video. */
+int64_t dp_wan_vae_decoder_position (const dp_wan_vae_decoder *dec);
+
+/* Decodes latent frame `index` of latents as the next frame of the video.
+ * latents: F32 backend tensor [z_dim, F, h, w] (or [z_dim, h, w], F = 1) of
+ * normalised latents, as the sampler leaves them, 0 <= index < F.
+ * Writes *n_frames frames (1 for the first latent frame of a video, then
+ * temporal_scale) to the host buffers that are not NULL:
+ *   rgb   [n, H, W, 3] uint8 (frame, row, column, R G B)
+ *   video [3, n, H, W] float, the decoder output clamped to [-1, 1]
+ * Both must hold max_frames frames.  On error the decoder's caches are in an
+ * undefined state: reset it before decoding again. */
+gboolean dp_wan_vae_decoder_push (dp_wan_vae_decoder *dec, const dp_tensor *latents, int64_t index,
+                                  uint8_t *rgb, float *video, int *n_frames, GError **error);
+
+/* Whole-video convenience over a fresh decoder: latents [z_dim, F, h, w]
+ * (F32, backend memory) -> rgb [n, H, W, 3] and / or video [3, n, H, W] with
+ * n = dp_wan_vae_num_frames (vae, F) (host buffers, NULL to skip). */
+gboolean dp_wan_vae_decode (dp_wan_vae *vae, const dp_tensor *latents, uint8_t *rgb, float *video,
+                            GError **error);
+
+G_END_DECLS
+
+#endif

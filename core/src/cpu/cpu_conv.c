@@ -1,0 +1,150 @@
+/* CPU backend: Conv3d as im2col + GEMM.
+ *
+ * The output is cut into tasks (output frame, chunk of output positions)
+ * spread over the OpenMP team.  A task unrolls its input patches into a
+ * column matrix col [K, n] (K = Cin * kt * kh * kw, row order
+ * (ci, dt, dh, dw) = the weight's flattening, zeros where the window reads
+ * padding), then one single-threaded CBLAS GEMM writes
+ * y[:, to, chunk] = w [Cout, K] col straight into y through its row stride
+ * To * Ho * Wo.  Each thread has its own column buffer; together they hold at
+ * most CONV_COL_BUDGET floats (malloc'd per call), so the scratch stays
+ * bounded whatever the input size.  A 1x1x1 convolution with stride 1 and no
+ * padding skips the unrolling: it is one (parallel) GEMM on x. */
+#include "cpu/backend_cpu.h"
+#include "cpu/cpu_act.h"
+
+#include <cblas.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CONV_COL_BUDGET (8 * 1024 * 1024) /* floats: 32 MiB */
+
+void
+dp_cpu_conv3d (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *w, const dp_tensor *bias,
+               const dp_conv3d_params *p)
+{
+  if (!dp_cpu_check_f32 (be, "conv3d", x) || !dp_cpu_check_f32 (be, "conv3d", w) ||
+      !dp_cpu_check_f32 (be, "conv3d", y))
+    return;
+  if (bias && !dp_cpu_check_f32 (be, "conv3d", bias))
+    return;
+  if (!p || p->stride_t < 1 || p->stride_h < 1 || p->stride_w < 1 || p->pad_t_front < 0 || p->pad_t_back < 0 ||
+      p->pad_h < 0 || p->pad_w < 0) {
+    dp_backend_fail (be, DP_ERROR_INVALID, "conv3d: missing parameters, stride < 1 or negative padding");
+    return;
+  }
+  char bx[64], bw[64], by[64];
+  if (x->ndim != 4 || w->ndim != 5 || y->ndim != 4 || w->shape[1] != x->shape[0]) {
+    dp_backend_fail (be, DP_ERROR_SHAPE, "conv3d: x %s, w %s, y %s are not [Cin, T, H, W], [Cout, Cin, kt, kh, kw], [Cout, To, Ho, Wo]",
+                     dp_shape_str (x, bx, sizeof bx), dp_shape_str (w, bw, sizeof bw), dp_shape_str (y, by, sizeof by));
+    return;
+  }
+  const int64_t Cin = x->shape[0], T = x->shape[1], H = x->shape[2], W = x->shape[3];
+  const int64_t Cout = w->shape[0], kt = w->shape[2], kh = w->shape[3], kw = w->shape[4];
+  const int64_t To = (T + p->pad_t_front + p->pad_t_back - kt) / p->stride_t + 1;
+  const int64_t Ho = (H + 2 * p->pad_h - kh) / p->stride_h + 1;
+  const int64_t Wo = (W + 2 * p->pad_w - kw) / p->stride_w + 1;
+  if (kt < 1 || kh < 1 || kw < 1 || T + p->pad_t_front + p->pad_t_back < kt || H + 2 * p->pad_h < kh ||
+      W + 2 * p->pad_w < kw) {
+    dp_backend_fail (be, DP_ERROR_SHAPE, "conv3d: kernel of w %s does not fit the padded x %s",
+                     dp_shape_str (w, bw, sizeof bw), dp_shape_str (x, bx, sizeof bx));
+    return;
+  }
+  if (y->shape[0] != Cout || y->shape[1] != To || y->shape[2] != Ho || y->shape[3] != Wo) {
+    dp_backend_fail (be, DP_ERROR_SHAPE, "conv3d: y %s, expected [%" G_GINT64_FORMAT ", %" G_GINT64_FORMAT ", %" G_GINT64_FORMAT ", %" G_GINT64_FORMAT "]",
+                     dp_shape_str (y, by, sizeof by), Cout, To, Ho, Wo);
+    return;
+  }
+  if (bias && dp_tensor_nelem (bias) != Cout) {
+    dp_backend_fail (be, DP_ERROR_SHAPE, "conv3d: bias has %" G_GINT64_FORMAT " elements, expected %" G_GINT64_FORMAT,
+                     dp_tensor_nelem (bias), Cout);
+    return;
+  }
+  const int64_t K = Cin * kt * kh * kw, P = Ho * Wo, Ny = To * P;
+  if (K > INT_MAX || Cout > INT_MAX || Ny > INT_MAX || T * H * W > INT_MAX) {
+    dp_backend_fail (be, DP_ERROR_UNSUPPORTED, "conv3d: sizes exceed the BLAS int range");
+    return;
+  }
+  if (dp_cpu_overlap (y, x) || dp_cpu_overlap (y, w) || (bias && dp_cpu_overlap (y, bias))) {
+    dp_backend_fail (be, DP_ERROR_INVALID, "conv3d: y must not overlap x, w or bias");
+    return;
+  }
+  if (Cout == 0 || Ny == 0)
+    return;
+
+  const float *xd = x->data, *wd = w->data;
+  float *yd = y->data;
+  if (Cin == 0) {
+    memset (yd, 0, (size_t) (Cout * Ny) * sizeof (float));
+  } else if (kt == 1 && kh == 1 && kw == 1 && p->stride_t == 1 && p->stride_h == 1 && p->stride_w == 1 &&
+             p->pad_t_front == 0 && p->pad_t_back == 0 && p->pad_h == 0 && p->pad_w == 0) {
+    /* pointwise: y [Cout, T*H*W] = w [Cout, Cin] x [Cin, T*H*W] */
+    dp_cpu_sgemm (FALSE, Cout, Ny, Cin, wd, Cin, xd, Ny, 0.0f, yd, Ny);
+  } else {
+    const int nt = dp_cpu_max_threads ();
+    int64_t chunk = MIN (P, MAX (1, CONV_COL_BUDGET / nt / K));
+    /* enough tasks to keep every thread busy (not below 64 columns) */
+    while (chunk > 64 && To * ((P + chunk - 1) / chunk) < 2 * nt)
+      chunk = (chunk + 1) / 2;
+    const int64_t nchunks = (P + chunk - 1) / chunk, ntasks = To * nchunks;
+    float *col = malloc ((size_t) nt * (size_t) (K * chunk) * sizeof (float));
+    if (!col) {
+      dp_backend_fail (be, DP_ERROR_NOMEM, "conv3d: cannot allocate %d %" G_GINT64_FORMAT " x %" G_GINT64_FORMAT " column buffers",
+                       nt, K, chunk);
+      return;
+    }
+    const int64_t HW = H * W;
+    const int64_t st = p->stride_t, sh = p->stride_h, sw = p->stride_w;
+    const int64_t pf = p->pad_t_front, ph = p->pad_h, pw = p->pad_w;
+#pragma omp parallel num_threads(nt) if (ntasks > 1 && Cout * K * P > DP_CPU_PAR_MIN)
+    {
+      float *cb = col + (size_t) dp_cpu_thread_num () * (size_t) (K * chunk);
+#pragma omp for schedule(dynamic)
+      for (int64_t task = 0; task < ntasks; task++) {
+        const int64_t to = task / nchunks, p0 = (task % nchunks) * chunk, n = MIN (chunk, P - p0);
+        for (int64_t kr = 0; kr < K; kr++) {
+          const int64_t ci = kr / (kt * kh * kw), dt = (kr / (kh * kw)) % kt, dh = (kr / kw) % kh, dw = kr % kw;
+          const int64_t ti = to * st - pf + dt;
+          float *cr = cb + kr * n;
+          if (ti < 0 || ti >= T) {
+            memset (cr, 0, (size_t) n * sizeof (float));
+            continue;
+          }
+          const float *xf = xd + (ci * T + ti) * HW;
+          int64_t ho = p0 / Wo, wo = p0 % Wo;
+          for (int64_t j = 0; j < n;) {
+            /* one output row segment: wi = wo * sw - pw + dw */
+            const int64_t seg = MIN (n - j, Wo - wo);
+            const int64_t hi = ho * sh - ph + dh;
+            if (hi < 0 || hi >= H) {
+              memset (cr + j, 0, (size_t) seg * sizeof (float));
+            } else {
+              const float *xr = xf + hi * W;
+              for (int64_t e = 0; e < seg; e++) {
+                const int64_t wi = (wo + e) * sw - pw + dw;
+                cr[j + e] = (wi >= 0 && wi < W) ? xr[wi] : 0.0f;
+              }
+            }
+            j += seg;
+            wo = 0;
+            ho++;
+          }
+        }
+        cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasNoTrans, (int) Cout, (int) n, (int) K, 1.0f, wd, (int) K, cb,
+                     (int) n, 0.0f, yd + to * P + p0, (int) Ny);
+      }
+    }
+    free (col);
+  }
+
+  if (bias) {
+    const float *bd = bias->data;
+#pragma omp parallel for schedule(static) if (Cout * Ny > DP_CPU_PAR_MIN)
+    for (int64_t co = 0; co < Cout; co++) {
+      float *yr = yd + co * Ny;
+      for (int64_t i = 0; i < Ny; i++)
+        yr[i] += bd[co];
+    }
+  }
+}

@@ -1,0 +1,858 @@
+/* Wan DiT forward pass on the backend table: time and text conditioning,
+ * patch embedding, transformer blocks over a span, head and guidance.
+ *
+ * Every pass is written once and run twice: first on a measuring arena with
+ * the backend calls skipped (only the allocation sequence runs, so the
+ * arena's peak is exact), then for real once the arena is big enough. */
+#include "model/wan_dit_private.h"
+
+#include <math.h>
+#include <string.h>
+
+typedef struct {
+  dp_wan_dit *dit;
+  dp_backend *be;
+  dp_arena *a;
+  gboolean measure; /* plan only: allocate, skip the backend calls */
+} wan_run;
+
+/* A backend call, skipped while measuring. */
+#define OP(r, op, ...)                               \
+  do {                                               \
+    if (!(r)->measure)                               \
+      (r)->be->ops->op ((r)->be, __VA_ARGS__);       \
+  } while (0)
+
+/* The geometry of a span, resolved once per call. */
+typedef struct {
+  const dp_wan_span *span;
+  int64_t hp, wp, hw; /* tokens per frame row / column / frame */
+  int64_t L;          /* own tokens */
+  int64_t Le;         /* extra (cached) tokens */
+  int64_t Lx, x0;     /* exported tokens and their first row */
+  int64_t Lo, o0;     /* output tokens and their first row */
+  int out_frames;
+  dp_rope_grid own, extra;
+} span_geom;
+
+static dp_tensor
+alloc_t (wan_run *r, dp_dtype dt, int ndim, const int64_t *shape)
+{
+  return dp_arena_tensor (r->a, dt, ndim, shape);
+}
+#define ALLOC(r, dt, ...) \
+  alloc_t (r, dt, (int) (sizeof ((int64_t[]){ __VA_ARGS__ }) / sizeof (int64_t)), (int64_t[]){ __VA_ARGS__ })
+
+/* View of n rows starting at row r0 of t seen as [rows, cols], shaped
+ * [1, n, cols] (or [n, cols] when flat).  NULL data stays NULL (measuring). */
+static dp_tensor
+rows_view (const dp_tensor *t, int64_t r0, int64_t n, gboolean flat)
+{
+  int64_t cols = dp_tensor_cols (t);
+  size_t off = (size_t) r0 * (size_t) cols * dp_dtype_size (t->dtype);
+  void *data = t->data ? (uint8_t *) t->data + off : NULL;
+  if (flat)
+    return dp_tensor_view (data, t->dtype, 2, (int64_t[]){ n, cols });
+  return dp_tensor_view (data, t->dtype, 3, (int64_t[]){ 1, n, cols });
+}
+
+/* Rows [r0, r0 + n) of batch entry b of t [B, R, C]. */
+static dp_tensor
+batch_rows (const dp_tensor *t, int64_t b, int64_t r0, int64_t n, gboolean flat)
+{
+  return rows_view (t, b * t->shape[1] + r0, n, flat);
+}
+
+/* t [B, L, H * d] seen as [B, L, H, d]. */
+static dp_tensor
+heads_view (const dp_tensor *t, int heads)
+{
+  int64_t d = t->shape[2] / heads;
+  return dp_tensor_view (t->data, t->dtype, 4, (int64_t[]){ t->shape[0], t->shape[1], heads, d });
+}
+
+/* ------------------------------------------------------------ time path */
+
+/* diffusers Timesteps(flip_sin_to_cos=True, downscale_freq_shift=0): cos
+ * half first, frequency i = exp(-ln(10000) i / half), computed in F32 in the
+ * same order as torch (exp rounded from double: deterministic across libms). */
+static void
+time_sinusoid (float *out, int freq_dim, float t)
+{
+  int half = freq_dim / 2;
+  float neg_log = (float) -log (10000.0);
+  for (int i = 0; i < half; i++) {
+    float e = neg_log * (float) i;
+    e = e / (float) half;
+    float freq = (float) exp ((double) e);
+    float arg = t * freq;
+    out[i] = (float) cos ((double) arg);
+    out[half + i] = (float) sin ((double) arg);
+  }
+}
+
+/* temb = time_embedder(sinusoid(t)), e0 = time_proj(SiLU(temb)) as [6, dim];
+ * kept until the timestep changes. */
+static void
+update_time (dp_wan_dit *dit, float t)
+{
+  if (dit->time_valid && dit->time_value == t)
+    return;
+  dp_backend *be = dit->be;
+  const dp_backend_ops *ops = be->ops;
+  time_sinusoid (dit->sinus_host, dit->cfg.freq_dim, t);
+  dp_tensor host = dp_tensor_view (dit->sinus_host, DP_F32, 2, dit->sinus.shape);
+  ops->to_device (be, &dit->sinus, &host);
+  ops->linear (be, &dit->time_h, &dit->sinus, &dit->te1_w, &dit->te1_b, DP_ACT_SILU);
+  ops->linear (be, &dit->temb, &dit->time_h, &dit->te2_w, &dit->te2_b, DP_ACT_NONE);
+  ops->silu (be, &dit->temb_silu, &dit->temb);
+  ops->copy (be, &dit->temb_silu_act, &dit->temb_silu);
+  ops->linear (be, &dit->e0_act, &dit->temb_silu_act, &dit->tp_w, &dit->tp_b, DP_ACT_NONE);
+  ops->copy (be, &dit->e0, &dit->e0_act);
+  dit->time_valid = !dp_backend_failed (be);
+  dit->time_value = t;
+}
+
+/* mod [K, B, dim] F32: mod[k][b] = table[k] + vec[k]  (table, vec [K, dim]). */
+static dp_tensor
+modulation (wan_run *r, const dp_tensor *table, const dp_tensor *vec, int K, int B)
+{
+  const int64_t D = r->dit->cfg.dim;
+  dp_tensor mod = ALLOC (r, DP_F32, K, B, D);
+  for (int k = 0; k < K; k++) {
+    dp_tensor tk = rows_view (table, k, 1, TRUE);
+    dp_tensor vk = rows_view (vec, k, 1, TRUE);
+    for (int b = 0; b < B; b++) {
+      dp_tensor y = rows_view (&mod, (int64_t) k * B + b, 1, TRUE);
+      OP (r, add, &y, &tk, &vk);
+    }
+  }
+  return mod;
+}
+
+/* Chunk k of mod [K, B, dim]: [B, dim]. */
+static dp_tensor
+mod_chunk (const dp_tensor *mod, int k)
+{
+  int64_t B = mod->shape[1];
+  return rows_view (mod, (int64_t) k * B, B, TRUE);
+}
+
+/* ------------------------------------------------------------ text */
+
+static void
+plan_context (wan_run *r, const dp_tensor *context)
+{
+  dp_wan_dit *dit = r->dit;
+  const dp_wan_config *c = &dit->cfg;
+  const int64_t B = context->shape[0], Lt = context->shape[1];
+  dp_dtype act = r->be->act_dtype;
+
+  dp_tensor ctx = ALLOC (r, act, B * Lt, c->text_dim);
+  dp_tensor host = dp_tensor_view (context->data, context->dtype, 2, ctx.shape);
+  OP (r, to_device, &ctx, &host);
+  dp_tensor t1 = ALLOC (r, act, B * Lt, c->dim);
+  OP (r, linear, &t1, &ctx, &dit->tx1_w, &dit->tx1_b, DP_ACT_GELU_TANH);
+  dp_tensor text = ALLOC (r, act, B * Lt, c->dim);
+  OP (r, linear, &text, &t1, &dit->tx2_w, &dit->tx2_b, DP_ACT_NONE);
+  for (int i = 0; i < dit->n_layers; i++) {
+    wan_layer *ly = &dit->layers[i];
+    dp_tensor k = dp_tensor_view (dit->cross_k[i].data, act, 2, (int64_t[]){ B * Lt, c->dim });
+    dp_tensor v = dp_tensor_view (dit->cross_v[i].data, act, 2, (int64_t[]){ B * Lt, c->dim });
+    OP (r, linear, &k, &text, &ly->ck_w, &ly->ck_b, DP_ACT_NONE);
+    OP (r, rms_norm, &k, &k, &ly->cnorm_k, c->eps);
+    OP (r, linear, &v, &text, &ly->cv_w, &ly->cv_b, DP_ACT_NONE);
+  }
+}
+
+/* ------------------------------------------------------------ embed */
+
+static void
+plan_embed (wan_run *r, const dp_tensor *latent, int frame_offset, dp_tensor *hidden)
+{
+  dp_wan_dit *dit = r->dit;
+  const dp_wan_config *c = &dit->cfg;
+  const int64_t hw = (latent->shape[2] / c->patch_h) * (latent->shape[3] / c->patch_w);
+  const int64_t n = latent->shape[1] * hw;
+  dp_dtype act = r->be->act_dtype;
+
+  dp_tensor tokens = ALLOC (r, act, n, dit->patch_w.shape[1]);
+  OP (r, patchify, &tokens, latent, c->patch_t, c->patch_h, c->patch_w);
+  dp_tensor e = ALLOC (r, act, n, c->dim);
+  OP (r, linear, &e, &tokens, &dit->patch_w, &dit->patch_b, DP_ACT_NONE);
+  for (int64_t b = 0; b < hidden->shape[0]; b++) {
+    dp_tensor dst = batch_rows (hidden, b, frame_offset * hw, n, TRUE);
+    OP (r, copy, &dst, &e);
+  }
+}
+
+/* ------------------------------------------------------------ blocks */
+
+/* Between the key/value buffer kv [B, Lk, D] (rows [row0, row0 + n) of each
+ * batch entry) and a cache tensor [n_local_layers, B, n, D] at local layer li:
+ * into kv when to_kv, else out of it. */
+static void
+copy_cache_rows (wan_run *r, dp_tensor *kv, int64_t row0, const dp_tensor *cache, int li, int64_t c0, int64_t n,
+                 gboolean to_kv)
+{
+  const int64_t B = kv->shape[0];
+  dp_tensor layer = dp_tensor_slice0 (cache, li, 1); /* [1, B, n, D] */
+  for (int64_t b = 0; b < B; b++) {
+    dp_tensor kb = batch_rows (kv, b, row0, n, TRUE);
+    dp_tensor cb = rows_view (&layer, b * cache->shape[2] + c0, n, TRUE);
+    if (to_kv)
+      OP (r, copy, &kb, &cb);
+    else
+      OP (r, copy, &cb, &kb);
+  }
+}
+
+static void
+self_attention (wan_run *r, const wan_layer *ly, int li, const span_geom *g, const dp_tensor *mod,
+                dp_tensor *h)
+{
+  dp_wan_dit *dit = r->dit;
+  const dp_wan_config *c = &dit->cfg;
+  const dp_wan_span *s = g->span;
+  const int64_t B = h->shape[0], L = g->L, Le = g->Le, Lk = L + Le, D = c->dim;
+  dp_dtype act = r->be->act_dtype;
+  size_t mark = dp_arena_mark (r->a);
+
+  dp_tensor shift = mod_chunk (mod, 0), scale = mod_chunk (mod, 1), gate = mod_chunk (mod, 2);
+  dp_tensor xn = ALLOC (r, act, B, L, D);
+  OP (r, layer_norm_modulate, &xn, h, &shift, &scale, c->eps);
+
+  dp_tensor q = ALLOC (r, act, B, L, D);
+  OP (r, linear, &q, &xn, &ly->q_w, &ly->q_b, DP_ACT_NONE);
+  OP (r, rms_norm, &q, &q, &ly->norm_q, c->eps);
+
+  /* Keys and values: [own L | extra Le] per batch entry. */
+  dp_tensor k = ALLOC (r, act, B, Lk, D);
+  dp_tensor v = ALLOC (r, act, B, Lk, D);
+  if (Le == 0) {
+    OP (r, linear, &k, &xn, &ly->k_w, &ly->k_b, DP_ACT_NONE);
+    OP (r, linear, &v, &xn, &ly->v_w, &ly->v_b, DP_ACT_NONE);
+  } else {
+    for (int64_t b = 0; b < B; b++) {
+      dp_tensor xb = batch_rows (&xn, b, 0, L, TRUE);
+      dp_tensor kb = batch_rows (&k, b, 0, L, TRUE), vb = batch_rows (&v, b, 0, L, TRUE);
+      OP (r, linear, &kb, &xb, &ly->k_w, &ly->k_b, DP_ACT_NONE);
+      OP (r, linear, &vb, &xb, &ly->v_w, &ly->v_b, DP_ACT_NONE);
+    }
+    if (!r->measure) { /* the cache tensors are absent when only sizing */
+      copy_cache_rows (r, &k, L, s->extra_k, li, 0, Le, TRUE);
+      copy_cache_rows (r, &v, L, s->extra_v, li, 0, Le, TRUE);
+    }
+  }
+  /* The cache takes K and V before norm_k and RoPE (positions are
+   * per-window); the extras were consumed above, so export may alias them. */
+  if (g->Lx > 0 && !r->measure) {
+    copy_cache_rows (r, &k, g->x0, s->export_k, li, 0, g->Lx, FALSE);
+    copy_cache_rows (r, &v, g->x0, s->export_v, li, 0, g->Lx, FALSE);
+  }
+  OP (r, rms_norm, &k, &k, &ly->norm_k, c->eps);
+
+  dp_tensor q4 = heads_view (&q, c->num_heads);
+  OP (r, rope_3d, &q4, &g->own);
+  if (Le == 0) {
+    dp_tensor k4 = heads_view (&k, c->num_heads);
+    OP (r, rope_3d, &k4, &g->own);
+  } else {
+    for (int64_t b = 0; b < B; b++) {
+      dp_tensor ko = batch_rows (&k, b, 0, L, FALSE), kx = batch_rows (&k, b, L, Le, FALSE);
+      dp_tensor ko4 = heads_view (&ko, c->num_heads), kx4 = heads_view (&kx, c->num_heads);
+      OP (r, rope_3d, &ko4, &g->own);
+      OP (r, rope_3d, &kx4, &g->extra);
+    }
+  }
+
+  dp_tensor o = ALLOC (r, act, B, L, D);
+  dp_tensor k4 = heads_view (&k, c->num_heads), v4 = heads_view (&v, c->num_heads), o4 = heads_view (&o, c->num_heads);
+  dp_attn_params ap = { .scale = 1.0f / sqrtf ((float) c->head_dim), .key_len = 0, .bias = NULL };
+  OP (r, attention, &o4, &q4, &k4, &v4, &ap);
+  /* q is dead: it takes the output projection */
+  OP (r, linear, &q, &o, &ly->o_w, &ly->o_b, DP_ACT_NONE);
+  OP (r, gated_add, h, &q, &gate);
+  dp_arena_reset (r->a, mark);
+}
+
+static void
+cross_attention (wan_run *r, const wan_layer *ly, int li, const span_geom *g, dp_tensor *h)
+{
+  dp_wan_dit *dit = r->dit;
+  const dp_wan_config *c = &dit->cfg;
+  const int64_t B = h->shape[0], L = g->L, D = c->dim;
+  dp_dtype act = r->be->act_dtype;
+  size_t mark = dp_arena_mark (r->a);
+
+  dp_tensor xn = ALLOC (r, act, B, L, D);
+  if (c->cross_attn_norm)
+    OP (r, layer_norm, &xn, h, &ly->norm2_w, &ly->norm2_b, c->eps);
+  else
+    OP (r, copy, &xn, h);
+  dp_tensor q = ALLOC (r, act, B, L, D);
+  OP (r, linear, &q, &xn, &ly->cq_w, &ly->cq_b, DP_ACT_NONE);
+  OP (r, rms_norm, &q, &q, &ly->cnorm_q, c->eps);
+  dp_tensor o = ALLOC (r, act, B, L, D);
+  dp_tensor q4 = heads_view (&q, c->num_heads), o4 = heads_view (&o, c->num_heads);
+  dp_tensor k4 = heads_view (&dit->cross_k[li], c->num_heads), v4 = heads_view (&dit->cross_v[li], c->num_heads);
+  dp_attn_params ap = { .scale = 1.0f / sqrtf ((float) c->head_dim), .key_len = 0, .bias = NULL };
+  OP (r, attention, &o4, &q4, &k4, &v4, &ap);
+  OP (r, linear, &xn, &o, &ly->co_w, &ly->co_b, DP_ACT_NONE);
+  OP (r, gated_add, h, &xn, NULL);
+  dp_arena_reset (r->a, mark);
+}
+
+static void
+feed_forward (wan_run *r, const wan_layer *ly, const span_geom *g, const dp_tensor *mod, dp_tensor *h)
+{
+  dp_wan_dit *dit = r->dit;
+  const dp_wan_config *c = &dit->cfg;
+  const int64_t B = h->shape[0], L = g->L, D = c->dim;
+  dp_dtype act = r->be->act_dtype;
+  size_t mark = dp_arena_mark (r->a);
+
+  dp_tensor shift = mod_chunk (mod, 3), scale = mod_chunk (mod, 4), gate = mod_chunk (mod, 5);
+  dp_tensor xn = ALLOC (r, act, B, L, D);
+  OP (r, layer_norm_modulate, &xn, h, &shift, &scale, c->eps);
+  /* GEMMs over all B * L rows, chunked; the gate per batch entry after */
+  const int64_t rows = B * L, chunk = MIN (rows, dit->ffn_chunk_rows);
+  dp_tensor f = ALLOC (r, act, chunk, c->ffn_dim);
+  dp_tensor y = ALLOC (r, act, B, L, D);
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    int64_t n = MIN (chunk, rows - r0);
+    dp_tensor xr = rows_view (&xn, r0, n, TRUE), yr = rows_view (&y, r0, n, TRUE), fr = rows_view (&f, 0, n, TRUE);
+    OP (r, linear, &fr, &xr, &ly->ff1_w, &ly->ff1_b, DP_ACT_GELU_TANH);
+    OP (r, linear, &yr, &fr, &ly->ff2_w, &ly->ff2_b, DP_ACT_NONE);
+  }
+  OP (r, gated_add, h, &y, &gate);
+  dp_arena_reset (r->a, mark);
+}
+
+static void
+plan_layers (wan_run *r, const span_geom *g, dp_tensor *h)
+{
+  dp_wan_dit *dit = r->dit;
+  for (int i = 0; i < dit->n_layers; i++) {
+    const wan_layer *ly = &dit->layers[i];
+    size_t mark = dp_arena_mark (r->a);
+    dp_tensor mod = modulation (r, &ly->sst, &dit->e0, 6, (int) h->shape[0]);
+    self_attention (r, ly, i, g, &mod, h);
+    cross_attention (r, ly, i, g, h);
+    feed_forward (r, ly, g, &mod, h);
+    dp_arena_reset (r->a, mark);
+  }
+}
+
+/* ------------------------------------------------------------ head */
+
+static void
+plan_head (wan_run *r, const span_geom *g, float guidance, const dp_tensor *h, dp_tensor *velocity)
+{
+  dp_wan_dit *dit = r->dit;
+  const dp_wan_config *c = &dit->cfg;
+  const int B = (int) h->shape[0];
+  dp_dtype act = r->be->act_dtype;
+  size_t mark = dp_arena_mark (r->a);
+
+  /* (shift, scale) = head table + temb (not e0) */
+  dp_tensor mod = ALLOC (r, DP_F32, 2, B, c->dim);
+  for (int k = 0; k < 2; k++) {
+    dp_tensor tk = rows_view (&dit->head_sst, k, 1, TRUE);
+    for (int b = 0; b < B; b++) {
+      dp_tensor y = rows_view (&mod, (int64_t) k * B + b, 1, TRUE);
+      OP (r, add, &y, &tk, &dit->temb);
+    }
+  }
+  dp_tensor xn = ALLOC (r, act, 1, g->Lo, c->dim);
+  dp_tensor y = ALLOC (r, act, g->Lo, dit->proj_w.shape[0]);
+  dp_tensor uncond = { 0 };
+  if (B == 2)
+    uncond = ALLOC (r, DP_F32, velocity->shape[0], velocity->shape[1], velocity->shape[2], velocity->shape[3]);
+  for (int b = 0; b < B; b++) {
+    dp_tensor shift = rows_view (&mod, b, 1, TRUE), scale = rows_view (&mod, B + b, 1, TRUE);
+    dp_tensor hb = batch_rows (h, b, g->o0, g->Lo, FALSE);
+    OP (r, layer_norm_modulate, &xn, &hb, &shift, &scale, c->eps);
+    OP (r, linear, &y, &xn, &dit->proj_w, &dit->proj_b, DP_ACT_NONE);
+    OP (r, unpatchify, b == 0 ? velocity : &uncond, &y, c->patch_t, c->patch_h, c->patch_w);
+  }
+  if (B == 2) {
+    /* v = u + g (c - u), in diffusers' order */
+    OP (r, axpby, velocity, 1.0f, velocity, -1.0f, &uncond);
+    OP (r, axpby, velocity, guidance, velocity, 1.0f, &uncond);
+  }
+  dp_arena_reset (r->a, mark);
+}
+
+/* ------------------------------------------------------------ checks */
+
+static gboolean
+check_tensor (const dp_wan_dit *dit, const char *what, const dp_tensor *t, dp_dtype dtype, int ndim,
+              const int64_t *shape, GError **error)
+{
+  dp_tensor want = dp_tensor_view (NULL, dtype, ndim, shape);
+  char a[96], b[96];
+  if (!t || !t->data) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "wan_dit: %s is missing (expected %s %s)", what,
+                 dp_dtype_name (dtype), dp_shape_str (&want, b, sizeof b));
+    return FALSE;
+  }
+  if (t->dtype != dtype || !dp_tensor_same_shape (t, &want)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_SHAPE, "wan_dit: %s is %s %s, expected %s %s", what,
+                 dp_dtype_name (t->dtype), dp_shape_str (t, a, sizeof a), dp_dtype_name (dtype),
+                 dp_shape_str (&want, b, sizeof b));
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean
+check_positions (const dp_wan_dit *dit, const char *what, const int *pos, int n, GError **error)
+{
+  for (int i = 0; i < n; i++)
+    if (pos[i] < 0 || pos[i] >= dit->cfg.rope_max_seq_len) {
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID,
+                   "wan_dit: span %s[%d] = %d is outside the RoPE range [0, %d)", what, i, pos[i],
+                   dit->cfg.rope_max_seq_len);
+      return FALSE;
+    }
+  return TRUE;
+}
+
+static gboolean
+need_context (const dp_wan_dit *dit, GError **error)
+{
+  if (dit->batch > 0)
+    return TRUE;
+  g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "wan_dit: no text context: call dp_wan_dit_set_context() first");
+  return FALSE;
+}
+
+/* Positions 0..n-1 from a host buffer grown on demand. */
+static const int *
+sequential_positions (dp_wan_dit *dit, int n)
+{
+  if (dit->seq_pos_len < n) {
+    dit->seq_pos = g_renew (int, dit->seq_pos, n);
+    for (int i = dit->seq_pos_len; i < n; i++)
+      dit->seq_pos[i] = i;
+    dit->seq_pos_len = n;
+  }
+  return dit->seq_pos;
+}
+
+/* Validates the span's sizes and (when with_tensors) its cache tensors, and
+ * resolves its geometry. */
+static gboolean
+resolve_span (dp_wan_dit *dit, const dp_wan_span *s, gboolean with_tensors, span_geom *g, GError **error)
+{
+  const dp_wan_config *c = &dit->cfg;
+  memset (g, 0, sizeof *g);
+  g->span = s;
+  if (s->frames < 1 || s->height < 1 || s->width < 1 || s->height % c->patch_h || s->width % c->patch_w) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID,
+                 "wan_dit: span of %d x %d x %d latent frames x height x width: need at least one frame and "
+                 "sizes that are multiples of the patch %d x %d",
+                 s->frames, s->height, s->width, c->patch_h, c->patch_w);
+    return FALSE;
+  }
+  g->hp = s->height / c->patch_h;
+  g->wp = s->width / c->patch_w;
+  if (g->hp > c->rope_max_seq_len || g->wp > c->rope_max_seq_len) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "wan_dit: %" G_GINT64_FORMAT " x %" G_GINT64_FORMAT
+                 " tokens per frame exceed the RoPE range %d", g->hp, g->wp, c->rope_max_seq_len);
+    return FALSE;
+  }
+  g->hw = g->hp * g->wp;
+  g->L = s->frames * g->hw;
+  const int *pos = s->frame_pos ? s->frame_pos : sequential_positions (dit, s->frames);
+  if (!check_positions (dit, "frame_pos", pos, s->frames, error))
+    return FALSE;
+  g->own = (dp_rope_grid){ s->frames, (int) g->hp, (int) g->wp, pos, c->rope_theta };
+
+  if (s->extra_frames < 0 || s->export_frames < 0 || s->out_frames < 0 || s->export_first < 0 || s->out_first < 0 ||
+      s->export_first + s->export_frames > s->frames || s->out_first + s->out_frames > s->frames) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID,
+                 "wan_dit: bad span ranges (extra %d, export [%d, +%d), output [%d, +%d) of %d frames)",
+                 s->extra_frames, s->export_first, s->export_frames, s->out_first, s->out_frames, s->frames);
+    return FALSE;
+  }
+  g->out_frames = s->out_frames ? s->out_frames : s->frames;
+  g->o0 = (s->out_frames ? s->out_first : 0) * g->hw;
+  g->Lo = g->out_frames * g->hw;
+  if (dit->n_layers == 0 || !with_tensors)
+    return TRUE;
+
+  const int64_t B = dit->batch, nl = dit->n_layers, D = c->dim;
+  dp_dtype act = dit->be->act_dtype;
+  if (s->extra_frames > 0) {
+    if (!s->extra_pos) {
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "wan_dit: span has extra frames but no extra_pos");
+      return FALSE;
+    }
+    if (!check_positions (dit, "extra_pos", s->extra_pos, s->extra_frames, error))
+      return FALSE;
+    g->Le = s->extra_frames * g->hw;
+    int64_t shape[4] = { nl, B, g->Le, D };
+    if (!check_tensor (dit, "span extra_k", s->extra_k, act, 4, shape, error) ||
+        !check_tensor (dit, "span extra_v", s->extra_v, act, 4, shape, error))
+      return FALSE;
+    g->extra = (dp_rope_grid){ s->extra_frames, (int) g->hp, (int) g->wp, s->extra_pos, c->rope_theta };
+  }
+  if (s->export_frames > 0) {
+    g->Lx = s->export_frames * g->hw;
+    g->x0 = s->export_first * g->hw;
+    int64_t shape[4] = { nl, B, g->Lx, D };
+    if (!check_tensor (dit, "span export_k", s->export_k, act, 4, shape, error) ||
+        !check_tensor (dit, "span export_v", s->export_v, act, 4, shape, error))
+      return FALSE;
+  }
+  return TRUE;
+}
+
+/* ------------------------------------------------------------ arena */
+
+/* Makes the arena hold at least `need` bytes (reallocating only to grow). */
+static gboolean
+ensure_arena (dp_wan_dit *dit, size_t need, GError **error)
+{
+  if (dit->arena.base && dit->arena.size >= need)
+    return TRUE;
+  dp_arena_release (&dit->arena);
+  if (!dp_arena_init (&dit->arena, dit->be, need, error)) {
+    g_prefix_error (error, "wan_dit: activation arena of %zu bytes: ", need);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+typedef void (*plan_fn) (wan_run *r, gpointer data);
+
+/* Measures plan, grows the arena, runs plan for real. */
+static gboolean
+run_planned (dp_wan_dit *dit, plan_fn plan, gpointer data, GError **error)
+{
+  dp_arena m;
+  dp_arena_init_measure (&m);
+  wan_run r = { dit, dit->be, &m, TRUE };
+  plan (&r, data);
+  if (!ensure_arena (dit, dp_arena_peak (&m), error))
+    return FALSE;
+  dp_arena_reset (&dit->arena, 0);
+  r.a = &dit->arena;
+  r.measure = FALSE;
+  plan (&r, data);
+  if (dit->arena.overflow) {
+    dit->arena.overflow = FALSE;
+    g_set_error (error, DP_ERROR, DP_ERROR_FAILED, "wan_dit: internal error: activation arena overflow");
+    return FALSE;
+  }
+  return dp_backend_check (dit->be, error);
+}
+
+/* ------------------------------------------------------------ public */
+
+void
+dp_wan_span_init (dp_wan_span *span, int frames, int height, int width)
+{
+  memset (span, 0, sizeof *span);
+  span->frames = frames;
+  span->height = height;
+  span->width = width;
+}
+
+int64_t
+dp_wan_span_tokens (const dp_wan_dit *dit, const dp_wan_span *span)
+{
+  return (int64_t) span->frames * (span->height / dit->cfg.patch_h) * (span->width / dit->cfg.patch_w);
+}
+
+typedef struct {
+  const dp_tensor *context;
+} context_job;
+
+static void
+context_plan (wan_run *r, gpointer data)
+{
+  plan_context (r, ((context_job *) data)->context);
+}
+
+gboolean
+dp_wan_dit_set_context (dp_wan_dit *dit, const dp_tensor *context, GError **error)
+{
+  const dp_wan_config *c = &dit->cfg;
+  if (!context || !context->data || context->ndim != 3 || context->shape[0] < 1 || context->shape[0] > 2 ||
+      context->shape[1] < 1 || context->shape[2] != c->text_dim) {
+    char buf[96] = "(none)";
+    if (context)
+      dp_shape_str (context, buf, sizeof buf);
+    g_set_error (error, DP_ERROR, DP_ERROR_SHAPE,
+                 "wan_dit: text context is %s, expected a host tensor [B, tokens, %d] with B 1 or 2", buf,
+                 c->text_dim);
+    return FALSE;
+  }
+  const int B = (int) context->shape[0], Lt = (int) context->shape[1];
+  dp_backend *be = dit->be;
+  dp_dtype act = be->act_dtype;
+  if (B != dit->batch || Lt != dit->text_len) {
+    if (dit->cross_mem)
+      be->ops->free (be, dit->cross_mem);
+    dit->cross_mem = NULL;
+    dit->cross_bytes = 0;
+    dit->batch = dit->text_len = 0;
+    g_clear_pointer (&dit->cross_k, g_free);
+    g_clear_pointer (&dit->cross_v, g_free);
+    dit->cross_k = g_new0 (dp_tensor, MAX (dit->n_layers, 1));
+    dit->cross_v = g_new0 (dp_tensor, MAX (dit->n_layers, 1));
+    int64_t shape[3] = { B, Lt, c->dim };
+    dp_tensor one = dp_tensor_view (NULL, act, 3, shape);
+    size_t each = (dp_tensor_nbytes (&one) + DP_ARENA_ALIGN - 1) / DP_ARENA_ALIGN * DP_ARENA_ALIGN;
+    if (dit->n_layers > 0) {
+      dit->cross_mem = be->ops->alloc (be, each * 2 * dit->n_layers);
+      if (!dit->cross_mem) {
+        dp_backend_check (be, error);
+        g_prefix_error (error, "wan_dit: cross-attention keys/values: ");
+        return FALSE;
+      }
+      dit->cross_bytes = each * 2 * dit->n_layers;
+    }
+    for (int i = 0; i < dit->n_layers; i++) {
+      dit->cross_k[i] = dp_tensor_view ((uint8_t *) dit->cross_mem + each * (2 * i), act, 3, shape);
+      dit->cross_v[i] = dp_tensor_view ((uint8_t *) dit->cross_mem + each * (2 * i + 1), act, 3, shape);
+    }
+  }
+  if (dit->has_text) {
+    context_job job = { context };
+    if (!run_planned (dit, context_plan, &job, error))
+      return FALSE;
+  }
+  dit->batch = B;
+  dit->text_len = Lt;
+  return TRUE;
+}
+
+typedef struct {
+  const dp_tensor *latent;
+  int frame_offset;
+  dp_tensor *hidden;
+} embed_job;
+
+static void
+embed_plan (wan_run *r, gpointer data)
+{
+  embed_job *j = data;
+  plan_embed (r, j->latent, j->frame_offset, j->hidden);
+}
+
+static gboolean
+check_latent (const dp_wan_dit *dit, const char *what, const dp_tensor *t, int channels, GError **error)
+{
+  const dp_wan_config *c = &dit->cfg;
+  char buf[96];
+  if (!t || !t->data || t->dtype != DP_F32 || t->ndim != 4 || t->shape[0] != channels || t->shape[1] < 1 ||
+      t->shape[2] < 1 || t->shape[3] < 1 || t->shape[2] % c->patch_h || t->shape[3] % c->patch_w) {
+    g_set_error (error, DP_ERROR, DP_ERROR_SHAPE,
+                 "wan_dit: %s is %s %s, expected F32 [%d, frames, height, width] with height, width "
+                 "multiples of %d, %d",
+                 what, t ? dp_dtype_name (t->dtype) : "none", t ? dp_shape_str (t, buf, sizeof buf) : "",
+                 channels, c->patch_h, c->patch_w);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean
+check_hidden (const dp_wan_dit *dit, const dp_tensor *hidden, int64_t L, GError **error)
+{
+  return check_tensor (dit, "hidden states", hidden, DP_F32, 3,
+                       (int64_t[]){ dit->batch, L, dit->cfg.dim }, error);
+}
+
+gboolean
+dp_wan_dit_embed (dp_wan_dit *dit, const dp_tensor *latent, int frame_offset, dp_tensor *hidden, GError **error)
+{
+  const dp_wan_config *c = &dit->cfg;
+  if (!dit->has_embed) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID,
+                 "wan_dit: the stage [%d, %d) has no patch embedding (only the stage starting at layer 0)",
+                 dit->layer_begin, dit->layer_end);
+    return FALSE;
+  }
+  if (!need_context (dit, error) || !check_latent (dit, "latent", latent, c->in_channels, error))
+    return FALSE;
+  const int64_t hw = (latent->shape[2] / c->patch_h) * (latent->shape[3] / c->patch_w);
+  if (!hidden || hidden->ndim != 3 || hidden->shape[1] % hw || frame_offset < 0 ||
+      (frame_offset + latent->shape[1]) * hw > hidden->shape[1]) {
+    g_set_error (error, DP_ERROR, DP_ERROR_SHAPE,
+                 "wan_dit: latent frames [%d, +%" G_GINT64_FORMAT ") do not fit the hidden states", frame_offset,
+                 latent->shape[1]);
+    return FALSE;
+  }
+  if (!check_hidden (dit, hidden, hidden->shape[1], error))
+    return FALSE;
+  embed_job job = { latent, frame_offset, hidden };
+  return run_planned (dit, embed_plan, &job, error);
+}
+
+typedef struct {
+  const span_geom *g;
+  dp_tensor *hidden;
+} layers_job;
+
+static void
+layers_plan (wan_run *r, gpointer data)
+{
+  layers_job *j = data;
+  plan_layers (r, j->g, j->hidden);
+}
+
+gboolean
+dp_wan_dit_run_layers (dp_wan_dit *dit, const dp_wan_span *span, float timestep, dp_tensor *hidden,
+                       GError **error)
+{
+  span_geom g;
+  if (!need_context (dit, error) || !resolve_span (dit, span, TRUE, &g, error) ||
+      !check_hidden (dit, hidden, g.L, error))
+    return FALSE;
+  if (dit->n_layers == 0)
+    return TRUE;
+  update_time (dit, timestep);
+  layers_job job = { &g, hidden };
+  return run_planned (dit, layers_plan, &job, error);
+}
+
+typedef struct {
+  const span_geom *g;
+  float guidance;
+  const dp_tensor *hidden;
+  dp_tensor *velocity;
+} head_job;
+
+static void
+head_plan (wan_run *r, gpointer data)
+{
+  head_job *j = data;
+  plan_head (r, j->g, j->guidance, j->hidden, j->velocity);
+}
+
+static gboolean
+check_velocity (const dp_wan_dit *dit, const span_geom *g, const dp_tensor *velocity, GError **error)
+{
+  const dp_wan_span *s = g->span;
+  return check_tensor (dit, "velocity", velocity, DP_F32, 4,
+                       (int64_t[]){ dit->cfg.out_channels, g->out_frames, s->height, s->width }, error);
+}
+
+gboolean
+dp_wan_dit_head (dp_wan_dit *dit, const dp_wan_span *span, float timestep, float guidance,
+                 const dp_tensor *hidden, dp_tensor *velocity, GError **error)
+{
+  span_geom g;
+  if (!dit->has_head) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID,
+                 "wan_dit: the stage [%d, %d) has no head (only the stage ending at layer %d)", dit->layer_begin,
+                 dit->layer_end, dit->cfg.num_layers);
+    return FALSE;
+  }
+  if (!need_context (dit, error) || !resolve_span (dit, span, FALSE, &g, error) ||
+      !check_hidden (dit, hidden, g.L, error) || !check_velocity (dit, &g, velocity, error))
+    return FALSE;
+  update_time (dit, timestep);
+  head_job job = { &g, guidance, hidden, velocity };
+  return run_planned (dit, head_plan, &job, error);
+}
+
+typedef struct {
+  const span_geom *g;
+  const dp_tensor *latent;
+  float guidance;
+  dp_tensor *velocity;
+} forward_job;
+
+static void
+forward_plan (wan_run *r, gpointer data)
+{
+  forward_job *j = data;
+  dp_tensor hidden = ALLOC (r, DP_F32, r->dit->batch, j->g->L, r->dit->cfg.dim);
+  plan_embed (r, j->latent, 0, &hidden);
+  plan_layers (r, j->g, &hidden);
+  plan_head (r, j->g, j->guidance, &hidden, j->velocity);
+}
+
+gboolean
+dp_wan_dit_forward (dp_wan_dit *dit, const dp_wan_span *span, const dp_tensor *latent, float timestep,
+                    float guidance, dp_tensor *velocity, GError **error)
+{
+  const dp_wan_config *c = &dit->cfg;
+  if (!dit->has_embed || !dit->has_head) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID,
+                 "wan_dit: a full forward needs every layer, this stage holds [%d, %d) of %d", dit->layer_begin,
+                 dit->layer_end, c->num_layers);
+    return FALSE;
+  }
+  if (!need_context (dit, error) || !check_latent (dit, "latent", latent, c->in_channels, error))
+    return FALSE;
+  dp_wan_span whole;
+  if (!span) {
+    dp_wan_span_init (&whole, (int) latent->shape[1], (int) latent->shape[2], (int) latent->shape[3]);
+    span = &whole;
+  } else if (span->frames != latent->shape[1] || span->height != latent->shape[2] ||
+             span->width != latent->shape[3]) {
+    g_set_error (error, DP_ERROR, DP_ERROR_SHAPE, "wan_dit: span %d x %d x %d does not match the latent", span->frames,
+                 span->height, span->width);
+    return FALSE;
+  }
+  span_geom g;
+  if (!resolve_span (dit, span, TRUE, &g, error) || !check_velocity (dit, &g, velocity, error))
+    return FALSE;
+  update_time (dit, timestep);
+  forward_job job = { &g, latent, guidance, velocity };
+  return run_planned (dit, forward_plan, &job, error);
+}
+
+/* Sizing for a span: the biggest of what this stage will run on it. */
+typedef struct {
+  const span_geom *g;
+  const dp_wan_span *span;
+} reserve_job;
+
+static void
+reserve_plan (wan_run *r, gpointer data)
+{
+  reserve_job *j = data;
+  dp_wan_dit *dit = r->dit;
+  const dp_wan_config *c = &dit->cfg;
+  const int64_t B = dit->batch;
+  /* hidden (forward keeps it in the arena), then each part from there */
+  dp_tensor hidden = ALLOC (r, DP_F32, B, j->g->L, c->dim);
+  size_t mark = dp_arena_mark (r->a);
+  if (dit->has_embed) {
+    dp_tensor latent = dp_tensor_view (NULL, DP_F32, 4,
+                                       (int64_t[]){ c->in_channels, j->span->frames, j->span->height, j->span->width });
+    plan_embed (r, &latent, 0, &hidden);
+  }
+  plan_layers (r, j->g, &hidden);
+  if (dit->has_head) {
+    dp_tensor v = dp_tensor_view (NULL, DP_F32, 4,
+                                  (int64_t[]){ c->out_channels, j->g->out_frames, j->span->height, j->span->width });
+    plan_head (r, j->g, 1.0f, &hidden, &v);
+  }
+  dp_arena_reset (r->a, mark);
+}
+
+gboolean
+dp_wan_dit_reserve (dp_wan_dit *dit, const dp_wan_span *span, GError **error)
+{
+  span_geom g;
+  if (!need_context (dit, error) || !resolve_span (dit, span, FALSE, &g, error))
+    return FALSE;
+  /* The cache tensors are not needed to size: count their rows. */
+  g.Le = (int64_t) span->extra_frames * g.hw;
+  g.Lx = (int64_t) span->export_frames * g.hw;
+  dp_arena m;
+  dp_arena_init_measure (&m);
+  wan_run r = { dit, dit->be, &m, TRUE };
+  reserve_job job = { &g, span };
+  reserve_plan (&r, &job);
+  return ensure_arena (dit, dp_arena_peak (&m), error);
+}

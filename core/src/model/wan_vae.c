@@ -1,0 +1,1010 @@
+/* Wan2.1 VAE decoder (diffusers AutoencoderKLWan, decoder half), streaming
+ * one latent frame at a time with per-convolution causal caches. */
+#include "dualparal/wan_vae.h"
+
+#include "dualparal/arena.h"
+#include "dualparal/config.h"
+#include "dualparal/weights.h"
+
+#include <json-glib/json-glib.h>
+#include <math.h>
+#include <string.h>
+
+/* F.normalize's eps in diffusers' WanRMS_norm. */
+#define VAE_NORM_EPS 1e-12f
+/* Frames a causal k=3 convolution keeps (diffusers CACHE_T). */
+#define CACHE_T 2
+
+/* ------------------------------------------------------------ the model */
+
+typedef struct {
+  dp_tensor w, b;              /* w [cout, cin, kt, kh, kw] (2-D convs seen with kt = 1) */
+  int cin, cout, kt, kh, kw;
+  int cache;                   /* index of its causal cache, -1 when kt == 1 */
+} vae_conv;
+
+typedef struct {
+  int cin, cout;
+  dp_tensor norm1, norm2;      /* gammas, cin and cout elements */
+  vae_conv conv1, conv2;
+  gboolean has_shortcut;       /* 1x1x1 conv_shortcut when cin != cout */
+  vae_conv shortcut;
+} vae_resnet;
+
+typedef struct {
+  int c;
+  dp_tensor norm;
+  vae_conv to_qkv, proj;       /* 1x1 Conv2d, seen as 1x1x1 */
+} vae_attn;
+
+typedef enum {
+  UP_NONE = 0,
+  UP_2D,                       /* nearest 2x + Conv2d 3x3 */
+  UP_3D,                       /* time_conv (C -> 2C, k (3,1,1)) first, then as UP_2D */
+} vae_up_mode;
+
+typedef struct {
+  int n_resnets;
+  vae_resnet *resnets;
+  vae_up_mode mode;
+  vae_conv resample;           /* out_dim -> out_dim / 2 */
+  vae_conv time_conv;          /* UP_3D only */
+} vae_up_block;
+
+/* One causal cache: [channels, CACHE_T, height, width] at spatial level
+ * `level` (latent size times 2^level). */
+typedef struct {
+  int channels, level;
+} vae_cache_info;
+
+struct dp_wan_vae {
+  dp_backend *be;
+  dp_wan_vae_config cfg;
+  dp_weights *weights;
+  vae_conv post_quant, conv_in, conv_out;
+  vae_resnet mid_res[2];
+  vae_attn mid_attn;
+  vae_up_block up[DP_WAN_VAE_MAX_LEVELS];
+  dp_tensor norm_out;
+  GArray *caches;              /* vae_cache_info, in order of use */
+};
+
+/* ------------------------------------------------------------- config */
+
+static gboolean
+cfg_int (const dp_config *c, const char *key, gboolean required, int64_t def, int min, int max,
+         int *out, GError **error)
+{
+  int64_t v;
+  if (required ? !dp_config_int (c, key, &v, error) : !dp_config_int_or (c, key, def, &v, error))
+    return FALSE;
+  if (v < min || v > max) {
+    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: \"%s\" = %" G_GINT64_FORMAT " is out of range [%d, %d]",
+                 dp_config_path (c), key, v, min, max);
+    return FALSE;
+  }
+  *out = (int) v;
+  return TRUE;
+}
+
+/* temperal_downsample is a list of booleans, which config.h has no getter
+ * for: read it from the JSON directly. */
+static gboolean
+read_bool_array (const char *path, const char *key, gboolean *out, int max_n, int *n_out,
+                 GError **error)
+{
+  JsonParser *parser = json_parser_new ();
+  gboolean ok = FALSE;
+  GError *err = NULL;
+  if (!json_parser_load_from_file (parser, path, &err)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: not valid JSON: %s", path, err->message);
+    g_error_free (err);
+    goto out;
+  }
+  JsonNode *root = json_parser_get_root (parser);
+  JsonObject *obj = root && JSON_NODE_HOLDS_OBJECT (root) ? json_node_get_object (root) : NULL;
+  JsonNode *n = obj && json_object_has_member (obj, key) ? json_object_get_member (obj, key) : NULL;
+  if (!n || JSON_NODE_HOLDS_NULL (n)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_MISSING, "%s: missing key \"%s\"", path, key);
+    goto out;
+  }
+  if (!JSON_NODE_HOLDS_ARRAY (n)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: key \"%s\" must be an array of booleans", path, key);
+    goto out;
+  }
+  JsonArray *a = json_node_get_array (n);
+  int len = (int) json_array_get_length (a);
+  if (len > max_n) {
+    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: \"%s\" has %d elements, at most %d expected", path,
+                 key, len, max_n);
+    goto out;
+  }
+  for (int i = 0; i < len; i++) {
+    JsonNode *e = json_array_get_element (a, i);
+    if (!JSON_NODE_HOLDS_VALUE (e) || json_node_get_value_type (e) != G_TYPE_BOOLEAN) {
+      g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: element %d of \"%s\" must be true or false", path, i,
+                   key);
+      goto out;
+    }
+    out[i] = json_node_get_boolean (e);
+  }
+  *n_out = len;
+  ok = TRUE;
+out:
+  g_object_unref (parser);
+  return ok;
+}
+
+static gboolean
+load_config (const char *vae_dir, dp_wan_vae_config *cfg, GError **error)
+{
+  char *path = g_build_filename (vae_dir, "config.json", NULL);
+  dp_config *c = dp_config_load (path, error);
+  gboolean ok = FALSE;
+  if (!c)
+    goto out;
+  memset (cfg, 0, sizeof *cfg);
+
+  if (dp_config_has (c, "_class_name")) {
+    const char *cls = dp_config_string (c, "_class_name", error);
+    if (!cls)
+      goto out;
+    if (strcmp (cls, "AutoencoderKLWan") != 0) {
+      g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "%s: _class_name is \"%s\", expected \"AutoencoderKLWan\"",
+                   path, cls);
+      goto out;
+    }
+  }
+  gboolean residual = FALSE;
+  if (!dp_config_bool_or (c, "is_residual", FALSE, &residual, error))
+    goto out;
+  if (residual || dp_config_has (c, "patch_size")) {
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED,
+                 "%s: %s is set: only the Wan2.1 VAE is supported (not Wan2.2's residual / patched one)", path,
+                 residual ? "is_residual" : "patch_size");
+    goto out;
+  }
+
+  int base_dim;
+  if (!cfg_int (c, "base_dim", TRUE, 0, 1, 1 << 14, &base_dim, error) ||
+      !cfg_int (c, "decoder_base_dim", FALSE, base_dim, 1, 1 << 14, &cfg->base_dim, error) ||
+      !cfg_int (c, "z_dim", TRUE, 0, 1, DP_WAN_VAE_MAX_Z, &cfg->z_dim, error) ||
+      !cfg_int (c, "num_res_blocks", TRUE, 0, 0, 64, &cfg->num_res_blocks, error) ||
+      !cfg_int (c, "out_channels", FALSE, 3, 1, 64, &cfg->out_channels, error))
+    goto out;
+
+  int64_t mult[DP_WAN_VAE_MAX_LEVELS];
+  if (!dp_config_int_array (c, "dim_mult", mult, DP_WAN_VAE_MAX_LEVELS, &cfg->n_levels, error))
+    goto out;
+  if (cfg->n_levels < 1) {
+    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: \"dim_mult\" is empty", path);
+    goto out;
+  }
+  for (int i = 0; i < cfg->n_levels; i++) {
+    if (mult[i] < 1 || mult[i] > 64) {
+      g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: dim_mult[%d] = %" G_GINT64_FORMAT " is out of range [1, 64]",
+                   path, i, mult[i]);
+      goto out;
+    }
+    cfg->dim_mult[i] = (int) mult[i];
+  }
+
+  gboolean down[DP_WAN_VAE_MAX_LEVELS];
+  int n_down = 0;
+  if (!read_bool_array (path, "temperal_downsample", down, DP_WAN_VAE_MAX_LEVELS, &n_down, error))
+    goto out;
+  if (n_down != cfg->n_levels - 1) {
+    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT,
+                 "%s: \"temperal_downsample\" has %d elements, expected %d (one fewer than dim_mult)", path,
+                 n_down, cfg->n_levels - 1);
+    goto out;
+  }
+  /* The decoder runs the encoder's levels backwards. */
+  cfg->temporal_scale = 1;
+  for (int i = 0; i < n_down; i++) {
+    cfg->temporal_upsample[i] = down[n_down - 1 - i];
+    if (cfg->temporal_upsample[i])
+      cfg->temporal_scale *= 2;
+  }
+  cfg->spatial_scale = 1 << (cfg->n_levels - 1);
+
+  double v[DP_WAN_VAE_MAX_Z];
+  if (!dp_config_double_array (c, "latents_mean", v, cfg->z_dim, error))
+    goto out;
+  for (int i = 0; i < cfg->z_dim; i++)
+    cfg->latents_mean[i] = (float) v[i];
+  if (!dp_config_double_array (c, "latents_std", v, cfg->z_dim, error))
+    goto out;
+  for (int i = 0; i < cfg->z_dim; i++) {
+    if (!isfinite (v[i]) || v[i] == 0.0) {
+      g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: latents_std[%d] must be a non-zero number", path, i);
+      goto out;
+    }
+    cfg->latents_std[i] = (float) v[i];
+  }
+  ok = TRUE;
+out:
+  dp_config_free (c);
+  g_free (path);
+  return ok;
+}
+
+/* ------------------------------------------------------------ weights */
+
+static gboolean
+load_conv (dp_wan_vae *vae, vae_conv *cv, const char *prefix, int cin, int cout, int kt, int kh,
+           int kw, gboolean two_d, int cache_level, GError **error)
+{
+  memset (cv, 0, sizeof *cv);
+  cv->cin = cin;
+  cv->cout = cout;
+  cv->kt = kt;
+  cv->kh = kh;
+  cv->kw = kw;
+  cv->cache = -1;
+  char *wname = g_strconcat (prefix, ".weight", NULL);
+  char *bname = g_strconcat (prefix, ".bias", NULL);
+  int64_t shape5[5] = { cout, cin, kt, kh, kw };
+  int64_t shape4[4] = { cout, cin, kh, kw };
+  int64_t bshape[1] = { cout };
+  gboolean ok = two_d ? dp_weights_get (vae->weights, wname, DP_F32, 4, shape4, &cv->w, error)
+                      : dp_weights_get (vae->weights, wname, DP_F32, 5, shape5, &cv->w, error);
+  ok = ok && dp_weights_get (vae->weights, bname, DP_F32, 1, bshape, &cv->b, error);
+  if (ok && two_d)
+    dp_tensor_reshape (&cv->w, 5, shape5); /* Conv2d weight as a 1 x kh x kw Conv3d one */
+  if (ok && kt > 1) {
+    g_assert (kt == CACHE_T + 1);
+    vae_cache_info ci = { cin, cache_level };
+    cv->cache = (int) vae->caches->len;
+    g_array_append_val (vae->caches, ci);
+  }
+  g_free (wname);
+  g_free (bname);
+  return ok;
+}
+
+static gboolean
+load_gamma (dp_wan_vae *vae, dp_tensor *g, const char *prefix, int c, int ndim, GError **error)
+{
+  char *name = g_strconcat (prefix, ".gamma", NULL);
+  int64_t shape[4] = { c, 1, 1, 1 };
+  gboolean ok = dp_weights_get (vae->weights, name, DP_F32, ndim, shape, g, error);
+  g_free (name);
+  return ok;
+}
+
+static gboolean
+load_resnet (dp_wan_vae *vae, vae_resnet *rn, const char *prefix, int cin, int cout, int level,
+             GError **error)
+{
+  rn->cin = cin;
+  rn->cout = cout;
+  rn->has_shortcut = cin != cout;
+  char *p1 = g_strconcat (prefix, ".norm1", NULL), *p2 = g_strconcat (prefix, ".conv1", NULL);
+  char *p3 = g_strconcat (prefix, ".norm2", NULL), *p4 = g_strconcat (prefix, ".conv2", NULL);
+  char *p5 = g_strconcat (prefix, ".conv_shortcut", NULL);
+  gboolean ok = load_gamma (vae, &rn->norm1, p1, cin, 4, error) &&
+                load_conv (vae, &rn->conv1, p2, cin, cout, 3, 3, 3, FALSE, level, error) &&
+                load_gamma (vae, &rn->norm2, p3, cout, 4, error) &&
+                load_conv (vae, &rn->conv2, p4, cout, cout, 3, 3, 3, FALSE, level, error) &&
+                (!rn->has_shortcut || load_conv (vae, &rn->shortcut, p5, cin, cout, 1, 1, 1, FALSE, level, error));
+  g_free (p1);
+  g_free (p2);
+  g_free (p3);
+  g_free (p4);
+  g_free (p5);
+  return ok;
+}
+
+static gboolean
+have_ops (dp_backend *be, GError **error)
+{
+  const dp_backend_ops *o = be->ops;
+  const struct {
+    const void *fn;
+    const char *name;
+  } need[] = {
+    { (const void *) o->conv3d, "conv3d" },
+    { (const void *) o->channel_rms_norm, "channel_rms_norm" },
+    { (const void *) o->copy_cols, "copy_cols" },
+    { (const void *) o->transpose, "transpose" },
+    { (const void *) o->attention, "attention" },
+    { (const void *) o->upsample_nearest2x, "upsample_nearest2x" },
+    { (const void *) o->add, "add" },
+    { (const void *) o->mul, "mul" },
+    { (const void *) o->copy, "copy" },
+    { (const void *) o->fill, "fill" },
+  };
+  for (size_t i = 0; i < G_N_ELEMENTS (need); i++)
+    if (!need[i].fn) {
+      g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "backend %s has no %s operation (needed by the VAE decoder)",
+                   be->name, need[i].name);
+      return FALSE;
+    }
+  return TRUE;
+}
+
+dp_wan_vae *
+dp_wan_vae_load (dp_backend *be, const char *vae_dir, GError **error)
+{
+  g_return_val_if_fail (be != NULL && vae_dir != NULL, NULL);
+  if (!have_ops (be, error))
+    return NULL;
+  dp_wan_vae *vae = g_new0 (dp_wan_vae, 1);
+  vae->be = be;
+  vae->caches = g_array_new (FALSE, FALSE, sizeof (vae_cache_info));
+  if (!load_config (vae_dir, &vae->cfg, error))
+    goto fail;
+  dp_safetensors *st = dp_safetensors_open_dir (vae_dir, error);
+  if (!st)
+    goto fail;
+  vae->weights = dp_weights_new (be, st);
+
+  const dp_wan_vae_config *c = &vae->cfg;
+  const int n = c->n_levels, z = c->z_dim;
+  /* dims[k]: the decoder's widths, deepest first (diffusers WanDecoder3d). */
+  int dims[DP_WAN_VAE_MAX_LEVELS + 1];
+  dims[0] = c->base_dim * c->dim_mult[n - 1];
+  for (int k = 1; k <= n; k++)
+    dims[k] = c->base_dim * c->dim_mult[n - k];
+
+  if (!load_conv (vae, &vae->post_quant, "post_quant_conv", z, z, 1, 1, 1, FALSE, 0, error) ||
+      !load_conv (vae, &vae->conv_in, "decoder.conv_in", z, dims[0], 3, 3, 3, FALSE, 0, error) ||
+      !load_resnet (vae, &vae->mid_res[0], "decoder.mid_block.resnets.0", dims[0], dims[0], 0, error))
+    goto fail;
+  vae_attn *at = &vae->mid_attn;
+  at->c = dims[0];
+  if (!load_gamma (vae, &at->norm, "decoder.mid_block.attentions.0.norm", dims[0], 3, error) ||
+      !load_conv (vae, &at->to_qkv, "decoder.mid_block.attentions.0.to_qkv", dims[0], 3 * dims[0], 1, 1, 1,
+                  TRUE, 0, error) ||
+      !load_conv (vae, &at->proj, "decoder.mid_block.attentions.0.proj", dims[0], dims[0], 1, 1, 1, TRUE, 0,
+                  error) ||
+      !load_resnet (vae, &vae->mid_res[1], "decoder.mid_block.resnets.1", dims[0], dims[0], 0, error))
+    goto fail;
+
+  for (int i = 0; i < n; i++) {
+    vae_up_block *ub = &vae->up[i];
+    int in_dim = i == 0 ? dims[0] : dims[i] / 2, out_dim = dims[i + 1];
+    if (in_dim < 1) {
+      g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: up block %d would have no input channels", vae_dir, i);
+      goto fail;
+    }
+    ub->n_resnets = c->num_res_blocks + 1;
+    ub->resnets = g_new0 (vae_resnet, ub->n_resnets);
+    for (int j = 0; j < ub->n_resnets; j++) {
+      char *p = g_strdup_printf ("decoder.up_blocks.%d.resnets.%d", i, j);
+      gboolean ok = load_resnet (vae, &ub->resnets[j], p, j == 0 ? in_dim : out_dim, out_dim, i, error);
+      g_free (p);
+      if (!ok)
+        goto fail;
+    }
+    if (i == n - 1)
+      continue;
+    ub->mode = c->temporal_upsample[i] ? UP_3D : UP_2D;
+    if (out_dim / 2 < 1) {
+      g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: up block %d has too few channels to upsample", vae_dir, i);
+      goto fail;
+    }
+    char *p = g_strdup_printf ("decoder.up_blocks.%d.upsamplers.0.resample.1", i);
+    gboolean ok = load_conv (vae, &ub->resample, p, out_dim, out_dim / 2, 1, 3, 3, TRUE, i + 1, error);
+    g_free (p);
+    if (!ok)
+      goto fail;
+    if (ub->mode == UP_3D) {
+      p = g_strdup_printf ("decoder.up_blocks.%d.upsamplers.0.time_conv", i);
+      ok = load_conv (vae, &ub->time_conv, p, out_dim, 2 * out_dim, 3, 1, 1, FALSE, i, error);
+      g_free (p);
+      if (!ok)
+        goto fail;
+    }
+  }
+  if (!load_gamma (vae, &vae->norm_out, "decoder.norm_out", dims[n], 4, error) ||
+      !load_conv (vae, &vae->conv_out, "decoder.conv_out", dims[n], c->out_channels, 3, 3, 3, FALSE, n - 1,
+                  error))
+    goto fail;
+  return vae;
+
+fail:
+  dp_wan_vae_free (vae);
+  return NULL;
+}
+
+void
+dp_wan_vae_free (dp_wan_vae *vae)
+{
+  if (!vae)
+    return;
+  for (int i = 0; i < DP_WAN_VAE_MAX_LEVELS; i++)
+    g_free (vae->up[i].resnets);
+  dp_weights_free (vae->weights);
+  g_array_unref (vae->caches);
+  g_free (vae);
+}
+
+const dp_wan_vae_config *
+dp_wan_vae_get_config (const dp_wan_vae *vae)
+{
+  return &vae->cfg;
+}
+
+int64_t
+dp_wan_vae_num_frames (const dp_wan_vae *vae, int64_t latent_frames)
+{
+  return latent_frames <= 0 ? 0 : 1 + (int64_t) vae->cfg.temporal_scale * (latent_frames - 1);
+}
+
+/* ------------------------------------------------------------ decoder */
+
+struct dp_wan_vae_decoder {
+  dp_wan_vae *vae;
+  int h, w;                    /* latent size */
+  int H, W;                    /* video size */
+  int64_t position;            /* latent frames decoded since reset */
+  void *cache_mem;             /* all causal caches, one allocation */
+  int64_t cache_floats;
+  dp_tensor *caches;           /* views [C, CACHE_T, h_l, w_l] into cache_mem */
+  dp_tensor mean, std;         /* [z, 1, h, w]: latents_mean / latents_std broadcast */
+  dp_arena io[2];              /* ping-pong layer outputs */
+  dp_arena scratch;            /* per-layer temporaries */
+  float *host;                 /* [out_channels, temporal_scale, H, W] clamped output */
+};
+
+/* One forward pass over a chunk.  measure: allocations only (sizing). */
+typedef struct {
+  dp_backend *be;
+  const dp_wan_vae *vae;
+  dp_tensor *caches;           /* NULL when measuring */
+  gboolean measure;
+  gboolean first;              /* the video's first latent frame */
+  dp_arena *io[2];
+  dp_arena *scratch;
+  int cur;                     /* io[cur] holds x */
+  dp_tensor x;                 /* the current activation [C, T, H, W] */
+} vae_run;
+
+static dp_tensor
+t4 (dp_arena *a, int64_t c, int64_t t, int64_t h, int64_t w)
+{
+  int64_t shape[4] = { c, t, h, w };
+  return dp_arena_tensor (a, DP_F32, 4, shape);
+}
+
+/* A layer's output: in the other io arena, whose previous content (the
+ * previous layer's input) is dead. */
+static dp_tensor
+next_out (vae_run *r, int64_t c, int64_t t, int64_t h, int64_t w)
+{
+  dp_arena *a = r->io[1 - r->cur];
+  dp_arena_reset (a, 0);
+  return t4 (a, c, t, h, w);
+}
+
+/* y = conv (x): x [cin, T, H, W] -> y [cout, T, H, W].  A k=3 causal conv
+ * runs over [cache | x] (T + 2 frames, no time padding) and then keeps the
+ * last 2 of those frames: zeros at the start of a video, exactly diffusers'
+ * zero padding / feat_cache behaviour. */
+static void
+conv_apply (vae_run *r, const vae_conv *cv, dp_tensor *y, const dp_tensor *x)
+{
+  dp_backend *be = r->be;
+  dp_conv3d_params p = { 1, 1, 1, 0, 0, cv->kh / 2, cv->kw / 2 };
+  if (cv->cache < 0) {
+    if (!r->measure)
+      be->ops->conv3d (be, y, x, &cv->w, &cv->b, &p);
+    return;
+  }
+  const int64_t T = x->shape[1], hw = x->shape[2] * x->shape[3];
+  size_t mark = dp_arena_mark (r->scratch);
+  dp_tensor xc = t4 (r->scratch, cv->cin, T + CACHE_T, x->shape[2], x->shape[3]);
+  if (!r->measure) {
+    dp_tensor *cache = &r->caches[cv->cache];
+    be->ops->copy_cols (be, &xc, 0, cache, 0, CACHE_T * hw);
+    be->ops->copy_cols (be, &xc, CACHE_T * hw, x, 0, T * hw);
+    be->ops->conv3d (be, y, &xc, &cv->w, &cv->b, &p);
+    be->ops->copy_cols (be, cache, 0, &xc, T * hw, CACHE_T * hw);
+  }
+  dp_arena_reset (r->scratch, mark);
+}
+
+static void
+norm_apply (vae_run *r, dp_tensor *y, const dp_tensor *x, const dp_tensor *gamma, dp_act act)
+{
+  if (!r->measure)
+    r->be->ops->channel_rms_norm (r->be, y, x, gamma, VAE_NORM_EPS, act);
+}
+
+static void
+set_x (vae_run *r, dp_tensor y)
+{
+  r->x = y;
+  r->cur = 1 - r->cur;
+}
+
+/* WanResidualBlock: shortcut (x) + conv2 (SiLU (RMS (conv1 (SiLU (RMS (x)))))). */
+static void
+resnet_apply (vae_run *r, const vae_resnet *rn)
+{
+  const dp_tensor x = r->x;
+  const int64_t T = x.shape[1], H = x.shape[2], W = x.shape[3];
+  size_t mark = dp_arena_mark (r->scratch);
+  dp_tensor y = next_out (r, rn->cout, T, H, W);
+  dp_tensor hs = x;
+  if (rn->has_shortcut) {
+    hs = t4 (r->scratch, rn->cout, T, H, W);
+    conv_apply (r, &rn->shortcut, &hs, &x);
+  }
+  dp_tensor t1 = t4 (r->scratch, rn->cout, T, H, W);
+  size_t mark_a = dp_arena_mark (r->scratch);
+  /* conv1's input lives in t1's memory when it fits: conv_apply copies it
+   * into its [cache | x] buffer before the convolution writes t1.  This is
+   * the decoder's peak (full resolution, 4 frames), so it saves 4 frames'
+   * worth of memory there. */
+  g_assert (rn->conv1.cache >= 0);
+  int64_t a_shape[4] = { rn->cin, T, H, W };
+  dp_tensor a = rn->cin <= rn->cout ? dp_tensor_view (t1.data, DP_F32, 4, a_shape)
+                                    : t4 (r->scratch, rn->cin, T, H, W);
+  norm_apply (r, &a, &x, &rn->norm1, DP_ACT_SILU);
+  conv_apply (r, &rn->conv1, &t1, &a);
+  dp_arena_reset (r->scratch, mark_a);
+  norm_apply (r, &t1, &t1, &rn->norm2, DP_ACT_SILU);
+  conv_apply (r, &rn->conv2, &y, &t1);
+  if (!r->measure)
+    r->be->ops->add (r->be, &y, &y, &hs);
+  dp_arena_reset (r->scratch, mark);
+  set_x (r, y);
+}
+
+/* WanAttentionBlock: per frame, single-head attention over the H*W pixels
+ * with C-wide q, k, v (1x1 conv to_qkv, split q | k | v), scale 1/sqrt(C),
+ * 1x1 proj, residual.  The attention op wants tokens in rows, hence the
+ * transposes around it. */
+static void
+attn_apply (vae_run *r, const vae_attn *at)
+{
+  dp_backend *be = r->be;
+  const dp_tensor x = r->x;
+  const int64_t C = at->c, T = x.shape[1], H = x.shape[2], W = x.shape[3], L = H * W;
+  const dp_dtype act = be->act_dtype;
+  size_t mark = dp_arena_mark (r->scratch);
+  dp_tensor y = next_out (r, C, T, H, W);
+
+  dp_tensor xn = t4 (r->scratch, C, T, H, W);
+  norm_apply (r, &xn, &x, &at->norm, DP_ACT_NONE);
+  dp_tensor qkv = t4 (r->scratch, 3 * C, T, H, W);
+  conv_apply (r, &at->to_qkv, &qkv, &xn);
+
+  int64_t tok_shape[4] = { T, L, 1, C };
+  dp_tensor qkv_tok[3], qkv_act[3];
+  for (int j = 0; j < 3; j++) {
+    qkv_tok[j] = dp_arena_tensor (r->scratch, DP_F32, 4, tok_shape);
+    if (!r->measure) {
+      dp_tensor part = dp_tensor_slice0 (&qkv, j * C, C); /* [C, T, H, W] */
+      be->ops->transpose (be, &qkv_tok[j], &part);
+    }
+    qkv_act[j] = qkv_tok[j];
+    if (act != DP_F32) {
+      qkv_act[j] = dp_arena_tensor (r->scratch, act, 4, tok_shape);
+      if (!r->measure)
+        be->ops->copy (be, &qkv_act[j], &qkv_tok[j]);
+    }
+  }
+  dp_tensor o = dp_arena_tensor (r->scratch, act, 4, tok_shape);
+  dp_attn_params ap = { (float) (1.0 / sqrt ((double) C)), 0, NULL };
+  if (!r->measure)
+    be->ops->attention (be, &o, &qkv_act[0], &qkv_act[1], &qkv_act[2], &ap);
+  dp_tensor o32 = o;
+  if (act != DP_F32) {
+    o32 = dp_arena_tensor (r->scratch, DP_F32, 4, tok_shape);
+    if (!r->measure)
+      be->ops->copy (be, &o32, &o);
+  }
+  int64_t rows_shape[2] = { T * L, C };
+  dp_tensor o_rows = dp_tensor_view (o32.data, DP_F32, 2, rows_shape);
+  dp_tensor ot = t4 (r->scratch, C, T, H, W);
+  if (!r->measure)
+    be->ops->transpose (be, &ot, &o_rows);
+  conv_apply (r, &at->proj, &y, &ot);
+  if (!r->measure)
+    be->ops->add (be, &y, &y, &x);
+  dp_arena_reset (r->scratch, mark);
+  set_x (r, y);
+}
+
+/* WanResample, upsample2d / upsample3d.  The time conv turns T frames of C
+ * channels into 2T: output channels [0, C) give frame 2t, [C, 2C) frame
+ * 2t + 1.  It is skipped on the video's first latent frame, whose frame is
+ * not cached either, so the second latent frame sees zero history (diffusers'
+ * "Rep" marker). */
+static void
+up_apply (vae_run *r, const vae_up_block *ub)
+{
+  dp_backend *be = r->be;
+  const dp_tensor x = r->x;
+  const int64_t C = x.shape[0], T = x.shape[1], H = x.shape[2], W = x.shape[3], hw = H * W;
+  size_t mark = dp_arena_mark (r->scratch);
+  dp_tensor src = x;
+  if (ub->mode == UP_3D && !r->first) {
+    dp_tensor tc = t4 (r->scratch, 2 * C, T, H, W);
+    conv_apply (r, &ub->time_conv, &tc, &x);
+    src = t4 (r->scratch, C, 2 * T, H, W);
+    if (!r->measure)
+      for (int half = 0; half < 2; half++) {
+        dp_tensor part = dp_tensor_slice0 (&tc, half * C, C); /* [C, T, H, W] */
+        for (int64_t t = 0; t < T; t++)
+          be->ops->copy_cols (be, &src, (2 * t + half) * hw, &part, t * hw, hw);
+      }
+  }
+  const int64_t T2 = src.shape[1];
+  dp_tensor up = t4 (r->scratch, C, T2, 2 * H, 2 * W);
+  if (!r->measure)
+    be->ops->upsample_nearest2x (be, &up, &src);
+  dp_tensor y = next_out (r, ub->resample.cout, T2, 2 * H, 2 * W);
+  conv_apply (r, &ub->resample, &y, &up);
+  dp_arena_reset (r->scratch, mark);
+  set_x (r, y);
+}
+
+/* The decoder on one latent frame; leaves [out_channels, T, H, W] in r->x. */
+static void
+forward_chunk (vae_run *r, const dp_tensor *latents, int64_t index, const dp_tensor *mean,
+               const dp_tensor *std)
+{
+  dp_backend *be = r->be;
+  const dp_wan_vae *vae = r->vae;
+  const int64_t z = vae->cfg.z_dim, h = latents->shape[latents->ndim - 2], w = latents->shape[latents->ndim - 1];
+
+  r->cur = 0;
+  dp_arena_reset (r->io[0], 0);
+  dp_arena_reset (r->io[1], 0);
+  dp_arena_reset (r->scratch, 0);
+  dp_tensor x = t4 (r->io[0], z, 1, h, w);
+  if (!r->measure) {
+    /* pipeline_wan.py: latents / (1 / latents_std) + latents_mean. */
+    be->ops->copy_cols (be, &x, 0, latents, index * h * w, h * w);
+    be->ops->mul (be, &x, &x, std);
+    be->ops->add (be, &x, &x, mean);
+  }
+  r->x = x;
+
+  dp_tensor y = next_out (r, z, 1, h, w);
+  conv_apply (r, &vae->post_quant, &y, &r->x);
+  set_x (r, y);
+  y = next_out (r, vae->conv_in.cout, 1, h, w);
+  conv_apply (r, &vae->conv_in, &y, &r->x);
+  set_x (r, y);
+
+  resnet_apply (r, &vae->mid_res[0]);
+  attn_apply (r, &vae->mid_attn);
+  resnet_apply (r, &vae->mid_res[1]);
+
+  for (int i = 0; i < vae->cfg.n_levels; i++) {
+    const vae_up_block *ub = &vae->up[i];
+    for (int j = 0; j < ub->n_resnets; j++)
+      resnet_apply (r, &ub->resnets[j]);
+    if (ub->mode != UP_NONE)
+      up_apply (r, ub);
+  }
+
+  const dp_tensor xh = r->x;
+  dp_tensor a = t4 (r->scratch, xh.shape[0], xh.shape[1], xh.shape[2], xh.shape[3]);
+  norm_apply (r, &a, &xh, &vae->norm_out, DP_ACT_SILU);
+  y = next_out (r, vae->conv_out.cout, xh.shape[1], xh.shape[2], xh.shape[3]);
+  conv_apply (r, &vae->conv_out, &y, &a);
+  dp_arena_reset (r->scratch, 0);
+  set_x (r, y);
+}
+
+static vae_run
+make_run (dp_wan_vae_decoder *dec, dp_arena *io0, dp_arena *io1, dp_arena *scratch, gboolean measure)
+{
+  vae_run r = { 0 };
+  r.be = dec->vae->be;
+  r.vae = dec->vae;
+  r.caches = measure ? NULL : dec->caches;
+  r.measure = measure;
+  r.first = dec->position == 0;
+  r.io[0] = io0;
+  r.io[1] = io1;
+  r.scratch = scratch;
+  return r;
+}
+
+static gboolean
+nomem (dp_wan_vae_decoder *dec, const char *what, size_t bytes, GError **error)
+{
+  GError *err = NULL;
+  dp_backend_check (dec->vae->be, &err);
+  g_set_error (error, DP_ERROR, DP_ERROR_NOMEM, "VAE decoder %dx%d: cannot allocate %zu bytes for %s%s%s",
+               dec->W, dec->H, bytes, what, err ? ": " : "", err ? err->message : "");
+  g_clear_error (&err);
+  return FALSE;
+}
+
+dp_wan_vae_decoder *
+dp_wan_vae_decoder_new (dp_wan_vae *vae, int latent_height, int latent_width, GError **error)
+{
+  g_return_val_if_fail (vae != NULL, NULL);
+  const dp_wan_vae_config *c = &vae->cfg;
+  dp_backend *be = vae->be;
+  if (latent_height < 1 || latent_width < 1 || latent_height > 16384 / c->spatial_scale ||
+      latent_width > 16384 / c->spatial_scale) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "VAE decoder: latent size %dx%d is out of range",
+                 latent_width, latent_height);
+    return NULL;
+  }
+  dp_wan_vae_decoder *dec = g_new0 (dp_wan_vae_decoder, 1);
+  dec->vae = vae;
+  dec->h = latent_height;
+  dec->w = latent_width;
+  dec->H = latent_height * c->spatial_scale;
+  dec->W = latent_width * c->spatial_scale;
+
+  /* Causal caches, one allocation. */
+  const guint n_caches = vae->caches->len;
+  dec->caches = g_new0 (dp_tensor, MAX (n_caches, 1));
+  for (guint i = 0; i < n_caches; i++) {
+    const vae_cache_info *ci = &g_array_index (vae->caches, vae_cache_info, i);
+    dec->cache_floats += (int64_t) ci->channels * CACHE_T * ((int64_t) dec->h << ci->level) *
+                         ((int64_t) dec->w << ci->level);
+  }
+  size_t cache_bytes = (size_t) dec->cache_floats * sizeof (float);
+  dec->cache_mem = be->ops->alloc (be, MAX (cache_bytes, 1));
+  if (!dec->cache_mem) {
+    nomem (dec, "the causal caches", cache_bytes, error);
+    goto fail;
+  }
+  float *cp = dec->cache_mem;
+  for (guint i = 0; i < n_caches; i++) {
+    const vae_cache_info *ci = &g_array_index (vae->caches, vae_cache_info, i);
+    int64_t shape[4] = { ci->channels, CACHE_T, (int64_t) dec->h << ci->level, (int64_t) dec->w << ci->level };
+    dec->caches[i] = dp_tensor_view (cp, DP_F32, 4, shape);
+    cp += dp_tensor_nelem (&dec->caches[i]);
+  }
+
+  /* De-normalisation constants broadcast over the latent frame. */
+  int64_t zshape[4] = { c->z_dim, 1, dec->h, dec->w };
+  dp_tensor hm = dp_tensor_new_host (DP_F32, 4, zshape), hs = dp_tensor_new_host (DP_F32, 4, zshape);
+  const int64_t hw = (int64_t) dec->h * dec->w;
+  for (int k = 0; k < c->z_dim; k++)
+    for (int64_t i = 0; i < hw; i++) {
+      ((float *) hm.data)[k * hw + i] = c->latents_mean[k];
+      ((float *) hs.data)[k * hw + i] = c->latents_std[k];
+    }
+  dec->mean = dp_backend_tensor_new (be, DP_F32, 4, zshape);
+  dec->std = dp_backend_tensor_new (be, DP_F32, 4, zshape);
+  if (dec->mean.data && dec->std.data) {
+    be->ops->to_device (be, &dec->mean, &hm);
+    be->ops->to_device (be, &dec->std, &hs);
+  }
+  dp_tensor_free (&hm);
+  dp_tensor_free (&hs);
+  if (!dec->mean.data || !dec->std.data) {
+    nomem (dec, "the latent statistics", 2 * hw * c->z_dim * sizeof (float), error);
+    goto fail;
+  }
+
+  /* Arena sizes: measure a first chunk (T = 1 throughout) and a later one
+   * (T grows at each temporal upsampler). */
+  dp_arena m_io0, m_io1, m_s;
+  dp_arena_init_measure (&m_io0);
+  dp_arena_init_measure (&m_io1);
+  dp_arena_init_measure (&m_s);
+  int64_t lshape[4] = { c->z_dim, 1, dec->h, dec->w };
+  dp_tensor fake = dp_tensor_view (NULL, DP_F32, 4, lshape);
+  for (int pass = 0; pass < 2; pass++) {
+    dec->position = pass;
+    vae_run r = make_run (dec, &m_io0, &m_io1, &m_s, TRUE);
+    forward_chunk (&r, &fake, 0, &dec->mean, &dec->std);
+  }
+  dec->position = 0;
+  if (!dp_arena_init (&dec->io[0], be, dp_arena_peak (&m_io0), NULL) ||
+      !dp_arena_init (&dec->io[1], be, dp_arena_peak (&m_io1), NULL) ||
+      !dp_arena_init (&dec->scratch, be, dp_arena_peak (&m_s), NULL)) {
+    nomem (dec, "activations", dp_arena_peak (&m_io0) + dp_arena_peak (&m_io1) + dp_arena_peak (&m_s), error);
+    goto fail;
+  }
+
+  size_t host_bytes = (size_t) c->out_channels * c->temporal_scale * dec->H * dec->W * sizeof (float);
+  dec->host = g_try_malloc (host_bytes);
+  if (!dec->host) {
+    g_set_error (error, DP_ERROR, DP_ERROR_NOMEM, "VAE decoder %dx%d: cannot allocate %zu bytes of host memory",
+                 dec->W, dec->H, host_bytes);
+    goto fail;
+  }
+  dp_wan_vae_decoder_reset (dec);
+  if (!dp_backend_check (be, error))
+    goto fail;
+  return dec;
+
+fail:
+  dp_wan_vae_decoder_free (dec);
+  return NULL;
+}
+
+void
+dp_wan_vae_decoder_free (dp_wan_vae_decoder *dec)
+{
+  if (!dec)
+    return;
+  dp_backend *be = dec->vae->be;
+  if (dec->cache_mem)
+    be->ops->free (be, dec->cache_mem);
+  g_free (dec->caches);
+  dp_backend_tensor_free (be, &dec->mean);
+  dp_backend_tensor_free (be, &dec->std);
+  dp_arena_release (&dec->io[0]);
+  dp_arena_release (&dec->io[1]);
+  dp_arena_release (&dec->scratch);
+  g_free (dec->host);
+  g_free (dec);
+}
+
+void
+dp_wan_vae_decoder_reset (dp_wan_vae_decoder *dec)
+{
+  dp_backend *be = dec->vae->be;
+  int64_t n = dec->cache_floats;
+  if (n > 0) {
+    dp_tensor all = dp_tensor_view (dec->cache_mem, DP_F32, 1, &n);
+    be->ops->fill (be, &all, 0.0f);
+  }
+  dec->position = 0;
+}
+
+void
+dp_wan_vae_decoder_get_size (const dp_wan_vae_decoder *dec, int *width, int *height)
+{
+  if (width)
+    *width = dec->W;
+  if (height)
+    *height = dec->H;
+}
+
+int
+dp_wan_vae_decoder_max_frames (const dp_wan_vae_decoder *dec)
+{
+  return dec->vae->cfg.temporal_scale;
+}
+
+int64_t
+dp_wan_vae_decoder_position (const dp_wan_vae_decoder *dec)
+{
+  return dec->position;
+}
+
+size_t
+dp_wan_vae_decoder_memory_bytes (const dp_wan_vae_decoder *dec)
+{
+  return (size_t) dec->cache_floats * sizeof (float) + dec->io[0].size + dec->io[1].size + dec->scratch.size +
+         dp_tensor_nbytes (&dec->mean) + dp_tensor_nbytes (&dec->std);
+}
+
+/* Decodes one latent frame into dec->host ([out_channels, n, H, W], clamped). */
+static gboolean
+push_frame (dp_wan_vae_decoder *dec, const dp_tensor *latents, int64_t index, int *n_frames,
+            GError **error)
+{
+  dp_wan_vae *vae = dec->vae;
+  dp_backend *be = vae->be;
+  const dp_wan_vae_config *c = &vae->cfg;
+  char buf[64];
+  if (!latents || (latents->ndim != 3 && latents->ndim != 4) || latents->shape[0] != c->z_dim ||
+      latents->shape[latents->ndim - 2] != dec->h || latents->shape[latents->ndim - 1] != dec->w) {
+    g_set_error (error, DP_ERROR, DP_ERROR_SHAPE, "VAE decoder: latents have shape %s, expected [%d, F, %d, %d]",
+                 latents ? dp_shape_str (latents, buf, sizeof buf) : "(null)", c->z_dim, dec->h, dec->w);
+    return FALSE;
+  }
+  const int64_t frames = latents->ndim == 4 ? latents->shape[1] : 1;
+  if (index < 0 || index >= frames) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "VAE decoder: latent frame %" G_GINT64_FORMAT
+                 " out of range (the latents have %" G_GINT64_FORMAT ")", index, frames);
+    return FALSE;
+  }
+  if (latents->dtype != DP_F32 || !latents->data) {
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "VAE decoder: latents must be F32 backend data, got %s",
+                 dp_dtype_name (latents->dtype));
+    return FALSE;
+  }
+
+  vae_run r = make_run (dec, &dec->io[0], &dec->io[1], &dec->scratch, FALSE);
+  forward_chunk (&r, latents, index, &dec->mean, &dec->std);
+  if (dec->io[0].overflow || dec->io[1].overflow || dec->scratch.overflow) {
+    g_set_error (error, DP_ERROR, DP_ERROR_FAILED, "VAE decoder: activation arena overflow (a sizing bug)");
+    return FALSE;
+  }
+  const dp_tensor out = r.x;
+  const int64_t n = out.shape[1], count = dp_tensor_nelem (&out);
+  dp_tensor host = dp_tensor_view (dec->host, DP_F32, 4, out.shape);
+  be->ops->to_host (be, &host, &out);
+  if (!be->ops->sync (be, error))
+    return FALSE;
+  /* vae.decode's torch.clamp (out, -1, 1). */
+  for (int64_t i = 0; i < count; i++)
+    dec->host[i] = CLAMP (dec->host[i], -1.0f, 1.0f);
+  dec->position++;
+  *n_frames = (int) n;
+  return TRUE;
+}
+
+/* dec->host's n frames to frame `first` of the caller's buffers; video has
+ * `total` frames per channel. */
+static void
+write_outputs (const dp_wan_vae_decoder *dec, int n, uint8_t *rgb, float *video, int64_t total,
+               int64_t first)
+{
+  const int64_t hw = (int64_t) dec->H * dec->W;
+  const int C = dec->vae->cfg.out_channels;
+  if (video)
+    for (int c = 0; c < C; c++)
+      memcpy (video + (c * total + first) * hw, dec->host + (int64_t) c * n * hw, (size_t) (n * hw) * sizeof (float));
+  if (rgb) {
+    uint8_t *dst = rgb + first * hw * 3;
+    for (int64_t t = 0; t < n; t++)
+      for (int64_t i = 0; i < hw; i++)
+        for (int c = 0; c < 3; c++) {
+          /* VaeImageProcessor.denormalize, then numpy_to_pil's
+           * (v * 255).round() (half to even, as rintf). */
+          float v = dec->host[(c * n + t) * hw + i] * 0.5f + 0.5f;
+          v = CLAMP (v, 0.0f, 1.0f);
+          dst[(t * hw + i) * 3 + c] = (uint8_t) rintf (v * 255.0f);
+        }
+  }
+}
+
+static gboolean
+check_rgb (const dp_wan_vae *vae, const uint8_t *rgb, GError **error)
+{
+  if (rgb && vae->cfg.out_channels != 3) {
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "VAE decoder: RGB output needs 3 output channels, the model has %d",
+                 vae->cfg.out_channels);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+gboolean
+dp_wan_vae_decoder_push (dp_wan_vae_decoder *dec, const dp_tensor *latents, int64_t index, uint8_t *rgb,
+                         float *video, int *n_frames, GError **error)
+{
+  g_return_val_if_fail (dec != NULL, FALSE);
+  int n = 0;
+  if (!check_rgb (dec->vae, rgb, error) || !push_frame (dec, latents, index, &n, error))
+    return FALSE;
+  write_outputs (dec, n, rgb, video, n, 0);
+  if (n_frames)
+    *n_frames = n;
+  return TRUE;
+}
+
+gboolean
+dp_wan_vae_decode (dp_wan_vae *vae, const dp_tensor *latents, uint8_t *rgb, float *video, GError **error)
+{
+  g_return_val_if_fail (vae != NULL && latents != NULL, FALSE);
+  char buf[64];
+  if ((latents->ndim != 3 && latents->ndim != 4) || latents->shape[0] != vae->cfg.z_dim) {
+    g_set_error (error, DP_ERROR, DP_ERROR_SHAPE, "VAE decode: latents have shape %s, expected [%d, F, h, w]",
+                 dp_shape_str (latents, buf, sizeof buf), vae->cfg.z_dim);
+    return FALSE;
+  }
+  if (!check_rgb (vae, rgb, error))
+    return FALSE;
+  const int64_t frames = latents->ndim == 4 ? latents->shape[1] : 1;
+  const int64_t total = dp_wan_vae_num_frames (vae, frames);
+  dp_wan_vae_decoder *dec = dp_wan_vae_decoder_new (vae, (int) latents->shape[latents->ndim - 2],
+                                                    (int) latents->shape[latents->ndim - 1], error);
+  if (!dec)
+    return FALSE;
+  gboolean ok = TRUE;
+  int64_t done = 0;
+  for (int64_t i = 0; ok && i < frames; i++) {
+    int n = 0;
+    ok = push_frame (dec, latents, i, &n, error);
+    if (ok) {
+      write_outputs (dec, n, rgb, video, total, done);
+      done += n;
+    }
+  }
+  g_assert (!ok || done == total);
+  dp_wan_vae_decoder_free (dec);
+  return ok;
+}

@@ -1,0 +1,1253 @@
+/* dualparalsrc: text-to-video source element (see gstdualparalsrc.h).
+ *
+ * Threads:
+ * - the application thread: properties, start () (loads the model so that
+ *   caps can be fixated to its native size), stop ();
+ * - the streaming thread: fixate/set_caps (starts the worker once the size is
+ *   known), fill () (pops a frame, converts, timestamps), queries;
+ * - the worker: dp_generator_run () and its frame callback, which copies
+ *   frames into the bounded queue, posts progress and latency messages, and
+ *   blocks while the queue is full.
+ * The worker never posts errors itself: it hands its GError to the queue and
+ * fill () turns it into GST_ELEMENT_ERROR + GST_FLOW_ERROR once the frames
+ * made before the failure have gone downstream (as appsrc-fed sources do).
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <string.h>
+
+#include <gst/video/video.h>
+
+#include "dualparal/backend.h"
+#include "dualparal/generator.h"
+
+#include "frame_queue.h"
+#include "gstdualparalsrc.h"
+
+GST_DEBUG_CATEGORY_STATIC (gst_dual_paral_src_debug);
+#define GST_CAT_DEFAULT gst_dual_paral_src_debug
+
+#ifndef DP_DEFAULT_MODEL_DIR
+#error "DP_DEFAULT_MODEL_DIR must name the default model directory (gst/meson.build sets it)"
+#endif
+
+#define DEFAULT_QUEUE_FRAMES 32
+#define DEFAULT_ENGINE GST_DUAL_PARAL_ENGINE_AUTO
+#define DEFAULT_IS_LIVE FALSE
+/* Used only when caps are fixated without a loaded model, which start ()
+ * prevents; the numbers are Wan2.1 1.3B's native 480p at 16 fps. */
+#define FALLBACK_WIDTH 832
+#define FALLBACK_HEIGHT 480
+#define FALLBACK_FPS 16
+/* A new LATENCY message is posted when the block time moves this much. */
+#define LATENCY_CHANGE_FRACTION 0.1
+
+enum {
+  PROP_0,
+  PROP_PROMPT,
+  PROP_NEGATIVE_PROMPT,
+  PROP_MODEL,
+  PROP_NUM_FRAMES,
+  PROP_STEPS,
+  PROP_GUIDANCE_SCALE,
+  PROP_FLOW_SHIFT,
+  PROP_SEED,
+  PROP_SAMPLER,
+  PROP_ENGINE,
+  PROP_BLOCK_FRAMES,
+  PROP_CONTEXT_FRAMES,
+  PROP_DEVICES,
+  PROP_QUEUE_FRAMES,
+  PROP_IS_LIVE,
+};
+
+/* The settings a run is made with: the properties, copied at start (). */
+typedef struct {
+  gchar *prompt;
+  gchar *negative_prompt;
+  gchar *model;
+  gchar *devices;
+  gint num_frames; /* -1 endless */
+  gint steps;
+  gdouble guidance_scale;
+  gdouble flow_shift;
+  guint64 seed;
+  GstDualParalSampler sampler;
+  GstDualParalEngine engine;
+  gint block_frames;
+  gint context_frames;
+  guint queue_frames;
+} Settings;
+
+struct _GstDualParalSrc {
+  GstPushSrc parent;
+
+  /* Properties; object lock. */
+  Settings props;
+  gboolean running; /* between start () and stop (): settings are fixed */
+
+  /* The run, from start () to stop ().  `run` and `generator` are set by
+   * start ()/set_caps () before the worker exists and stay fixed while it
+   * runs. */
+  Settings run;
+  dp_generator *generator;
+  gint gen_fps;             /* object lock */
+  GstVideoInfo frame_info;  /* RGB at the generator's size: the queued frames */
+  GstVideoInfo out_info;    /* negotiated; written in set_caps, object lock for queries */
+  GstVideoConverter *converter; /* RGB -> out_info, NULL when out_info is RGB */
+
+  DualParalFrameQueue *queue; /* element lifetime: unlock may come at any time */
+  GThread *worker;
+  GMutex worker_lock;
+  GCond worker_cond;
+  gboolean worker_done;      /* worker_lock */
+  gint stopping;             /* atomic: stop () is tearing the run down */
+  GError *callback_error;    /* worker only: why the callback stopped the run */
+  gint64 frames_queued;      /* worker only */
+
+  /* Measured; object lock. */
+  gdouble block_seconds;     /* wall time of the last block, 0 until known */
+  gdouble reported_seconds;  /* block time of the last LATENCY message */
+};
+
+#define gst_dual_paral_src_parent_class parent_class
+G_DEFINE_TYPE (GstDualParalSrc, gst_dual_paral_src, GST_TYPE_PUSH_SRC);
+GST_ELEMENT_REGISTER_DEFINE (dualparalsrc, "dualparalsrc", GST_RANK_NONE,
+    GST_TYPE_DUAL_PARAL_SRC);
+
+/* What GstVideoConverter can produce from RGB without surprises for
+ * encoders and sinks: RGB itself (no conversion), the alpha and padded RGB
+ * layouts sinks want, and the 4:2:0 layouts encoders want. */
+#define SRC_CAPS \
+  "video/x-raw, " \
+  "format = (string) { RGB, RGBA, BGRx, I420, NV12 }, " \
+  "width = (int) [ 16, 16384, 16 ], " \
+  "height = (int) [ 16, 16384, 16 ], " \
+  "framerate = (fraction) [ 1/2147483647, 2147483647/1 ], " \
+  "pixel-aspect-ratio = (fraction) 1/1"
+
+static GstStaticPadTemplate src_template = GST_STATIC_PAD_TEMPLATE ("src",
+    GST_PAD_SRC, GST_PAD_ALWAYS, GST_STATIC_CAPS (SRC_CAPS));
+
+/* The generator's defaults, read once in class_init so that the
+ * properties document and use exactly what the core would. */
+static dp_generator_params generator_defaults;
+
+GType
+gst_dual_paral_sampler_get_type (void)
+{
+  static gsize type = 0;
+  static const GEnumValue values[] = {
+    { GST_DUAL_PARAL_SAMPLER_UNIPC,
+      "UniPC multistep, flow prediction, order 2 (Wan's default)", "unipc" },
+    { GST_DUAL_PARAL_SAMPLER_EULER, "Flow-matching Euler", "euler" },
+    { 0, NULL, NULL },
+  };
+
+  if (g_once_init_enter (&type))
+    g_once_init_leave (&type, g_enum_register_static ("GstDualParalSampler", values));
+  return type;
+}
+
+GType
+gst_dual_paral_engine_get_type (void)
+{
+  static gsize type = 0;
+  static const GEnumValue values[] = {
+    { GST_DUAL_PARAL_ENGINE_AUTO,
+      "DualParal for endless video, classic otherwise", "auto" },
+    { GST_DUAL_PARAL_ENGINE_CLASSIC,
+      "Whole video denoised at once on one device", "classic" },
+    { GST_DUAL_PARAL_ENGINE_DUALPARAL,
+      "Block-wise pipelined denoising over the devices (DualParal)", "dualparal" },
+    { 0, NULL, NULL },
+  };
+
+  if (g_once_init_enter (&type))
+    g_once_init_leave (&type, g_enum_register_static ("GstDualParalEngine", values));
+  return type;
+}
+
+/* --- settings ------------------------------------------------------------ */
+
+static void
+settings_copy (Settings *dst, const Settings *src)
+{
+  *dst = *src;
+  dst->prompt = g_strdup (src->prompt);
+  dst->negative_prompt = g_strdup (src->negative_prompt);
+  dst->model = g_strdup (src->model);
+  dst->devices = g_strdup (src->devices);
+}
+
+static void
+settings_clear (Settings *s)
+{
+  g_clear_pointer (&s->prompt, g_free);
+  g_clear_pointer (&s->negative_prompt, g_free);
+  g_clear_pointer (&s->model, g_free);
+  g_clear_pointer (&s->devices, g_free);
+}
+
+/* NULL when n is a frame count the model can make, else why not
+ * (free with g_free). */
+static gchar *
+num_frames_problem (gint n)
+{
+  gint below;
+
+  if (n == -1 || (n >= 1 && (n - 1) % 4 == 0))
+    return NULL;
+  if (n < 1)
+    return g_strdup_printf ("num-frames %d is not valid: use -1 for endless video "
+                            "or a count of the form 4k+1 (1, 5, 9, ..., 81, ...)", n);
+  below = (n - 1) / 4 * 4 + 1;
+  return g_strdup_printf ("num-frames %d is not valid: the model makes 4k+1 frames "
+                          "(nearest: %d or %d), or -1 for endless video",
+                          n, below, below + 4);
+}
+
+static dp_engine_kind
+engine_for (const Settings *s)
+{
+  switch (s->engine) {
+    case GST_DUAL_PARAL_ENGINE_CLASSIC:
+      return DP_ENGINE_CLASSIC;
+    case GST_DUAL_PARAL_ENGINE_DUALPARAL:
+      return DP_ENGINE_DUALPARAL;
+    case GST_DUAL_PARAL_ENGINE_AUTO:
+    default:
+      return s->num_frames == -1 ? DP_ENGINE_DUALPARAL : DP_ENGINE_CLASSIC;
+  }
+}
+
+/* Posts a generator GError as an element error whose text is the
+ * generator's message.  The GStreamer code says what kind of failure it is. */
+static void
+post_generator_error (GstDualParalSrc *self, const GError *error, const gchar *while_doing)
+{
+  GQuark domain = GST_RESOURCE_ERROR;
+  gint code = GST_RESOURCE_ERROR_FAILED;
+  gchar *debug;
+
+  if (error->domain == DP_ERROR) {
+    switch (error->code) {
+      case DP_ERROR_IO:
+        code = GST_RESOURCE_ERROR_OPEN_READ;
+        break;
+      case DP_ERROR_MISSING:
+        code = GST_RESOURCE_ERROR_NOT_FOUND;
+        break;
+      case DP_ERROR_FORMAT:
+      case DP_ERROR_SHAPE:
+        code = GST_RESOURCE_ERROR_READ; /* corrupt or mismatched model files */
+        break;
+      case DP_ERROR_INVALID:
+      case DP_ERROR_UNSUPPORTED:
+        code = GST_RESOURCE_ERROR_SETTINGS;
+        break;
+      case DP_ERROR_NOMEM:
+        code = GST_RESOURCE_ERROR_NO_SPACE_LEFT;
+        break;
+      case DP_ERROR_DEVICE:
+      default:
+        code = GST_RESOURCE_ERROR_FAILED;
+        break;
+    }
+  } else {
+    domain = GST_LIBRARY_ERROR;
+    code = GST_LIBRARY_ERROR_FAILED;
+  }
+  debug = g_strdup_printf ("%s failed (%s %d)", while_doing,
+                           g_quark_to_string (error->domain), error->code);
+  gst_element_message_full (GST_ELEMENT (self), GST_MESSAGE_ERROR, domain, code,
+                            g_strdup (error->message), debug, __FILE__, GST_FUNCTION,
+                            __LINE__);
+}
+
+/* Creates the generator for the run's settings at width x height (0 x 0:
+ * the model's native size).  The params point into self->run, which lives
+ * until stop (). */
+static gboolean
+create_generator (GstDualParalSrc *self, gint width, gint height, GError **error)
+{
+  dp_generator_params p;
+
+  dp_generator_params_init (&p);
+  p.model_dir = self->run.model;
+  p.prompt = self->run.prompt;
+  p.negative_prompt = self->run.negative_prompt;
+  p.width = width;
+  p.height = height;
+  p.num_frames = self->run.num_frames;
+  p.steps = self->run.steps;
+  p.guidance_scale = self->run.guidance_scale;
+  p.flow_shift = self->run.flow_shift;
+  p.seed = self->run.seed;
+  p.sampler = (dp_sampler_kind) self->run.sampler;
+  p.engine = engine_for (&self->run);
+  p.block_frames = self->run.block_frames;
+  p.context_frames = self->run.context_frames;
+  p.devices = self->run.devices;
+
+  GST_INFO_OBJECT (self, "loading model '%s' (%dx%d, %d frames, %d steps, devices %s)",
+                   p.model_dir, width, height, p.num_frames, p.steps, p.devices);
+  self->generator = dp_generator_new (&p, error);
+  if (self->generator == NULL)
+    return FALSE;
+
+  GST_OBJECT_LOCK (self);
+  self->gen_fps = dp_generator_fps (self->generator);
+  GST_OBJECT_UNLOCK (self);
+  return TRUE;
+}
+
+/* --- the worker ---------------------------------------------------------- */
+
+/* A queued frame: RGB with GstVideoInfo strides, OFFSET = frame index.
+ * NULL when memory runs out. */
+static GstBuffer *
+frame_buffer_new (const GstVideoInfo *info, const guint8 *rgb, gint64 index)
+{
+  gsize size = GST_VIDEO_INFO_SIZE (info);
+  gsize row = (gsize) GST_VIDEO_INFO_WIDTH (info) * 3;
+  gint stride = GST_VIDEO_INFO_PLANE_STRIDE (info, 0);
+  guint8 *data = g_try_malloc (size);
+  GstBuffer *buffer;
+  gint y;
+
+  if (data == NULL)
+    return NULL;
+  for (y = 0; y < GST_VIDEO_INFO_HEIGHT (info); y++)
+    memcpy (data + (gsize) y * stride, rgb + (gsize) y * row, row);
+  buffer = gst_buffer_new_wrapped (data, size);
+  GST_BUFFER_OFFSET (buffer) = index;
+  return buffer;
+}
+
+static void
+post_progress (GstDualParalSrc *self, const dp_progress *progress)
+{
+  GstStructure *s = gst_structure_new ("dualparal-progress",
+      "frames-done", G_TYPE_INT64, (gint64) progress->frames_done,
+      "frames-total", G_TYPE_INT64, (gint64) progress->frames_total,
+      "steps", G_TYPE_INT, progress->steps,
+      "blocks-in-flight", G_TYPE_INT, progress->blocks_in_flight,
+      "seconds-per-block", G_TYPE_DOUBLE, progress->block_seconds, NULL);
+
+  gst_element_post_message (GST_ELEMENT (self),
+                            gst_message_new_element (GST_OBJECT (self), s));
+}
+
+/* Records the block time; in live mode, asks the pipeline to query the
+ * latency again when it has moved noticeably. */
+static void
+update_block_time (GstDualParalSrc *self, gdouble seconds)
+{
+  gboolean repost = FALSE;
+  gboolean live = gst_base_src_is_live (GST_BASE_SRC (self));
+
+  GST_OBJECT_LOCK (self);
+  self->block_seconds = seconds;
+  if (live && seconds > 0.0
+      && (self->reported_seconds <= 0.0
+          || ABS (seconds - self->reported_seconds)
+                 > LATENCY_CHANGE_FRACTION * self->reported_seconds)) {
+    self->reported_seconds = seconds;
+    repost = TRUE;
+  }
+  GST_OBJECT_UNLOCK (self);
+
+  if (repost)
+    gst_element_post_message (GST_ELEMENT (self),
+                              gst_message_new_latency (GST_OBJECT (self)));
+}
+
+/* dp_frames_cb: copies the frames into the queue, waiting while it is full
+ * (that wait is the backpressure that pauses generation).  FALSE stops the
+ * run: on stop, or when a frame cannot be held. */
+static gboolean
+on_frames (const uint8_t *rgb, int n_frames, int64_t first_frame,
+           const dp_progress *progress, void *user_data)
+{
+  GstDualParalSrc *self = user_data;
+  gsize frame_bytes = (gsize) GST_VIDEO_INFO_WIDTH (&self->frame_info)
+                      * GST_VIDEO_INFO_HEIGHT (&self->frame_info) * 3;
+  int i;
+
+  if (progress != NULL) {
+    post_progress (self, progress);
+    update_block_time (self, progress->block_seconds);
+  }
+
+  for (i = 0; i < n_frames; i++) {
+    gint64 index = first_frame + i;
+    GstBuffer *frame;
+
+    if (g_atomic_int_get (&self->stopping))
+      return FALSE;
+    if (self->run.num_frames > 0 && index >= self->run.num_frames) {
+      GST_WARNING_OBJECT (self, "generator delivered frame %" G_GINT64_FORMAT
+                          " past num-frames %d; dropped", index, self->run.num_frames);
+      continue;
+    }
+    frame = frame_buffer_new (&self->frame_info, rgb + (gsize) i * frame_bytes, index);
+    if (frame == NULL) {
+      self->callback_error = g_error_new (DP_ERROR, DP_ERROR_NOMEM,
+          "Out of memory: cannot hold frame %" G_GINT64_FORMAT " (%" G_GSIZE_FORMAT
+          " bytes) in the frame queue", index, GST_VIDEO_INFO_SIZE (&self->frame_info));
+      return FALSE;
+    }
+    if (!dualparal_frame_queue_push (self->queue, frame)) {
+      gst_buffer_unref (frame);
+      return FALSE;
+    }
+    self->frames_queued = index + 1;
+  }
+  return TRUE;
+}
+
+static gpointer
+worker_main (gpointer data)
+{
+  GstDualParalSrc *self = data;
+  GError *error = NULL;
+  gboolean ok;
+
+  GST_DEBUG_OBJECT (self, "generation starts");
+  ok = dp_generator_run (self->generator, on_frames, self, &error);
+
+  if (g_atomic_int_get (&self->stopping)) {
+    /* stop () asked for it: nobody is waiting for frames any more. */
+    g_clear_error (&error);
+    g_clear_error (&self->callback_error);
+    dualparal_frame_queue_finish (self->queue, NULL);
+  } else if (!ok) {
+    if (self->callback_error != NULL) {
+      g_clear_error (&error);
+      error = g_steal_pointer (&self->callback_error);
+    } else if (error == NULL) {
+      error = g_error_new_literal (DP_ERROR, DP_ERROR_FAILED,
+                                   "The generator failed without saying why");
+    }
+    GST_WARNING_OBJECT (self, "generation failed: %s", error->message);
+    dualparal_frame_queue_finish (self->queue, error);
+  } else if (self->run.num_frames > 0 && self->frames_queued < self->run.num_frames) {
+    dualparal_frame_queue_finish (self->queue,
+        g_error_new (DP_ERROR, DP_ERROR_FAILED,
+                     "The generator stopped after %" G_GINT64_FORMAT " of %d frames",
+                     self->frames_queued, self->run.num_frames));
+  } else {
+    GST_DEBUG_OBJECT (self, "generation done, %" G_GINT64_FORMAT " frames",
+                      self->frames_queued);
+    dualparal_frame_queue_finish (self->queue, NULL);
+  }
+
+  g_mutex_lock (&self->worker_lock);
+  self->worker_done = TRUE;
+  g_cond_broadcast (&self->worker_cond);
+  g_mutex_unlock (&self->worker_lock);
+  return NULL;
+}
+
+static gboolean
+start_worker (GstDualParalSrc *self)
+{
+  GError *error = NULL;
+
+  self->worker_done = FALSE;
+  self->frames_queued = 0;
+  g_atomic_int_set (&self->stopping, FALSE);
+  self->worker = g_thread_try_new ("dualparal-gen", worker_main, self, &error);
+  if (self->worker == NULL) {
+    GST_ELEMENT_ERROR (self, RESOURCE, FAILED,
+                       ("Could not start the generator thread: %s", error->message), (NULL));
+    g_error_free (error);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* Ends the run: wakes a callback blocked on the full queue, cancels the
+ * generator (again and again until the worker is out, so that a cancel that
+ * lands before dp_generator_run () has started is not lost), joins. */
+static void
+stop_worker (GstDualParalSrc *self)
+{
+  if (self->worker == NULL)
+    return;
+
+  g_atomic_int_set (&self->stopping, TRUE);
+  dualparal_frame_queue_shutdown (self->queue);
+  g_mutex_lock (&self->worker_lock);
+  while (!self->worker_done) {
+    dp_generator_cancel (self->generator);
+    g_cond_wait_until (&self->worker_cond, &self->worker_lock,
+                       g_get_monotonic_time () + 20 * G_TIME_SPAN_MILLISECOND);
+  }
+  g_mutex_unlock (&self->worker_lock);
+  g_thread_join (self->worker);
+  self->worker = NULL;
+  g_atomic_int_set (&self->stopping, FALSE);
+}
+
+/* --- GstBaseSrc ---------------------------------------------------------- */
+
+static gboolean
+gst_dual_paral_src_start (GstBaseSrc *bsrc)
+{
+  GstDualParalSrc *self = GST_DUAL_PARAL_SRC (bsrc);
+  GError *error = NULL;
+  gchar *problem;
+
+  GST_OBJECT_LOCK (self);
+  settings_copy (&self->run, &self->props);
+  self->running = TRUE;
+  self->block_seconds = 0.0;
+  self->reported_seconds = 0.0;
+  gst_video_info_init (&self->out_info);
+  GST_OBJECT_UNLOCK (self);
+
+  problem = num_frames_problem (self->run.num_frames);
+  if (problem != NULL) {
+    GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS, ("%s", problem), (NULL));
+    g_free (problem);
+    goto failed;
+  }
+
+  if (!g_file_test (self->run.model, G_FILE_TEST_IS_DIR)) {
+    if (g_strcmp0 (self->run.model, DP_DEFAULT_MODEL_DIR) == 0)
+      GST_ELEMENT_ERROR (self, RESOURCE, NOT_FOUND,
+          ("The default model directory '%s' does not exist; set the model property "
+           "to a Wan2.1 text-to-video model in diffusers layout", self->run.model),
+          ("the default is fixed at build time (DP_DEFAULT_MODEL_DIR)"));
+    else
+      GST_ELEMENT_ERROR (self, RESOURCE, NOT_FOUND,
+          ("Model directory '%s' does not exist or is not a directory", self->run.model),
+          (NULL));
+    goto failed;
+  }
+
+  dualparal_frame_queue_reset (self->queue, self->run.queue_frames);
+  if (!create_generator (self, 0, 0, &error)) {
+    post_generator_error (self, error, "loading the model");
+    g_error_free (error);
+    goto failed;
+  }
+  return TRUE;
+
+failed:
+  GST_OBJECT_LOCK (self);
+  self->running = FALSE;
+  GST_OBJECT_UNLOCK (self);
+  settings_clear (&self->run);
+  return FALSE;
+}
+
+static gboolean
+gst_dual_paral_src_stop (GstBaseSrc *bsrc)
+{
+  GstDualParalSrc *self = GST_DUAL_PARAL_SRC (bsrc);
+
+  stop_worker (self);
+  g_clear_pointer (&self->converter, gst_video_converter_free);
+  g_clear_pointer (&self->generator, dp_generator_free);
+  g_clear_error (&self->callback_error);
+  dualparal_frame_queue_reset (self->queue, 1); /* drops the frames left */
+
+  GST_OBJECT_LOCK (self);
+  self->running = FALSE;
+  self->gen_fps = 0;
+  self->block_seconds = 0.0;
+  gst_video_info_init (&self->out_info);
+  GST_OBJECT_UNLOCK (self);
+  settings_clear (&self->run);
+  return TRUE;
+}
+
+static GstCaps *
+gst_dual_paral_src_fixate (GstBaseSrc *bsrc, GstCaps *caps)
+{
+  GstDualParalSrc *self = GST_DUAL_PARAL_SRC (bsrc);
+  GstStructure *s;
+  gint width = FALLBACK_WIDTH, height = FALLBACK_HEIGHT, fps = FALLBACK_FPS;
+
+  if (self->generator != NULL) {
+    dp_generator_get_size (self->generator, &width, &height);
+    fps = dp_generator_fps (self->generator);
+  }
+
+  caps = gst_caps_truncate (gst_caps_make_writable (caps));
+  s = gst_caps_get_structure (caps, 0);
+  gst_structure_fixate_field_nearest_int (s, "width", width);
+  gst_structure_fixate_field_nearest_int (s, "height", height);
+  if (gst_structure_has_field (s, "framerate"))
+    gst_structure_fixate_field_nearest_fraction (s, "framerate", fps, 1);
+  else
+    gst_structure_set (s, "framerate", GST_TYPE_FRACTION, fps, 1, NULL);
+  if (gst_structure_has_field (s, "pixel-aspect-ratio"))
+    gst_structure_fixate_field_nearest_fraction (s, "pixel-aspect-ratio", 1, 1);
+  else
+    gst_structure_set (s, "pixel-aspect-ratio", GST_TYPE_FRACTION, 1, 1, NULL);
+
+  return GST_BASE_SRC_CLASS (parent_class)->fixate (bsrc, caps);
+}
+
+static gboolean
+gst_dual_paral_src_set_caps (GstBaseSrc *bsrc, GstCaps *caps)
+{
+  GstDualParalSrc *self = GST_DUAL_PARAL_SRC (bsrc);
+  GstVideoInfo info;
+  gint gen_width = 0, gen_height = 0;
+  gint width, height;
+
+  if (!gst_video_info_from_caps (&info, caps)) {
+    GST_ERROR_OBJECT (self, "cannot parse caps %" GST_PTR_FORMAT, caps);
+    return FALSE;
+  }
+  width = GST_VIDEO_INFO_WIDTH (&info);
+  height = GST_VIDEO_INFO_HEIGHT (&info);
+  if (GST_VIDEO_INFO_FPS_N (&info) <= 0 || GST_VIDEO_INFO_FPS_D (&info) <= 0) {
+    GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+        ("dualparalsrc needs a fixed, non-zero framerate, got %d/%d",
+         GST_VIDEO_INFO_FPS_N (&info), GST_VIDEO_INFO_FPS_D (&info)), (NULL));
+    return FALSE;
+  }
+  if (self->generator != NULL)
+    dp_generator_get_size (self->generator, &gen_width, &gen_height);
+
+  if (self->worker != NULL) {
+    /* Mid-stream renegotiation: only the pixel format may change, or the
+     * frames and timestamps would no longer follow each other. */
+    if (width != gen_width || height != gen_height
+        || GST_VIDEO_INFO_FPS_N (&info) != GST_VIDEO_INFO_FPS_N (&self->out_info)
+        || GST_VIDEO_INFO_FPS_D (&info) != GST_VIDEO_INFO_FPS_D (&self->out_info)) {
+      GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+          ("Cannot change the frame size or rate while generating (%dx%d at %d/%d "
+           "requested, %dx%d at %d/%d running)", width, height,
+           GST_VIDEO_INFO_FPS_N (&info), GST_VIDEO_INFO_FPS_D (&info), gen_width,
+           gen_height, GST_VIDEO_INFO_FPS_N (&self->out_info),
+           GST_VIDEO_INFO_FPS_D (&self->out_info)), (NULL));
+      return FALSE;
+    }
+  } else if (self->generator == NULL || width != gen_width || height != gen_height) {
+    /* Downstream wants another size than the native one: the generator's
+     * settings include the size, so it is made again and judges the size
+     * itself (refusing it here fails negotiation with its reason). */
+    GError *error = NULL;
+
+    GST_INFO_OBJECT (self, "downstream asks for %dx%d, native is %dx%d: reloading",
+                     width, height, gen_width, gen_height);
+    g_clear_pointer (&self->generator, dp_generator_free);
+    if (!create_generator (self, width, height, &error)) {
+      if (error->domain == DP_ERROR
+          && (error->code == DP_ERROR_INVALID || error->code == DP_ERROR_UNSUPPORTED))
+        GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+            ("The model cannot generate %dx%d video: %s", width, height, error->message),
+            (NULL));
+      else
+        post_generator_error (self, error, "loading the model");
+      g_error_free (error);
+      return FALSE;
+    }
+    dp_generator_get_size (self->generator, &gen_width, &gen_height);
+    if (width != gen_width || height != gen_height) {
+      GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+          ("The model cannot generate %dx%d video (it makes %dx%d)", width, height,
+           gen_width, gen_height), (NULL));
+      return FALSE;
+    }
+  }
+
+  if (self->worker == NULL) {
+    gst_video_info_set_format (&self->frame_info, GST_VIDEO_FORMAT_RGB, gen_width,
+                               gen_height);
+  }
+
+  g_clear_pointer (&self->converter, gst_video_converter_free);
+  if (GST_VIDEO_INFO_FORMAT (&info) != GST_VIDEO_FORMAT_RGB) {
+    self->converter = gst_video_converter_new (&self->frame_info, &info, NULL);
+    if (self->converter == NULL) {
+      GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+          ("Cannot convert RGB to %s", gst_video_format_to_string (GST_VIDEO_INFO_FORMAT (&info))),
+          (NULL));
+      return FALSE;
+    }
+  }
+
+  GST_OBJECT_LOCK (self);
+  self->out_info = info;
+  GST_OBJECT_UNLOCK (self);
+  GST_DEBUG_OBJECT (self, "negotiated %" GST_PTR_FORMAT, caps);
+
+  /* Generation starts as soon as the size is known: a live source thus
+   * fills its queue while the pipeline is still PAUSED. */
+  if (self->worker == NULL)
+    return start_worker (self);
+  return TRUE;
+}
+
+static gboolean
+gst_dual_paral_src_decide_allocation (GstBaseSrc *bsrc, GstQuery *query)
+{
+  GstBufferPool *pool = NULL;
+  GstStructure *config;
+  GstCaps *caps = NULL;
+  GstVideoInfo info;
+  guint size, min = 0, max = 0;
+  gboolean update;
+
+  gst_query_parse_allocation (query, &caps, NULL);
+  if (caps == NULL || !gst_video_info_from_caps (&info, caps))
+    return FALSE;
+
+  update = gst_query_get_n_allocation_pools (query) > 0;
+  if (update) {
+    gst_query_parse_nth_allocation_pool (query, 0, &pool, &size, &min, &max);
+    size = MAX (size, GST_VIDEO_INFO_SIZE (&info));
+  } else {
+    size = GST_VIDEO_INFO_SIZE (&info);
+  }
+  if (pool == NULL)
+    pool = gst_video_buffer_pool_new ();
+
+  config = gst_buffer_pool_get_config (pool);
+  gst_buffer_pool_config_set_params (config, caps, size, min, max);
+  /* With video meta downstream accepts the pool's strides and offsets;
+   * fill () writes through GstVideoFrame, which honours them. */
+  if (gst_query_find_allocation_meta (query, GST_VIDEO_META_API_TYPE, NULL))
+    gst_buffer_pool_config_add_option (config, GST_BUFFER_POOL_OPTION_VIDEO_META);
+  if (!gst_buffer_pool_set_config (pool, config)) {
+    /* A downstream pool may adjust the configuration; take what it offers
+     * if it still fits. */
+    config = gst_buffer_pool_get_config (pool);
+    if (!gst_buffer_pool_config_validate_params (config, caps, size, min, max)) {
+      gst_structure_free (config);
+      gst_object_unref (pool);
+      GST_ELEMENT_ERROR (bsrc, RESOURCE, SETTINGS,
+                         ("Downstream buffer pool refused the configuration"), (NULL));
+      return FALSE;
+    }
+    if (!gst_buffer_pool_set_config (pool, config)) {
+      gst_object_unref (pool);
+      GST_ELEMENT_ERROR (bsrc, RESOURCE, SETTINGS,
+                         ("Downstream buffer pool refused the configuration"), (NULL));
+      return FALSE;
+    }
+  }
+
+  if (update)
+    gst_query_set_nth_allocation_pool (query, 0, pool, size, min, max);
+  else
+    gst_query_add_allocation_pool (query, pool, size, min, max);
+  gst_object_unref (pool);
+
+  return GST_BASE_SRC_CLASS (parent_class)->decide_allocation (bsrc, query);
+}
+
+/* Frame rate for queries: the negotiated one, else the model's.  Object
+ * lock held.  FALSE when neither is known yet. */
+static gboolean
+query_fps_locked (GstDualParalSrc *self, gint *fps_n, gint *fps_d)
+{
+  if (GST_VIDEO_INFO_FPS_N (&self->out_info) > 0) {
+    *fps_n = GST_VIDEO_INFO_FPS_N (&self->out_info);
+    *fps_d = GST_VIDEO_INFO_FPS_D (&self->out_info);
+    return TRUE;
+  }
+  if (self->gen_fps > 0) {
+    *fps_n = self->gen_fps;
+    *fps_d = 1;
+    return TRUE;
+  }
+  return FALSE;
+}
+
+static gboolean
+gst_dual_paral_src_query (GstBaseSrc *bsrc, GstQuery *query)
+{
+  GstDualParalSrc *self = GST_DUAL_PARAL_SRC (bsrc);
+  gint fps_n = 0, fps_d = 1;
+
+  switch (GST_QUERY_TYPE (query)) {
+    case GST_QUERY_DURATION: {
+      GstFormat format;
+      gint frames;
+      gboolean known;
+
+      gst_query_parse_duration (query, &format, NULL);
+      GST_OBJECT_LOCK (self);
+      frames = self->running ? self->run.num_frames : self->props.num_frames;
+      known = query_fps_locked (self, &fps_n, &fps_d) && frames > 0;
+      GST_OBJECT_UNLOCK (self);
+      if (!known)
+        break; /* endless or not started: the default says unknown */
+      if (format == GST_FORMAT_TIME) {
+        gst_query_set_duration (query, GST_FORMAT_TIME,
+            gst_util_uint64_scale (frames, (guint64) fps_d * GST_SECOND, fps_n));
+        return TRUE;
+      }
+      if (format == GST_FORMAT_DEFAULT) {
+        gst_query_set_duration (query, GST_FORMAT_DEFAULT, frames);
+        return TRUE;
+      }
+      break;
+    }
+    case GST_QUERY_LATENCY: {
+      GstClockTime min, max;
+      guint queue_frames;
+
+      if (!gst_base_src_is_live (bsrc))
+        break;
+      /* A frame is ready one block time after its block started, and the
+       * queue can hold queue-frames more before generation waits. */
+      GST_OBJECT_LOCK (self);
+      if (!query_fps_locked (self, &fps_n, &fps_d)) {
+        fps_n = FALLBACK_FPS;
+        fps_d = 1;
+      }
+      min = (GstClockTime) (self->block_seconds * GST_SECOND);
+      queue_frames = self->running ? self->run.queue_frames : self->props.queue_frames;
+      GST_OBJECT_UNLOCK (self);
+      max = min + gst_util_uint64_scale (queue_frames, (guint64) fps_d * GST_SECOND, fps_n);
+      GST_DEBUG_OBJECT (self, "latency min %" GST_TIME_FORMAT " max %" GST_TIME_FORMAT,
+                        GST_TIME_ARGS (min), GST_TIME_ARGS (max));
+      gst_query_set_latency (query, TRUE, min, max);
+      return TRUE;
+    }
+    case GST_QUERY_CONVERT: {
+      GstFormat src_fmt, dest_fmt;
+      gint64 src_val, dest_val;
+      gboolean res = FALSE;
+
+      gst_query_parse_convert (query, &src_fmt, &src_val, &dest_fmt, &dest_val);
+      GST_OBJECT_LOCK (self);
+      if (GST_VIDEO_INFO_FPS_N (&self->out_info) > 0)
+        res = gst_video_info_convert (&self->out_info, src_fmt, src_val, dest_fmt, &dest_val);
+      GST_OBJECT_UNLOCK (self);
+      if (res) {
+        gst_query_set_convert (query, src_fmt, src_val, dest_fmt, dest_val);
+        return TRUE;
+      }
+      break;
+    }
+    default:
+      break;
+  }
+  return GST_BASE_SRC_CLASS (parent_class)->query (bsrc, query);
+}
+
+static gboolean
+gst_dual_paral_src_is_seekable (GstBaseSrc *bsrc)
+{
+  return FALSE; /* the generator makes frames in order, once */
+}
+
+static void
+gst_dual_paral_src_get_times (GstBaseSrc *bsrc, GstBuffer *buffer, GstClockTime *start,
+                              GstClockTime *end)
+{
+  /* Live: sync each frame on its timestamp, as videotestsrc does. */
+  if (gst_base_src_is_live (bsrc) && GST_BUFFER_PTS_IS_VALID (buffer)) {
+    *start = GST_BUFFER_PTS (buffer);
+    if (GST_BUFFER_DURATION_IS_VALID (buffer))
+      *end = *start + GST_BUFFER_DURATION (buffer);
+  } else {
+    *start = GST_CLOCK_TIME_NONE;
+    *end = GST_CLOCK_TIME_NONE;
+  }
+}
+
+static gboolean
+gst_dual_paral_src_unlock (GstBaseSrc *bsrc)
+{
+  dualparal_frame_queue_set_flushing (GST_DUAL_PARAL_SRC (bsrc)->queue, TRUE);
+  return TRUE;
+}
+
+static gboolean
+gst_dual_paral_src_unlock_stop (GstBaseSrc *bsrc)
+{
+  dualparal_frame_queue_set_flushing (GST_DUAL_PARAL_SRC (bsrc)->queue, FALSE);
+  return TRUE;
+}
+
+/* Writes one queued RGB frame into out in the negotiated format. */
+static gboolean
+write_frame (GstDualParalSrc *self, GstBuffer *frame, GstBuffer *out)
+{
+  GstVideoFrame in_frame, out_frame;
+  gboolean ok = TRUE;
+
+  if (!gst_video_frame_map (&in_frame, &self->frame_info, frame, GST_MAP_READ))
+    return FALSE;
+  if (!gst_video_frame_map (&out_frame, &self->out_info, out, GST_MAP_WRITE)) {
+    gst_video_frame_unmap (&in_frame);
+    return FALSE;
+  }
+  if (self->converter != NULL)
+    gst_video_converter_frame (self->converter, &in_frame, &out_frame);
+  else
+    ok = gst_video_frame_copy (&out_frame, &in_frame);
+  gst_video_frame_unmap (&out_frame);
+  gst_video_frame_unmap (&in_frame);
+  return ok;
+}
+
+static GstFlowReturn
+gst_dual_paral_src_fill (GstPushSrc *psrc, GstBuffer *buffer)
+{
+  GstDualParalSrc *self = GST_DUAL_PARAL_SRC (psrc);
+  GstBuffer *frame = NULL;
+  GError *error = NULL;
+  guint64 index, duration_scale;
+  gint fps_n, fps_d;
+
+  if (G_UNLIKELY (self->worker == NULL)) {
+    GST_ELEMENT_ERROR (self, CORE, NEGOTIATION, ("No caps were negotiated"), (NULL));
+    return GST_FLOW_NOT_NEGOTIATED;
+  }
+
+  switch (dualparal_frame_queue_pop (self->queue, (gpointer *) &frame, &error)) {
+    case DUALPARAL_FRAME_QUEUE_OK:
+      break;
+    case DUALPARAL_FRAME_QUEUE_FLUSHING:
+      GST_DEBUG_OBJECT (self, "flushing");
+      return GST_FLOW_FLUSHING;
+    case DUALPARAL_FRAME_QUEUE_EOS:
+      GST_DEBUG_OBJECT (self, "all frames out");
+      return GST_FLOW_EOS;
+    case DUALPARAL_FRAME_QUEUE_ERROR:
+    default:
+      post_generator_error (self, error, "generating the video");
+      g_error_free (error);
+      return GST_FLOW_ERROR;
+  }
+
+  if (!write_frame (self, frame, buffer)) {
+    gst_buffer_unref (frame);
+    GST_ELEMENT_ERROR (self, RESOURCE, WRITE, ("Could not map the output buffer"), (NULL));
+    return GST_FLOW_ERROR;
+  }
+
+  index = GST_BUFFER_OFFSET (frame);
+  gst_buffer_unref (frame);
+  fps_n = GST_VIDEO_INFO_FPS_N (&self->out_info);
+  fps_d = GST_VIDEO_INFO_FPS_D (&self->out_info);
+  duration_scale = (guint64) fps_d * GST_SECOND;
+  GST_BUFFER_PTS (buffer) = gst_util_uint64_scale (index, duration_scale, fps_n);
+  GST_BUFFER_DTS (buffer) = GST_CLOCK_TIME_NONE;
+  GST_BUFFER_DURATION (buffer) =
+      gst_util_uint64_scale (index + 1, duration_scale, fps_n) - GST_BUFFER_PTS (buffer);
+  GST_BUFFER_OFFSET (buffer) = index;
+  GST_BUFFER_OFFSET_END (buffer) = index + 1;
+  GST_LOG_OBJECT (self, "frame %" G_GUINT64_FORMAT " pts %" GST_TIME_FORMAT, index,
+                  GST_TIME_ARGS (GST_BUFFER_PTS (buffer)));
+  return GST_FLOW_OK;
+}
+
+/* --- GObject ------------------------------------------------------------- */
+
+static void
+gst_dual_paral_src_set_property (GObject *object, guint prop_id, const GValue *value,
+                                 GParamSpec *pspec)
+{
+  GstDualParalSrc *self = GST_DUAL_PARAL_SRC (object);
+  gchar *problem = NULL;
+
+  GST_OBJECT_LOCK (self);
+  if (self->running) {
+    GST_OBJECT_UNLOCK (self);
+    g_warning ("dualparalsrc: '%s' cannot change while the element runs; "
+               "set it in the NULL or READY state", pspec->name);
+    return;
+  }
+  switch (prop_id) {
+    case PROP_PROMPT:
+      g_free (self->props.prompt);
+      self->props.prompt = g_value_dup_string (value);
+      if (self->props.prompt == NULL)
+        self->props.prompt = g_strdup ("");
+      break;
+    case PROP_NEGATIVE_PROMPT:
+      g_free (self->props.negative_prompt);
+      self->props.negative_prompt = g_value_dup_string (value);
+      if (self->props.negative_prompt == NULL)
+        self->props.negative_prompt = g_strdup ("");
+      break;
+    case PROP_MODEL:
+      g_free (self->props.model);
+      self->props.model = g_value_dup_string (value);
+      if (self->props.model == NULL)
+        self->props.model = g_strdup (DP_DEFAULT_MODEL_DIR);
+      break;
+    case PROP_NUM_FRAMES:
+      /* Kept as given so that start () refuses it with an element error on
+       * the bus; the warning tells the user at once. */
+      self->props.num_frames = g_value_get_int (value);
+      problem = num_frames_problem (self->props.num_frames);
+      break;
+    case PROP_STEPS:
+      self->props.steps = g_value_get_int (value);
+      break;
+    case PROP_GUIDANCE_SCALE:
+      self->props.guidance_scale = g_value_get_double (value);
+      break;
+    case PROP_FLOW_SHIFT:
+      self->props.flow_shift = g_value_get_double (value);
+      break;
+    case PROP_SEED:
+      self->props.seed = g_value_get_uint64 (value);
+      break;
+    case PROP_SAMPLER:
+      self->props.sampler = g_value_get_enum (value);
+      break;
+    case PROP_ENGINE:
+      self->props.engine = g_value_get_enum (value);
+      break;
+    case PROP_BLOCK_FRAMES:
+      self->props.block_frames = g_value_get_int (value);
+      break;
+    case PROP_CONTEXT_FRAMES:
+      self->props.context_frames = g_value_get_int (value);
+      break;
+    case PROP_DEVICES:
+      g_free (self->props.devices);
+      self->props.devices = g_value_dup_string (value);
+      if (self->props.devices == NULL)
+        self->props.devices = g_strdup (generator_defaults.devices ? generator_defaults.devices
+                                                                   : "cpu");
+      break;
+    case PROP_QUEUE_FRAMES:
+      self->props.queue_frames = g_value_get_uint (value);
+      break;
+    case PROP_IS_LIVE:
+      GST_OBJECT_UNLOCK (self);
+      gst_base_src_set_live (GST_BASE_SRC (self), g_value_get_boolean (value));
+      return;
+    default:
+      G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+      break;
+  }
+  GST_OBJECT_UNLOCK (self);
+
+  if (problem != NULL) {
+    g_warning ("dualparalsrc: %s", problem);
+    g_free (problem);
+  }
+}
+
+static void
+gst_dual_paral_src_get_property (GObject *object, guint prop_id, GValue *value,
+                                 GParamSpec *pspec)
+{
+  GstDualParalSrc *self = GST_DUAL_PARAL_SRC (object);
+
+  if (prop_id == PROP_IS_LIVE) {
+    g_value_set_boolean (value, gst_base_src_is_live (GST_BASE_SRC (self)));
+    return;
+  }
+
+  GST_OBJECT_LOCK (self);
+  switch (prop_id) {
+    case PROP_PROMPT:
+      g_value_set_string (value, self->props.prompt);
+      break;
+    case PROP_NEGATIVE_PROMPT:
+      g_value_set_string (value, self->props.negative_prompt);
+      break;
+    case PROP_MODEL:
+      g_value_set_string (value, self->props.model);
+      break;
+    case PROP_NUM_FRAMES:
+      g_value_set_int (value, self->props.num_frames);
+      break;
+    case PROP_STEPS:
+      g_value_set_int (value, self->props.steps);
+      break;
+    case PROP_GUIDANCE_SCALE:
+      g_value_set_double (value, self->props.guidance_scale);
+      break;
+    case PROP_FLOW_SHIFT:
+      g_value_set_double (value, self->props.flow_shift);
+      break;
+    case PROP_SEED:
+      g_value_set_uint64 (value, self->props.seed);
+      break;
+    case PROP_SAMPLER:
+      g_value_set_enum (value, self->props.sampler);
+      break;
+    case PROP_ENGINE:
+      g_value_set_enum (value, self->props.engine);
+      break;
+    case PROP_BLOCK_FRAMES:
+      g_value_set_int (value, self->props.block_frames);
+      break;
+    case PROP_CONTEXT_FRAMES:
+      g_value_set_int (value, self->props.context_frames);
+      break;
+    case PROP_DEVICES:
+      g_value_set_string (value, self->props.devices);
+      break;
+    case PROP_QUEUE_FRAMES:
+      g_value_set_uint (value, self->props.queue_frames);
+      break;
+    default:
+      G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+      break;
+  }
+  GST_OBJECT_UNLOCK (self);
+}
+
+static void
+gst_dual_paral_src_finalize (GObject *object)
+{
+  GstDualParalSrc *self = GST_DUAL_PARAL_SRC (object);
+
+  /* stop () has run if the element was ever started. */
+  dualparal_frame_queue_free (self->queue);
+  settings_clear (&self->props);
+  g_mutex_clear (&self->worker_lock);
+  g_cond_clear (&self->worker_cond);
+  G_OBJECT_CLASS (parent_class)->finalize (object);
+}
+
+static void
+gst_dual_paral_src_init (GstDualParalSrc *self)
+{
+  const dp_generator_params *d = &generator_defaults;
+
+  self->props.prompt = g_strdup ("");
+  self->props.negative_prompt = g_strdup (d->negative_prompt ? d->negative_prompt : "");
+  self->props.model = g_strdup (DP_DEFAULT_MODEL_DIR);
+  self->props.devices = g_strdup (d->devices ? d->devices : "cpu");
+  self->props.num_frames = d->num_frames;
+  self->props.steps = d->steps;
+  self->props.guidance_scale = d->guidance_scale;
+  self->props.flow_shift = d->flow_shift;
+  self->props.seed = d->seed;
+  self->props.sampler = (GstDualParalSampler) d->sampler;
+  self->props.engine = DEFAULT_ENGINE;
+  self->props.block_frames = d->block_frames;
+  self->props.context_frames = d->context_frames;
+  self->props.queue_frames = DEFAULT_QUEUE_FRAMES;
+
+  self->queue = dualparal_frame_queue_new ((GDestroyNotify) gst_buffer_unref);
+  g_mutex_init (&self->worker_lock);
+  g_cond_init (&self->worker_cond);
+  gst_video_info_init (&self->frame_info);
+  gst_video_info_init (&self->out_info);
+
+  gst_base_src_set_format (GST_BASE_SRC (self), GST_FORMAT_TIME);
+  gst_base_src_set_live (GST_BASE_SRC (self), DEFAULT_IS_LIVE);
+}
+
+#define SETTING_FLAGS (G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY)
+
+static void
+gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
+{
+  GObjectClass *gobject_class = G_OBJECT_CLASS (klass);
+  GstElementClass *element_class = GST_ELEMENT_CLASS (klass);
+  GstBaseSrcClass *basesrc_class = GST_BASE_SRC_CLASS (klass);
+  GstPushSrcClass *pushsrc_class = GST_PUSH_SRC_CLASS (klass);
+  const dp_generator_params *d = &generator_defaults;
+
+  GST_DEBUG_CATEGORY_INIT (gst_dual_paral_src_debug, "dualparalsrc", 0,
+                           "dualparal text-to-video source");
+  dp_generator_params_init (&generator_defaults);
+
+  gobject_class->set_property = gst_dual_paral_src_set_property;
+  gobject_class->get_property = gst_dual_paral_src_get_property;
+  gobject_class->finalize = gst_dual_paral_src_finalize;
+
+  g_object_class_install_property (gobject_class, PROP_PROMPT,
+      g_param_spec_string ("prompt", "Prompt",
+          "What the video shows, in words (UTF-8)", "", SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_NEGATIVE_PROMPT,
+      g_param_spec_string ("negative-prompt", "Negative prompt",
+          "What the video should avoid (the unconditional side of guidance)",
+          d->negative_prompt ? d->negative_prompt : "", SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_MODEL,
+      g_param_spec_string ("model", "Model directory",
+          "Wan2.1 text-to-video model in diffusers layout (model_index.json, transformer/, "
+          "vae/, text_encoder/, tokenizer/, scheduler/); the default is the embedded model",
+          DP_DEFAULT_MODEL_DIR, SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_NUM_FRAMES,
+      g_param_spec_int ("num-frames", "Number of frames",
+          "Frames to generate, 4k+1 (1, 5, 9, ..., 81, ...), then EOS; -1 for endless video "
+          "(DualParal engine); other counts are refused",
+          -1, G_MAXINT, MAX (d->num_frames, -1), SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_STEPS,
+      g_param_spec_int ("steps", "Steps", "Sampler (denoising) steps",
+          1, 1000, CLAMP (d->steps, 1, 1000), SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_GUIDANCE_SCALE,
+      g_param_spec_double ("guidance-scale", "Guidance scale",
+          "Classifier-free guidance scale; 1 runs the conditional pass alone "
+          "(for guidance-distilled checkpoints)",
+          0.0, 100.0, CLAMP (d->guidance_scale, 0.0, 100.0), SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_FLOW_SHIFT,
+      g_param_spec_double ("flow-shift", "Flow shift",
+          "Shift of the sampler's noise schedule (3 at 480p, 5 at 720p); 0 or less takes "
+          "the model's scheduler/scheduler_config.json",
+          MIN (-1.0, d->flow_shift), 100.0, CLAMP (d->flow_shift, -G_MAXDOUBLE, 100.0),
+          SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_SEED,
+      g_param_spec_uint64 ("seed", "Seed", "Seed of the initial noise",
+          0, G_MAXUINT64, d->seed, SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_SAMPLER,
+      g_param_spec_enum ("sampler", "Sampler", "Diffusion sampler",
+          GST_TYPE_DUAL_PARAL_SAMPLER, (gint) d->sampler, SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_ENGINE,
+      g_param_spec_enum ("engine", "Engine",
+          "How frames are denoised: the whole video at once (classic) or block by block "
+          "pipelined over the devices (dualparal)",
+          GST_TYPE_DUAL_PARAL_ENGINE, DEFAULT_ENGINE, SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_BLOCK_FRAMES,
+      g_param_spec_int ("block-frames", "Block frames",
+          "DualParal engine: latent frames per block (P); each latent frame is 4 video frames",
+          0, 4096, CLAMP (d->block_frames, 0, 4096), SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_CONTEXT_FRAMES,
+      g_param_spec_int ("context-frames", "Context frames",
+          "DualParal engine: latent frames a block sees of each neighbour (C)",
+          0, 4096, CLAMP (d->context_frames, 0, 4096), SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_DEVICES,
+      g_param_spec_string ("devices", "Devices",
+          "Where to run: \"cpu\", one GPU \"cuda:0\", or GPUs \"0,1,2,3\" "
+          "(one pipeline stage each)",
+          d->devices ? d->devices : "cpu", SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_QUEUE_FRAMES,
+      g_param_spec_uint ("queue-frames", "Queue frames",
+          "Frames held between the generator and downstream; generation pauses while "
+          "the queue is full",
+          1, 4096, DEFAULT_QUEUE_FRAMES, SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_IS_LIVE,
+      g_param_spec_boolean ("is-live", "Is live",
+          "Act as a live source: frames are synchronised to the clock and the latency "
+          "reported is the measured time per block",
+          DEFAULT_IS_LIVE, SETTING_FLAGS));
+
+  gst_element_class_set_static_metadata (element_class,
+      "DualParal video generator", "Source/Video",
+      "Generates video from a text prompt with a Wan2.1 diffusion transformer, block by "
+      "block, spread over one or more devices (DualParal)",
+      "dualparal developers");
+  gst_element_class_add_static_pad_template (element_class, &src_template);
+
+  basesrc_class->start = GST_DEBUG_FUNCPTR (gst_dual_paral_src_start);
+  basesrc_class->stop = GST_DEBUG_FUNCPTR (gst_dual_paral_src_stop);
+  basesrc_class->fixate = GST_DEBUG_FUNCPTR (gst_dual_paral_src_fixate);
+  basesrc_class->set_caps = GST_DEBUG_FUNCPTR (gst_dual_paral_src_set_caps);
+  basesrc_class->decide_allocation = GST_DEBUG_FUNCPTR (gst_dual_paral_src_decide_allocation);
+  basesrc_class->query = GST_DEBUG_FUNCPTR (gst_dual_paral_src_query);
+  basesrc_class->is_seekable = GST_DEBUG_FUNCPTR (gst_dual_paral_src_is_seekable);
+  basesrc_class->get_times = GST_DEBUG_FUNCPTR (gst_dual_paral_src_get_times);
+  basesrc_class->unlock = GST_DEBUG_FUNCPTR (gst_dual_paral_src_unlock);
+  basesrc_class->unlock_stop = GST_DEBUG_FUNCPTR (gst_dual_paral_src_unlock_stop);
+  pushsrc_class->fill = GST_DEBUG_FUNCPTR (gst_dual_paral_src_fill);
+
+  gst_type_mark_as_plugin_api (GST_TYPE_DUAL_PARAL_SAMPLER, 0);
+  gst_type_mark_as_plugin_api (GST_TYPE_DUAL_PARAL_ENGINE, 0);
+}

@@ -1,0 +1,79 @@
+/* Device-side helpers shared by the CUDA backend's kernels (CUDA C++ only). */
+#ifndef DP_CUDA_COMMON_CUH
+#define DP_CUDA_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "cuda_priv.h"
+
+/* Element i of a tensor whose dtype is only known at run time, as float.
+ * The dtype is uniform across a launch, so the branch costs little next to
+ * the memory access of these memory-bound kernels. */
+__device__ __forceinline__ float
+dp_ld (const void *p, int dt, int64_t i)
+{
+  if (dt == DP_F32)
+    return ((const float *) p)[i];
+  if (dt == DP_BF16)
+    return __bfloat162float (((const __nv_bfloat16 *) p)[i]);
+  return __half2float (((const __half *) p)[i]);
+}
+
+/* Stores v as element i, rounding to nearest even for BF16 / F16. */
+__device__ __forceinline__ void
+dp_st (void *p, int dt, int64_t i, float v)
+{
+  if (dt == DP_F32)
+    ((float *) p)[i] = v;
+  else if (dt == DP_BF16)
+    ((__nv_bfloat16 *) p)[i] = __float2bfloat16_rn (v);
+  else
+    ((__half *) p)[i] = __float2half_rn (v);
+}
+
+__device__ __forceinline__ float
+dp_gelu_tanh_f (float x)
+{
+  const float k = 0.7978845608028654f; /* sqrt(2/pi) */
+  return 0.5f * x * (1.0f + tanhf (k * (x + 0.044715f * x * x * x)));
+}
+
+__device__ __forceinline__ float
+dp_silu_f (float x)
+{
+  return x / (1.0f + __expf (-x));
+}
+
+/* act is a dp_act value, uniform across the launch. */
+__device__ __forceinline__ float
+dp_act_f (float x, int act)
+{
+  return act == DP_ACT_GELU_TANH ? dp_gelu_tanh_f (x) : act == DP_ACT_SILU ? dp_silu_f (x) : x;
+}
+
+#define DP_GRID_STRIDE(i, n) \
+  for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+       i += (int64_t) gridDim.x * blockDim.x)
+
+/* Block-wide sum of v over blockDim.x threads (a multiple of 32, at most
+ * 1024); every thread gets the result.  shm: 32 floats. */
+__device__ __forceinline__ float
+dp_block_sum (float v, float *shm)
+{
+  for (int o = 16; o > 0; o >>= 1)
+    v += __shfl_xor_sync (0xffffffffu, v, o);
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  __syncthreads (); /* shm may still be read by a previous call */
+  if (lane == 0)
+    shm[warp] = v;
+  __syncthreads ();
+  int nwarps = blockDim.x >> 5;
+  v = lane < nwarps ? shm[lane] : 0.0f;
+  for (int o = 16; o > 0; o >>= 1)
+    v += __shfl_xor_sync (0xffffffffu, v, o);
+  return v;
+}
+
+#endif

@@ -1,0 +1,172 @@
+/* CUDA backend: Wan 3D rotary embedding, in place.
+ *
+ * The angles pos * theta^(-2i / d_part) are computed on the host in double
+ * (so --use_fast_math's approximate sin/cos never touch them) into a small
+ * cos/sin table: frames x dt/2, then height x dh/2, then width x dw/2
+ * entries.  A handful of tables is cached on the device keyed by the grid
+ * (frame positions included): a forward pass uses one or two grids for all
+ * its layers, so the upload happens once. */
+#include "cuda_common.cuh"
+
+#include <math.h>
+#include <string.h>
+
+/* One thread per rotated pair. */
+__global__ void
+rope_kernel (void *x, int xdt, const float2 *table, int64_t n_pairs, int L, int H, int half_d, int Hh, int W,
+             int t_pairs, int h_pairs, int frames, int height)
+{
+  DP_GRID_STRIDE (i, n_pairs) {
+    int p = (int) (i % half_d);
+    int64_t vec = i / half_d;
+    int l = (int) ((vec / H) % L);
+    int w = l % W, h = (l / W) % Hh, f = l / (W * Hh);
+    float2 cs;
+    if (p < t_pairs)
+      cs = table[f * t_pairs + p];
+    else if (p < t_pairs + h_pairs)
+      cs = table[frames * t_pairs + h * h_pairs + (p - t_pairs)];
+    else {
+      int w_pairs = half_d - t_pairs - h_pairs;
+      cs = table[frames * t_pairs + height * h_pairs + w * w_pairs + (p - t_pairs - h_pairs)];
+    }
+    int64_t e = vec * 2 * half_d + 2 * p;
+    float a = dp_ld (x, xdt, e), b = dp_ld (x, xdt, e + 1);
+    dp_st (x, xdt, e, a * cs.x - b * cs.y);
+    dp_st (x, xdt, e + 1, a * cs.y + b * cs.x);
+  }
+}
+
+static void
+entry_clear (dp_cuda_rope_table *t)
+{
+  if (t->table)
+    cudaFree (t->table);
+  g_free (t->frame_pos);
+  memset (t, 0, sizeof *t);
+}
+
+extern "C" void
+dp_cuda_rope_cache_free (dp_backend *be)
+{
+  dp_cuda *c = dp_cuda_of (be);
+  for (int i = 0; i < DP_CUDA_ROPE_CACHE; i++)
+    entry_clear (&c->rope[i]);
+}
+
+static void
+parts (int d, int *t_pairs, int *h_pairs, int *w_pairs)
+{
+  int dh = 2 * (d / 6), dt = d - 2 * dh;
+  *t_pairs = dt / 2;
+  *h_pairs = dh / 2;
+  *w_pairs = dh / 2;
+}
+
+static const float2 *
+table_for (dp_backend *be, const dp_rope_grid *g, const int *pos, int d)
+{
+  dp_cuda *c = dp_cuda_of (be);
+  for (int i = 0; i < DP_CUDA_ROPE_CACHE; i++) {
+    dp_cuda_rope_table *t = &c->rope[i];
+    if (t->table && t->frames == g->frames && t->height == g->height && t->width == g->width && t->head_dim == d
+        && t->theta == g->theta && memcmp (t->frame_pos, pos, sizeof (int) * g->frames) == 0)
+      return t->table;
+  }
+  int tp, hp, wp;
+  parts (d, &tp, &hp, &wp);
+  size_t n = (size_t) g->frames * tp + (size_t) g->height * hp + (size_t) g->width * wp;
+  float2 *host = (float2 *) g_try_malloc (MAX (n, 1) * sizeof (float2));
+  if (!host) {
+    dp_backend_fail (be, DP_ERROR_NOMEM, "rope_3d: cannot allocate the angle table");
+    return NULL;
+  }
+  size_t o = 0;
+  const int dt = 2 * tp, dh = 2 * hp, dw = 2 * wp;
+  for (int f = 0; f < g->frames; f++)
+    for (int i = 0; i < tp; i++, o++) {
+      double a = pos[f] * pow ((double) g->theta, -2.0 * i / dt);
+      host[o] = make_float2 ((float) cos (a), (float) sin (a));
+    }
+  for (int h = 0; h < g->height; h++)
+    for (int i = 0; i < hp; i++, o++) {
+      double a = h * pow ((double) g->theta, -2.0 * i / dh);
+      host[o] = make_float2 ((float) cos (a), (float) sin (a));
+    }
+  for (int w = 0; w < g->width; w++)
+    for (int i = 0; i < wp; i++, o++) {
+      double a = w * pow ((double) g->theta, -2.0 * i / dw);
+      host[o] = make_float2 ((float) cos (a), (float) sin (a));
+    }
+
+  dp_cuda_rope_table *t = &c->rope[c->rope_next];
+  c->rope_next = (c->rope_next + 1) % DP_CUDA_ROPE_CACHE;
+  entry_clear (t); /* cudaFree waits for kernels still reading the old table */
+  void *dev = NULL;
+  cudaError_t err = cudaMalloc (&dev, MAX (n, 1) * sizeof (float2));
+  if (err != cudaSuccess) {
+    (void) cudaGetLastError ();
+    g_free (host);
+    dp_cuda_ok (be, err, "rope_3d: cudaMalloc (angle table)");
+    return NULL;
+  }
+  /* A synchronous upload: misses are rare and host is freed right after. */
+  if (!dp_cuda_ok (be, cudaMemcpyAsync (dev, host, n * sizeof (float2), cudaMemcpyHostToDevice, c->stream),
+                   "rope_3d: cudaMemcpyAsync")
+      || !dp_cuda_ok (be, cudaStreamSynchronize (c->stream), "rope_3d: cudaStreamSynchronize")) {
+    cudaFree (dev);
+    g_free (host);
+    return NULL;
+  }
+  g_free (host);
+  t->table = (float2 *) dev;
+  t->table_bytes = n * sizeof (float2);
+  t->frames = g->frames;
+  t->height = g->height;
+  t->width = g->width;
+  t->head_dim = d;
+  t->theta = g->theta;
+  t->frame_pos = (int *) g_memdup2 (pos, sizeof (int) * g->frames);
+  return t->table;
+}
+
+extern "C" void
+dp_cuda_rope_3d (dp_backend *be, dp_tensor *x, const dp_rope_grid *grid)
+{
+  const char *op = "rope_3d";
+  if (!dp_cuda_check (be, op, x, "x"))
+    return;
+  if (!grid || grid->frames < 0 || grid->height < 0 || grid->width < 0 || !(grid->theta > 0.0f)) {
+    dp_backend_fail (be, DP_ERROR_INVALID, "%s: bad grid", op);
+    return;
+  }
+  int64_t L = (int64_t) grid->frames * grid->height * grid->width;
+  if (x->ndim != 4 || x->shape[1] != L || x->shape[3] % 2 != 0) {
+    char sx[64];
+    dp_backend_fail (be, DP_ERROR_SHAPE, "%s: x %s is not [B, %d*%d*%d, H, d] with an even d", op,
+                     dp_shape_str (x, sx, sizeof sx), grid->frames, grid->height, grid->width);
+    return;
+  }
+  int64_t n_pairs = dp_tensor_nelem (x) / 2;
+  if (n_pairs == 0)
+    return;
+  int d = (int) x->shape[3];
+  int *seq = NULL;
+  const int *pos = grid->frame_pos;
+  if (!pos) {
+    seq = g_new (int, MAX (grid->frames, 1));
+    for (int f = 0; f < grid->frames; f++)
+      seq[f] = f;
+    pos = seq;
+  }
+  const float2 *table = table_for (be, grid, pos, d);
+  g_free (seq);
+  if (!table)
+    return;
+  int tp, hp, wp;
+  parts (d, &tp, &hp, &wp);
+  rope_kernel<<<dp_cuda_grid (be, n_pairs, 256), 256, 0, dp_cuda_of (be)->stream>>> (
+    x->data, x->dtype, table, n_pairs, (int) L, (int) x->shape[2], d / 2, grid->height, grid->width, tp, hp,
+    grid->frames, grid->height);
+  dp_cuda_launched (be, op);
+}

@@ -1,0 +1,260 @@
+/* The umT5 tokenizer and Wan's prompt cleaning against diffusers / transformers
+ * (tests/data/t5, made by tools/make_t5_golden.py): token ids must be equal,
+ * cleaned prompts byte for byte equal. */
+#include "dualparal/backend.h"
+#include "dualparal/tokenizer.h"
+
+#include <glib/gstdio.h>
+#include <json-glib/json-glib.h>
+#include <string.h>
+
+static char *
+data_path (const char *rel)
+{
+  const char *dir = g_getenv ("DP_TEST_DATA");
+  g_assert_nonnull (dir);
+  return g_build_filename (dir, "t5", rel, NULL);
+}
+
+static JsonObject *
+load_cases (JsonParser **parser)
+{
+  char *path = data_path ("cases.json");
+  GError *err = NULL;
+  *parser = json_parser_new ();
+  g_assert_true (json_parser_load_from_file (*parser, path, &err));
+  g_assert_no_error (err);
+  g_free (path);
+  return json_node_get_object (json_parser_get_root (*parser));
+}
+
+static dp_tokenizer *
+load_tokenizer (void)
+{
+  char *dir = data_path ("model");
+  GError *err = NULL;
+  dp_tokenizer *tok = dp_tokenizer_load (dir, &err);
+  g_assert_no_error (err);
+  g_assert_nonnull (tok);
+  g_free (dir);
+  return tok;
+}
+
+static void
+test_load (void)
+{
+  dp_tokenizer *tok = load_tokenizer ();
+  g_assert_cmpint (dp_tokenizer_vocab_size (tok), ==, 512);
+  g_assert_cmpint (dp_tokenizer_eos_id (tok), ==, 1);
+  g_assert_cmpint (dp_tokenizer_pad_id (tok), ==, 0);
+  dp_tokenizer_free (tok);
+}
+
+/* Every prompt of the golden set gives exactly the HF ids, padded with 0. */
+static void
+test_golden_ids (void)
+{
+  JsonParser *parser;
+  JsonObject *root = load_cases (&parser);
+  JsonArray *cases = json_object_get_array_member (root, "encoder_cases");
+  dp_tokenizer *tok = load_tokenizer ();
+  g_assert_cmpuint (json_array_get_length (cases), >=, 8);
+
+  for (guint c = 0; c < json_array_get_length (cases); c++) {
+    JsonObject *o = json_array_get_object_element (cases, c);
+    const char *name = json_object_get_string_member (o, "name");
+    const char *prompt = json_object_get_string_member (o, "prompt");
+    const char *cleaned = json_object_get_string_member (o, "cleaned");
+    int text_len = json_object_get_int_member (o, "text_len");
+    int seq_len = json_object_get_int_member (o, "seq_len");
+    JsonArray *want = json_object_get_array_member (o, "ids");
+    g_test_message ("case %s: %d tokens", name, seq_len);
+
+    GError *err = NULL;
+    char *mine = dp_prompt_clean (prompt, &err);
+    g_assert_no_error (err);
+    g_assert_cmpstr (mine, ==, cleaned);
+    g_free (mine);
+
+    int32_t *ids = g_new (int32_t, text_len);
+    int n = dp_tokenizer_encode (tok, prompt, text_len, ids, &err);
+    g_assert_no_error (err);
+    g_assert_cmpint (n, ==, seq_len);
+    g_assert_cmpuint (json_array_get_length (want), ==, (guint) seq_len);
+    for (int i = 0; i < n; i++)
+      g_assert_cmpint (ids[i], ==, json_array_get_int_element (want, i));
+    g_assert_cmpint (ids[n - 1], ==, 1); /* EOS last, truncated or not */
+    for (int i = n; i < text_len; i++)
+      g_assert_cmpint (ids[i], ==, 0);
+    g_free (ids);
+  }
+  dp_tokenizer_free (tok);
+  g_object_unref (parser);
+}
+
+/* diffusers' prompt_clean outputs for the entity table, numeric references and
+ * Python's whitespace set. */
+static void
+test_golden_clean (void)
+{
+  JsonParser *parser;
+  JsonObject *root = load_cases (&parser);
+  g_assert_false (json_object_get_boolean_member (root, "ftfy"));
+  JsonArray *cases = json_object_get_array_member (root, "clean_cases");
+  g_assert_cmpuint (json_array_get_length (cases), >=, 10);
+  for (guint c = 0; c < json_array_get_length (cases); c++) {
+    JsonArray *pair = json_array_get_array_element (cases, c);
+    GError *err = NULL;
+    char *mine = dp_prompt_clean (json_array_get_string_element (pair, 0), &err);
+    g_assert_no_error (err);
+    g_assert_cmpstr (mine, ==, json_array_get_string_element (pair, 1));
+    g_free (mine);
+  }
+  g_object_unref (parser);
+}
+
+/* Hand-checked cases (expected values from Python 3.11's html.unescape and
+ * diffusers' prompt_clean). */
+static void
+test_clean_cases (void)
+{
+  static const struct {
+    const char *in, *html_once, *clean;
+  } cases[] = {
+    { "a &amp; b", "a & b", "a & b" },
+    { "&amp;lt;b&amp;gt;", "&lt;b&gt;", "<b>" },          /* unescaped twice */
+    { "&amp;amp;amp;", "&amp;amp;", "&amp;" },
+    { "&notit; &notin;", "\xc2\xacit; \xe2\x88\x89", "\xc2\xacit; \xe2\x88\x89" },
+    { "&ampx &amp", "&x &", "&x &" },                        /* legacy, no semicolon */
+    { "&hellip &hellip;", "&hellip \xe2\x80\xa6", "&hellip \xe2\x80\xa6" },
+    { "&#65;&#x42;&#X43&#0;", "ABC\xef\xbf\xbd", "ABC\xef\xbf\xbd" },
+    { "&#x80;&#150;", "\xe2\x82\xac\xe2\x80\x93", "\xe2\x82\xac\xe2\x80\x93" }, /* Windows-1252 */
+    { "x&#1;y&#xFFFF;z", "xyz", "xyz" },                     /* dropped code points */
+    { "&#xD800;&#99999999999;", "\xef\xbf\xbd\xef\xbf\xbd", "\xef\xbf\xbd\xef\xbf\xbd" },
+    { "&#; &#x; & &foo;", "&#; &#x; & &foo;", "&#; &#x; & &foo;" },
+    { "a&#13;&#10;b", "a\r\nb", "a b" },
+    { "  a \t\n b\xc2\xa0\xe3\x80\x80 c  ", "  a \t\n b\xc2\xa0\xe3\x80\x80 c  ", "a b c" },
+    /* U+001C is str.isspace (stripped at the ends) but not White_Space (kept
+     * inside: diffusers collapses with the regex module); U+200B is neither. */
+    { "a\x1c" "b\xe2\x80\x8b" "c", "a\x1c" "b\xe2\x80\x8b" "c", "a\x1c" "b\xe2\x80\x8b" "c" },
+    { "\x1c a \x1c b \x1f", "\x1c a \x1c b \x1f", "a \x1c b" },
+    { "&nbsp;x&nbsp;", "\xc2\xa0x\xc2\xa0", "x" },
+    { "", "", "" },
+    { " \n\t ", " \n\t ", "" },
+  };
+  for (guint i = 0; i < G_N_ELEMENTS (cases); i++) {
+    char *once = dp_html_unescape (cases[i].in);
+    g_assert_cmpstr (once, ==, cases[i].html_once);
+    g_free (once);
+    GError *err = NULL;
+    char *clean = dp_prompt_clean (cases[i].in, &err);
+    g_assert_no_error (err);
+    g_assert_cmpstr (clean, ==, cases[i].clean);
+    g_free (clean);
+  }
+}
+
+static void
+test_not_utf8 (void)
+{
+  static const char *bad[] = { "a red \xff circle", "caf\xc3", "\xc0\xaf", "\xed\xa0\x80" };
+  dp_tokenizer *tok = load_tokenizer ();
+  for (guint i = 0; i < G_N_ELEMENTS (bad); i++) {
+    GError *err = NULL;
+    g_assert_null (dp_prompt_clean (bad[i], &err));
+    g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+    g_assert_nonnull (strstr (err->message, "UTF-8"));
+    g_clear_error (&err);
+    int32_t ids[8];
+    g_assert_cmpint (dp_tokenizer_encode (tok, bad[i], 8, ids, &err), ==, -1);
+    g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+    g_clear_error (&err);
+  }
+  dp_tokenizer_free (tok);
+}
+
+/* "" (the usual negative prompt) and blank prompts are [EOS]. */
+static void
+test_empty (void)
+{
+  dp_tokenizer *tok = load_tokenizer ();
+  const char *prompts[] = { "", "   ", "\t\n", "&nbsp;" };
+  for (guint i = 0; i < G_N_ELEMENTS (prompts); i++) {
+    int32_t ids[4] = { -1, -1, -1, -1 };
+    GError *err = NULL;
+    g_assert_cmpint (dp_tokenizer_encode (tok, prompts[i], 4, ids, &err), ==, 1);
+    g_assert_no_error (err);
+    g_assert_cmpint (ids[0], ==, 1);
+    g_assert_cmpint (ids[1], ==, 0);
+    g_assert_cmpint (ids[3], ==, 0);
+  }
+  dp_tokenizer_free (tok);
+}
+
+/* Truncation keeps the first text_len - 1 tokens and puts EOS last. */
+static void
+test_truncation (void)
+{
+  dp_tokenizer *tok = load_tokenizer ();
+  const char *prompt = "A red circle moves slowly to the left.";
+  int32_t full[64], cut[64];
+  GError *err = NULL;
+  int n = dp_tokenizer_encode (tok, prompt, 64, full, &err);
+  g_assert_no_error (err);
+  g_assert_cmpint (n, >, 6);
+  for (int len = 1; len <= n; len++) {
+    g_assert_cmpint (dp_tokenizer_encode (tok, prompt, len, cut, &err), ==, len);
+    g_assert_no_error (err);
+    for (int i = 0; i < len - 1; i++)
+      g_assert_cmpint (cut[i], ==, full[i]);
+    g_assert_cmpint (cut[len - 1], ==, 1);
+  }
+  g_assert_cmpint (dp_tokenizer_encode (tok, prompt, 0, cut, &err), ==, -1);
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_clear_error (&err);
+  dp_tokenizer_free (tok);
+}
+
+static void
+test_missing_and_corrupt (void)
+{
+  GError *err = NULL;
+  char *tmp = g_dir_make_tmp ("dp-tok-XXXXXX", &err);
+  g_assert_no_error (err);
+
+  g_assert_null (dp_tokenizer_load (tmp, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_MISSING);
+  g_assert_nonnull (strstr (err->message, "spiece.model"));
+  g_clear_error (&err);
+
+  char *tok_dir = g_build_filename (tmp, "tokenizer", NULL);
+  char *path = g_build_filename (tok_dir, "spiece.model", NULL);
+  g_assert_cmpint (g_mkdir (tok_dir, 0700), ==, 0);
+  g_assert_true (g_file_set_contents (path, "this is not a sentencepiece model", -1, &err));
+  g_assert_null (dp_tokenizer_load (tmp, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_FORMAT);
+  g_assert_nonnull (strstr (err->message, path));
+  g_clear_error (&err);
+
+  g_assert_cmpint (g_unlink (path), ==, 0);
+  g_assert_cmpint (g_rmdir (tok_dir), ==, 0);
+  g_assert_cmpint (g_rmdir (tmp), ==, 0);
+  g_free (path);
+  g_free (tok_dir);
+  g_free (tmp);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  g_test_add_func ("/tokenizer/load", test_load);
+  g_test_add_func ("/tokenizer/golden-ids", test_golden_ids);
+  g_test_add_func ("/tokenizer/golden-clean", test_golden_clean);
+  g_test_add_func ("/tokenizer/clean-cases", test_clean_cases);
+  g_test_add_func ("/tokenizer/not-utf8", test_not_utf8);
+  g_test_add_func ("/tokenizer/empty", test_empty);
+  g_test_add_func ("/tokenizer/truncation", test_truncation);
+  g_test_add_func ("/tokenizer/missing-and-corrupt", test_missing_and_corrupt);
+  return g_test_run ();
+}

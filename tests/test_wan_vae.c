@@ -1,0 +1,551 @@
+/* The Wan2.1 VAE decoder against diffusers (tests/data/vae, made by
+ * tools/make_vae_golden.py: a base_dim 4 AutoencoderKLWan with Wan2.1's
+ * structure, a [16, 4, 4, 6] latent -> 13 frames of 32x48).
+ *
+ * - Streaming decode (one latent frame per push) matches diffusers'
+ *   vae.decode: float video rel. L2 <= 1e-4 (fp32; measured ~1e-7), uint8
+ *   frames within 1 level for >= 99.9% of values (rounding at .5 boundaries
+ *   may flip; measured: all exact or within 1).
+ * - Whole-video decode, a reset decoder, and per-frame 3-D latent tensors
+ *   give bitwise the same frames as the streaming decode (same code path).
+ * - Bad model directories and bad calls fail with the right error code and a
+ *   message naming the key / tensor. */
+#include <math.h>
+#include <string.h>
+
+#include <glib/gstdio.h>
+#include <json-glib/json-glib.h>
+
+#include "dualparal/backend.h"
+#include "dualparal/safetensors.h"
+#include "dualparal/wan_vae.h"
+
+/* ------------------------------------------------------------ helpers */
+
+static char *
+vae_path (const char *rel)
+{
+  const char *root = g_getenv ("DP_TEST_DATA");
+  g_assert_nonnull (root);
+  return g_build_filename (root, "vae", rel, NULL);
+}
+
+typedef struct {
+  dp_tensor latent; /* host [16, T, h, w] */
+  dp_tensor video;  /* host [3, F, H, W] */
+  dp_tensor frames; /* host [F, H, W, 3], values 0..255 */
+} golden;
+
+static void
+golden_load (golden *g)
+{
+  GError *err = NULL;
+  char *path = vae_path ("io.safetensors");
+  dp_safetensors *st = dp_safetensors_open (path, &err);
+  g_assert_no_error (err);
+  g_assert_true (dp_safetensors_load (st, "latent", DP_F32, -1, NULL, &g->latent, &err));
+  g_assert_true (dp_safetensors_load (st, "video", DP_F32, -1, NULL, &g->video, &err));
+  g_assert_true (dp_safetensors_load (st, "frames", DP_F32, -1, NULL, &g->frames, &err));
+  g_assert_no_error (err);
+  dp_safetensors_close (st);
+  g_free (path);
+  g_assert_cmpint (g->latent.ndim, ==, 4);
+  g_assert_cmpint (g->video.ndim, ==, 4);
+  g_assert_cmpint (g->frames.ndim, ==, 4);
+}
+
+static void
+golden_free (golden *g)
+{
+  dp_tensor_free (&g->latent);
+  dp_tensor_free (&g->video);
+  dp_tensor_free (&g->frames);
+}
+
+/* A host tensor copied into backend memory. */
+static dp_tensor
+upload (dp_backend *be, const dp_tensor *host)
+{
+  dp_tensor t = dp_backend_tensor_new (be, DP_F32, host->ndim, host->shape);
+  g_assert_nonnull (t.data);
+  be->ops->to_device (be, &t, host);
+  GError *err = NULL;
+  g_assert_true (be->ops->sync (be, &err));
+  return t;
+}
+
+static dp_wan_vae *
+load_golden_vae (dp_backend *be)
+{
+  GError *err = NULL;
+  char *dir = vae_path ("vae");
+  dp_wan_vae *vae = dp_wan_vae_load (be, dir, &err);
+  g_assert_no_error (err);
+  g_assert_nonnull (vae);
+  g_free (dir);
+  return vae;
+}
+
+typedef struct {
+  int64_t frames;
+  int H, W;
+  float *video;   /* [3, frames, H, W] */
+  uint8_t *rgb;   /* [frames, H, W, 3] */
+} decoded;
+
+static void
+decoded_free (decoded *d)
+{
+  g_free (d->video);
+  g_free (d->rgb);
+}
+
+/* Streams every latent frame through dec (3-D per-frame tensors when
+ * per_frame), assembling the video.  Checks the frames-per-push contract. */
+static void
+stream_decode (dp_backend *be, dp_wan_vae *vae, dp_wan_vae_decoder *dec, const dp_tensor *latent_host,
+               gboolean per_frame, decoded *out)
+{
+  GError *err = NULL;
+  const int64_t T = latent_host->shape[1], h = latent_host->shape[2], w = latent_host->shape[3];
+  const int64_t z = latent_host->shape[0];
+  dp_wan_vae_decoder_get_size (dec, &out->W, &out->H);
+  out->frames = dp_wan_vae_num_frames (vae, T);
+  const int64_t hw = (int64_t) out->H * out->W;
+  const int maxf = dp_wan_vae_decoder_max_frames (dec);
+  out->video = g_new0 (float, 3 * out->frames * hw);
+  out->rgb = g_new0 (uint8_t, out->frames * hw * 3);
+  float *chunk = g_new (float, 3 * maxf * hw);
+  uint8_t *chunk_rgb = g_new (uint8_t, maxf * hw * 3);
+
+  dp_tensor all = upload (be, latent_host);
+  int64_t done = 0;
+  for (int64_t i = 0; i < T; i++) {
+    int n = -1;
+    g_assert_cmpint (dp_wan_vae_decoder_position (dec), ==, i);
+    if (per_frame) {
+      /* Frame i alone, as a [z, h, w] host tensor uploaded on its own. */
+      int64_t shape[3] = { z, h, w };
+      dp_tensor f = dp_tensor_new_host (DP_F32, 3, shape);
+      for (int64_t c = 0; c < z; c++)
+        memcpy ((float *) f.data + c * h * w, (float *) latent_host->data + (c * T + i) * h * w,
+                h * w * sizeof (float));
+      dp_tensor fb = upload (be, &f);
+      g_assert_true (dp_wan_vae_decoder_push (dec, &fb, 0, chunk_rgb, chunk, &n, &err));
+      dp_backend_tensor_free (be, &fb);
+      dp_tensor_free (&f);
+    } else {
+      g_assert_true (dp_wan_vae_decoder_push (dec, &all, i, chunk_rgb, chunk, &n, &err));
+    }
+    g_assert_no_error (err);
+    g_assert_cmpint (n, ==, i == 0 ? 1 : maxf);
+    for (int c = 0; c < 3; c++)
+      memcpy (out->video + (c * out->frames + done) * hw, chunk + c * n * hw, n * hw * sizeof (float));
+    memcpy (out->rgb + done * hw * 3, chunk_rgb, n * hw * 3);
+    done += n;
+  }
+  g_assert_cmpint (done, ==, out->frames);
+  dp_backend_tensor_free (be, &all);
+  g_free (chunk);
+  g_free (chunk_rgb);
+}
+
+/* ------------------------------------------------------------ golden */
+
+static void
+test_golden_stream (void)
+{
+  GError *err = NULL;
+  dp_backend *be = dp_backend_new ("cpu", &err);
+  g_assert_no_error (err);
+  golden g;
+  golden_load (&g);
+  dp_wan_vae *vae = load_golden_vae (be);
+  const dp_wan_vae_config *cfg = dp_wan_vae_get_config (vae);
+  g_assert_cmpint (cfg->z_dim, ==, 16);
+  g_assert_cmpint (cfg->spatial_scale, ==, 8);
+  g_assert_cmpint (cfg->temporal_scale, ==, 4);
+  g_assert_false (cfg->temporal_upsample[2]);
+  g_assert_true (cfg->temporal_upsample[0] && cfg->temporal_upsample[1]);
+
+  gint64 t0 = g_get_monotonic_time ();
+  dp_wan_vae_decoder *dec = dp_wan_vae_decoder_new (vae, (int) g.latent.shape[2], (int) g.latent.shape[3], &err);
+  g_assert_no_error (err);
+  gint64 t1 = g_get_monotonic_time ();
+  decoded d;
+  stream_decode (be, vae, dec, &g.latent, FALSE, &d);
+  gint64 t2 = g_get_monotonic_time ();
+  g_assert_cmpint (d.frames, ==, g.video.shape[1]);
+  g_assert_cmpint (d.H, ==, g.video.shape[2]);
+  g_assert_cmpint (d.W, ==, g.video.shape[3]);
+
+  /* Float video: relative L2 error, fp32 on both sides. */
+  const int64_t n = dp_tensor_nelem (&g.video);
+  const float *ref = g.video.data;
+  double num = 0, den = 0, max_abs = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double e = (double) d.video[i] - ref[i];
+    num += e * e;
+    den += (double) ref[i] * ref[i];
+    max_abs = MAX (max_abs, fabs (e));
+  }
+  double rel = sqrt (num / den);
+  /* uint8 frames: the pipeline's rounding on both sides; values near a .5
+   * boundary may round differently by one level. */
+  const float *fr = g.frames.data;
+  int64_t exact = 0, within1 = 0, nf = dp_tensor_nelem (&g.frames);
+  int max_diff = 0;
+  for (int64_t i = 0; i < nf; i++) {
+    int diff = abs ((int) d.rgb[i] - (int) fr[i]);
+    exact += diff == 0;
+    within1 += diff <= 1;
+    max_diff = MAX (max_diff, diff);
+  }
+  g_test_message ("VAE golden: %" G_GINT64_FORMAT " frames %dx%d, video rel L2 %.3g, max abs %.3g; "
+                  "uint8 exact %.4f%%, within 1 %.4f%%, max diff %d; decoder setup %.1f ms, decode %.1f ms, "
+                  "decoder memory %zu bytes",
+                  d.frames, d.W, d.H, rel, max_abs, 100.0 * exact / nf, 100.0 * within1 / nf, max_diff,
+                  (t1 - t0) / 1e3, (t2 - t1) / 1e3, dp_wan_vae_decoder_memory_bytes (dec));
+  g_assert_cmpfloat (rel, <=, 1e-4);
+  g_assert_cmpfloat ((double) within1 / nf, >=, 0.999);
+  g_assert_cmpint (max_diff, <=, 1);
+
+  decoded_free (&d);
+  dp_wan_vae_decoder_free (dec);
+  dp_wan_vae_free (vae);
+  golden_free (&g);
+  dp_backend_free (be);
+}
+
+/* Whole-video decode, a reset decoder and per-frame tensors: bitwise equal
+ * to the streaming decode. */
+static void
+test_whole_equals_stream (void)
+{
+  GError *err = NULL;
+  dp_backend *be = dp_backend_new ("cpu", &err);
+  g_assert_no_error (err);
+  golden g;
+  golden_load (&g);
+  dp_wan_vae *vae = load_golden_vae (be);
+  dp_wan_vae_decoder *dec = dp_wan_vae_decoder_new (vae, (int) g.latent.shape[2], (int) g.latent.shape[3], &err);
+  g_assert_no_error (err);
+
+  /* s2 runs on the reset decoder, from per-frame [z, h, w] tensors. */
+  decoded s1, s2;
+  stream_decode (be, vae, dec, &g.latent, FALSE, &s1);
+  dp_wan_vae_decoder_reset (dec);
+  stream_decode (be, vae, dec, &g.latent, TRUE, &s2);
+  const int64_t hw = (int64_t) s1.H * s1.W;
+  const size_t vbytes = 3 * s1.frames * hw * sizeof (float), rbytes = s1.frames * hw * 3;
+  g_assert_true (memcmp (s1.video, s2.video, vbytes) == 0);
+  g_assert_true (memcmp (s1.rgb, s2.rgb, rbytes) == 0);
+
+  dp_tensor lat = upload (be, &g.latent);
+  float *video = g_new (float, 3 * s1.frames * hw);
+  uint8_t *rgb = g_new (uint8_t, s1.frames * hw * 3);
+  g_assert_true (dp_wan_vae_decode (vae, &lat, rgb, video, &err));
+  g_assert_no_error (err);
+  g_assert_true (memcmp (s1.video, video, vbytes) == 0);
+  g_assert_true (memcmp (s1.rgb, rgb, rbytes) == 0);
+  /* Either output alone. */
+  memset (rgb, 0, rbytes);
+  g_assert_true (dp_wan_vae_decode (vae, &lat, rgb, NULL, &err));
+  g_assert_true (memcmp (s1.rgb, rgb, rbytes) == 0);
+
+  /* The causal caches matter: a latent frame decoded at the start of a
+   * video differs from the same frame decoded after others. */
+  int64_t shape3[3] = { g.latent.shape[0], g.latent.shape[2], g.latent.shape[3] };
+  dp_tensor f = dp_tensor_new_host (DP_F32, 3, shape3);
+  const int64_t T = g.latent.shape[1], lhw = shape3[1] * shape3[2];
+  for (int64_t c = 0; c < shape3[0]; c++)
+    memcpy ((float *) f.data + c * lhw, (float *) g.latent.data + (c * T + 1) * lhw, lhw * sizeof (float));
+  dp_tensor fb = upload (be, &f);
+  int nfr = 0;
+  dp_wan_vae_decoder_reset (dec);
+  g_assert_true (dp_wan_vae_decoder_push (dec, &fb, 0, NULL, video, &nfr, &err));
+  g_assert_cmpint (nfr, ==, 1);
+  gboolean differs = FALSE;
+  for (int64_t i = 0; i < hw && !differs; i++)
+    differs = video[i] != s1.video[i + hw]; /* channel 0, frame 1 of the streamed video */
+  g_assert_true (differs);
+
+  dp_backend_tensor_free (be, &fb);
+  dp_tensor_free (&f);
+  g_free (video);
+  g_free (rgb);
+  dp_backend_tensor_free (be, &lat);
+  decoded_free (&s1);
+  decoded_free (&s2);
+  dp_wan_vae_decoder_free (dec);
+  dp_wan_vae_free (vae);
+  golden_free (&g);
+  dp_backend_free (be);
+}
+
+/* ------------------------------------------------------------ errors */
+
+static void
+remove_tree (const char *path)
+{
+  if (g_file_test (path, G_FILE_TEST_IS_DIR)) {
+    GDir *d = g_dir_open (path, 0, NULL);
+    const char *name;
+    while (d && (name = g_dir_read_name (d))) {
+      char *child = g_build_filename (path, name, NULL);
+      remove_tree (child);
+      g_free (child);
+    }
+    if (d)
+      g_dir_close (d);
+    g_rmdir (path);
+  } else {
+    g_unlink (path);
+  }
+}
+
+typedef void (*config_edit) (JsonObject *root);
+
+/* A model directory in a temp dir: the golden config passed through edit
+ * (if any), and the golden weights minus the tensor `drop` (if any). */
+static char *
+make_model_dir (config_edit edit, const char *drop)
+{
+  GError *err = NULL;
+  char *dir = g_dir_make_tmp ("dp-vae-XXXXXX", &err);
+  g_assert_no_error (err);
+
+  char *src_cfg = vae_path ("vae/config.json");
+  JsonParser *parser = json_parser_new ();
+  g_assert_true (json_parser_load_from_file (parser, src_cfg, &err));
+  JsonObject *root = json_node_get_object (json_parser_get_root (parser));
+  if (edit)
+    edit (root);
+  JsonGenerator *gen = json_generator_new ();
+  json_generator_set_root (gen, json_parser_get_root (parser));
+  char *cfg_path = g_build_filename (dir, "config.json", NULL);
+  g_assert_true (json_generator_to_file (gen, cfg_path, &err));
+  g_object_unref (gen);
+  g_object_unref (parser);
+
+  /* Rewrite the weights as a safetensors file (header JSON + data). */
+  char *src_st = vae_path ("vae/diffusion_pytorch_model.safetensors");
+  dp_safetensors *st = dp_safetensors_open (src_st, &err);
+  g_assert_no_error (err);
+  GString *header = g_string_new ("{");
+  GByteArray *data = g_byte_array_new ();
+  gboolean first = TRUE;
+  for (int i = 0; i < dp_safetensors_count (st); i++) {
+    const char *name = dp_safetensors_name (st, i);
+    if (drop && strcmp (name, drop) == 0)
+      continue;
+    dp_tensor t;
+    g_assert_true (dp_safetensors_get (st, name, -1, NULL, &t, &err));
+    size_t nb = dp_tensor_nbytes (&t);
+    g_string_append_printf (header, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", first ? "" : ",", name,
+                            dp_dtype_name (t.dtype));
+    for (int k = 0; k < t.ndim; k++)
+      g_string_append_printf (header, "%s%" G_GINT64_FORMAT, k ? "," : "", t.shape[k]);
+    g_string_append_printf (header, "],\"data_offsets\":[%u,%zu]}", data->len, data->len + nb);
+    g_byte_array_append (data, t.data, (guint) nb);
+    first = FALSE;
+  }
+  g_string_append (header, "}");
+  while (header->len % 8)
+    g_string_append_c (header, ' ');
+  dp_safetensors_close (st);
+  uint64_t hlen = GUINT64_TO_LE (header->len);
+  GByteArray *file = g_byte_array_new ();
+  g_byte_array_append (file, (const guint8 *) &hlen, 8);
+  g_byte_array_append (file, (const guint8 *) header->str, (guint) header->len);
+  g_byte_array_append (file, data->data, data->len);
+  char *st_path = g_build_filename (dir, "diffusion_pytorch_model.safetensors", NULL);
+  g_assert_true (g_file_set_contents (st_path, (const char *) file->data, file->len, &err));
+
+  g_byte_array_unref (file);
+  g_byte_array_unref (data);
+  g_string_free (header, TRUE);
+  g_free (st_path);
+  g_free (src_st);
+  g_free (cfg_path);
+  g_free (src_cfg);
+  return dir;
+}
+
+static void
+expect_load_error (config_edit edit, const char *drop, int code, const char *needle)
+{
+  GError *err = NULL;
+  dp_backend *be = dp_backend_new ("cpu", &err);
+  g_assert_no_error (err);
+  char *dir = make_model_dir (edit, drop);
+  dp_wan_vae *vae = dp_wan_vae_load (be, dir, &err);
+  g_assert_null (vae);
+  g_assert_error (err, DP_ERROR, code);
+  if (!strstr (err->message, needle))
+    g_error ("error \"%s\" does not mention \"%s\"", err->message, needle);
+  g_test_message ("expected error: %s", err->message);
+  g_clear_error (&err);
+  remove_tree (dir);
+  g_free (dir);
+  dp_backend_free (be);
+}
+
+static void
+edit_td_length (JsonObject *r)
+{
+  JsonArray *a = json_array_new ();
+  json_array_add_boolean_element (a, TRUE);
+  json_object_set_array_member (r, "temperal_downsample", a);
+}
+
+static void
+edit_td_type (JsonObject *r)
+{
+  JsonArray *a = json_array_new ();
+  json_array_add_int_element (a, 0);
+  json_array_add_int_element (a, 1);
+  json_array_add_int_element (a, 1);
+  json_object_set_array_member (r, "temperal_downsample", a);
+}
+
+static void
+edit_no_base_dim (JsonObject *r)
+{
+  json_object_remove_member (r, "base_dim");
+}
+
+static void
+edit_base_dim_8 (JsonObject *r)
+{
+  json_object_set_int_member (r, "base_dim", 8);
+}
+
+static void
+edit_mean_short (JsonObject *r)
+{
+  JsonArray *a = json_array_new ();
+  json_array_add_double_element (a, 0.5);
+  json_object_set_array_member (r, "latents_mean", a);
+}
+
+static void
+edit_residual (JsonObject *r)
+{
+  json_object_set_boolean_member (r, "is_residual", TRUE);
+}
+
+static void
+edit_std_string (JsonObject *r)
+{
+  json_object_set_string_member (r, "latents_std", "wide");
+}
+
+static void
+edit_other_class (JsonObject *r)
+{
+  json_object_set_string_member (r, "_class_name", "AutoencoderKL");
+}
+
+static void
+test_errors_config (void)
+{
+  /* A sane directory first, so the failures below come from the edits. */
+  char *dir = make_model_dir (NULL, NULL);
+  GError *err = NULL;
+  dp_backend *be = dp_backend_new ("cpu", &err);
+  dp_wan_vae *vae = dp_wan_vae_load (be, dir, &err);
+  g_assert_no_error (err);
+  dp_wan_vae_free (vae);
+  dp_backend_free (be);
+  remove_tree (dir);
+  g_free (dir);
+
+  expect_load_error (edit_td_length, NULL, DP_ERROR_FORMAT, "temperal_downsample");
+  expect_load_error (edit_td_type, NULL, DP_ERROR_FORMAT, "temperal_downsample");
+  expect_load_error (edit_no_base_dim, NULL, DP_ERROR_MISSING, "base_dim");
+  expect_load_error (edit_mean_short, NULL, DP_ERROR_FORMAT, "latents_mean");
+  expect_load_error (edit_std_string, NULL, DP_ERROR_FORMAT, "latents_std");
+  expect_load_error (edit_residual, NULL, DP_ERROR_UNSUPPORTED, "is_residual");
+  expect_load_error (edit_other_class, NULL, DP_ERROR_UNSUPPORTED, "AutoencoderKL");
+  /* Config and weights disagree: the first tensor checked has another shape. */
+  expect_load_error (edit_base_dim_8, NULL, DP_ERROR_SHAPE, "decoder.conv_in.weight");
+}
+
+static void
+test_errors_weights (void)
+{
+  expect_load_error (NULL, "decoder.conv_out.bias", DP_ERROR_MISSING, "decoder.conv_out.bias");
+  expect_load_error (NULL, "decoder.up_blocks.1.upsamplers.0.time_conv.weight", DP_ERROR_MISSING,
+                     "decoder.up_blocks.1.upsamplers.0.time_conv.weight");
+  expect_load_error (NULL, "decoder.mid_block.attentions.0.norm.gamma", DP_ERROR_MISSING,
+                     "decoder.mid_block.attentions.0.norm.gamma");
+  expect_load_error (NULL, "post_quant_conv.weight", DP_ERROR_MISSING, "post_quant_conv.weight");
+
+  /* No directory at all. */
+  GError *err = NULL;
+  dp_backend *be = dp_backend_new ("cpu", &err);
+  g_assert_null (dp_wan_vae_load (be, "/nonexistent/vae", &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_MISSING);
+  g_assert_nonnull (strstr (err->message, "/nonexistent/vae"));
+  g_clear_error (&err);
+  dp_backend_free (be);
+}
+
+static void
+test_errors_push (void)
+{
+  GError *err = NULL;
+  dp_backend *be = dp_backend_new ("cpu", &err);
+  golden g;
+  golden_load (&g);
+  dp_wan_vae *vae = load_golden_vae (be);
+  dp_wan_vae_decoder *dec = dp_wan_vae_decoder_new (vae, 4, 6, &err);
+  g_assert_no_error (err);
+  dp_tensor lat = upload (be, &g.latent);
+  int n = 0;
+
+  /* Latent frame index out of range. */
+  g_assert_false (dp_wan_vae_decoder_push (dec, &lat, 4, NULL, NULL, &n, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_clear_error (&err);
+  /* Wrong latent size for this decoder. */
+  dp_wan_vae_decoder *dec2 = dp_wan_vae_decoder_new (vae, 6, 4, &err);
+  g_assert_no_error (err);
+  g_assert_false (dp_wan_vae_decoder_push (dec2, &lat, 0, NULL, NULL, &n, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_SHAPE);
+  g_clear_error (&err);
+  /* Wrong channel count. */
+  dp_tensor part = dp_tensor_slice0 (&lat, 0, 8);
+  g_assert_false (dp_wan_vae_decoder_push (dec, &part, 0, NULL, NULL, &n, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_SHAPE);
+  g_clear_error (&err);
+  g_assert_cmpint (dp_wan_vae_decoder_position (dec), ==, 0);
+  /* Bad sizes. */
+  g_assert_null (dp_wan_vae_decoder_new (vae, 0, 6, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_clear_error (&err);
+  /* The failed calls left the backend healthy: a push still works. */
+  g_assert_true (dp_wan_vae_decoder_push (dec, &lat, 0, NULL, NULL, &n, &err));
+  g_assert_no_error (err);
+  g_assert_cmpint (n, ==, 1);
+
+  dp_backend_tensor_free (be, &lat);
+  dp_wan_vae_decoder_free (dec2);
+  dp_wan_vae_decoder_free (dec);
+  dp_wan_vae_free (vae);
+  golden_free (&g);
+  dp_backend_free (be);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  g_test_add_func ("/wan_vae/golden_stream", test_golden_stream);
+  g_test_add_func ("/wan_vae/whole_equals_stream", test_whole_equals_stream);
+  g_test_add_func ("/wan_vae/errors_config", test_errors_config);
+  g_test_add_func ("/wan_vae/errors_weights", test_errors_weights);
+  g_test_add_func ("/wan_vae/errors_push", test_errors_push);
+  return g_test_run ();
+}

@@ -1,0 +1,574 @@
+/* dualparal-bench: GPU benchmarks of the CUDA backend.
+ *
+ *   dualparal-bench --ops     the two ceilings (a large BF16 GEMM, a device
+ *                             copy), the DiT's GEMMs and memory-bound ops,
+ *                             and the attention kernel at Wan2.1-1.3B shapes
+ *   dualparal-bench --dit     the guided (batch 2) DiT forward at 1.3B
+ *                             shapes with random weights: the full 81-frame
+ *                             480x832 video (21 latent frames, 32,760
+ *                             tokens) and the DualParal blocks P+C = 8+2
+ *                             and 4+2 (keys include the C cached frames)
+ *
+ * Times are CUDA-event medians after warm-up, on random (never zero) data.
+ * FLOP counts: GEMM 2MNK; attention 4 B H Lq Lk d; the DiT forward uses the
+ * same formula as ../shared/bench/pytorch_wan_anchor.py so that the TFLOP/s
+ * figures compare:  B layers (2 Lq (8 D^2 + 2 D F) + 4 Lq Lk D + 4 Lq 512 D).
+ */
+#include "dualparal/wan_dit.h"
+#include "cuda_backend.h"
+
+#include <errno.h>
+#include <glib/gstdio.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ------------------------------------------------------------ random data */
+
+static guint64 rng_state = 0x9E3779B97F4A7C15ull;
+
+static inline guint32
+rng_next (void)
+{
+  /* xorshift64*: fast enough to fill gigabytes */
+  rng_state ^= rng_state >> 12;
+  rng_state ^= rng_state << 25;
+  rng_state ^= rng_state >> 27;
+  return (guint32) ((rng_state * 0x2545F4914F6CDD1Dull) >> 32);
+}
+
+/* Uniform in [-amp, amp). */
+static inline float
+rng_uniform (float amp)
+{
+  return ((float) (rng_next () >> 8) * (2.0f / 16777216.0f) - 1.0f) * amp;
+}
+
+static void
+fill_random (void *dst, dp_dtype dt, int64_t n, float amp, float mean)
+{
+  if (dt == DP_F32) {
+    float *d = dst;
+    for (int64_t i = 0; i < n; i++)
+      d[i] = mean + rng_uniform (amp);
+  } else {
+    uint16_t *d = dst;
+    for (int64_t i = 0; i < n; i++)
+      d[i] = dt == DP_BF16 ? dp_f32_to_bf16 (mean + rng_uniform (amp)) : dp_f32_to_f16 (mean + rng_uniform (amp));
+  }
+}
+
+/* A device tensor of random values (uploaded in its own dtype). */
+static dp_tensor
+random_device (dp_backend *be, dp_dtype dt, int ndim, const int64_t *shape, float amp)
+{
+  dp_tensor t = dp_backend_tensor_new (be, dt, ndim, shape);
+  if (!t.data)
+    return t;
+  dp_tensor h = dp_tensor_view (NULL, dt, ndim, shape);
+  h.data = g_try_malloc (dp_tensor_nbytes (&h));
+  if (!h.data) {
+    dp_backend_fail (be, DP_ERROR_NOMEM, "bench: no host memory for %zu bytes", dp_tensor_nbytes (&h));
+    return t;
+  }
+  fill_random (h.data, dt, dp_tensor_nelem (&h), amp, 0.0f);
+  be->ops->to_device (be, &t, &h);
+  be->ops->sync (be, NULL);
+  g_free (h.data);
+  return t;
+}
+
+static int
+cmp_double (const void *a, const void *b)
+{
+  double x = *(const double *) a, y = *(const double *) b;
+  return x < y ? -1 : x > y;
+}
+
+/* ------------------------------------------------------------ op jobs */
+
+typedef enum { JOB_LINEAR, JOB_COPY, JOB_ATTN, JOB_LN_MOD, JOB_RMS, JOB_ROPE, JOB_GATED_ADD } job_kind;
+
+typedef struct {
+  job_kind kind;
+  dp_tensor *y, *x, *w, *b, *q, *k, *v, *g;
+  dp_act act;
+  dp_attn_params ap;
+  dp_rope_grid grid;
+} job;
+
+static void
+job_run (dp_backend *be, const job *j)
+{
+  switch (j->kind) {
+    case JOB_LINEAR: be->ops->linear (be, j->y, j->x, j->w, j->b, j->act); break;
+    case JOB_COPY: be->ops->copy (be, j->y, j->x); break;
+    case JOB_ATTN: be->ops->attention (be, j->y, j->q, j->k, j->v, &j->ap); break;
+    case JOB_LN_MOD: be->ops->layer_norm_modulate (be, j->y, j->x, j->w, j->b, 1e-6f); break;
+    case JOB_RMS: be->ops->rms_norm (be, j->y, j->x, j->w, 1e-6f); break;
+    case JOB_ROPE: be->ops->rope_3d (be, j->y, &j->grid); break;
+    case JOB_GATED_ADD: be->ops->gated_add (be, j->y, j->x, j->g); break;
+  }
+}
+
+/* Median milliseconds of `reps` runs after `warm` runs; -1 on error. */
+static double
+time_job (dp_backend *be, const job *j, int warm, int reps)
+{
+  for (int i = 0; i < warm; i++)
+    job_run (be, j);
+  if (!be->ops->sync (be, NULL))
+    return -1;
+  double *ms = g_new (double, reps);
+  for (int i = 0; i < reps; i++) {
+    dp_cuda_timer_start (be);
+    job_run (be, j);
+    ms[i] = dp_cuda_timer_stop (be);
+  }
+  qsort (ms, reps, sizeof *ms, cmp_double);
+  double med = ms[reps / 2];
+  g_free (ms);
+  return dp_backend_failed (be) ? -1 : med;
+}
+
+static gboolean
+report (dp_backend *be, const char *what, double ms, double flop, double bytes)
+{
+  if (ms < 0) {
+    GError *err = NULL;
+    dp_backend_check (be, &err);
+    printf ("%-58s FAILED: %s\n", what, err ? err->message : "?");
+    g_clear_error (&err);
+    return FALSE;
+  }
+  printf ("%-58s %9.3f ms", what, ms);
+  if (flop > 0)
+    printf ("  %7.1f TFLOP/s", flop / ms / 1e9);
+  if (bytes > 0)
+    printf ("  %7.2f TB/s", bytes / ms / 1e9);
+  printf ("\n");
+  fflush (stdout);
+  return TRUE;
+}
+
+static int
+bench_ops (dp_backend *be, int reps)
+{
+  char what[128];
+  int failures = 0;
+  printf ("# ops: median of %d CUDA-event timings after warm-up, random inputs\n", reps);
+
+  /* Ceiling 1: a large BF16 GEMM through the backend's linear (cuBLASLt). */
+  {
+    const int64_t n = 8192, s[2] = { n, n };
+    dp_tensor x = random_device (be, DP_BF16, 2, s, 1.0f), w = random_device (be, DP_BF16, 2, s, 0.01f);
+    dp_tensor y = dp_backend_tensor_new (be, DP_BF16, 2, s);
+    job j = { .kind = JOB_LINEAR, .y = &y, .x = &x, .w = &w, .act = DP_ACT_NONE };
+    failures += !report (be, "ceiling: gemm bf16 8192x8192x8192 (cuBLASLt)", time_job (be, &j, 3, reps),
+                         2.0 * n * n * n, 0);
+    dp_backend_tensor_free (be, &x);
+    dp_backend_tensor_free (be, &w);
+    dp_backend_tensor_free (be, &y);
+  }
+  /* Ceiling 2: device-to-device copy of 2 GiB (bytes read + written). */
+  {
+    const int64_t s[1] = { (int64_t) 1 << 30 };
+    /* A copy does not look at values: a non-zero constant is enough. */
+    dp_tensor x = dp_backend_tensor_new (be, DP_BF16, 1, s), y = dp_backend_tensor_new (be, DP_BF16, 1, s);
+    be->ops->fill (be, &x, 1.5f);
+    job j = { .kind = JOB_COPY, .y = &y, .x = &x };
+    failures += !report (be, "ceiling: device copy 2 GiB (cudaMemcpyAsync)", time_job (be, &j, 2, reps), 0,
+                         2.0 * 2.0 * s[0]);
+    dp_tensor yf = dp_backend_tensor_new (be, DP_F32, 1, s);
+    job jc = { .kind = JOB_COPY, .y = &yf, .x = &x };
+    failures += !report (be, "convert bf16 -> f32, 2^30 elements", time_job (be, &jc, 2, reps), 0, 6.0 * s[0]);
+    dp_backend_tensor_free (be, &yf);
+    dp_backend_tensor_free (be, &x);
+    dp_backend_tensor_free (be, &y);
+  }
+
+  /* The DiT's GEMMs at the full-video shape: B*L = 2 * 32760 rows. */
+  const int64_t D = 1536, F = 8960, M = 2 * 32760;
+  {
+    const int64_t xs[2] = { M, D }, ws[2] = { D, D }, fs[2] = { F, D }, f2[2] = { D, F }, hs[2] = { M, F };
+    const int64_t bs[1] = { D }, bfs[1] = { F };
+    dp_tensor x = random_device (be, DP_BF16, 2, xs, 1.0f), w = random_device (be, DP_BF16, 2, ws, 0.03f);
+    dp_tensor w1 = random_device (be, DP_BF16, 2, fs, 0.03f), w2 = random_device (be, DP_BF16, 2, f2, 0.01f);
+    dp_tensor b = random_device (be, DP_F32, 1, bs, 0.1f), b1 = random_device (be, DP_F32, 1, bfs, 0.1f);
+    dp_tensor y = dp_backend_tensor_new (be, DP_BF16, 2, xs), h = dp_backend_tensor_new (be, DP_BF16, 2, hs);
+    job j = { .kind = JOB_LINEAR, .y = &y, .x = &x, .w = &w, .b = &b, .act = DP_ACT_NONE };
+    g_snprintf (what, sizeof what, "linear %" G_GINT64_FORMAT "x%" G_GINT64_FORMAT "x%" G_GINT64_FORMAT " +bias(f32)", M, D, D);
+    failures += !report (be, what, time_job (be, &j, 2, reps), 2.0 * M * D * D, 0);
+    job j1 = { .kind = JOB_LINEAR, .y = &h, .x = &x, .w = &w1, .b = &b1, .act = DP_ACT_GELU_TANH };
+    g_snprintf (what, sizeof what, "linear %" G_GINT64_FORMAT "x%" G_GINT64_FORMAT "x%" G_GINT64_FORMAT " +bias+gelu", M, D, F);
+    failures += !report (be, what, time_job (be, &j1, 2, reps), 2.0 * M * D * F, 0);
+    job j2 = { .kind = JOB_LINEAR, .y = &y, .x = &h, .w = &w2, .b = &b, .act = DP_ACT_NONE };
+    g_snprintf (what, sizeof what, "linear %" G_GINT64_FORMAT "x%" G_GINT64_FORMAT "x%" G_GINT64_FORMAT " +bias", M, F, D);
+    failures += !report (be, what, time_job (be, &j2, 2, reps), 2.0 * M * D * F, 0);
+
+    /* Memory-bound ops on the residual stream [2, 32760, 1536]. */
+    const int64_t rs[3] = { 2, 32760, D }, ms[2] = { 2, D }, q4[4] = { 2, 32760, 12, 128 };
+    dp_tensor res = random_device (be, DP_F32, 3, rs, 1.0f);
+    dp_tensor shift = random_device (be, DP_F32, 2, ms, 0.5f), scale = random_device (be, DP_F32, 2, ms, 0.5f);
+    dp_tensor act3 = dp_tensor_view (y.data, DP_BF16, 3, rs);
+    job jl = { .kind = JOB_LN_MOD, .y = &act3, .x = &res, .w = &shift, .b = &scale };
+    failures += !report (be, "layer_norm_modulate f32 -> bf16 [2, 32760, 1536]", time_job (be, &jl, 2, reps), 0,
+                         6.0 * M * D);
+    dp_tensor nw = random_device (be, DP_BF16, 1, bs, 1.0f);
+    job jr = { .kind = JOB_RMS, .y = &act3, .x = &act3, .w = &nw };
+    failures += !report (be, "rms_norm bf16 in place [2, 32760, 1536]", time_job (be, &jr, 2, reps), 0, 4.0 * M * D);
+    dp_tensor act4 = dp_tensor_view (y.data, DP_BF16, 4, q4);
+    job jp = { .kind = JOB_ROPE, .y = &act4, .grid = { .frames = 21, .height = 30, .width = 52, .theta = 10000.0f } };
+    failures += !report (be, "rope_3d bf16 in place [2, 32760, 12, 128]", time_job (be, &jp, 2, reps), 0, 4.0 * M * D);
+    job jg = { .kind = JOB_GATED_ADD, .y = &res, .x = &act3, .g = &shift };
+    failures += !report (be, "gated_add f32 += f32 gate * bf16 [2, 32760, 1536]", time_job (be, &jg, 2, reps), 0,
+                         10.0 * M * D);
+    dp_tensor *all[] = { &x, &w, &w1, &w2, &b, &b1, &y, &h, &res, &shift, &scale, &nw };
+    for (guint i = 0; i < G_N_ELEMENTS (all); i++)
+      dp_backend_tensor_free (be, all[i]);
+  }
+
+  /* Attention at Wan2.1-1.3B shapes: B = 2 (guidance), 12 heads of 128. */
+  {
+    const struct {
+      const char *name;
+      int64_t lq, lk;
+    } cases[] = {
+      { "full 21 frames", 21 * 1560, 21 * 1560 },
+      { "block 8+2 (10 x 12 frames)", 10 * 1560, 12 * 1560 },
+      { "block 4+2 (6 x 8 frames)", 6 * 1560, 8 * 1560 },
+      { "cross, 512 text keys", 21 * 1560, 512 },
+    };
+    const int64_t B = 2, H = 12, d = 128;
+    for (guint i = 0; i < G_N_ELEMENTS (cases); i++) {
+      const int64_t qs[4] = { B, cases[i].lq, H, d }, ks[4] = { B, cases[i].lk, H, d };
+      dp_tensor q = random_device (be, DP_BF16, 4, qs, 2.0f), k = random_device (be, DP_BF16, 4, ks, 2.0f);
+      dp_tensor v = random_device (be, DP_BF16, 4, ks, 1.0f), o = dp_backend_tensor_new (be, DP_BF16, 4, qs);
+      job j = { .kind = JOB_ATTN, .y = &o, .q = &q, .k = &k, .v = &v, .ap = { .scale = 1.0f / sqrtf ((float) d) } };
+      for (int warps = 4; warps <= 8; warps += 4) {
+        dp_cuda_backend_set_attention_warps (be, warps);
+        g_snprintf (what, sizeof what, "attention %dw %s: Lq %" G_GINT64_FORMAT " Lk %" G_GINT64_FORMAT, warps,
+                    cases[i].name, cases[i].lq, cases[i].lk);
+        failures += !report (be, what, time_job (be, &j, 2, reps), 4.0 * B * H * cases[i].lq * cases[i].lk * d, 0);
+      }
+      dp_backend_tensor_free (be, &q);
+      dp_backend_tensor_free (be, &k);
+      dp_backend_tensor_free (be, &v);
+      dp_backend_tensor_free (be, &o);
+    }
+    dp_cuda_backend_set_attention_warps (be, 4);
+  }
+  return failures;
+}
+
+/* ------------------------------------------------------------ DiT */
+
+typedef struct {
+  FILE *f;
+  GString *header;
+  uint64_t offset;
+  gboolean writing; /* second pass: data */
+  GError **error;
+  gboolean ok;
+} st_writer;
+
+/* Pass 1 records the header entry, pass 2 streams random BF16 data. */
+static void
+st_tensor (st_writer *w, const char *name, int ndim, const int64_t *shape, float amp, float mean)
+{
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++)
+    n *= shape[i];
+  if (!w->writing) {
+    g_string_append_printf (w->header, "%s\"%s\":{\"dtype\":\"BF16\",\"shape\":[", w->header->len > 1 ? "," : "",
+                            name);
+    for (int i = 0; i < ndim; i++)
+      g_string_append_printf (w->header, i ? ",%" G_GINT64_FORMAT : "%" G_GINT64_FORMAT, shape[i]);
+    g_string_append_printf (w->header, "],\"data_offsets\":[%" G_GUINT64_FORMAT ",%" G_GUINT64_FORMAT "]}",
+                            w->offset, w->offset + (uint64_t) n * 2);
+    w->offset += (uint64_t) n * 2;
+    return;
+  }
+  if (!w->ok)
+    return;
+  const int64_t chunk = 1 << 20;
+  uint16_t *buf = g_new (uint16_t, chunk);
+  for (int64_t i = 0; i < n && w->ok; i += chunk) {
+    int64_t m = MIN (chunk, n - i);
+    fill_random (buf, DP_BF16, m, amp, mean);
+    if (fwrite (buf, 2, (size_t) m, w->f) != (size_t) m) {
+      g_set_error (w->error, DP_ERROR, DP_ERROR_IO, "cannot write the random model: %s", g_strerror (errno));
+      w->ok = FALSE;
+    }
+  }
+  g_free (buf);
+}
+
+static void
+st_linear (st_writer *w, const char *prefix, int64_t out, int64_t in)
+{
+  char name[160];
+  g_snprintf (name, sizeof name, "%s.weight", prefix);
+  st_tensor (w, name, 2, (int64_t[]){ out, in }, sqrtf (3.0f / in), 0.0f);
+  g_snprintf (name, sizeof name, "%s.bias", prefix);
+  st_tensor (w, name, 1, (int64_t[]){ out }, 0.1f, 0.0f);
+}
+
+typedef struct {
+  int dim, heads, ffn, layers, text_dim, freq_dim, channels;
+} model_size;
+
+static void
+st_model (st_writer *w, const model_size *m)
+{
+  const int64_t D = m->dim;
+  char name[160];
+  st_tensor (w, "patch_embedding.weight", 5, (int64_t[]){ D, m->channels, 1, 2, 2 }, sqrtf (3.0f / (4 * m->channels)),
+             0.0f);
+  st_tensor (w, "patch_embedding.bias", 1, (int64_t[]){ D }, 0.1f, 0.0f);
+  st_linear (w, "condition_embedder.time_embedder.linear_1", D, m->freq_dim);
+  st_linear (w, "condition_embedder.time_embedder.linear_2", D, D);
+  st_linear (w, "condition_embedder.time_proj", 6 * D, D);
+  st_linear (w, "condition_embedder.text_embedder.linear_1", D, m->text_dim);
+  st_linear (w, "condition_embedder.text_embedder.linear_2", D, D);
+  for (int n = 0; n < m->layers; n++) {
+    static const char *lin[] = { "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+                                 "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0" };
+    static const char *norms[] = { "attn1.norm_q.weight", "attn1.norm_k.weight", "attn2.norm_q.weight",
+                                   "attn2.norm_k.weight", "norm2.weight" };
+    g_snprintf (name, sizeof name, "blocks.%d.scale_shift_table", n);
+    st_tensor (w, name, 3, (int64_t[]){ 1, 6, D }, 0.5f, 0.0f);
+    for (guint i = 0; i < G_N_ELEMENTS (lin); i++) {
+      g_snprintf (name, sizeof name, "blocks.%d.%s", n, lin[i]);
+      st_linear (w, name, D, D);
+    }
+    for (guint i = 0; i < G_N_ELEMENTS (norms); i++) {
+      g_snprintf (name, sizeof name, "blocks.%d.%s", n, norms[i]);
+      st_tensor (w, name, 1, (int64_t[]){ D }, 0.3f, 1.0f);
+    }
+    g_snprintf (name, sizeof name, "blocks.%d.norm2.bias", n);
+    st_tensor (w, name, 1, (int64_t[]){ D }, 0.1f, 0.0f);
+    g_snprintf (name, sizeof name, "blocks.%d.ffn.net.0.proj", n);
+    st_linear (w, name, m->ffn, D);
+    g_snprintf (name, sizeof name, "blocks.%d.ffn.net.2", n);
+    st_linear (w, name, D, m->ffn);
+  }
+  st_tensor (w, "scale_shift_table", 3, (int64_t[]){ 1, 2, D }, 0.5f, 0.0f);
+  st_linear (w, "proj_out", 4 * m->channels, D);
+}
+
+static gboolean
+write_random_model (const char *dir, const model_size *m, GError **error)
+{
+  st_writer w = { .header = g_string_new ("{"), .error = error, .ok = TRUE };
+  st_model (&w, m);
+  g_string_append_c (w.header, '}');
+  while (w.header->len % 8)
+    g_string_append_c (w.header, ' ');
+  char *path = g_build_filename (dir, "diffusion_pytorch_model.safetensors", NULL);
+  w.f = fopen (path, "wb");
+  if (!w.f) {
+    g_set_error (error, DP_ERROR, DP_ERROR_IO, "cannot create %s: %s", path, g_strerror (errno));
+    w.ok = FALSE;
+  } else {
+    uint64_t hl = GUINT64_TO_LE ((uint64_t) w.header->len);
+    if (fwrite (&hl, 8, 1, w.f) != 1 || fwrite (w.header->str, 1, w.header->len, w.f) != w.header->len) {
+      g_set_error (error, DP_ERROR, DP_ERROR_IO, "cannot write %s", path);
+      w.ok = FALSE;
+    }
+    w.writing = TRUE;
+    if (w.ok)
+      st_model (&w, m);
+    if (fclose (w.f) != 0 && w.ok) {
+      g_set_error (error, DP_ERROR, DP_ERROR_IO, "cannot write %s", path);
+      w.ok = FALSE;
+    }
+  }
+  g_free (path);
+  g_string_free (w.header, TRUE);
+  if (!w.ok)
+    return FALSE;
+  char *cfg_path = g_build_filename (dir, "config.json", NULL);
+  char *cfg = g_strdup_printf (
+    "{\"_class_name\": \"WanTransformer3DModel\", \"patch_size\": [1, 2, 2], \"num_attention_heads\": %d,"
+    " \"attention_head_dim\": %d, \"in_channels\": %d, \"out_channels\": %d, \"text_dim\": %d,"
+    " \"freq_dim\": %d, \"ffn_dim\": %d, \"num_layers\": %d, \"cross_attn_norm\": true,"
+    " \"qk_norm\": \"rms_norm_across_heads\", \"eps\": 1e-06, \"rope_max_seq_len\": 1024}\n",
+    m->heads, m->dim / m->heads, m->channels, m->channels, m->text_dim, m->freq_dim, m->ffn, m->layers);
+  gboolean ok = g_file_set_contents (cfg_path, cfg, -1, error);
+  g_free (cfg);
+  g_free (cfg_path);
+  return ok;
+}
+
+static void
+remove_model (const char *dir)
+{
+  const char *files[] = { "diffusion_pytorch_model.safetensors", "config.json" };
+  for (guint i = 0; i < G_N_ELEMENTS (files); i++) {
+    char *p = g_build_filename (dir, files[i], NULL);
+    g_unlink (p);
+    g_free (p);
+  }
+  g_rmdir (dir);
+}
+
+static dp_tensor
+random_host (int ndim, const int64_t *shape, float amp)
+{
+  dp_tensor t = dp_tensor_new_host (DP_F32, ndim, shape);
+  fill_random (t.data, DP_F32, dp_tensor_nelem (&t), amp, 0.0f);
+  return t;
+}
+
+static int
+bench_dit (dp_backend *be, int reps, int layers)
+{
+  const model_size m = { .dim = 1536, .heads = 12, .ffn = 8960, .layers = layers, .text_dim = 4096,
+                         .freq_dim = 256, .channels = 16 };
+  const int B = 2, text_len = 512, height = 60, width = 104, tpf = (height / 2) * (width / 2);
+  GError *err = NULL;
+  int rc = 1;
+  dp_wan_dit *dit = NULL;
+  dp_tensor context = { 0 };
+
+  gint64 t0 = g_get_monotonic_time ();
+  char *dir = g_dir_make_tmp ("dualparal-bench-XXXXXX", &err);
+  if (!dir || !write_random_model (dir, &m, &err))
+    goto out;
+  double write_s = (g_get_monotonic_time () - t0) / 1e6;
+  t0 = g_get_monotonic_time ();
+  dit = dp_wan_dit_load (be, dir, 0, m.layers, &err);
+  if (!dit)
+    goto out;
+  double load_s = (g_get_monotonic_time () - t0) / 1e6;
+  printf ("# dit: Wan2.1-1.3B shapes, random BF16 weights (%d layers): written in %.1f s, loaded in %.1f s, "
+          "%.2f GiB on the device\n", m.layers, write_s, load_s, dp_wan_dit_memory_bytes (dit) / 1073741824.0);
+  context = random_host (3, (int64_t[]){ B, text_len, m.text_dim }, 1.0f);
+  if (!dp_wan_dit_set_context (dit, &context, &err))
+    goto out;
+
+  const struct {
+    const char *name;
+    int own, ctx; /* P own frames (out), C context frames; full video: ctx 0 */
+  } cases[] = { { "21", 21, 0 }, { "8+2", 8, 2 }, { "4+2", 4, 2 } };
+  for (guint ci = 0; ci < G_N_ELEMENTS (cases); ci++) {
+    const int P = cases[ci].own, C = cases[ci].ctx, frames = P + C;
+    dp_wan_span span;
+    dp_wan_span_init (&span, frames, height, width);
+    int extra_pos[8];
+    dp_tensor ek = { 0 }, ev = { 0 };
+    if (C > 0) {
+      /* window [C context | P own] at positions 0..C+P-1; the next block's
+       * first C frames from the feature cache at C+P.. (keys only) */
+      for (int i = 0; i < C; i++)
+        extra_pos[i] = C + P + i;
+      const int64_t es[4] = { m.layers, B, (int64_t) C * tpf, m.dim };
+      ek = random_device (be, be->act_dtype, 4, es, 2.0f);
+      ev = random_device (be, be->act_dtype, 4, es, 2.0f);
+      span.extra_frames = C;
+      span.extra_pos = extra_pos;
+      span.extra_k = &ek;
+      span.extra_v = &ev;
+      span.out_first = C;
+      span.out_frames = P;
+    }
+    const int64_t lat_s[4] = { m.channels, frames, height, width }, vel_s[4] = { m.channels, P, height, width };
+    dp_tensor lat = random_device (be, DP_F32, 4, lat_s, 1.7f);
+    dp_tensor vel = dp_backend_tensor_new (be, DP_F32, 4, vel_s);
+    dp_cuda_backend_reset_peak (be);
+    double *ms = g_new (double, reps);
+    gboolean ok = dp_wan_dit_forward (dit, &span, &lat, 999.0f, 5.0f, &vel, &err) && be->ops->sync (be, &err);
+    for (int i = 0; ok && i < reps; i++) {
+      dp_cuda_timer_start (be);
+      ok = dp_wan_dit_forward (dit, &span, &lat, 900.0f - i, 5.0f, &vel, &err);
+      ms[i] = dp_cuda_timer_stop (be);
+      ok = ok && be->ops->sync (be, &err);
+    }
+    if (ok) {
+      qsort (ms, reps, sizeof *ms, cmp_double);
+      double med = ms[reps / 2];
+      double lq = (double) frames * tpf, lk = lq + (double) C * tpf, D = m.dim;
+      double flop = (double) B * m.layers * (2 * lq * (8 * D * D + 2 * D * m.ffn) + 4 * lq * lk * D + 4 * lq * 512 * D);
+      printf ("{\"case\": \"%s\", \"q_tokens\": %.0f, \"kv_tokens\": %.0f, \"layers\": %d, \"ms\": %.2f, "
+              "\"tflops\": %.1f, \"peak_gib\": %.2f}\n",
+              cases[ci].name, lq, lk, m.layers, med, flop / med / 1e9,
+              dp_cuda_backend_peak_bytes (be) / 1073741824.0);
+      fflush (stdout);
+    } else {
+      printf ("dit case %s FAILED: %s\n", cases[ci].name, err ? err->message : "?");
+    }
+    g_free (ms);
+    dp_backend_tensor_free (be, &lat);
+    dp_backend_tensor_free (be, &vel);
+    if (ek.data)
+      dp_backend_tensor_free (be, &ek);
+    if (ev.data)
+      dp_backend_tensor_free (be, &ev);
+    if (!ok)
+      goto out;
+  }
+  rc = 0;
+
+out:
+  if (rc && err)
+    printf ("dit FAILED: %s\n", err->message);
+  g_clear_error (&err);
+  dp_tensor_free (&context);
+  dp_wan_dit_free (dit);
+  if (dir)
+    remove_model (dir);
+  g_free (dir);
+  return rc;
+}
+
+int
+main (int argc, char **argv)
+{
+  gboolean ops = FALSE, dit = FALSE;
+  int reps = 7, dit_reps = 3, layers = 30;
+  char *device = NULL;
+  GOptionEntry entries[] = {
+    { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "Backend (default cuda:0)", "cuda:N" },
+    { "ops", 0, 0, G_OPTION_ARG_NONE, &ops, "Ceilings, GEMMs, memory-bound ops and attention", NULL },
+    { "dit", 0, 0, G_OPTION_ARG_NONE, &dit, "Guided DiT forward at Wan2.1-1.3B shapes", NULL },
+    { "repeat", 'n', 0, G_OPTION_ARG_INT, &reps, "Timed runs per op (default 7)", "N" },
+    { "dit-repeat", 0, 0, G_OPTION_ARG_INT, &dit_reps, "Timed DiT forward passes per case (default 3)", "N" },
+    { "layers", 0, 0, G_OPTION_ARG_INT, &layers, "DiT layers (default 30, the 1.3B model)", "N" },
+    { NULL },
+  };
+  GError *err = NULL;
+  GOptionContext *octx = g_option_context_new ("- benchmark the CUDA backend");
+  g_option_context_add_main_entries (octx, entries, NULL);
+  if (!g_option_context_parse (octx, &argc, &argv, &err)) {
+    g_printerr ("%s\n", err->message);
+    return 2;
+  }
+  g_option_context_free (octx);
+  if (!ops && !dit)
+    ops = TRUE;
+  if (reps < 1 || dit_reps < 1 || layers < 1) {
+    g_printerr ("--repeat, --dit-repeat and --layers must be positive\n");
+    return 2;
+  }
+  if (device && !g_str_has_prefix (device, "cuda")) {
+    g_printerr ("dualparal-bench times the CUDA backend; use dualparal-bench-cpu for the CPU\n");
+    return 2;
+  }
+  dp_backend *be = dp_backend_new (device ? device : "cuda", &err);
+  if (!be) {
+    g_printerr ("%s\n", err->message);
+    return 1;
+  }
+  char *desc = dp_cuda_backend_describe (be);
+  printf ("# device: %s\n", desc);
+  g_free (desc);
+  int failures = 0;
+  if (ops)
+    failures += bench_ops (be, reps);
+  if (dit)
+    failures += bench_dit (be, dit_reps, layers);
+  dp_backend_free (be);
+  g_free (device);
+  return failures ? 1 : 0;
+}

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# GPU check in one go, for a machine with an NVIDIA GPU: the GPU op tests,
+# the backend benchmark (ceilings, ops, attention, DiT forward at 1.3B
+# shapes) and the PyTorch anchor, all in the same call so that ratios
+# compare.  Run from the repository root:
+#
+#   tools/gpu-check.sh [BUILD_DIR]          (default build-cuda)
+#
+# BUILD_DIR must hold tests/test_gpu_ops and tools/dualparal-bench built with
+# -Dcuda=enabled.  Libraries the machine lacks (GLib, json-glib, OpenBLAS...)
+# may be put in .device/lib; cuBLASLt is looked up in the CUDA toolkit and in
+# Python's nvidia packages.  The PyTorch anchor runs when
+# .bench/pytorch_wan_anchor.py (a copy of ../shared/bench/) is present.
+# Logs go to $OUT (default ./out/gpu-check).  Skip parts with
+# GPU_CHECK_SKIP="tests ops dit anchor" (any subset).
+set -u
+BUILD=${1:-build-cuda}
+OUT=${OUT:-$PWD/out/gpu-check}
+SKIP=${GPU_CHECK_SKIP:-}
+mkdir -p "$OUT"
+status=0
+
+skip () { case " $SKIP " in *" $1 "*) return 0 ;; esac; return 1; }
+
+libdirs=$PWD/.device/lib
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/lib; do
+  [ -e "$d/libcublasLt.so.13" ] && libdirs=$libdirs:$d
+done
+if ! echo "$libdirs" | grep -q cuda; then
+  lt=$(find /usr/local /opt /usr/lib /root -name 'libcublasLt.so.13*' 2>/dev/null | head -1)
+  [ -n "$lt" ] && libdirs=$libdirs:$(dirname "$lt")
+fi
+export LD_LIBRARY_PATH=$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export DP_TEST_DATA=$PWD/tests/data
+# The DiT benchmark writes a 2.8 GB random checkpoint: keep it in RAM.
+[ -d /dev/shm ] && export TMPDIR=/dev/shm
+
+echo "== $(date -u +%FT%TZ) $(hostname)"
+nvidia-smi -L
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
+echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+if ldd "$BUILD/tests/test_gpu_ops" "$BUILD/tools/dualparal-bench" | grep "not found"; then
+  echo "missing libraries: see above"
+  status=1
+fi
+
+if ! skip tests; then
+  echo "== GPU op tests"
+  timeout 60 "$BUILD/tests/test_gpu_ops" --verbose 2>&1 | tee "$OUT/gpu-tests.log"
+  rc=${PIPESTATUS[0]}
+  echo "test_gpu_ops exit $rc"
+  [ "$rc" = 0 ] || status=1
+fi
+if ! skip ops; then
+  echo "== backend ops"
+  timeout 60 "$BUILD/tools/dualparal-bench" --ops 2>&1 | tee "$OUT/bench-ops.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+if ! skip dit; then
+  echo "== DiT forward (ours)"
+  timeout 90 "$BUILD/tools/dualparal-bench" --dit 2>&1 | tee "$OUT/bench-dit.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+if ! skip anchor && [ -f .bench/pytorch_wan_anchor.py ]; then
+  echo "== PyTorch anchor (eager)"
+  PYTHONUNBUFFERED=1 timeout 80 python3 .bench/pytorch_wan_anchor.py --model 1.3b --frames 21 --frames 8+2 \
+    --frames 4+2 2>&1 | tee "$OUT/anchor.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+echo "== gpu-check exit $status"
+exit $status
