@@ -74,9 +74,16 @@ char *dp_cuda_backend_describe (dp_backend *be);
 void dp_cuda_timer_start (dp_backend *be);
 double dp_cuda_timer_stop (dp_backend *be);
 
-/* Tuning knob for benchmarks: warps per block of the flash-attention kernel,
- * 4 (64 query rows, the default) or 8 (128 query rows). */
-void dp_cuda_backend_set_attention_warps (dp_backend *be, int warps);
+/* Variants of the flash-attention kernel (tests and benchmarks run each;
+ * the default is the fastest one measured, see docs/performance-notes-gpu.txt). */
+typedef enum {
+  DP_CUDA_ATTN_W4_R16 = 0, /* 4 warps x 16 query rows (64 per block), Q in registers */
+  DP_CUDA_ATTN_W8_R16 = 1, /* 8 warps x 16 query rows (128 per block), Q in registers */
+  DP_CUDA_ATTN_W4_R32 = 2, /* 4 warps x 32 query rows (128 per block), Q in shared memory */
+} dp_cuda_attention_variant;
+#define DP_CUDA_ATTN_DEFAULT DP_CUDA_ATTN_W4_R32
+
+void dp_cuda_backend_set_attention_variant (dp_backend *be, dp_cuda_attention_variant variant);
 
 G_END_DECLS
 

@@ -78,6 +78,27 @@ random_device (dp_backend *be, dp_dtype dt, int ndim, const int64_t *shape, floa
   return t;
 }
 
+/* CUDA-event timing on a CUDA backend; a host clock on the CPU backend
+ * (--device cpu only checks the harness: the numbers are not the point). */
+static gint64 host_t0;
+
+static void
+timer_start (dp_backend *be)
+{
+  if (be->host_memory)
+    host_t0 = g_get_monotonic_time ();
+  else
+    dp_cuda_timer_start (be);
+}
+
+static double
+timer_stop (dp_backend *be)
+{
+  if (be->host_memory)
+    return (g_get_monotonic_time () - host_t0) / 1000.0;
+  return dp_cuda_timer_stop (be);
+}
+
 static int
 cmp_double (const void *a, const void *b)
 {
@@ -121,9 +142,9 @@ time_job (dp_backend *be, const job *j, int warm, int reps)
     return -1;
   double *ms = g_new (double, reps);
   for (int i = 0; i < reps; i++) {
-    dp_cuda_timer_start (be);
+    timer_start (be);
     job_run (be, j);
-    ms[i] = dp_cuda_timer_stop (be);
+    ms[i] = timer_stop (be);
   }
   qsort (ms, reps, sizeof *ms, cmp_double);
   double med = ms[reps / 2];
@@ -245,9 +266,10 @@ bench_ops (dp_backend *be, int reps)
       dp_tensor q = random_device (be, DP_BF16, 4, qs, 2.0f), k = random_device (be, DP_BF16, 4, ks, 2.0f);
       dp_tensor v = random_device (be, DP_BF16, 4, ks, 1.0f), o = dp_backend_tensor_new (be, DP_BF16, 4, qs);
       job j = { .kind = JOB_ATTN, .y = &o, .q = &q, .k = &k, .v = &v, .ap = { .scale = 1.0f / sqrtf ((float) d) } };
-      for (int warps = 4; warps <= 8; warps += 4) {
-        dp_cuda_backend_set_attention_warps (be, warps);
-        g_snprintf (what, sizeof what, "attention %dw %s: Lq %" G_GINT64_FORMAT " Lk %" G_GINT64_FORMAT, warps,
+      static const char *vnames[] = { "4w x16", "8w x16", "4w x32" };
+      for (int vi = 0; vi < 3; vi++) {
+        dp_cuda_backend_set_attention_variant (be, (dp_cuda_attention_variant) vi);
+        g_snprintf (what, sizeof what, "attention %s %s: Lq %" G_GINT64_FORMAT " Lk %" G_GINT64_FORMAT, vnames[vi],
                     cases[i].name, cases[i].lq, cases[i].lk);
         failures += !report (be, what, time_job (be, &j, 2, reps), 4.0 * B * H * cases[i].lq * cases[i].lk * d, 0);
       }
@@ -256,7 +278,7 @@ bench_ops (dp_backend *be, int reps)
       dp_backend_tensor_free (be, &v);
       dp_backend_tensor_free (be, &o);
     }
-    dp_cuda_backend_set_attention_warps (be, 4);
+    dp_cuda_backend_set_attention_variant (be, DP_CUDA_ATTN_DEFAULT);
   }
   return failures;
 }
@@ -422,11 +444,11 @@ random_host (int ndim, const int64_t *shape, float amp)
 }
 
 static int
-bench_dit (dp_backend *be, int reps, int layers)
+bench_dit (dp_backend *be, int reps, int layers, int height, int width)
 {
   const model_size m = { .dim = 1536, .heads = 12, .ffn = 8960, .layers = layers, .text_dim = 4096,
                          .freq_dim = 256, .channels = 16 };
-  const int B = 2, text_len = 512, height = 60, width = 104, tpf = (height / 2) * (width / 2);
+  const int B = 2, text_len = 512, tpf = (height / 2) * (width / 2);
   GError *err = NULL;
   int rc = 1;
   dp_wan_dit *dit = NULL;
@@ -476,13 +498,14 @@ bench_dit (dp_backend *be, int reps, int layers)
     const int64_t lat_s[4] = { m.channels, frames, height, width }, vel_s[4] = { m.channels, P, height, width };
     dp_tensor lat = random_device (be, DP_F32, 4, lat_s, 1.7f);
     dp_tensor vel = dp_backend_tensor_new (be, DP_F32, 4, vel_s);
-    dp_cuda_backend_reset_peak (be);
+    if (!be->host_memory)
+      dp_cuda_backend_reset_peak (be);
     double *ms = g_new (double, reps);
     gboolean ok = dp_wan_dit_forward (dit, &span, &lat, 999.0f, 5.0f, &vel, &err) && be->ops->sync (be, &err);
     for (int i = 0; ok && i < reps; i++) {
-      dp_cuda_timer_start (be);
+      timer_start (be);
       ok = dp_wan_dit_forward (dit, &span, &lat, 900.0f - i, 5.0f, &vel, &err);
-      ms[i] = dp_cuda_timer_stop (be);
+      ms[i] = timer_stop (be);
       ok = ok && be->ops->sync (be, &err);
     }
     if (ok) {
@@ -493,7 +516,7 @@ bench_dit (dp_backend *be, int reps, int layers)
       printf ("{\"case\": \"%s\", \"q_tokens\": %.0f, \"kv_tokens\": %.0f, \"layers\": %d, \"ms\": %.2f, "
               "\"tflops\": %.1f, \"peak_gib\": %.2f}\n",
               cases[ci].name, lq, lk, m.layers, med, flop / med / 1e9,
-              dp_cuda_backend_peak_bytes (be) / 1073741824.0);
+              be->host_memory ? 0.0 : dp_cuda_backend_peak_bytes (be) / 1073741824.0);
       fflush (stdout);
     } else {
       printf ("dit case %s FAILED: %s\n", cases[ci].name, err ? err->message : "?");
@@ -526,7 +549,7 @@ int
 main (int argc, char **argv)
 {
   gboolean ops = FALSE, dit = FALSE;
-  int reps = 7, dit_reps = 3, layers = 30;
+  int reps = 7, dit_reps = 3, layers = 30, height = 60, width = 104, variant = DP_CUDA_ATTN_DEFAULT;
   char *device = NULL;
   GOptionEntry entries[] = {
     { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "Backend (default cuda:0)", "cuda:N" },
@@ -535,6 +558,10 @@ main (int argc, char **argv)
     { "repeat", 'n', 0, G_OPTION_ARG_INT, &reps, "Timed runs per op (default 7)", "N" },
     { "dit-repeat", 0, 0, G_OPTION_ARG_INT, &dit_reps, "Timed DiT forward passes per case (default 3)", "N" },
     { "layers", 0, 0, G_OPTION_ARG_INT, &layers, "DiT layers (default 30, the 1.3B model)", "N" },
+    { "attn-variant", 0, 0, G_OPTION_ARG_INT, &variant,
+      "Flash-attention variant for --dit: 0 = 4 warps x 16 rows, 1 = 8 x 16, 2 = 4 x 32 (default: the backend's)", "N" },
+    { "height", 0, 0, G_OPTION_ARG_INT, &height, "DiT latent height (default 60: 480 pixels)", "N" },
+    { "width", 0, 0, G_OPTION_ARG_INT, &width, "DiT latent width (default 104: 832 pixels)", "N" },
     { NULL },
   };
   GError *err = NULL;
@@ -547,12 +574,12 @@ main (int argc, char **argv)
   g_option_context_free (octx);
   if (!ops && !dit)
     ops = TRUE;
-  if (reps < 1 || dit_reps < 1 || layers < 1) {
-    g_printerr ("--repeat, --dit-repeat and --layers must be positive\n");
+  if (reps < 1 || dit_reps < 1 || layers < 1 || height < 2 || width < 2 || height % 2 || width % 2) {
+    g_printerr ("--repeat, --dit-repeat and --layers must be positive, --height and --width even\n");
     return 2;
   }
-  if (device && !g_str_has_prefix (device, "cuda")) {
-    g_printerr ("dualparal-bench times the CUDA backend; use dualparal-bench-cpu for the CPU\n");
+  if (device && !g_str_has_prefix (device, "cuda") && !(dit && !ops)) {
+    g_printerr ("--ops times the CUDA backend; --device cpu only runs --dit (to check the harness)\n");
     return 2;
   }
   dp_backend *be = dp_backend_new (device ? device : "cuda", &err);
@@ -560,14 +587,19 @@ main (int argc, char **argv)
     g_printerr ("%s\n", err->message);
     return 1;
   }
-  char *desc = dp_cuda_backend_describe (be);
+  char *desc = be->host_memory ? g_strdup ("cpu") : dp_cuda_backend_describe (be);
   printf ("# device: %s\n", desc);
   g_free (desc);
   int failures = 0;
   if (ops)
     failures += bench_ops (be, reps);
-  if (dit)
-    failures += bench_dit (be, dit_reps, layers);
+  if (dit) {
+    if (!be->host_memory) {
+      dp_cuda_backend_set_attention_variant (be, (dp_cuda_attention_variant) variant);
+      printf ("# dit: flash-attention variant %d\n", variant);
+    }
+    failures += bench_dit (be, dit_reps, layers, height, width);
+  }
   dp_backend_free (be);
   g_free (device);
   return failures ? 1 : 0;

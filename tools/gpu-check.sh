@@ -12,7 +12,9 @@
 # Python's nvidia packages.  The PyTorch anchor runs when
 # .bench/pytorch_wan_anchor.py (a copy of ../shared/bench/) is present.
 # Logs go to $OUT (default ./out/gpu-check).  Skip parts with
-# GPU_CHECK_SKIP="tests ops dit anchor" (any subset).
+# GPU_CHECK_SKIP="tests ops dit anchor" (any subset); GPU_CHECK_DIT_ARGS adds
+# options to the DiT benchmark (e.g. "--attn-variant 2"); GPU_CHECK_SANITIZE=1
+# also runs part of the tests under compute-sanitizer's memcheck.
 set -u
 BUILD=${1:-build-cuda}
 OUT=${OUT:-$PWD/out/gpu-check}
@@ -51,6 +53,14 @@ if ! skip tests; then
   echo "test_gpu_ops exit $rc"
   [ "$rc" = 0 ] || status=1
 fi
+if [ -n "${GPU_CHECK_SANITIZE:-}" ] && command -v compute-sanitizer >/dev/null; then
+  echo "== compute-sanitizer memcheck: attention, layouts, VAE ops"
+  timeout 90 compute-sanitizer --tool memcheck --error-exitcode 99 "$BUILD/tests/test_gpu_ops" \
+    -p /gpu/attention -p /gpu/layouts -p /gpu/vae_ops 2>&1 | tail -n 40 | tee "$OUT/sanitizer.log"
+  rc=${PIPESTATUS[0]}
+  echo "compute-sanitizer exit $rc"
+  [ "$rc" = 0 ] || status=1
+fi
 if ! skip ops; then
   echo "== backend ops"
   timeout 60 "$BUILD/tools/dualparal-bench" --ops 2>&1 | tee "$OUT/bench-ops.log"
@@ -58,7 +68,7 @@ if ! skip ops; then
 fi
 if ! skip dit; then
   echo "== DiT forward (ours)"
-  timeout 90 "$BUILD/tools/dualparal-bench" --dit 2>&1 | tee "$OUT/bench-dit.log"
+  timeout 90 "$BUILD/tools/dualparal-bench" --dit ${GPU_CHECK_DIT_ARGS:-} 2>&1 | tee "$OUT/bench-dit.log"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if ! skip anchor && [ -f .bench/pytorch_wan_anchor.py ]; then

@@ -3,9 +3,11 @@
  * Fast path (q, k, v, o BF16, d % 8 == 0, d <= 128, 16-byte aligned): a
  * flash-attention forward of our own, FlashAttention-2 style.
  * - Block = 4 warps = 64 query rows of one (batch, head) (or 8 warps = 128
- *   rows, dp_cuda_backend_set_attention_warps); each warp owns 16 rows and
- *   keeps its Q fragments and its O accumulator (FP32) in registers for the
- *   whole key loop.
+ *   rows); each warp owns 16 rows and keeps its Q fragments and its O
+ *   accumulator (FP32) in registers for the whole key loop.  A third
+ *   variant gives each of 4 warps 32 rows (FlashAttention-2's split, Q
+ *   re-read from shared memory).  dp_cuda_backend_set_attention_variant()
+ *   picks one; the bias path always uses the first.
  * - Keys / values stream through shared memory in tiles of 64 rows, double
  *   buffered with cp.async (the load of tile j+1 overlaps the maths of tile
  *   j); rows padded by 8 elements so ldmatrix is free of bank conflicts.
@@ -313,14 +315,215 @@ launch_flash (dp_backend *be, const flash_params &p, int B)
   dp_cuda_launched (be, "attention (flash kernel)");
 }
 
+/* FlashAttention-2's split: 4 warps of 32 query rows each (two m16 tiles per
+ * warp, BM = 128).  Every K / V fragment read from shared memory feeds two
+ * MMAs instead of one, which halves the shared-memory traffic per FLOP of
+ * the 16-row kernel above (its limit on Hopper); Q no longer fits in
+ * registers next to the 32-row accumulators, so its fragments are re-read
+ * from a shared-memory tile of its own for each key tile.  No bias variant. */
+#define M32_BM 128
+
+template <int HD>
+static constexpr size_t
+flash_m32_smem_bytes ()
+{
+  return (size_t) (M32_BM + 4 * FA_BN) * (HD + FA_PAD) * sizeof (__nv_bfloat16);
+}
+
+template <int HD>
+__global__ void __launch_bounds__ (128, 2)
+flash_fwd_m32_kernel (const flash_params p)
+{
+  constexpr int STRIDE = HD + FA_PAD;
+  constexpr int KT = HD / 16, NT = FA_BN / 8, DT = HD / 8;
+  constexpr int TILE = FA_BN * STRIDE;
+  extern __shared__ __align__ (16) __nv_bfloat16 smem[];
+  __nv_bfloat16 *Qs = smem;                      /* [128][STRIDE] */
+  __nv_bfloat16 *KV = smem + M32_BM * STRIDE;    /* stage s: K at KV + 2 s TILE, V after it */
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t4 = lane & 3, mi = lane >> 3, r8 = lane & 7;
+  const int q0 = blockIdx.x * M32_BM;
+  const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+  const int64_t stride = (int64_t) p.H * p.d;
+  const __nv_bfloat16 *qg = p.q + ((int64_t) b * p.Lq * p.H + h) * p.d;
+  const __nv_bfloat16 *kg = p.k + ((int64_t) b * p.Lk * p.H + h) * p.d;
+  const __nv_bfloat16 *vg = p.v + ((int64_t) b * p.Lk * p.H + h) * p.d;
+  const int n_tiles = (p.kv_len + FA_BN - 1) / FA_BN;
+
+  load_tile<HD, M32_BM, 128> (Qs, qg, stride, q0, p.Lq - q0, p.d);
+  load_tile<HD, FA_BN, 128> (KV, kg, stride, 0, p.kv_len, p.d);
+  load_tile<HD, FA_BN, 128> (KV + TILE, vg, stride, 0, p.kv_len, p.d);
+  cp_async_commit ();
+
+  const int m0 = warp * 32;
+  float acc[2][DT][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+    for (int i = 0; i < DT; i++)
+      acc[mt][i][0] = acc[mt][i][1] = acc[mt][i][2] = acc[mt][i][3] = 0.0f;
+  float row_max[2][2] = { { -INFINITY, -INFINITY }, { -INFINITY, -INFINITY } };
+  float row_sum[2][2] = { { 0.0f, 0.0f }, { 0.0f, 0.0f } };
+
+  for (int j = 0; j < n_tiles; j++) {
+    const int stage = j & 1;
+    if (j + 1 < n_tiles) {
+      int k1 = (j + 1) * FA_BN;
+      __nv_bfloat16 *next = KV + (stage ^ 1) * 2 * TILE;
+      load_tile<HD, FA_BN, 128> (next, kg, stride, k1, p.kv_len - k1, p.d);
+      load_tile<HD, FA_BN, 128> (next + TILE, vg, stride, k1, p.kv_len - k1, p.d);
+    }
+    cp_async_commit ();
+    cp_async_wait<1> ();
+    __syncthreads ();
+    const __nv_bfloat16 *K = KV + stage * 2 * TILE, *V = K + TILE;
+
+    float s[2][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+      for (int i = 0; i < NT; i++)
+        s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < KT; kk++) {
+      uint32_t qa[2][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; mt++)
+        ldmatrix_x4 (qa[mt][0], qa[mt][1], qa[mt][2], qa[mt][3],
+                     Qs + (m0 + mt * 16 + r8 + (mi & 1) * 8) * STRIDE + kk * 16 + (mi >> 1) * 8);
+#pragma unroll
+      for (int n2 = 0; n2 < NT / 2; n2++) {
+        uint32_t b0, b1, b2, b3;
+        ldmatrix_x4 (b0, b1, b2, b3, K + (n2 * 16 + r8 + (mi >> 1) * 8) * STRIDE + kk * 16 + (mi & 1) * 8);
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++) {
+          mma_bf16 (s[mt][2 * n2], qa[mt], b0, b1);
+          mma_bf16 (s[mt][2 * n2 + 1], qa[mt], b2, b3);
+        }
+      }
+    }
+
+    const int key0 = j * FA_BN;
+    const bool tail = key0 + FA_BN > p.kv_len;
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          int key = key0 + nt * 8 + 2 * t4 + (e & 1);
+          float val = s[mt][nt][e] * p.scale_log2;
+          s[mt][nt][e] = tail && key >= p.kv_len ? -INFINITY : val;
+        }
+
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+          mx = fmaxf (mx, fmaxf (s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
+        mx = fmaxf (mx, __shfl_xor_sync (0xffffffffu, mx, 1));
+        mx = fmaxf (mx, __shfl_xor_sync (0xffffffffu, mx, 2));
+        float m_new = fmaxf (row_max[mt][r], mx);
+        float m_use = m_new == -INFINITY ? 0.0f : m_new;
+        float alpha = exp2f (row_max[mt][r] - m_use);
+        row_max[mt][r] = m_new;
+        float sum = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+          float p0 = exp2f (s[mt][nt][2 * r] - m_use), p1 = exp2f (s[mt][nt][2 * r + 1] - m_use);
+          s[mt][nt][2 * r] = p0;
+          s[mt][nt][2 * r + 1] = p1;
+          sum += p0 + p1;
+        }
+        row_sum[mt][r] = row_sum[mt][r] * alpha + sum;
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++) {
+          acc[mt][dt][2 * r] *= alpha;
+          acc[mt][dt][2 * r + 1] *= alpha;
+        }
+      }
+
+#pragma unroll
+    for (int kk = 0; kk < FA_BN / 16; kk++) {
+      uint32_t a[2][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; mt++) {
+        a[mt][0] = pack_bf16 (s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        a[mt][1] = pack_bf16 (s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        a[mt][2] = pack_bf16 (s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        a[mt][3] = pack_bf16 (s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int d2 = 0; d2 < DT / 2; d2++) {
+        uint32_t b0, b1, b2, b3;
+        ldmatrix_x4_trans (b0, b1, b2, b3, V + (kk * 16 + r8 + (mi & 1) * 8) * STRIDE + d2 * 16 + (mi >> 1) * 8);
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++) {
+          mma_bf16 (acc[mt][2 * d2], a[mt], b0, b1);
+          mma_bf16 (acc[mt][2 * d2 + 1], a[mt], b2, b3);
+        }
+      }
+    }
+    __syncthreads ();
+  }
+
+  __nv_bfloat16 *og = p.o + ((int64_t) b * p.Lq * p.H + h) * p.d;
+#pragma unroll
+  for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      float l = row_sum[mt][r];
+      l += __shfl_xor_sync (0xffffffffu, l, 1);
+      l += __shfl_xor_sync (0xffffffffu, l, 2);
+      float inv = l > 0.0f ? 1.0f / l : 0.0f;
+      int row = q0 + m0 + mt * 16 + g + r * 8;
+      if (row < p.Lq) {
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++) {
+          int col = dt * 8 + 2 * t4;
+          if (col < p.d)
+            *(__nv_bfloat162 *) (og + row * stride + col) =
+              __floats2bfloat162_rn (acc[mt][dt][2 * r] * inv, acc[mt][dt][2 * r + 1] * inv);
+        }
+      }
+    }
+}
+
+template <int HD>
+static void
+launch_flash_m32 (dp_backend *be, const flash_params &p, int B)
+{
+  dp_cuda *c = dp_cuda_of (be);
+  const size_t smem = flash_m32_smem_bytes<HD> ();
+  if (smem > c->smem_optin) {
+    dp_backend_fail (be, DP_ERROR_UNSUPPORTED, "attention: %zu bytes of shared memory needed, device has %zu", smem,
+                     c->smem_optin);
+    return;
+  }
+  if (!dp_cuda_ok (be, cudaFuncSetAttribute (flash_fwd_m32_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             (int) smem),
+                   "attention: cudaFuncSetAttribute"))
+    return;
+  dim3 grid ((p.Lq + M32_BM - 1) / M32_BM, B * p.H);
+  flash_fwd_m32_kernel<HD><<<grid, 128, smem, c->stream>>> (p);
+  dp_cuda_launched (be, "attention (flash kernel, 32 rows per warp)");
+}
+
 template <int HD>
 static void
 launch_flash_hd (dp_backend *be, const flash_params &p, int B)
 {
   /* The bias variant (umT5, short sequences) keeps the 64-row blocks. */
+  const int variant = dp_cuda_of (be)->attention_variant;
   if (p.bias)
     launch_flash<HD, 4, true> (be, p, B);
-  else if (dp_cuda_of (be)->attention_warps == 8)
+  else if (variant == DP_CUDA_ATTN_W4_R32)
+    launch_flash_m32<HD> (be, p, B);
+  else if (variant == DP_CUDA_ATTN_W8_R16)
     launch_flash<HD, 8, false> (be, p, B);
   else
     launch_flash<HD, 4, false> (be, p, B);

@@ -387,7 +387,7 @@ dp_cuda_backend_new (int device, GError **error)
   c->total_mem = prop.totalGlobalMem;
   g_strlcpy (c->device_name, prop.name, sizeof c->device_name);
   c->allocs = g_hash_table_new (g_direct_hash, g_direct_equal);
-  c->attention_warps = 4;
+  c->attention_variant = DP_CUDA_ATTN_DEFAULT;
 
   cublasStatus_t st;
   if ((err = cudaStreamCreateWithFlags (&c->stream, cudaStreamNonBlocking)) != cudaSuccess)
@@ -461,7 +461,8 @@ dp_cuda_timer_stop (dp_backend *be)
 }
 
 void
-dp_cuda_backend_set_attention_warps (dp_backend *be, int warps)
+dp_cuda_backend_set_attention_variant (dp_backend *be, dp_cuda_attention_variant variant)
 {
-  dp_cuda_of (be)->attention_warps = warps == 8 ? 8 : 4;
+  dp_cuda_of (be)->attention_variant =
+    variant >= DP_CUDA_ATTN_W4_R16 && variant <= DP_CUDA_ATTN_W4_R32 ? variant : DP_CUDA_ATTN_DEFAULT;
 }

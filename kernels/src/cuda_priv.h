@@ -59,7 +59,7 @@ typedef struct {
 
   cudaEvent_t timer_start, timer_stop;
 
-  int attention_warps;      /* flash kernel: 4 (64 query rows per block) or 8 (128) */
+  int attention_variant;    /* dp_cuda_attention_variant */
 } dp_cuda;
 
 static inline dp_cuda *
