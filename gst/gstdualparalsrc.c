@@ -9,13 +9,9 @@
  *   frames into the bounded queue, posts progress and latency messages, and
  *   blocks while the queue is full.
  * The worker never posts errors itself: it hands its GError to the queue and
- * fill () turns it into GST_ELEMENT_ERROR + GST_FLOW_ERROR once the frames
- * made before the failure have gone downstream (as appsrc-fed sources do).
+ * fill () turns it into GST_ELEMENT_ERROR + GST_FLOW_ERROR on the streaming
+ * thread, once the frames made before the failure have gone downstream.
  */
-#ifdef HAVE_CONFIG_H
-#include "config.h"
-#endif
-
 #include <string.h>
 
 #include <gst/video/video.h>
@@ -59,6 +55,7 @@ enum {
   PROP_BLOCK_FRAMES,
   PROP_CONTEXT_FRAMES,
   PROP_DEVICES,
+  PROP_TEXT_LEN,
   PROP_QUEUE_FRAMES,
   PROP_IS_LIVE,
 };
@@ -78,6 +75,7 @@ typedef struct {
   GstDualParalEngine engine;
   gint block_frames;
   gint context_frames;
+  gint text_len;   /* 0: the model's */
   guint queue_frames;
 } Settings;
 
@@ -267,6 +265,21 @@ post_generator_error (GstDualParalSrc *self, const GError *error, const gchar *w
                             __LINE__);
 }
 
+/* dp_step_cb: a "dualparal-step" element message after every sampler step
+ * (the classic engine decodes, and so reports blocks, only at the end). */
+static void
+on_step (const dp_step_progress *progress, void *user_data)
+{
+  GstDualParalSrc *self = user_data;
+  GstStructure *s = gst_structure_new ("dualparal-step",
+      "step", G_TYPE_INT, progress->step,
+      "steps-total", G_TYPE_INT, progress->steps_total,
+      "seconds-per-step", G_TYPE_DOUBLE, progress->step_seconds, NULL);
+
+  gst_element_post_message (GST_ELEMENT (self),
+                            gst_message_new_element (GST_OBJECT (self), s));
+}
+
 /* Creates the generator for the run's settings at width x height (0 x 0:
  * the model's native size).  The params point into self->run, which lives
  * until stop (). */
@@ -291,12 +304,14 @@ create_generator (GstDualParalSrc *self, gint width, gint height, GError **error
   p.block_frames = self->run.block_frames;
   p.context_frames = self->run.context_frames;
   p.devices = self->run.devices;
+  p.text_len = self->run.text_len;
 
   GST_INFO_OBJECT (self, "loading model '%s' (%dx%d, %d frames, %d steps, devices %s)",
                    p.model_dir, width, height, p.num_frames, p.steps, p.devices);
   self->generator = dp_generator_new (&p, error);
   if (self->generator == NULL)
     return FALSE;
+  dp_generator_set_step_callback (self->generator, on_step, self);
 
   GST_OBJECT_LOCK (self);
   self->gen_fps = dp_generator_fps (self->generator);
@@ -668,7 +683,13 @@ gst_dual_paral_src_set_caps (GstBaseSrc *bsrc, GstCaps *caps)
 
   g_clear_pointer (&self->converter, gst_video_converter_free);
   if (GST_VIDEO_INFO_FORMAT (&info) != GST_VIDEO_FORMAT_RGB) {
-    self->converter = gst_video_converter_new (&self->frame_info, &info, NULL);
+    /* The converter wants equal rates on both sides; the queued frames have
+     * none of their own. */
+    GstVideoInfo in_info = self->frame_info;
+
+    GST_VIDEO_INFO_FPS_N (&in_info) = GST_VIDEO_INFO_FPS_N (&info);
+    GST_VIDEO_INFO_FPS_D (&in_info) = GST_VIDEO_INFO_FPS_D (&info);
+    self->converter = gst_video_converter_new (&in_info, &info, NULL);
     if (self->converter == NULL) {
       GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
           ("Cannot convert RGB to %s", gst_video_format_to_string (GST_VIDEO_INFO_FORMAT (&info))),
@@ -1020,6 +1041,9 @@ gst_dual_paral_src_set_property (GObject *object, guint prop_id, const GValue *v
         self->props.devices = g_strdup (generator_defaults.devices ? generator_defaults.devices
                                                                    : "cpu");
       break;
+    case PROP_TEXT_LEN:
+      self->props.text_len = g_value_get_int (value);
+      break;
     case PROP_QUEUE_FRAMES:
       self->props.queue_frames = g_value_get_uint (value);
       break;
@@ -1091,6 +1115,9 @@ gst_dual_paral_src_get_property (GObject *object, guint prop_id, GValue *value,
     case PROP_DEVICES:
       g_value_set_string (value, self->props.devices);
       break;
+    case PROP_TEXT_LEN:
+      g_value_set_int (value, self->props.text_len);
+      break;
     case PROP_QUEUE_FRAMES:
       g_value_set_uint (value, self->props.queue_frames);
       break;
@@ -1132,6 +1159,7 @@ gst_dual_paral_src_init (GstDualParalSrc *self)
   self->props.engine = DEFAULT_ENGINE;
   self->props.block_frames = d->block_frames;
   self->props.context_frames = d->context_frames;
+  self->props.text_len = d->text_len;
   self->props.queue_frames = DEFAULT_QUEUE_FRAMES;
 
   self->queue = dualparal_frame_queue_new ((GDestroyNotify) gst_buffer_unref);
@@ -1187,7 +1215,7 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
       g_param_spec_double ("guidance-scale", "Guidance scale",
           "Classifier-free guidance scale; 1 runs the conditional pass alone "
           "(for guidance-distilled checkpoints)",
-          0.0, 100.0, CLAMP (d->guidance_scale, 0.0, 100.0), SETTING_FLAGS));
+          1.0, 100.0, CLAMP (d->guidance_scale, 1.0, 100.0), SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_FLOW_SHIFT,
       g_param_spec_double ("flow-shift", "Flow shift",
           "Shift of the sampler's noise schedule (3 at 480p, 5 at 720p); 0 or less takes "
@@ -1207,17 +1235,26 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
           GST_TYPE_DUAL_PARAL_ENGINE, DEFAULT_ENGINE, SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_BLOCK_FRAMES,
       g_param_spec_int ("block-frames", "Block frames",
-          "DualParal engine: latent frames per block (P); each latent frame is 4 video frames",
+          "DualParal engine: latent frames per block (P), each 4 video frames; "
+          "0: the engine's default",
           0, 4096, CLAMP (d->block_frames, 0, 4096), SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_CONTEXT_FRAMES,
       g_param_spec_int ("context-frames", "Context frames",
-          "DualParal engine: latent frames a block sees of each neighbour (C)",
+          "DualParal engine: latent frames a block sees of each neighbour (C); "
+          "0: the engine's default",
           0, 4096, CLAMP (d->context_frames, 0, 4096), SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_DEVICES,
       g_param_spec_string ("devices", "Devices",
-          "Where to run: \"cpu\", one GPU \"cuda:0\", or GPUs \"0,1,2,3\" "
-          "(one pipeline stage each)",
+          "Where to run: \"cpu\", one GPU (\"cuda\", \"cuda:1\", \"1\"), or several "
+          "GPUs \"0,1,2,3\" (DualParal engine: one pipeline stage each)",
           d->devices ? d->devices : "cpu", SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_TEXT_LEN,
+      g_param_spec_int ("text-len", "Text length",
+          "Text tokens the prompts are padded or truncated to; it changes the result "
+          "(diffusers' max_sequence_length); 0: the model's (model_index.json "
+          "\"_dualparal\", else 512)",
+          0, DP_GENERATOR_MAX_TEXT_LEN, CLAMP (d->text_len, 0, DP_GENERATOR_MAX_TEXT_LEN),
+          SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_QUEUE_FRAMES,
       g_param_spec_uint ("queue-frames", "Queue frames",
           "Frames held between the generator and downstream; generation pauses while "

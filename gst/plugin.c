@@ -1,8 +1,4 @@
 /* dualparal: the GStreamer plugin, holding the dualparalsrc element. */
-#ifdef HAVE_CONFIG_H
-#include "config.h"
-#endif
-
 #include <gst/gst.h>
 
 #include "gstdualparalsrc.h"

@@ -31,8 +31,9 @@
  * - gelu_tanh, silu, add, mul, axpby, gated_add, upsample_nearest2x,
  *   patchify, unpatchify: each tensor any of the three dtypes, FP32 arithmetic.
  * - attention: q, k, v, o BF16 (FP32 online softmax and accumulation on BF16
- *   tensor cores, mma.sync m16n8k16); head dims up to 256 with d % 8 == 0
- *   (padded tiles of 32 / 64 / 128 / 256); Lq and Lk independent; key_len
+ *   tensor cores, mma.sync m16n8k16; on compute capability 9.0 and head dim
+ *   128 without bias, wgmma with TMA loads); head dims up to 128 with d % 8 == 0
+ *   (padded tiles of 32 / 64 / 128); Lq and Lk independent; key_len
  *   masks keys >= key_len; bias F32 [H, Lq, Lk] is added to the scaled
  *   scores.  Other dtypes or alignments run a slow generic FP32 kernel.
  * - conv3d: x, w F32 / BF16 / F16, y BF16 or F32, bias any or NULL: im2col
@@ -80,10 +81,26 @@ typedef enum {
   DP_CUDA_ATTN_W4_R16 = 0, /* 4 warps x 16 query rows (64 per block), Q in registers */
   DP_CUDA_ATTN_W8_R16 = 1, /* 8 warps x 16 query rows (128 per block), Q in registers */
   DP_CUDA_ATTN_W4_R32 = 2, /* 4 warps x 32 query rows (128 per block), Q in shared memory */
+  /* Hopper (compute capability 9.0): wgmma + TMA, producer / consumer
+   * warpgroups (cuda_attention_sm90.cu); head dim 128 without bias only,
+   * other calls (and other GPUs) run DP_CUDA_ATTN_W4_R32. */
+  DP_CUDA_ATTN_WGMMA = 3,
 } dp_cuda_attention_variant;
+/* The portable default (mma.sync, any GPU of compute capability 8.0+). */
 #define DP_CUDA_ATTN_DEFAULT DP_CUDA_ATTN_W4_R32
 
+/* Selects the kernel for later attention calls (a value out of range
+ * selects the device's default: DP_CUDA_ATTN_WGMMA where that kernel can run
+ * and is enabled by default, else DP_CUDA_ATTN_DEFAULT). */
 void dp_cuda_backend_set_attention_variant (dp_backend *be, dp_cuda_attention_variant variant);
+/* The device's default variant (what a new backend starts with). */
+dp_cuda_attention_variant dp_cuda_backend_default_attention_variant (dp_backend *be);
+/* Whether the wgmma kernel can run on this device. */
+gboolean dp_cuda_backend_has_wgmma_attention (dp_backend *be);
+/* The variant the last attention call actually ran (after fallbacks: the
+ * bias path reports DP_CUDA_ATTN_W4_R16), or -1 for the generic FP32 kernel
+ * or before any call.  Tests use it to prove which kernel they checked. */
+int dp_cuda_backend_last_attention_variant (dp_backend *be);
 
 G_END_DECLS
 

@@ -631,20 +631,144 @@ test_attention (void)
   };
   for (unsigned i = 0; i < G_N_ELEMENTS (cases); i++)
     run_attention (&f, &cases[i]);
-  /* The other variants of the flash kernel (the cases without bias: the
-   * bias path has one kernel). */
-  const dp_cuda_attention_variant variants[3] = { DP_CUDA_ATTN_W4_R16, DP_CUDA_ATTN_W8_R16, DP_CUDA_ATTN_W4_R32 };
-  for (int vi = 0; vi < 3; vi++) {
-    if (variants[vi] == DP_CUDA_ATTN_DEFAULT)
-      continue;
+  /* Every variant of the flash kernel on the cases without bias (the bias
+   * path has one kernel); the wgmma variant falls back to the 32-row kernel
+   * for d != 128 (and everywhere on GPUs other than Hopper). */
+  const dp_cuda_attention_variant variants[4] = { DP_CUDA_ATTN_W4_R16, DP_CUDA_ATTN_W8_R16, DP_CUDA_ATTN_W4_R32,
+                                                  DP_CUDA_ATTN_WGMMA };
+  for (int vi = 0; vi < 4; vi++) {
     g_test_message ("flash-attention variant %d", variants[vi]);
     if (g_test_verbose ())
       g_printerr ("  flash-attention variant %d\n", variants[vi]);
     dp_cuda_backend_set_attention_variant (f.gpu, variants[vi]);
-    for (unsigned i = 0; i < 7; i++)
+    for (unsigned i = 0; i < 7; i++) {
       run_attention (&f, &cases[i]);
+      int want = variants[vi];
+      if (variants[vi] == DP_CUDA_ATTN_WGMMA && (cases[i].d != 128 || !dp_cuda_backend_has_wgmma_attention (f.gpu)))
+        want = DP_CUDA_ATTN_W4_R32;
+      g_assert_cmpint (dp_cuda_backend_last_attention_variant (f.gpu), ==, want);
+    }
   }
   fx_done (&f);
+}
+
+/* The Hopper kernel (wgmma + TMA) on many shapes: ragged Lq and Lk (not
+ * multiples of its 128-row tiles), Lk shorter than a tile, key_len masks,
+ * B = 2 with H = 12 (the model's heads), against the CPU backend and against
+ * the portable mma.sync kernel.  Tolerance 1e-2 relative L2 (BF16 inputs,
+ * probabilities rounded to BF16 before P V; measured ~2e-3 for the mma.sync
+ * kernel).  Two structured inputs localise a failure: K = 0 makes every
+ * probability 1/kv_len, so O is the mean of the V rows (checks P V and the
+ * transposed V descriptor alone); V = the key index one-hot in the first
+ * columns makes O the probabilities themselves (checks Q K^T and softmax). */
+typedef enum { ATTN_RANDOM, ATTN_K_ZERO, ATTN_V_ONEHOT } attn_fill;
+
+static gboolean
+run_attention_wgmma (fixture *f, const attn_case *c, attn_fill fill)
+{
+  const int64_t qs[4] = { c->B, c->Lq, c->H, c->d }, ks[4] = { c->B, c->Lk, c->H, c->d };
+  const int64_t nq = count (4, qs), nk = count (4, ks);
+  float *q = rand_vec (nq, -1.5f, 1.5f, DP_BF16), *k = rand_vec (nk, -1.5f, 1.5f, DP_BF16);
+  float *v = rand_vec (nk, -1.0f, 1.0f, DP_BF16);
+  if (fill == ATTN_K_ZERO)
+    memset (k, 0, nk * sizeof (float));
+  if (fill == ATTN_V_ONEHOT)
+    for (int64_t i = 0; i < nk; i++) {
+      int64_t col = i % c->d, key = (i / (c->d * c->H)) % c->Lk;
+      v[i] = col == key % c->d ? 1.0f : 0.0f;
+    }
+  dp_attn_params p = { .scale = c->scale ? c->scale : 1.0f / sqrtf (c->d), .key_len = c->key_len };
+
+  dp_tensor cq = cpu_tensor (4, qs, q), ck = cpu_tensor (4, ks, k), cv = cpu_tensor (4, ks, v);
+  dp_tensor co = cpu_tensor (4, qs, NULL);
+  f->cpu->ops->attention (f->cpu, &co, &cq, &ck, &cv, &p);
+
+  dp_tensor gq = gpu_tensor (f->gpu, DP_BF16, 4, qs, q), gk = gpu_tensor (f->gpu, DP_BF16, 4, ks, k);
+  dp_tensor gv = gpu_tensor (f->gpu, DP_BF16, 4, ks, v);
+  dp_tensor go = gpu_out (f->gpu, DP_BF16, 4, qs), gm = gpu_out (f->gpu, DP_BF16, 4, qs);
+  dp_cuda_backend_set_attention_variant (f->gpu, DP_CUDA_ATTN_WGMMA);
+  f->gpu->ops->attention (f->gpu, &go, &gq, &gk, &gv, &p);
+  g_assert_cmpint (dp_cuda_backend_last_attention_variant (f->gpu), ==, DP_CUDA_ATTN_WGMMA);
+  dp_cuda_backend_set_attention_variant (f->gpu, DP_CUDA_ATTN_W4_R32);
+  f->gpu->ops->attention (f->gpu, &gm, &gq, &gk, &gv, &p);
+  g_assert_cmpint (dp_cuda_backend_last_attention_variant (f->gpu), ==, DP_CUDA_ATTN_W4_R32);
+
+  /* Both comparisons are printed before anything is asserted, and the
+   * caller runs every case first: one device run shows the whole picture. */
+  static const char *fills[] = { "", " K=0", " V=onehot" };
+  float *got = download (f->gpu, &go), *mma = download (f->gpu, &gm);
+  const float *refs[2] = { co.data, mma };
+  gboolean ok = TRUE;
+  for (int r = 0; r < 2; r++) {
+    double num = 0.0, den = 0.0;
+    int64_t bad = 0;
+    for (int64_t i = 0; i < nq; i++) {
+      if (!isfinite (got[i])) {
+        bad++;
+        continue;
+      }
+      double e = (double) got[i] - refs[r][i];
+      num += e * e;
+      den += (double) refs[r][i] * refs[r][i];
+    }
+    double rel = den > 0 ? sqrt (num / den) : sqrt (num);
+    char what[128];
+    g_snprintf (what, sizeof what, "wgmma attention B%d H%d Lq%d Lk%d key_len %d%s vs %s", c->B, c->H, c->Lq, c->Lk,
+                c->key_len, fills[fill], r == 0 ? "CPU" : "mma.sync");
+    g_test_message ("%s: relative L2 error %.3g, %" G_GINT64_FORMAT " non-finite", what, rel, bad);
+    if (g_test_verbose () || rel > 1e-2 || bad)
+      g_printerr ("  %-58s rel L2 %.3e (tol 1e-02)%s\n", what, rel, bad ? " NON-FINITE VALUES" : "");
+    ok = ok && bad == 0 && rel <= 1e-2;
+  }
+  g_free (got);
+  g_free (mma);
+
+  dp_tensor *all[] = { &gq, &gk, &gv, &go, &gm };
+  for (unsigned i = 0; i < G_N_ELEMENTS (all); i++)
+    dp_backend_tensor_free (f->gpu, all[i]);
+  dp_tensor_free (&cq);
+  dp_tensor_free (&ck);
+  dp_tensor_free (&cv);
+  dp_tensor_free (&co);
+  g_free (q);
+  g_free (k);
+  g_free (v);
+  return ok;
+}
+
+static void
+test_attention_wgmma (void)
+{
+  NEED_GPU ();
+  fixture f;
+  fx_init (&f);
+  if (!dp_cuda_backend_has_wgmma_attention (f.gpu)) {
+    fx_done (&f);
+    g_test_skip ("the wgmma attention kernel needs compute capability 9.0");
+    return;
+  }
+  const attn_case cases[] = {
+    /* B  H    Lq    Lk    d  key_len bias scale dtype */
+    { 1, 1, 128, 128, 128, 0, FALSE, 0, DP_BF16 },     /* one tile each */
+    { 1, 2, 64, 64, 128, 0, FALSE, 0, DP_BF16 },       /* Lq and Lk below a tile */
+    { 1, 1, 1, 1, 128, 0, FALSE, 0, DP_BF16 },         /* a single query and key */
+    { 2, 2, 200, 333, 128, 0, FALSE, 0, DP_BF16 },     /* ragged tails */
+    { 1, 3, 130, 512, 128, 0, FALSE, 0, DP_BF16 },     /* cross-attention: 512 text keys */
+    { 2, 12, 300, 257, 128, 0, FALSE, 0, DP_BF16 },    /* the model's heads, Lk one past two tiles */
+    { 2, 12, 129, 40, 128, 0, FALSE, 0, DP_BF16 },     /* Lk < tile */
+    { 1, 2, 256, 700, 128, 300, FALSE, 0, DP_BF16 },   /* key_len inside the third tile */
+    { 1, 2, 100, 1000, 128, 129, FALSE, 0, DP_BF16 },  /* key_len one past the first tile */
+    { 1, 1, 520, 1500, 128, 0, FALSE, 0, DP_BF16 },    /* many key tiles: both ring stages reused */
+  };
+  int failed = 0;
+  for (unsigned i = 0; i < G_N_ELEMENTS (cases); i++)
+    failed += !run_attention_wgmma (&f, &cases[i], ATTN_RANDOM);
+  failed += !run_attention_wgmma (&f, &cases[3], ATTN_K_ZERO);
+  failed += !run_attention_wgmma (&f, &cases[3], ATTN_V_ONEHOT);
+  failed += !run_attention_wgmma (&f, &cases[9], ATTN_V_ONEHOT);
+  dp_cuda_backend_set_attention_variant (f.gpu, dp_cuda_backend_default_attention_variant (f.gpu));
+  fx_done (&f);
+  g_assert_cmpint (failed, ==, 0);
 }
 
 /* ---- conv3d ------------------------------------------------------------- */
@@ -898,6 +1022,7 @@ main (int argc, char **argv)
   g_test_add_func ("/gpu/elementwise", test_elementwise);
   g_test_add_func ("/gpu/layouts", test_layouts);
   g_test_add_func ("/gpu/attention", test_attention);
+  g_test_add_func ("/gpu/attention_wgmma", test_attention_wgmma);
   g_test_add_func ("/gpu/conv3d", test_conv3d);
   g_test_add_func ("/gpu/vae_ops", test_vae_ops);
   g_test_add_func ("/gpu/wan_dit", test_wan_dit);

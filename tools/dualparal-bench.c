@@ -266,8 +266,10 @@ bench_ops (dp_backend *be, int reps)
       dp_tensor q = random_device (be, DP_BF16, 4, qs, 2.0f), k = random_device (be, DP_BF16, 4, ks, 2.0f);
       dp_tensor v = random_device (be, DP_BF16, 4, ks, 1.0f), o = dp_backend_tensor_new (be, DP_BF16, 4, qs);
       job j = { .kind = JOB_ATTN, .y = &o, .q = &q, .k = &k, .v = &v, .ap = { .scale = 1.0f / sqrtf ((float) d) } };
-      static const char *vnames[] = { "4w x16", "8w x16", "4w x32" };
-      for (int vi = 0; vi < 3; vi++) {
+      static const char *vnames[] = { "4w x16", "8w x16", "4w x32", "wgmma" };
+      for (int vi = 0; vi < 4; vi++) {
+        if (vi == DP_CUDA_ATTN_WGMMA && !dp_cuda_backend_has_wgmma_attention (be))
+          continue;
         dp_cuda_backend_set_attention_variant (be, (dp_cuda_attention_variant) vi);
         g_snprintf (what, sizeof what, "attention %s %s: Lq %" G_GINT64_FORMAT " Lk %" G_GINT64_FORMAT, vnames[vi],
                     cases[i].name, cases[i].lq, cases[i].lk);
@@ -278,7 +280,7 @@ bench_ops (dp_backend *be, int reps)
       dp_backend_tensor_free (be, &v);
       dp_backend_tensor_free (be, &o);
     }
-    dp_cuda_backend_set_attention_variant (be, DP_CUDA_ATTN_DEFAULT);
+    dp_cuda_backend_set_attention_variant (be, dp_cuda_backend_default_attention_variant (be));
   }
   return failures;
 }
@@ -443,8 +445,10 @@ random_host (int ndim, const int64_t *shape, float amp)
   return t;
 }
 
+/* variants: attention kernels to time each case with (-1: the backend's
+ * current one); n_variants >= 1. */
 static int
-bench_dit (dp_backend *be, int reps, int layers, int height, int width)
+bench_dit (dp_backend *be, int reps, int layers, int height, int width, const int *variants, int n_variants)
 {
   const model_size m = { .dim = 1536, .heads = 12, .ffn = 8960, .layers = layers, .text_dim = 4096,
                          .freq_dim = 256, .channels = 16 };
@@ -498,28 +502,41 @@ bench_dit (dp_backend *be, int reps, int layers, int height, int width)
     const int64_t lat_s[4] = { m.channels, frames, height, width }, vel_s[4] = { m.channels, P, height, width };
     dp_tensor lat = random_device (be, DP_F32, 4, lat_s, 1.7f);
     dp_tensor vel = dp_backend_tensor_new (be, DP_F32, 4, vel_s);
-    if (!be->host_memory)
-      dp_cuda_backend_reset_peak (be);
     double *ms = g_new (double, reps);
-    gboolean ok = dp_wan_dit_forward (dit, &span, &lat, 999.0f, 5.0f, &vel, &err) && be->ops->sync (be, &err);
-    for (int i = 0; ok && i < reps; i++) {
-      timer_start (be);
-      ok = dp_wan_dit_forward (dit, &span, &lat, 900.0f - i, 5.0f, &vel, &err);
-      ms[i] = timer_stop (be);
-      ok = ok && be->ops->sync (be, &err);
-    }
-    if (ok) {
-      qsort (ms, reps, sizeof *ms, cmp_double);
-      double med = ms[reps / 2];
-      double lq = (double) frames * tpf, lk = lq + (double) C * tpf, D = m.dim;
-      double flop = (double) B * m.layers * (2 * lq * (8 * D * D + 2 * D * m.ffn) + 4 * lq * lk * D + 4 * lq * 512 * D);
-      printf ("{\"case\": \"%s\", \"q_tokens\": %.0f, \"kv_tokens\": %.0f, \"layers\": %d, \"ms\": %.2f, "
-              "\"tflops\": %.1f, \"peak_gib\": %.2f}\n",
-              cases[ci].name, lq, lk, m.layers, med, flop / med / 1e9,
-              be->host_memory ? 0.0 : dp_cuda_backend_peak_bytes (be) / 1073741824.0);
-      fflush (stdout);
-    } else {
-      printf ("dit case %s FAILED: %s\n", cases[ci].name, err ? err->message : "?");
+    gboolean ok = TRUE;
+    for (int vi = 0; ok && vi < n_variants; vi++) {
+      static const char *vnames[] = { "mma 4w x16", "mma 8w x16", "mma 4w x32", "wgmma" };
+      const char *vname = "cpu";
+      if (!be->host_memory) {
+        if (variants[vi] >= 0)
+          dp_cuda_backend_set_attention_variant (be, (dp_cuda_attention_variant) variants[vi]);
+        dp_cuda_backend_reset_peak (be);
+      }
+      ok = dp_wan_dit_forward (dit, &span, &lat, 999.0f, 5.0f, &vel, &err) && be->ops->sync (be, &err);
+      if (ok && !be->host_memory) {
+        /* what the self-attention calls really ran (after fallbacks) */
+        int last = dp_cuda_backend_last_attention_variant (be);
+        vname = last >= 0 && last < 4 ? vnames[last] : "generic";
+      }
+      for (int i = 0; ok && i < reps; i++) {
+        timer_start (be);
+        ok = dp_wan_dit_forward (dit, &span, &lat, 900.0f - i, 5.0f, &vel, &err);
+        ms[i] = timer_stop (be);
+        ok = ok && be->ops->sync (be, &err);
+      }
+      if (ok) {
+        qsort (ms, reps, sizeof *ms, cmp_double);
+        double med = ms[reps / 2];
+        double lq = (double) frames * tpf, lk = lq + (double) C * tpf, D = m.dim;
+        double flop = (double) B * m.layers * (2 * lq * (8 * D * D + 2 * D * m.ffn) + 4 * lq * lk * D + 4 * lq * 512 * D);
+        printf ("{\"case\": \"%s\", \"attention\": \"%s\", \"q_tokens\": %.0f, \"kv_tokens\": %.0f, "
+                "\"layers\": %d, \"ms\": %.2f, \"tflops\": %.1f, \"peak_gib\": %.2f}\n",
+                cases[ci].name, vname, lq, lk, m.layers, med, flop / med / 1e9,
+                be->host_memory ? 0.0 : dp_cuda_backend_peak_bytes (be) / 1073741824.0);
+        fflush (stdout);
+      } else {
+        printf ("dit case %s FAILED: %s\n", cases[ci].name, err ? err->message : "?");
+      }
     }
     g_free (ms);
     dp_backend_tensor_free (be, &lat);
@@ -549,7 +566,8 @@ int
 main (int argc, char **argv)
 {
   gboolean ops = FALSE, dit = FALSE;
-  int reps = 7, dit_reps = 3, layers = 30, height = 60, width = 104, variant = DP_CUDA_ATTN_DEFAULT;
+  int reps = 7, dit_reps = 3, layers = 30, height = 60, width = 104, variant = -1;
+  gboolean compare_attn = FALSE;
   char *device = NULL;
   GOptionEntry entries[] = {
     { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "Backend (default cuda:0)", "cuda:N" },
@@ -559,7 +577,10 @@ main (int argc, char **argv)
     { "dit-repeat", 0, 0, G_OPTION_ARG_INT, &dit_reps, "Timed DiT forward passes per case (default 3)", "N" },
     { "layers", 0, 0, G_OPTION_ARG_INT, &layers, "DiT layers (default 30, the 1.3B model)", "N" },
     { "attn-variant", 0, 0, G_OPTION_ARG_INT, &variant,
-      "Flash-attention variant for --dit: 0 = 4 warps x 16 rows, 1 = 8 x 16, 2 = 4 x 32 (default: the backend's)", "N" },
+      "Flash-attention variant for --dit: 0 = 4 warps x 16 rows, 1 = 8 x 16, 2 = 4 x 32, 3 = wgmma (Hopper) "
+      "(default: the backend's)", "N" },
+    { "compare-attn", 0, 0, G_OPTION_ARG_NONE, &compare_attn,
+      "--dit: time each case with the wgmma kernel and with variant 2 (one model load)", NULL },
     { "height", 0, 0, G_OPTION_ARG_INT, &height, "DiT latent height (default 60: 480 pixels)", "N" },
     { "width", 0, 0, G_OPTION_ARG_INT, &width, "DiT latent width (default 104: 832 pixels)", "N" },
     { NULL },
@@ -594,11 +615,19 @@ main (int argc, char **argv)
   if (ops)
     failures += bench_ops (be, reps);
   if (dit) {
-    if (!be->host_memory) {
-      dp_cuda_backend_set_attention_variant (be, (dp_cuda_attention_variant) variant);
-      printf ("# dit: flash-attention variant %d\n", variant);
+    int variants[2] = { variant, -1 }, n_variants = 1;
+    if (be->host_memory) {
+      variants[0] = -1;
+    } else if (compare_attn) {
+      variants[0] = DP_CUDA_ATTN_WGMMA;
+      variants[1] = DP_CUDA_ATTN_W4_R32;
+      n_variants = 2;
+      printf ("# dit: attention variants 3 (wgmma) and 2 (mma.sync 4w x32)\n");
+    } else {
+      printf ("# dit: flash-attention variant %d (-1: the backend's default, %d)\n", variant,
+              dp_cuda_backend_default_attention_variant (be));
     }
-    failures += bench_dit (be, dit_reps, layers, height, width);
+    failures += bench_dit (be, dit_reps, layers, height, width, variants, n_variants);
   }
   dp_backend_free (be);
   g_free (device);

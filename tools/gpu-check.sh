@@ -6,15 +6,21 @@
 #
 #   tools/gpu-check.sh [BUILD_DIR]          (default build-cuda)
 #
-# BUILD_DIR must hold tests/test_gpu_ops and tools/dualparal-bench built with
-# -Dcuda=enabled.  Libraries the machine lacks (GLib, json-glib, OpenBLAS...)
+# BUILD_DIR must hold tests/test_gpu_ops, tests/test_gpu_models and
+# tools/dualparal-bench built with -Dcuda=enabled (copies of just these three,
+# stripped, are enough).  Libraries the machine lacks (GLib, json-glib, OpenBLAS...)
 # may be put in .device/lib; cuBLASLt is looked up in the CUDA toolkit and in
 # Python's nvidia packages.  The PyTorch anchor runs when
 # .bench/pytorch_wan_anchor.py (a copy of ../shared/bench/) is present.
 # Logs go to $OUT (default ./out/gpu-check).  Skip parts with
 # GPU_CHECK_SKIP="tests ops dit anchor" (any subset); GPU_CHECK_DIT_ARGS adds
-# options to the DiT benchmark (e.g. "--attn-variant 2"); GPU_CHECK_SANITIZE=1
-# also runs part of the tests under compute-sanitizer's memcheck.
+# options to the DiT benchmark (default "--compare-attn": the wgmma and the
+# mma.sync attention kernels in one model load); GPU_CHECK_SANITIZE=1 also
+# runs part of the tests under compute-sanitizer's memcheck;
+# GPU_CHECK_COMPILE=SECONDS also runs the anchor with --compile --frames 8+2
+# under that time limit (torch.compile of 30 blocks takes minutes).
+# Each GPU test case runs in a process of its own, so one failure does not
+# hide the results of the others.
 set -u
 BUILD=${1:-build-cuda}
 OUT=${OUT:-$PWD/out/gpu-check}
@@ -41,17 +47,22 @@ echo "== $(date -u +%FT%TZ) $(hostname)"
 nvidia-smi -L
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-if ldd "$BUILD/tests/test_gpu_ops" "$BUILD/tools/dualparal-bench" | grep "not found"; then
+if ldd "$BUILD/tests/test_gpu_ops" "$BUILD/tests/test_gpu_models" "$BUILD/tools/dualparal-bench" | grep "not found"; then
   echo "missing libraries: see above"
   status=1
 fi
 
 if ! skip tests; then
-  echo "== GPU op tests"
-  timeout 60 "$BUILD/tests/test_gpu_ops" --verbose 2>&1 | tee "$OUT/gpu-tests.log"
-  rc=${PIPESTATUS[0]}
-  echo "test_gpu_ops exit $rc"
-  [ "$rc" = 0 ] || status=1
+  echo "== GPU tests (one process per test case)"
+  : > "$OUT/gpu-tests.log"
+  for prog in test_gpu_ops test_gpu_models; do
+    for path in $("$BUILD/tests/$prog" -l 2>/dev/null | grep '^/'); do
+      timeout 60 "$BUILD/tests/$prog" --verbose -p "$path" 2>&1 | grep -v '^#' | tee -a "$OUT/gpu-tests.log"
+      rc=${PIPESTATUS[0]}
+      echo "$prog $path exit $rc" | tee -a "$OUT/gpu-tests.log"
+      [ "$rc" = 0 ] || status=1
+    done
+  done
 fi
 if [ -n "${GPU_CHECK_SANITIZE:-}" ] && command -v compute-sanitizer >/dev/null; then
   echo "== compute-sanitizer memcheck: attention, layouts, VAE ops"
@@ -68,7 +79,7 @@ if ! skip ops; then
 fi
 if ! skip dit; then
   echo "== DiT forward (ours)"
-  timeout 90 "$BUILD/tools/dualparal-bench" --dit ${GPU_CHECK_DIT_ARGS:-} 2>&1 | tee "$OUT/bench-dit.log"
+  timeout 120 "$BUILD/tools/dualparal-bench" --dit ${GPU_CHECK_DIT_ARGS:---compare-attn} 2>&1 | tee "$OUT/bench-dit.log"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if ! skip anchor && [ -f .bench/pytorch_wan_anchor.py ]; then
@@ -76,6 +87,12 @@ if ! skip anchor && [ -f .bench/pytorch_wan_anchor.py ]; then
   PYTHONUNBUFFERED=1 timeout 80 python3 .bench/pytorch_wan_anchor.py --model 1.3b --frames 21 --frames 8+2 \
     --frames 4+2 2>&1 | tee "$OUT/anchor.log"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+if ! skip anchor && [ -n "${GPU_CHECK_COMPILE:-}" ] && [ -f .bench/pytorch_wan_anchor.py ]; then
+  echo "== PyTorch anchor (torch.compile, 8+2, limit ${GPU_CHECK_COMPILE} s)"
+  PYTHONUNBUFFERED=1 timeout "$GPU_CHECK_COMPILE" python3 .bench/pytorch_wan_anchor.py --model 1.3b --compile \
+    --frames 8+2 2>&1 | tail -n 20 | tee "$OUT/anchor-compile.log"
+  echo "anchor --compile exit ${PIPESTATUS[0]} (124: time limit)"
 fi
 echo "== gpu-check exit $status"
 exit $status

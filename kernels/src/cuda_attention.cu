@@ -517,16 +517,32 @@ template <int HD>
 static void
 launch_flash_hd (dp_backend *be, const flash_params &p, int B)
 {
-  /* The bias variant (umT5, short sequences) keeps the 64-row blocks. */
-  const int variant = dp_cuda_of (be)->attention_variant;
-  if (p.bias)
+  /* The bias variant (umT5, short sequences) keeps the 64-row blocks.  The
+   * wgmma kernel (cuda_attention_sm90.cu) takes head dim 128 without bias on
+   * compute capability 9.0; elsewhere its variant means the best portable one. */
+  dp_cuda *c = dp_cuda_of (be);
+  int variant = c->attention_variant;
+  if (variant == DP_CUDA_ATTN_WGMMA) {
+    if (HD == 128 && p.d == 128 && !p.bias && p.scale_log2 > 0.0f && dp_cuda_attention_wgmma_available (be)) {
+      c->attention_last = DP_CUDA_ATTN_WGMMA;
+      dp_cuda_attention_wgmma (be, p.o, p.q, p.k, p.v, B, p.H, p.Lq, p.Lk, p.kv_len, p.scale_log2);
+      return;
+    }
+    variant = DP_CUDA_ATTN_W4_R32;
+  }
+  if (p.bias) {
+    c->attention_last = DP_CUDA_ATTN_W4_R16;
     launch_flash<HD, 4, true> (be, p, B);
-  else if (variant == DP_CUDA_ATTN_W4_R32)
+  } else if (variant == DP_CUDA_ATTN_W4_R32) {
+    c->attention_last = DP_CUDA_ATTN_W4_R32;
     launch_flash_m32<HD> (be, p, B);
-  else if (variant == DP_CUDA_ATTN_W8_R16)
+  } else if (variant == DP_CUDA_ATTN_W8_R16) {
+    c->attention_last = DP_CUDA_ATTN_W8_R16;
     launch_flash<HD, 8, false> (be, p, B);
-  else
+  } else {
+    c->attention_last = DP_CUDA_ATTN_W4_R16;
     launch_flash<HD, 4, false> (be, p, B);
+  }
 }
 
 /* ---- generic path -------------------------------------------------------- */
@@ -697,6 +713,7 @@ dp_cuda_attention (dp_backend *be, dp_tensor *o, const dp_tensor *q, const dp_te
                      GEN_THREADS * GEN_DIMS);
     return;
   }
+  dp_cuda_of (be)->attention_last = -1;
   size_t smem = ((size_t) d + GEN_THREADS + 32) * sizeof (float);
   dim3 grid ((unsigned) Lq, (unsigned) (B * H));
   attention_generic_kernel<<<grid, GEN_THREADS, smem, dp_cuda_of (be)->stream>>> (

@@ -387,7 +387,7 @@ dp_cuda_backend_new (int device, GError **error)
   c->total_mem = prop.totalGlobalMem;
   g_strlcpy (c->device_name, prop.name, sizeof c->device_name);
   c->allocs = g_hash_table_new (g_direct_hash, g_direct_equal);
-  c->attention_variant = DP_CUDA_ATTN_DEFAULT;
+  c->attention_last = -1;
 
   cublasStatus_t st;
   if ((err = cudaStreamCreateWithFlags (&c->stream, cudaStreamNonBlocking)) != cudaSuccess)
@@ -401,6 +401,7 @@ dp_cuda_backend_new (int device, GError **error)
     g_set_error (error, DP_ERROR, DP_ERROR_DEVICE, "cuda: cublasLtCreate: %s", cublasLtGetStatusString (st));
   else {
     c->lt_workspace_size = DP_CUDA_LT_WORKSPACE;
+    c->attention_variant = dp_cuda_backend_default_attention_variant (be);
     return be;
   }
   cuda_destroy (be);
@@ -460,9 +461,34 @@ dp_cuda_timer_stop (dp_backend *be)
   return -1.0;
 }
 
+/* Whether a backend on a Hopper GPU starts with the wgmma attention kernel.
+ * DP_CUDA_ATTENTION=mma (or =wgmma) in the environment overrides it. */
+#define DP_CUDA_WGMMA_BY_DEFAULT TRUE
+
+dp_cuda_attention_variant
+dp_cuda_backend_default_attention_variant (dp_backend *be)
+{
+  const char *env = g_getenv ("DP_CUDA_ATTENTION");
+  gboolean want = env ? g_strcmp0 (env, "wgmma") == 0 : DP_CUDA_WGMMA_BY_DEFAULT;
+  return want && dp_cuda_attention_wgmma_available (be) ? DP_CUDA_ATTN_WGMMA : DP_CUDA_ATTN_DEFAULT;
+}
+
+gboolean
+dp_cuda_backend_has_wgmma_attention (dp_backend *be)
+{
+  return dp_cuda_attention_wgmma_available (be);
+}
+
+int
+dp_cuda_backend_last_attention_variant (dp_backend *be)
+{
+  return dp_cuda_of (be)->attention_last;
+}
+
 void
 dp_cuda_backend_set_attention_variant (dp_backend *be, dp_cuda_attention_variant variant)
 {
-  dp_cuda_of (be)->attention_variant =
-    variant >= DP_CUDA_ATTN_W4_R16 && variant <= DP_CUDA_ATTN_W4_R32 ? variant : DP_CUDA_ATTN_DEFAULT;
+  dp_cuda_of (be)->attention_variant = variant >= DP_CUDA_ATTN_W4_R16 && variant <= DP_CUDA_ATTN_WGMMA
+                                         ? variant
+                                         : dp_cuda_backend_default_attention_variant (be);
 }

@@ -60,6 +60,7 @@ typedef struct {
   cudaEvent_t timer_start, timer_stop;
 
   int attention_variant;    /* dp_cuda_attention_variant */
+  int attention_last;       /* the variant the last attention call ran, -1: generic */
 } dp_cuda;
 
 static inline dp_cuda *
@@ -146,6 +147,17 @@ void dp_cuda_rope_cache_free (dp_backend *be);
 /* ---- cuda_attention.cu -------------------------------------------------- */
 void dp_cuda_attention (dp_backend *be, dp_tensor *o, const dp_tensor *q, const dp_tensor *k,
                         const dp_tensor *v, const dp_attn_params *p);
+
+/* ---- cuda_attention_sm90.cu -------------------------------------------- */
+/* Whether the wgmma / TMA kernel can run here (compute capability 9.0, the
+ * driver's cuTensorMapEncodeTiled found, enough shared memory). */
+gboolean dp_cuda_attention_wgmma_available (dp_backend *be);
+/* o = softmax(scale q k^T) v for BF16 q / o [B, Lq, H, 128], k / v
+ * [B, Lk, H, 128] (16-byte aligned), keys >= kv_len masked, scale_log2 =
+ * scale * log2(e) > 0.
+ * Queued on the stream; failures are sticky errors. */
+void dp_cuda_attention_wgmma (dp_backend *be, void *o, const void *q, const void *k, const void *v, int B,
+                              int H, int Lq, int Lk, int kv_len, float scale_log2);
 
 /* ---- cuda_conv3d.cu ----------------------------------------------------- */
 void dp_cuda_conv3d (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *w,

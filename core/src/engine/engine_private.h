@@ -1,0 +1,112 @@
+/* DualParal engine: internal types shared by the files of core/src/engine. */
+#ifndef DUALPARAL_ENGINE_PRIVATE_H
+#define DUALPARAL_ENGINE_PRIVATE_H
+
+#include "dualparal/engine.h"
+
+G_BEGIN_DECLS
+
+/* ---- feature cache (feature_cache.c) --------------------------------------
+ *
+ * Per stage: for each local layer, the raw self-attention K and V (to_k /
+ * to_v outputs, before norm_k and RoPE) of the first C own frames of the
+ * block that stage ran last.  One slot: the pass that reads it (the older
+ * neighbour, next in the iteration) also refills it with its own frames
+ * (wan_dit.h allows the same buffers for extras and export).  It never
+ * leaves the stage's backend. */
+typedef struct {
+  dp_backend *be;
+  int n_layers;             /* local layers; 0: nothing to cache */
+  int frames;               /* C */
+  dp_tensor k, v;           /* [n_layers, B, C * tokens_per_frame, dim], act dtype */
+  int64_t held_iteration;   /* whose frames the slot holds, -1: none */
+  int64_t held_block;
+} dp_feature_cache;
+
+gboolean dp_feature_cache_init (dp_feature_cache *c, dp_backend *be, int n_layers, int batch, int frames,
+                                int64_t tokens_per_frame, int dim, GError **error);
+void dp_feature_cache_clear (dp_feature_cache *c);
+size_t dp_feature_cache_bytes (const dp_feature_cache *c);
+/* Sets span's extra / export fields for pass p (positions: 0, 1, 2, ...
+ * long enough for window + C) and records what the slot will hold after it.
+ * FALSE (internal error) when the slot does not hold the next block's frames
+ * of the same iteration although the pass needs them. */
+gboolean dp_feature_cache_bind (dp_feature_cache *c, const dp_block_pass *p, const int *positions,
+                                dp_wan_span *span, GError **error);
+
+/* ---- engine (engine.c, stage.c, engine_run.c) ------------------------------ */
+
+typedef struct {
+  dp_engine *engine;
+  int index;
+  int layer_begin, layer_end;
+  dp_backend *be;  /* not owned */
+  dp_wan_dit *dit; /* owned */
+
+  /* per run */
+  dp_tensor hidden[2];      /* [B, window tokens, dim] F32 */
+  dp_tensor velocity[2];    /* [out_channels, max block frames, H, W] F32 (stage 0, last stage) */
+  dp_feature_cache cache;
+  GThread *thread;
+  size_t buffer_bytes;       /* held by the current run (0 outside a run) */
+  size_t cache_bytes;
+  size_t model_bytes;        /* dp_wan_dit_memory_bytes, updated when the arena is sized */
+
+  /* statistics (engine stats_lock) */
+  gint64 busy_us, idle_us;
+  int64_t passes;
+} engine_stage;
+
+struct dp_engine {
+  dp_engine_params params;
+  dp_schedule *schedule;     /* owned copy */
+  dp_block_schedule bs;
+  dp_wan_config cfg;
+  int n;
+  engine_stage st[DP_ENGINE_MAX_STAGES];
+  dp_transport *transport;
+  gboolean own_transport;
+  int64_t tokens_per_frame;  /* (H / patch_h) (W / patch_w) */
+  int max_window;            /* frames of the largest window */
+  int *positions;            /* 0, 1, ..., max_window + C */
+
+  gint cancelled;            /* atomic */
+  const gint *ext_cancel;    /* the run's dp_engine_output.cancel, atomic */
+  GMutex lock;               /* error */
+  GError *error;             /* first failure of any stage */
+
+  GMutex stats_lock;
+  dp_engine_stats stats;     /* stage 0's fields */
+  gint64 run_start_us;
+  int batch;                 /* B of the current run */
+  const dp_tensor *context;  /* host, during a run */
+};
+
+/* Records a stage's failure (the first one wins; a cancellation is not a
+ * failure) and stops every stage. */
+void dp_engine_fail (dp_engine *e, GError *error);
+gboolean dp_engine_is_cancelled (dp_engine *e);
+
+/* Adds elapsed time since *t0 to a stage's busy or idle time; *t0 = now. */
+void dp_engine_stage_account (dp_engine *e, engine_stage *st, gboolean busy, gint64 *t0);
+
+/* The span of pass p on stage st (binds its feature cache). */
+gboolean dp_engine_pass_span (dp_engine *e, engine_stage *st, const dp_block_pass *p, dp_wan_span *span,
+                              GError **error);
+/* hidden[k] viewed for a window of `frames` frames. */
+dp_tensor dp_engine_hidden_view (dp_engine *e, engine_stage *st, int k, int frames);
+/* velocity[k] viewed for `frames` own frames. */
+dp_tensor dp_engine_velocity_view (dp_engine *e, engine_stage *st, int k, int frames);
+
+/* Per-stage start of a run: text context, arena reservation.  Every stage's
+ * thread calls it on its own backend. */
+gboolean dp_engine_stage_prepare (dp_engine *e, engine_stage *st, GError **error);
+/* Thread function of stages 1..N-1. */
+gpointer dp_engine_stage_thread (gpointer data);
+
+/* Stage 0's loop (engine_run.c), on the thread that called dp_engine_run. */
+gboolean dp_engine_drive (dp_engine *e, dp_wan_vae *vae, const dp_engine_output *out, GError **error);
+
+G_END_DECLS
+
+#endif

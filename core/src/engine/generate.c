@@ -1,0 +1,205 @@
+/* dualparal: the DualParal engine as the generator runs it (generate.h). */
+#include "engine/generate.h"
+
+#include <string.h>
+
+struct dp_dualparal_pipe {
+  int n_stages;
+  dp_backend *backends[DP_ENGINE_MAX_STAGES]; /* [0] borrowed, the others owned */
+  dp_engine *engine;
+  int64_t latent_frames;
+  int steps;
+};
+
+int
+dp_dualparal_count_devices (const char *devices)
+{
+  if (!devices || !*devices)
+    return 0;
+  int n = 1;
+  for (const char *c = devices; *c; c++)
+    n += *c == ',';
+  return n;
+}
+
+/* "cpu", "cuda", "cuda:N" or "N" -> a backend spec. */
+static char *
+device_spec (const char *item, GError **error)
+{
+  char *s = g_strstrip (g_strdup (item));
+  if (g_ascii_isdigit (s[0])) {
+    guint64 v;
+    if (!g_ascii_string_to_unsigned (s, 10, 0, 1024, &v, NULL)) {
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "device \"%s\" is not cpu, cuda:N or a GPU number", s);
+      g_free (s);
+      return NULL;
+    }
+    char *spec = g_strdup_printf ("cuda:%" G_GUINT64_FORMAT, v);
+    g_free (s);
+    return spec;
+  }
+  return s;
+}
+
+dp_dualparal_pipe *
+dp_dualparal_pipe_new (const dp_dualparal_config *cfg, GError **error)
+{
+  const int n = dp_dualparal_count_devices (cfg->devices ? cfg->devices : "cpu");
+  if (n < 1 || n > DP_ENGINE_MAX_STAGES) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "devices \"%s\": the DualParal engine runs 1 to %d stages",
+                 cfg->devices, DP_ENGINE_MAX_STAGES);
+    return NULL;
+  }
+  dp_dualparal_pipe *pipe = g_new0 (dp_dualparal_pipe, 1);
+  pipe->n_stages = n;
+  pipe->backends[0] = cfg->be0;
+  char **items = g_strsplit (cfg->devices ? cfg->devices : "cpu", ",", -1);
+  for (int r = 1; r < n; r++) {
+    char *spec = device_spec (items[r], error);
+    if (spec)
+      pipe->backends[r] = dp_backend_new (spec, error);
+    if (!pipe->backends[r])
+      g_prefix_error (error, "DualParal stage %d: ", r);
+    g_free (spec);
+    if (!pipe->backends[r]) {
+      g_strfreev (items);
+      dp_dualparal_pipe_free (pipe);
+      return NULL;
+    }
+  }
+  g_strfreev (items);
+
+  int P = cfg->block_frames > 0 ? cfg->block_frames : DP_DUALPARAL_DEFAULT_BLOCK_FRAMES;
+  int C = cfg->context_frames > 0 ? cfg->context_frames : DP_DUALPARAL_DEFAULT_CONTEXT_FRAMES;
+  if (cfg->context_frames <= 0)
+    C = MIN (C, P);
+  dp_schedule *sched = dp_schedule_new (cfg->settings, cfg->steps, error);
+  if (!sched) {
+    dp_dualparal_pipe_free (pipe);
+    return NULL;
+  }
+  dp_engine_params p = {
+    .block_frames = P, .context_frames = C, .latent_frames = cfg->latent_frames,
+    .latent_height = cfg->latent_height, .latent_width = cfg->latent_width, .schedule = sched,
+    .guidance = cfg->guidance, .seed = cfg->seed, .noise_stream = DP_ENGINE_NOISE_STREAM,
+  };
+  char *dir = g_build_filename (cfg->model_dir, "transformer", NULL);
+  pipe->engine = dp_engine_new (dir, pipe->backends, n, NULL, &p, error);
+  g_free (dir);
+  dp_schedule_free (sched);
+  if (!pipe->engine) {
+    g_prefix_error (error, "DualParal engine: ");
+    dp_dualparal_pipe_free (pipe);
+    return NULL;
+  }
+  pipe->latent_frames = cfg->latent_frames;
+  pipe->steps = cfg->steps;
+  return pipe;
+}
+
+void
+dp_dualparal_pipe_free (dp_dualparal_pipe *pipe)
+{
+  if (!pipe)
+    return;
+  dp_engine_free (pipe->engine);
+  for (int r = 1; r < pipe->n_stages; r++)
+    if (pipe->backends[r])
+      dp_backend_free (pipe->backends[r]);
+  g_free (pipe);
+}
+
+dp_engine *
+dp_dualparal_pipe_engine (dp_dualparal_pipe *pipe)
+{
+  return pipe->engine;
+}
+
+/* The DiT context: host F32 [B, text_len, d], the prompt then (guided) the
+ * negative prompt, as the classic pipeline makes it. */
+static gboolean
+encode_context (const dp_dualparal_job *job, dp_tensor *context, GError **error)
+{
+  const int B = job->guidance > 1.0 ? 2 : 1;
+  const int d = dp_umt5_get_config (job->text_encoder)->d_model;
+  const char *texts[2] = { job->prompt, job->negative_prompt ? job->negative_prompt : "" };
+  *context = dp_tensor_new_host (DP_F32, 3, (int64_t[]){ B, job->text_len, d });
+  for (int b = 0; b < B; b++) {
+    dp_tensor embeds = { 0 };
+    if (job->cancel && g_atomic_int_get (job->cancel)) {
+      g_set_error (error, DP_ERROR, DP_ERROR_CANCELLED, "Generation cancelled while encoding the prompts");
+      dp_tensor_free (context);
+      return FALSE;
+    }
+    if (!dp_umt5_encode_prompt (job->text_encoder, job->tokenizer, texts[b], job->text_len, &embeds, NULL, error)) {
+      g_prefix_error (error, "Encoding the %s: ", b ? "negative prompt" : "prompt");
+      dp_tensor_free (context);
+      return FALSE;
+    }
+    memcpy ((float *) context->data + (size_t) b * job->text_len * d, embeds.data,
+            (size_t) job->text_len * d * sizeof (float));
+    dp_tensor_free (&embeds);
+  }
+  return TRUE;
+}
+
+typedef struct {
+  dp_dualparal_pipe *pipe;
+  const dp_dualparal_job *job;
+  int64_t frames_done, frames_total;
+  gint64 last_block_us, last_iteration_us;
+  int64_t last_block;   /* blocks done when the current block's frames began, -1 before */
+  double block_seconds; /* from the previous block's first frames to this one's */
+} run_state;
+
+static gboolean
+on_frames (const uint8_t *rgb, int n_frames, int64_t first_frame, void *data)
+{
+  run_state *s = data;
+  dp_engine_stats st;
+  dp_engine_get_stats (s->pipe->engine, &st);
+  const gint64 now = g_get_monotonic_time ();
+  /* A block's frames come in groups (one per latent frame); the first group
+   * of a block times it (the first block: from the start of the run). */
+  if (st.blocks_done != s->last_block) {
+    s->block_seconds = (now - s->last_block_us) / 1e6;
+    s->last_block = st.blocks_done;
+    s->last_block_us = now;
+  }
+  s->frames_done = first_frame + n_frames;
+  dp_progress p = {
+    .frames_done = s->frames_done, .frames_total = s->frames_total, .steps = s->pipe->steps,
+    .blocks_in_flight = st.blocks_in_flight, .block_seconds = s->block_seconds,
+  };
+  return s->job->frames_cb (rgb, n_frames, first_frame, &p, s->job->frames_data);
+}
+
+static void
+on_iteration (int64_t iteration, int64_t total, void *data)
+{
+  run_state *s = data;
+  const gint64 now = g_get_monotonic_time ();
+  dp_step_progress p = { (int) MIN (iteration + 1, G_MAXINT), total < 0 ? -1 : (int) MIN (total, G_MAXINT),
+                         (now - s->last_iteration_us) / 1e6 };
+  s->last_iteration_us = now;
+  if (s->job->step_cb)
+    s->job->step_cb (&p, s->job->step_data);
+}
+
+gboolean
+dp_dualparal_pipe_run (dp_dualparal_pipe *pipe, const dp_dualparal_job *job, GError **error)
+{
+  dp_tensor context;
+  if (!encode_context (job, &context, error))
+    return FALSE;
+  const int scale = dp_wan_vae_get_config (job->vae)->temporal_scale;
+  run_state s = { pipe, job, 0, pipe->latent_frames < 0 ? -1 : 1 + (pipe->latent_frames - 1) * scale };
+  s.last_block = -1;
+  s.last_block_us = s.last_iteration_us = g_get_monotonic_time ();
+  dp_engine_output out = {
+    .frames = on_frames, .iteration = on_iteration, .user_data = &s, .cancel = job->cancel,
+  };
+  gboolean ok = dp_engine_run (pipe->engine, &context, job->vae, &out, error);
+  dp_tensor_free (&context);
+  return ok;
+}

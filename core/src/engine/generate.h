@@ -1,0 +1,68 @@
+/* dualparal: the DualParal engine as the generator runs it (internal).
+ *
+ * generator.c loads the tokenizer, the text encoder and the VAE on its
+ * backend and hands a run here when params->engine is DP_ENGINE_DUALPARAL:
+ * this file makes the stages (one per entry of the devices list; stage 0 is
+ * the generator's backend, the others get their own), encodes the prompts,
+ * runs the engine and maps its output onto the generator's callbacks.
+ */
+#ifndef DUALPARAL_ENGINE_GENERATE_H
+#define DUALPARAL_ENGINE_GENERATE_H
+
+#include "dualparal/engine.h"
+#include "dualparal/generator.h"
+#include "dualparal/tokenizer.h"
+#include "dualparal/umt5.h"
+
+G_BEGIN_DECLS
+
+/* Defaults for a block size / context of 0 (the reference's defaults). */
+#define DP_DUALPARAL_DEFAULT_BLOCK_FRAMES 10
+#define DP_DUALPARAL_DEFAULT_CONTEXT_FRAMES 5
+
+typedef struct dp_dualparal_pipe dp_dualparal_pipe;
+
+typedef struct {
+  const char *model_dir;
+  const char *devices;     /* the generator's list: "cpu", "cpu,cpu", "cuda:0", "0,1,2,3";
+                            * one stage per entry */
+  dp_backend *be0;         /* stage 0's backend (the generator's; borrowed) */
+  int block_frames;        /* P; <= 0: DP_DUALPARAL_DEFAULT_BLOCK_FRAMES */
+  int context_frames;      /* C; <= 0: DP_DUALPARAL_DEFAULT_CONTEXT_FRAMES (both capped
+                            * so that C <= P) */
+  int64_t latent_frames;   /* -1: endless */
+  int latent_height, latent_width;
+  const dp_sampler_settings *settings;
+  int steps;
+  double guidance;
+  uint64_t seed;
+} dp_dualparal_config;
+
+/* Parses the devices, makes the backends of stages 1.., loads the engine.
+ * Errors name the setting or the file. */
+dp_dualparal_pipe *dp_dualparal_pipe_new (const dp_dualparal_config *cfg, GError **error);
+void dp_dualparal_pipe_free (dp_dualparal_pipe *pipe);
+dp_engine *dp_dualparal_pipe_engine (dp_dualparal_pipe *pipe);
+
+/* Number of entries in a devices list ("0,1,2" -> 3), 0 when it is empty. */
+int dp_dualparal_count_devices (const char *devices);
+
+typedef struct {
+  const dp_tokenizer *tokenizer; /* borrowed */
+  dp_umt5 *text_encoder;         /* on be0 */
+  dp_wan_vae *vae;               /* on be0 */
+  const char *prompt, *negative_prompt;
+  int text_len;
+  double guidance;               /* > 1: guided (batch 2) */
+  const gint *cancel;            /* atomic */
+  dp_frames_cb frames_cb;
+  void *frames_data;
+  dp_step_cb step_cb;            /* per iteration; may be NULL */
+  void *step_data;
+} dp_dualparal_job;
+
+gboolean dp_dualparal_pipe_run (dp_dualparal_pipe *pipe, const dp_dualparal_job *job, GError **error);
+
+G_END_DECLS
+
+#endif

@@ -1,0 +1,757 @@
+/* The generator object (dualparal/generator.h): settings, the model
+ * directory, loading the parts, and handing a run to the engine (the
+ * classic pipeline in pipeline/classic.c; the DualParal engine is not there
+ * yet). */
+#include "dualparal/generator.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-glib/json-glib.h>
+
+#include "generator_private.h"
+#include "engine/generate.h"
+
+struct dp_generator {
+  /* Settings (own copies). */
+  char *model_dir;
+  char *prompt;
+  char *negative_prompt;
+  char *device;          /* the backend spec: "cpu", "cuda:N" */
+  int width, height;     /* pixels */
+  int num_frames;
+  int text_len;
+  int fps;
+  double guidance;
+  uint64_t seed;
+  int channels, latent_frames, latent_height, latent_width;
+
+  /* The parts, all on be. */
+  dp_backend *be;
+  dp_tokenizer *tokenizer;
+  dp_umt5 *text_encoder;
+  dp_wan_dit *dit;
+  dp_wan_vae *vae;
+  dp_wan_vae_decoder *decoder;
+  dp_sampler *sampler;
+
+  dp_step_cb step_cb;
+  void *step_data;
+
+  dp_dualparal_pipe *dualparal; /* the DualParal engine (instead of dit, sampler, decoder) */
+
+  gint cancel;  /* atomic: a cancel request */
+  gint running; /* atomic: a run is in progress */
+};
+
+/* What model_index.json says beyond diffusers (0: not given). */
+typedef struct {
+  int width, height, text_len, fps;
+} model_hints;
+
+void
+dp_generator_params_init (dp_generator_params *p)
+{
+  memset (p, 0, sizeof *p);
+  p->model_dir = NULL;
+  p->prompt = NULL;
+  p->negative_prompt = "";
+  p->width = 0;
+  p->height = 0;
+  p->num_frames = 81;
+  p->steps = 50;
+  p->guidance_scale = 5.0;
+  p->flow_shift = 0.0;
+  p->seed = 0;
+  p->sampler = DP_SAMPLER_UNIPC;
+  p->engine = DP_ENGINE_CLASSIC;
+  p->block_frames = 0;
+  p->context_frames = 0;
+  p->devices = "cpu";
+  p->text_len = 0;
+}
+
+/* ------------------------------------------------------------ settings */
+
+/* The settings that need no model.  Sizes and frame counts are checked
+ * against the model after loading. */
+static gboolean
+check_params (const dp_generator_params *p, GError **error)
+{
+  if (p->model_dir == NULL || p->model_dir[0] == '\0') {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "No model directory given (model_dir is not set)");
+    return FALSE;
+  }
+  if (p->prompt == NULL) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "No prompt given (prompt is not set; an empty "
+                 "prompt \"\" is allowed)");
+    return FALSE;
+  }
+  if (!g_utf8_validate (p->prompt, -1, NULL)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "The prompt is not valid UTF-8 text");
+    return FALSE;
+  }
+  if (p->negative_prompt && !g_utf8_validate (p->negative_prompt, -1, NULL)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "The negative prompt is not valid UTF-8 text");
+    return FALSE;
+  }
+  if (p->engine != DP_ENGINE_CLASSIC && p->engine != DP_ENGINE_DUALPARAL) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "Unknown engine %d", (int) p->engine);
+    return FALSE;
+  }
+  if (p->num_frames == -1 && p->engine != DP_ENGINE_DUALPARAL) {
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "Endless video (num_frames -1) needs the "
+                 "DualParal engine; give a frame count 4k+1 for the classic engine");
+    return FALSE;
+  }
+  if (p->num_frames < 1 && p->num_frames != -1) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "num_frames %d is not valid: the model makes "
+                 "4k+1 frames (1, 5, 9, ..., 81, ...)", p->num_frames);
+    return FALSE;
+  }
+  if (p->steps < 1 || p->steps > DP_SAMPLER_MAX_STEPS) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "steps %d is not valid: use 1 to %d", p->steps,
+                 DP_SAMPLER_MAX_STEPS);
+    return FALSE;
+  }
+  if (!isfinite (p->guidance_scale) || p->guidance_scale < 1.0) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "guidance_scale %g is not valid: use 1 (the "
+                 "conditional pass alone) or more (classifier-free guidance)", p->guidance_scale);
+    return FALSE;
+  }
+  if (!isfinite (p->flow_shift)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "flow_shift %g is not valid: use a positive "
+                 "shift, or 0 for the model's", p->flow_shift);
+    return FALSE;
+  }
+  if (p->sampler != DP_SAMPLER_UNIPC && p->sampler != DP_SAMPLER_EULER) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "Unknown sampler %d", (int) p->sampler);
+    return FALSE;
+  }
+  if (p->width < 0 || p->height < 0 || (p->width == 0) != (p->height == 0)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "Size %dx%d is not valid: give a width and a "
+                 "height (positive multiples of 16), or neither for the model's native size",
+                 p->width, p->height);
+    return FALSE;
+  }
+  if (p->text_len < 0 || p->text_len > DP_GENERATOR_MAX_TEXT_LEN) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "text_len %d is not valid: use 1 to %d, or 0 "
+                 "for the model's", p->text_len, DP_GENERATOR_MAX_TEXT_LEN);
+    return FALSE;
+  }
+  if (p->block_frames < 0 || p->context_frames < 0) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "block_frames %d / context_frames %d: must not "
+                 "be negative", p->block_frames, p->context_frames);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* "cpu", "cuda", "cuda:N" or "N" -> a backend spec; a list of several
+ * devices is valid but needs the DualParal engine. */
+static char *
+parse_devices (const char *devices, gboolean several, GError **error)
+{
+  char **items;
+  char *spec = NULL;
+  int n;
+
+  if (devices == NULL)
+    return g_strdup ("cpu");
+  items = g_strsplit (devices, ",", -1);
+  n = (int) g_strv_length (items);
+  for (int i = 0; i < n; i++) {
+    char *item = g_strstrip (items[i]);
+    char *end = NULL;
+
+    if (item[0] == '\0') {
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "devices \"%s\": empty device name (use cpu, "
+                   "cuda:N, or a list of GPU numbers such as 0,1)", devices);
+      goto out;
+    }
+    if (g_ascii_isdigit (item[0])) {
+      errno = 0;
+      unsigned long v = strtoul (item, &end, 10);
+      if (*end != '\0' || errno != 0 || v > 1024) {
+        g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "devices \"%s\": \"%s\" is not a device "
+                     "(use cpu, cuda:N or a GPU number N)", devices, item);
+        goto out;
+      }
+      if (i == 0)
+        spec = g_strdup_printf ("cuda:%lu", v);
+    } else if (strcmp (item, "cpu") == 0 || strcmp (item, "cuda") == 0
+               || g_str_has_prefix (item, "cuda:")) {
+      if (i == 0)
+        spec = g_strdup (item); /* dp_backend_new judges "cuda:N" */
+    } else {
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "devices \"%s\": \"%s\" is not a device (use "
+                   "cpu, cuda:N or a GPU number N)", devices, item);
+      goto out;
+    }
+  }
+  if (n == 0) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "devices is empty (use cpu or cuda:N)");
+    goto out;
+  }
+  if (n > 1 && !several) {
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "devices \"%s\" lists %d devices: running "
+                 "on several devices needs the DualParal engine; give one device for the classic "
+                 "engine", devices, n);
+    goto out;
+  }
+  g_strfreev (items);
+  return spec;
+
+out:
+  g_free (spec);
+  g_strfreev (items);
+  return NULL;
+}
+
+/* ------------------------------------------------------------ model dir */
+
+static gboolean
+hint_int (JsonObject *obj, const char *path, const char *key, int min, int max, int *out,
+          GError **error)
+{
+  JsonNode *node = json_object_get_member (obj, key);
+
+  if (node == NULL)
+    return TRUE;
+  if (!JSON_NODE_HOLDS_VALUE (node) || json_node_get_value_type (node) != G_TYPE_INT64
+      || json_node_get_int (node) < min || json_node_get_int (node) > max) {
+    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: \"_dualparal\".\"%s\" must be an integer "
+                 "from %d to %d", path, key, min, max);
+    return FALSE;
+  }
+  *out = (int) json_node_get_int (node);
+  return TRUE;
+}
+
+/* Reads model_index.json: it must be a text-to-video WanPipeline (Wan2.1
+ * layout, one transformer), and may hold "_dualparal" hints. */
+static gboolean
+read_model_index (const char *model_dir, model_hints *hints, GError **error)
+{
+  char *path = g_build_filename (model_dir, "model_index.json", NULL);
+  JsonParser *parser = NULL;
+  GError *jerr = NULL;
+  JsonObject *obj;
+  JsonNode *node;
+  gboolean ok = FALSE;
+
+  memset (hints, 0, sizeof *hints);
+  if (!g_file_test (path, G_FILE_TEST_EXISTS)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_MISSING, "%s is missing: '%s' is not a diffusers model "
+                 "directory (model_index.json, tokenizer/, text_encoder/, transformer/, vae/, "
+                 "scheduler/)", path, model_dir);
+    goto out;
+  }
+  parser = json_parser_new ();
+  if (!json_parser_load_from_file (parser, path, &jerr)) {
+    /* json-glib's parse errors already start with the file name. */
+    g_set_error (error, DP_ERROR, jerr->domain == G_FILE_ERROR ? DP_ERROR_IO : DP_ERROR_FORMAT,
+                 "%s%s%s", g_str_has_prefix (jerr->message, path) ? "" : path,
+                 g_str_has_prefix (jerr->message, path) ? "" : ": ", jerr->message);
+    g_error_free (jerr);
+    goto out;
+  }
+  node = json_parser_get_root (parser);
+  if (node == NULL || !JSON_NODE_HOLDS_OBJECT (node)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: not a JSON object", path);
+    goto out;
+  }
+  obj = json_node_get_object (node);
+
+  node = json_object_get_member (obj, "_class_name");
+  if (node != NULL) {
+    const char *cls = JSON_NODE_HOLDS_VALUE (node) && json_node_get_value_type (node) == G_TYPE_STRING
+                          ? json_node_get_string (node) : NULL;
+    if (cls == NULL) {
+      g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: \"_class_name\" is not a string", path);
+      goto out;
+    }
+    if (strcmp (cls, "WanPipeline") != 0) {
+      g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "%s: pipeline class \"%s\" is not "
+                   "supported: dualparal runs Wan text-to-video models (\"WanPipeline\")", path, cls);
+      goto out;
+    }
+  }
+  node = json_object_get_member (obj, "boundary_ratio");
+  if (node != NULL && !JSON_NODE_HOLDS_NULL (node)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "%s: \"boundary_ratio\" is set: Wan2.2 "
+                 "models with two transformers are not supported", path);
+    goto out;
+  }
+  node = json_object_get_member (obj, "expand_timesteps");
+  if (node != NULL && JSON_NODE_HOLDS_VALUE (node)
+      && json_node_get_value_type (node) == G_TYPE_BOOLEAN && json_node_get_boolean (node)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "%s: \"expand_timesteps\" is set: Wan2.2 "
+                 "TI2V models are not supported", path);
+    goto out;
+  }
+
+  node = json_object_get_member (obj, "_dualparal");
+  if (node != NULL) {
+    JsonObject *h;
+
+    if (!JSON_NODE_HOLDS_OBJECT (node)) {
+      g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: \"_dualparal\" is not an object", path);
+      goto out;
+    }
+    h = json_node_get_object (node);
+    if (!hint_int (h, path, "width", 16, 16384, &hints->width, error)
+        || !hint_int (h, path, "height", 16, 16384, &hints->height, error)
+        || !hint_int (h, path, "text_len", 1, DP_GENERATOR_MAX_TEXT_LEN, &hints->text_len, error)
+        || !hint_int (h, path, "fps", 1, 1000, &hints->fps, error))
+      goto out;
+    if ((hints->width == 0) != (hints->height == 0)) {
+      g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: \"_dualparal\" gives only one of width "
+                   "and height", path);
+      goto out;
+    }
+  }
+  ok = TRUE;
+
+out:
+  if (parser)
+    g_object_unref (parser);
+  g_free (path);
+  return ok;
+}
+
+/* Every component directory must be there before anything is loaded, so
+ * that a missing one is named at once. */
+static gboolean
+check_components (const char *model_dir, GError **error)
+{
+  static const struct {
+    const char *name, *what;
+  } comps[] = {
+    { "tokenizer", "the tokenizer" },
+    { "text_encoder", "the umT5 text encoder" },
+    { "transformer", "the diffusion transformer" },
+    { "vae", "the VAE" },
+    { "scheduler", "the scheduler config" },
+  };
+
+  for (size_t i = 0; i < G_N_ELEMENTS (comps); i++) {
+    char *dir = g_build_filename (model_dir, comps[i].name, NULL);
+    gboolean there = g_file_test (dir, G_FILE_TEST_IS_DIR);
+
+    if (!there)
+      g_set_error (error, DP_ERROR, DP_ERROR_MISSING, "Model directory '%s' has no %s/ (%s): a Wan "
+                   "text-to-video model in diffusers layout has tokenizer/, text_encoder/, "
+                   "transformer/, vae/ and scheduler/", model_dir, comps[i].name, comps[i].what);
+    g_free (dir);
+    if (!there)
+      return FALSE;
+  }
+  return TRUE;
+}
+
+/* ------------------------------------------------------------ loading */
+
+/* The DualParal engine's parts: the text encoder here, the DiT's stages,
+ * the samplers and the decoder in the engine (engine/generate.c). */
+static gboolean
+load_dualparal (dp_generator *gen, const dp_generator_params *p, const dp_sampler_settings *settings,
+                GError **error)
+{
+  char *dir = g_build_filename (gen->model_dir, "text_encoder", NULL);
+  gen->text_encoder = dp_umt5_load (gen->be, dir, error);
+  g_free (dir);
+  if (gen->text_encoder == NULL) {
+    g_prefix_error (error, "Text encoder: ");
+    return FALSE;
+  }
+  dp_dualparal_config c = {
+    .model_dir = gen->model_dir, .devices = p->devices, .be0 = gen->be,
+    .block_frames = p->block_frames, .context_frames = p->context_frames,
+    .latent_frames = gen->latent_frames, .latent_height = gen->latent_height,
+    .latent_width = gen->latent_width, .settings = settings, .steps = p->steps,
+    .guidance = gen->guidance, .seed = gen->seed,
+  };
+  gen->dualparal = dp_dualparal_pipe_new (&c, error);
+  return gen->dualparal != NULL;
+}
+
+static gboolean
+load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
+{
+  char *dir;
+  dp_wan_config wcfg;
+  dp_umt5_config tcfg;
+  const dp_wan_config *wc = &wcfg;
+  const dp_wan_vae_config *vc;
+  dp_sampler_settings settings;
+  dp_schedule *sched = NULL;
+  gboolean ok;
+
+  /* The cheap parts first (configs, tokenizer, the small VAE), so that a
+   * wrong setting or a mismatched model fails before gigabytes of weights
+   * are read. */
+  gen->be = dp_backend_new (gen->device, error);
+  if (gen->be == NULL)
+    return FALSE;
+
+  if (!dp_sampler_settings_load (&settings, gen->model_dir, p->sampler, error)) {
+    g_prefix_error (error, "Scheduler: ");
+    return FALSE;
+  }
+  if (p->flow_shift > 0.0)
+    settings.shift = p->flow_shift;
+  sched = dp_schedule_new (&settings, p->steps, error);
+  if (sched == NULL) {
+    g_prefix_error (error, "Scheduler: ");
+    return FALSE;
+  }
+
+  gen->tokenizer = dp_tokenizer_load (gen->model_dir, error);
+  if (gen->tokenizer == NULL) {
+    g_prefix_error (error, "Tokenizer: ");
+    goto fail;
+  }
+
+  dir = g_build_filename (gen->model_dir, "text_encoder", NULL);
+  ok = dp_umt5_config_load (dir, &tcfg, error);
+  g_free (dir);
+  if (!ok) {
+    g_prefix_error (error, "Text encoder: ");
+    goto fail;
+  }
+  dir = g_build_filename (gen->model_dir, "transformer", NULL);
+  ok = dp_wan_config_load (dir, &wcfg, error);
+  g_free (dir);
+  if (!ok) {
+    g_prefix_error (error, "Transformer: ");
+    goto fail;
+  }
+  dir = g_build_filename (gen->model_dir, "vae", NULL);
+  gen->vae = dp_wan_vae_load (gen->be, dir, error);
+  g_free (dir);
+  if (gen->vae == NULL) {
+    g_prefix_error (error, "VAE: ");
+    goto fail;
+  }
+  vc = dp_wan_vae_get_config (gen->vae);
+
+  /* The parts must fit together. */
+  if (tcfg.d_model != wc->text_dim) {
+    g_set_error (error, DP_ERROR, DP_ERROR_SHAPE, "Model '%s' does not fit together: the text "
+                 "encoder's d_model is %d but the transformer's text_dim is %d", gen->model_dir,
+                 tcfg.d_model, wc->text_dim);
+    goto fail;
+  }
+  if (dp_tokenizer_vocab_size (gen->tokenizer) > tcfg.vocab_size) {
+    g_set_error (error, DP_ERROR, DP_ERROR_SHAPE, "Model '%s' does not fit together: the tokenizer "
+                 "has %d pieces but the text encoder only %d embeddings", gen->model_dir,
+                 dp_tokenizer_vocab_size (gen->tokenizer), tcfg.vocab_size);
+    goto fail;
+  }
+  if (vc->z_dim != wc->in_channels || vc->z_dim != wc->out_channels) {
+    g_set_error (error, DP_ERROR, DP_ERROR_SHAPE, "Model '%s' does not fit together: the VAE has "
+                 "%d latent channels but the transformer takes %d and makes %d", gen->model_dir,
+                 vc->z_dim, wc->in_channels, wc->out_channels);
+    goto fail;
+  }
+
+  /* Sizes against the model. */
+  {
+    const int mult_h = vc->spatial_scale * wc->patch_h, mult_w = vc->spatial_scale * wc->patch_w;
+    const int ts = vc->temporal_scale;
+
+    if (gen->width % mult_w != 0 || gen->height % mult_h != 0) {
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "Size %dx%d is not valid for this model: the "
+                   "width must be a multiple of %d and the height of %d", gen->width, gen->height,
+                   mult_w, mult_h);
+      goto fail;
+    }
+    if (gen->num_frames != -1 && (gen->num_frames - 1) % ts != 0) {
+      int below = (gen->num_frames - 1) / ts * ts + 1;
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "num_frames %d is not valid: the model makes "
+                   "%dk+1 frames (nearest: %d or %d)", gen->num_frames, ts, below, below + ts);
+      goto fail;
+    }
+    gen->channels = wc->in_channels;
+    gen->latent_frames = gen->num_frames == -1 ? -1 : (gen->num_frames - 1) / ts + 1;
+    gen->latent_height = gen->height / vc->spatial_scale;
+    gen->latent_width = gen->width / vc->spatial_scale;
+    if (p->engine == DP_ENGINE_CLASSIC && gen->latent_frames > wc->rope_max_seq_len) {
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "num_frames %d is too many for the classic "
+                   "engine: %d latent frames, the transformer's positions end at %d (at most %d "
+                   "frames)", gen->num_frames, gen->latent_frames, wc->rope_max_seq_len,
+                   (wc->rope_max_seq_len - 1) * ts + 1);
+      goto fail;
+    }
+  }
+
+  /* The big parts. */
+  if (p->engine == DP_ENGINE_DUALPARAL) {
+    g_clear_pointer (&sched, dp_schedule_free);
+    return load_dualparal (gen, p, &settings, error);
+  }
+  dir = g_build_filename (gen->model_dir, "transformer", NULL);
+  gen->dit = dp_wan_dit_load (gen->be, dir, 0, -1, error);
+  g_free (dir);
+  if (gen->dit == NULL) {
+    g_prefix_error (error, "Transformer: ");
+    goto fail;
+  }
+  dir = g_build_filename (gen->model_dir, "text_encoder", NULL);
+  gen->text_encoder = dp_umt5_load (gen->be, dir, error);
+  g_free (dir);
+  if (gen->text_encoder == NULL) {
+    g_prefix_error (error, "Text encoder: ");
+    goto fail;
+  }
+
+  /* What every run needs, allocated now so that a size that does not fit in
+   * memory fails here rather than mid-run. */
+  gen->sampler = dp_sampler_new (gen->be, sched,
+                                 4, (int64_t[]){ gen->channels, gen->latent_frames,
+                                                 gen->latent_height, gen->latent_width },
+                                 error);
+  g_clear_pointer (&sched, dp_schedule_free);
+  if (gen->sampler == NULL)
+    goto fail;
+
+  gen->decoder = dp_wan_vae_decoder_new (gen->vae, gen->latent_height, gen->latent_width, error);
+  if (gen->decoder == NULL) {
+    g_prefix_error (error, "VAE decoder: ");
+    goto fail;
+  }
+
+  {
+    /* The DiT's arena for this span and batch: sized with a zero context of
+     * the run's shape (the real one replaces it at every run). */
+    dp_tensor ctx = dp_tensor_new_host (DP_F32, 3,
+                                        (int64_t[]){ gen->guidance > 1.0 ? 2 : 1, gen->text_len,
+                                                     wc->text_dim });
+    dp_wan_span span;
+
+    dp_wan_span_init (&span, gen->latent_frames, gen->latent_height, gen->latent_width);
+    ok = dp_wan_dit_set_context (gen->dit, &ctx, error) && dp_wan_dit_reserve (gen->dit, &span, error);
+    dp_tensor_free (&ctx);
+    if (!ok) {
+      g_prefix_error (error, "Transformer: ");
+      goto fail;
+    }
+  }
+  return TRUE;
+
+fail:
+  /* The parts made so far are freed with the generator. */
+  if (sched != NULL)
+    dp_schedule_free (sched);
+  return FALSE;
+}
+
+dp_generator *
+dp_generator_new (const dp_generator_params *p, GError **error)
+{
+  dp_generator *gen;
+  model_hints hints;
+  char *device;
+
+  g_return_val_if_fail (p != NULL, NULL);
+  g_return_val_if_fail (error == NULL || *error == NULL, NULL);
+
+  if (!check_params (p, error))
+    return NULL;
+  device = parse_devices (p->devices, p->engine == DP_ENGINE_DUALPARAL, error);
+  if (device == NULL)
+    return NULL;
+  if (!g_file_test (p->model_dir, G_FILE_TEST_IS_DIR)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_MISSING, "Model directory '%s' does not exist or is not "
+                 "a directory", p->model_dir);
+    g_free (device);
+    return NULL;
+  }
+  if (!read_model_index (p->model_dir, &hints, error) || !check_components (p->model_dir, error)) {
+    g_free (device);
+    return NULL;
+  }
+
+  gen = g_new0 (dp_generator, 1);
+  gen->device = device;
+  gen->model_dir = g_strdup (p->model_dir);
+  gen->prompt = g_strdup (p->prompt);
+  gen->negative_prompt = g_strdup (p->negative_prompt ? p->negative_prompt : "");
+  gen->num_frames = p->num_frames;
+  gen->guidance = p->guidance_scale;
+  gen->seed = p->seed;
+  if (p->width > 0) {
+    gen->width = p->width;
+    gen->height = p->height;
+  } else if (hints.width > 0) {
+    gen->width = hints.width;
+    gen->height = hints.height;
+  } else {
+    gen->width = DP_GENERATOR_DEFAULT_WIDTH;
+    gen->height = DP_GENERATOR_DEFAULT_HEIGHT;
+  }
+  gen->text_len = p->text_len > 0 ? p->text_len
+                  : hints.text_len > 0 ? hints.text_len : DP_GENERATOR_DEFAULT_TEXT_LEN;
+  gen->fps = hints.fps > 0 ? hints.fps : DP_GENERATOR_DEFAULT_FPS;
+
+  if (!load_parts (gen, p, error)) {
+    dp_generator_free (gen);
+    return NULL;
+  }
+  return gen;
+}
+
+void
+dp_generator_free (dp_generator *gen)
+{
+  if (gen == NULL)
+    return;
+  g_warn_if_fail (!g_atomic_int_get (&gen->running));
+  dp_sampler_free (gen->sampler);
+  if (gen->decoder)
+    dp_wan_vae_decoder_free (gen->decoder);
+  if (gen->vae)
+    dp_wan_vae_free (gen->vae);
+  if (gen->dit)
+    dp_wan_dit_free (gen->dit);
+  if (gen->text_encoder)
+    dp_umt5_free (gen->text_encoder);
+  if (gen->tokenizer)
+    dp_tokenizer_free (gen->tokenizer);
+  dp_dualparal_pipe_free (gen->dualparal);
+  dp_backend_free (gen->be);
+  g_free (gen->model_dir);
+  g_free (gen->prompt);
+  g_free (gen->negative_prompt);
+  g_free (gen->device);
+  g_free (gen);
+}
+
+/* ------------------------------------------------------------ queries */
+
+void
+dp_generator_get_size (const dp_generator *gen, int *width, int *height)
+{
+  if (width)
+    *width = gen->width;
+  if (height)
+    *height = gen->height;
+}
+
+int
+dp_generator_fps (const dp_generator *gen)
+{
+  return gen->fps;
+}
+
+int64_t
+dp_generator_num_frames (const dp_generator *gen)
+{
+  return gen->num_frames;
+}
+
+int
+dp_generator_text_len (const dp_generator *gen)
+{
+  return gen->text_len;
+}
+
+void
+dp_generator_latent_shape (const dp_generator *gen, int64_t shape[4])
+{
+  shape[0] = gen->channels;
+  shape[1] = gen->latent_frames;
+  shape[2] = gen->latent_height;
+  shape[3] = gen->latent_width;
+}
+
+void
+dp_generator_set_step_callback (dp_generator *gen, dp_step_cb cb, void *user_data)
+{
+  g_return_if_fail (!g_atomic_int_get (&gen->running));
+  gen->step_cb = cb;
+  gen->step_data = cb ? user_data : NULL;
+}
+
+/* ------------------------------------------------------------ running */
+
+gboolean
+dp_generator_run_traced (dp_generator *gen, const dp_tensor *initial_noise,
+                         const dp_classic_trace *trace, dp_frames_cb cb, void *user_data,
+                         GError **error)
+{
+  dp_classic_parts parts;
+  dp_classic_job job;
+  gboolean ok;
+
+  g_return_val_if_fail (gen != NULL, FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+  if (cb == NULL) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "dp_generator_run needs a frame callback");
+    return FALSE;
+  }
+  if (!g_atomic_int_compare_and_exchange (&gen->running, 0, 1)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "The generator is already running");
+    return FALSE;
+  }
+
+  if (gen->dualparal != NULL) {
+    dp_dualparal_job dj = {
+      gen->tokenizer, gen->text_encoder, gen->vae, gen->prompt, gen->negative_prompt, gen->text_len,
+      gen->guidance, &gen->cancel, cb, user_data, gen->step_cb, gen->step_data,
+    };
+    if (initial_noise != NULL || trace != NULL) {
+      g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "The DualParal engine draws its own noise "
+                   "and has no trace hooks");
+      ok = FALSE;
+    } else {
+      ok = dp_dualparal_pipe_run (gen->dualparal, &dj, error);
+    }
+    g_atomic_int_set (&gen->cancel, 0);
+    g_atomic_int_set (&gen->running, 0);
+    return ok;
+  }
+
+  parts = (dp_classic_parts){
+    gen->be, gen->tokenizer, gen->text_encoder, gen->dit, gen->decoder, gen->sampler,
+  };
+  job = (dp_classic_job){
+    .prompt = gen->prompt,
+    .negative_prompt = gen->negative_prompt,
+    .text_len = gen->text_len,
+    .guidance = gen->guidance,
+    .channels = gen->channels,
+    .latent_frames = gen->latent_frames,
+    .latent_height = gen->latent_height,
+    .latent_width = gen->latent_width,
+    .seed = gen->seed,
+    .initial_noise = initial_noise,
+    .cancel = &gen->cancel,
+    .frames_cb = cb,
+    .frames_data = user_data,
+    .step_cb = gen->step_cb,
+    .step_data = gen->step_data,
+    .trace = trace,
+  };
+  ok = dp_classic_run (&parts, &job, error);
+  /* The request is used up: the next run starts afresh. */
+  g_atomic_int_set (&gen->cancel, 0);
+  g_atomic_int_set (&gen->running, 0);
+  return ok;
+}
+
+gboolean
+dp_generator_run (dp_generator *gen, dp_frames_cb cb, void *user_data, GError **error)
+{
+  return dp_generator_run_traced (gen, NULL, NULL, cb, user_data, error);
+}
+
+void
+dp_generator_cancel (dp_generator *gen)
+{
+  if (gen)
+    g_atomic_int_set (&gen->cancel, 1);
+}

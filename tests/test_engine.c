@@ -1,0 +1,1277 @@
+/* The DualParal engine (engine.h, transport.h) on the CPU with tiny models.
+ *
+ * - schedule: the (iteration, block, step) order and the iteration count
+ *   equal a literal simulation of the reference's Queue bookkeeping
+ *   (DualParal_Wan.py: add a block while frames remain, drop the head after
+ *   T steps, run the queue from its tail); closed forms equal enumeration;
+ *   every pass's dependency bound is sufficient and tight.
+ * - noise: the template is the classic noise's first P + C frames; block 0
+ *   takes it in order; every later block is a permutation of the pool
+ *   without the previous block's last C frames; any block is rebuilt alone.
+ * - engine (tests/data/engine/tiny5: 5 layers, so 2, 3 and 4 stages split it
+ *   unevenly): 1 to 4 stages give bitwise the same latents; they equal a
+ *   plain sequential implementation of the scheme written here with the
+ *   one-call dp_wan_dit_forward (bitwise); one block with C = 0 equals the
+ *   classic loop dp_wan_dit_forward + dp_sampler_step (bitwise); decoded
+ *   frames equal decoding the finished latents at once (bitwise).
+ * - endless: 100 blocks, the held memory figures stay equal and the process
+ *   RSS does not grow; cancelling from another thread returns promptly,
+ *   frees everything, and the engine runs again to the same result.
+ * - transport: FIFO order, size mismatch, cancellation, request pool.
+ * - generator (tests/data/pipeline/tiny-wan, text to RGB frames): the
+ *   DualParal engine with one block equals the classic engine's frames on 1
+ *   and 2 stages; several blocks give the same frames on 1 and 3 stages;
+ *   endless video runs until the consumer stops it.
+ * Every comparison is bitwise (memcmp) unless said otherwise. */
+#include "dualparal/engine.h"
+#include "dualparal/generator.h"
+#include "dualparal/rng.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#define TEXT_LEN 6
+
+static char *
+tiny5_dir (void)
+{
+  return g_build_filename (g_getenv ("DP_TEST_DATA"), "engine", "tiny5", "transformer", NULL);
+}
+
+static char *
+vae_dir (void)
+{
+  return g_build_filename (g_getenv ("DP_TEST_DATA"), "vae", "vae", NULL);
+}
+
+/* Text context [B, TEXT_LEN, 16], fixed random values, zero rows after the
+ * "tokens" as the umT5 encoder leaves them. */
+static dp_tensor
+make_context (int batch)
+{
+  dp_tensor t = dp_tensor_new_host (DP_F32, 3, (int64_t[]){ batch, TEXT_LEN, 16 });
+  GRand *r = g_rand_new_with_seed (77);
+  float *d = t.data;
+  for (int b = 0; b < batch; b++)
+    for (int i = 0; i < TEXT_LEN * 16; i++)
+      d[b * TEXT_LEN * 16 + i] = i / 16 < 4 - b ? (float) g_rand_double_range (r, -1.5, 1.5) : 0.0f;
+  g_rand_free (r);
+  return t;
+}
+
+static dp_schedule *
+make_schedule (dp_sampler_kind kind, int steps)
+{
+  dp_sampler_settings s;
+  GError *err = NULL;
+  dp_sampler_settings_init (&s, kind, 3.0);
+  dp_schedule *sched = dp_schedule_new (&s, steps, &err);
+  g_assert_no_error (err);
+  return sched;
+}
+
+static size_t
+rss_bytes (void)
+{
+  FILE *f = fopen ("/proc/self/statm", "r");
+  long pages = 0, resident = 0;
+  if (!f)
+    return 0;
+  if (fscanf (f, "%ld %ld", &pages, &resident) != 2)
+    resident = 0;
+  fclose (f);
+  return (size_t) resident * (size_t) sysconf (_SC_PAGESIZE);
+}
+
+/* ------------------------------------------------------------ layer split */
+
+static void
+test_split (void)
+{
+  static const struct {
+    int layers, stages, ranges[4][2];
+  } cases[] = {
+    { 5, 1, { { 0, 5 } } },
+    { 5, 2, { { 0, 3 }, { 3, 5 } } },
+    { 5, 3, { { 0, 2 }, { 2, 4 }, { 4, 5 } } },
+    { 5, 4, { { 0, 2 }, { 2, 3 }, { 3, 4 }, { 4, 5 } } },
+    { 3, 2, { { 0, 2 }, { 2, 3 } } },
+    { 30, 4, { { 0, 8 }, { 8, 16 }, { 16, 23 }, { 23, 30 } } },
+    { 2, 3, { { 0, 1 }, { 1, 2 }, { 2, 2 } } },
+  };
+  for (size_t i = 0; i < G_N_ELEMENTS (cases); i++)
+    for (int r = 0; r < cases[i].stages; r++) {
+      int b, e;
+      dp_engine_split_layers (cases[i].layers, cases[i].stages, r, &b, &e);
+      g_assert_cmpint (b, ==, cases[i].ranges[r][0]);
+      g_assert_cmpint (e, ==, cases[i].ranges[r][1]);
+    }
+}
+
+/* ------------------------------------------------------------ schedule */
+
+/* The reference's bookkeeping, literally (examples/DualParal_Wan.py with
+ * src/pipelines/base_pipeline.py's Queue): blocks are added while fewer than
+ * latents_num frames were counted (P each, the first P + C), the head is
+ * dropped when it has had T steps, then the queue runs from its tail
+ * (index end - begin) down to its head.  Records (block, step, has
+ * previous block, runs after another pass of the iteration, its previous
+ * block runs after it) per pass and the number of iterations that ran a
+ * pass.  latents_num counts like the reference: own frames minus the first
+ * block's C. */
+typedef struct {
+  int64_t block;
+  int step;
+  gboolean context, cache_in, cache_out;
+} ref_pass;
+
+static GArray *
+reference_passes (int P, int C, int T, int64_t latents_num, int64_t max_iterations, int64_t *iterations)
+{
+  GArray *out = g_array_new (FALSE, FALSE, sizeof (ref_pass));
+  GArray *denoise = g_array_new (FALSE, TRUE, sizeof (int)); /* per block */
+  int64_t begin = 0, end = -1, cnt = 0;
+  *iterations = 0;
+  for (int64_t it = 0; it < max_iterations; it++) {
+    if (latents_num < 0 || cnt < latents_num) {
+      int zero = 0;
+      g_array_append_val (denoise, zero);
+      end++;
+      cnt += P;
+    }
+    if (begin <= end && g_array_index (denoise, int, begin) == T)
+      begin++;
+    gboolean ran = FALSE;
+    for (int64_t idx = end - begin; idx >= 0; idx--) {
+      const int64_t b = begin + idx;
+      ref_pass p = { b, g_array_index (denoise, int, b), b >= 1 && C > 0, ran && C > 0, idx >= 1 && C > 0 };
+      g_array_append_val (out, p);
+      g_array_index (denoise, int, b)++;
+      ran = TRUE;
+    }
+    if (ran)
+      ++*iterations;
+    else if (begin > end)
+      break;
+  }
+  g_array_free (denoise, TRUE);
+  return out;
+}
+
+static void
+check_against_reference (int P, int C, int T, int64_t F)
+{
+  GError *err = NULL;
+  dp_block_schedule s;
+  g_assert_true (dp_block_schedule_init (&s, P, C, T, F, &err));
+  g_assert_no_error (err);
+  /* The reference counts P frames per block; its video has C more frames
+   * (the first block's extra) than it counts. */
+  const int64_t latents_num = F < 0 ? -1 : (s.num_blocks - 1) * P + 1;
+  int64_t ref_iterations;
+  const int64_t max_it = F < 0 ? 3 * T + 7 : T + s.num_blocks + 2;
+  GArray *ref = reference_passes (P, C, T, latents_num, max_it, &ref_iterations);
+  if (F >= 0) {
+    g_assert_cmpint (ref_iterations, ==, s.num_iterations);
+    g_assert_cmpint (ref_iterations, ==, T + s.num_blocks - 1);
+    g_assert_cmpint ((int64_t) ref->len, ==, s.num_passes);
+  }
+  dp_block_pass p;
+  dp_block_schedule_first (&s, &p);
+  for (guint i = 0; i < ref->len; i++) {
+    const ref_pass *r = &g_array_index (ref, ref_pass, i);
+    g_assert_cmpint (p.index, ==, i);
+    g_assert_cmpint (p.block, ==, r->block);
+    g_assert_cmpint (p.step, ==, r->step);
+    g_assert_cmpint (p.context_frames > 0, ==, r->context);
+    g_assert_cmpint (p.cache_in, ==, r->cache_in);
+    g_assert_cmpint (p.cache_out, ==, r->cache_out);
+    g_assert_cmpint (p.window_frames, ==, p.context_frames + p.own_frames);
+    gboolean more = dp_block_schedule_next (&s, &p);
+    if (F >= 0)
+      g_assert_cmpint (more, ==, i + 1 < ref->len);
+    else
+      g_assert_true (more);
+  }
+  g_array_free (ref, TRUE);
+}
+
+static void
+test_schedule_reference (void)
+{
+  static const int cases[][4] = {
+    /* P, C, T, F */
+    { 10, 5, 50, 35 }, { 10, 5, 50, 21 }, { 2, 1, 3, 9 }, { 2, 1, 3, 8 }, { 3, 0, 4, 20 }, { 1, 1, 2, 7 },
+    { 4, 2, 3, 6 },    { 4, 4, 5, 40 },   { 3, 1, 10, 13 }, { 5, 2, 1, 30 }, { 2, 1, 3, -1 }, { 10, 5, 50, -1 },
+  };
+  for (size_t i = 0; i < G_N_ELEMENTS (cases); i++)
+    check_against_reference (cases[i][0], cases[i][1], cases[i][2], cases[i][3]);
+}
+
+/* Blocks whose step of the previous iteration a pass needs: its own and
+ * the previous block's (as they are now); verified by counting, for every
+ * number of applied predictions from depends_below to index, how many
+ * steps each block has had, and that depends_below - 1 is not enough. */
+static void
+test_schedule_dependencies (void)
+{
+  static const int cases[][4] = { { 2, 1, 3, 9 }, { 3, 0, 4, 20 }, { 1, 1, 5, 9 }, { 4, 2, 2, 30 } };
+  for (size_t ci = 0; ci < G_N_ELEMENTS (cases); ci++) {
+    dp_block_schedule s;
+    g_assert_true (dp_block_schedule_init (&s, cases[ci][0], cases[ci][1], cases[ci][2], cases[ci][3], NULL));
+    const int64_t n = s.num_passes, B = s.num_blocks, T = s.steps;
+    int64_t *blk = g_new (int64_t, n);
+    dp_block_pass p;
+    dp_block_schedule_first (&s, &p);
+    for (int64_t i = 0; i < n; i++) {
+      blk[i] = p.block;
+      dp_block_schedule_next (&s, &p);
+    }
+    int64_t *steps = g_new0 (int64_t, B);
+    dp_block_schedule_first (&s, &p);
+    for (int64_t i = 0; i < n; i++, dp_block_schedule_next (&s, &p)) {
+      g_assert_cmpint (p.depends_below, <=, p.index);
+      for (int64_t applied = p.depends_below - 1; applied <= p.index; applied++) {
+        if (applied < 0)
+          continue;
+        memset (steps, 0, sizeof (int64_t) * B);
+        for (int64_t j = 0; j < applied; j++)
+          steps[blk[j]]++;
+        gboolean good = steps[p.block] == p.step &&
+                        (p.block == 0 || steps[p.block - 1] == MIN ((int64_t) p.step + 1, T));
+        if (applied >= p.depends_below)
+          g_assert_true (good);
+        else if (p.iteration > 0)
+          g_assert_false (good); /* the bound is tight */
+      }
+    }
+    g_free (steps);
+    g_free (blk);
+  }
+}
+
+static void
+test_schedule_blocks (void)
+{
+  GError *err = NULL;
+  dp_block_schedule s;
+  /* Wan 1.3B at 81 frames: 21 latent frames, P 10, C 5: block 0 [0, 15),
+   * block 1 [15, 25) of which 6 are kept. */
+  g_assert_true (dp_block_schedule_init (&s, 10, 5, 50, 21, &err));
+  g_assert_cmpint (s.num_blocks, ==, 2);
+  g_assert_cmpint (s.num_iterations, ==, 51);
+  g_assert_cmpint (s.num_passes, ==, 100);
+  g_assert_cmpint (dp_block_schedule_block_first (&s, 1), ==, 15);
+  g_assert_cmpint (dp_block_schedule_block_frames (&s, 0), ==, 15);
+  g_assert_cmpint (dp_block_schedule_block_frames (&s, 1), ==, 10);
+  g_assert_cmpint (dp_block_schedule_block_kept (&s, 0), ==, 15);
+  g_assert_cmpint (dp_block_schedule_block_kept (&s, 1), ==, 6);
+  /* Exactly divisible: nothing padded. */
+  g_assert_true (dp_block_schedule_init (&s, 10, 5, 50, 35, &err));
+  g_assert_cmpint (s.num_blocks, ==, 3);
+  g_assert_cmpint (dp_block_schedule_block_kept (&s, 2), ==, 10);
+  /* Shorter than one block: one block of exactly F frames (the classic run). */
+  g_assert_true (dp_block_schedule_init (&s, 10, 5, 50, 9, &err));
+  g_assert_cmpint (s.num_blocks, ==, 1);
+  g_assert_cmpint (s.num_iterations, ==, 50);
+  g_assert_cmpint (dp_block_schedule_block_frames (&s, 0), ==, 9);
+  g_assert_cmpint (dp_block_schedule_max_block_frames (&s), ==, 9);
+  /* Endless. */
+  g_assert_true (dp_block_schedule_init (&s, 2, 1, 4, -1, &err));
+  g_assert_cmpint (s.num_blocks, ==, -1);
+  g_assert_cmpint (dp_block_schedule_block_kept (&s, 1000000), ==, 2);
+  g_assert_no_error (err);
+
+  /* Closed forms against enumeration, finite and endless. */
+  static const int cases[][4] = { { 2, 1, 3, 9 }, { 1, 0, 7, 30 }, { 3, 2, 4, -1 }, { 5, 5, 2, 12 } };
+  for (size_t ci = 0; ci < G_N_ELEMENTS (cases); ci++) {
+    g_assert_true (dp_block_schedule_init (&s, cases[ci][0], cases[ci][1], cases[ci][2], cases[ci][3], NULL));
+    dp_block_pass p;
+    dp_block_schedule_first (&s, &p);
+    int64_t last_iteration = -1;
+    for (int i = 0; i < 400; i++) {
+      if (p.iteration != last_iteration) {
+        g_assert_cmpint (dp_block_schedule_first_pass (&s, p.iteration), ==, p.index);
+        last_iteration = p.iteration;
+      }
+      g_assert_cmpint (dp_block_schedule_pass_index (&s, p.iteration, p.block), ==, p.index);
+      g_assert_cmpint (p.step, ==, p.iteration - p.block);
+      g_assert_cmpint (p.queue_hi - p.queue_lo + 1, <=, s.steps);
+      if (!dp_block_schedule_next (&s, &p)) {
+        g_assert_cmpint (p.index + 1, ==, s.num_passes);
+        g_assert_cmpint (dp_block_schedule_first_pass (&s, s.num_iterations), ==, s.num_passes);
+        break;
+      }
+    }
+    g_assert_cmpint (dp_block_schedule_pass_index (&s, 0, 1), ==, -1);
+  }
+  /* A pass far into an endless video, without walking there. */
+  g_assert_true (dp_block_schedule_init (&s, 2, 1, 50, -1, NULL));
+  dp_block_pass p;
+  g_assert_true (dp_block_schedule_pass (&s, 1000000, 999990, &p));
+  g_assert_cmpint (p.step, ==, 10);
+  g_assert_cmpint (p.queue_hi - p.queue_lo + 1, ==, 50);
+  g_assert_cmpint (p.index, ==, dp_block_schedule_first_pass (&s, 1000000) + 10);
+  g_assert_cmpint (dp_block_schedule_first_pass (&s, 1000001) - dp_block_schedule_first_pass (&s, 1000000), ==, 50);
+
+  /* Bad settings. */
+  static const int bad[][4] = { { 0, 0, 5, 10 }, { 2, 3, 5, 10 }, { 2, -1, 5, 10 }, { 2, 1, 0, 10 }, { 2, 1, 5, 0 },
+                                { 2, 1, 5, -2 } };
+  for (size_t i = 0; i < G_N_ELEMENTS (bad); i++) {
+    g_assert_false (dp_block_schedule_init (&s, bad[i][0], bad[i][1], bad[i][2], bad[i][3], &err));
+    g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+    g_clear_error (&err);
+  }
+}
+
+/* ------------------------------------------------------------ noise */
+
+static void
+test_noise (void)
+{
+  GError *err = NULL;
+  const int P = 4, C = 2, ch = 3, H = 2, W = 3, pool = P + C;
+  const size_t hw = (size_t) H * W;
+  dp_block_schedule s;
+  g_assert_true (dp_block_schedule_init (&s, P, C, 5, -1, &err));
+  dp_block_noise *n = dp_block_noise_new (&s, 99, 0, ch, H, W, &err);
+  g_assert_no_error (err);
+
+  /* The template is the classic pipeline's noise of frames 0..P+C-1. */
+  float *classic = g_new (float, ch * pool * hw);
+  dp_rng_latent_noise (99, 0, 0, pool, ch, H, W, classic);
+  g_assert_cmpmem (dp_block_noise_template (n), ch * pool * hw * sizeof (float), classic,
+                   ch * pool * hw * sizeof (float));
+
+  int order[16], prev[16], again[16];
+  dp_block_noise_order (n, 0, order);
+  for (int j = 0; j < pool; j++)
+    g_assert_cmpint (order[j], ==, j);
+  memcpy (prev, order, sizeof order);
+  int prev_frames = pool, moved = 0;
+  float *fill = g_new (float, ch * pool * hw);
+  for (int64_t b = 1; b <= 60; b++) {
+    dp_block_noise_order (n, b, order);
+    gboolean used[16] = { FALSE };
+    for (int j = 0; j < P; j++) {
+      g_assert_cmpint (order[j], >=, 0);
+      g_assert_cmpint (order[j], <, pool);
+      g_assert_false (used[order[j]]); /* distinct */
+      used[order[j]] = TRUE;
+      for (int k = prev_frames - C; k < prev_frames; k++)
+        g_assert_cmpint (order[j], !=, prev[k]); /* avoids the previous block's last C */
+    }
+    for (int j = 0; j < P; j++)
+      moved += order[j] != prev[j];
+    /* The noise is those template frames. */
+    dp_block_noise_fill (n, b, fill);
+    for (int c = 0; c < ch; c++)
+      for (int j = 0; j < P; j++)
+        g_assert_cmpmem (fill + ((size_t) c * P + j) * hw, hw * sizeof (float),
+                         dp_block_noise_template (n) + ((size_t) c * pool + order[j]) * hw, hw * sizeof (float));
+    memcpy (prev, order, sizeof order);
+    prev_frames = P;
+  }
+  g_assert_cmpint (moved, >, 0); /* the permutations are not all the identity */
+
+  /* Any block alone (a fresh object, out of order) gives the same noise. */
+  dp_block_noise *m = dp_block_noise_new (&s, 99, 0, ch, H, W, &err);
+  dp_block_noise_order (m, 37, again);
+  dp_block_noise_order (n, 37, order);
+  g_assert_cmpmem (again, P * sizeof (int), order, P * sizeof (int));
+  dp_block_noise_order (m, 3, again);
+  dp_block_noise_order (n, 3, order);
+  g_assert_cmpmem (again, P * sizeof (int), order, P * sizeof (int));
+  /* Another seed permutes differently. */
+  dp_block_noise *o = dp_block_noise_new (&s, 100, 0, ch, H, W, &err);
+  gboolean differ = FALSE;
+  for (int64_t b = 1; b < 10 && !differ; b++) {
+    dp_block_noise_order (o, b, again);
+    dp_block_noise_order (n, b, order);
+    differ = memcmp (again, order, P * sizeof (int)) != 0;
+  }
+  g_assert_true (differ);
+  dp_block_noise_free (o);
+  dp_block_noise_free (m);
+  dp_block_noise_free (n);
+  g_free (fill);
+  g_free (classic);
+}
+
+/* ------------------------------------------------------------ engine runs */
+
+typedef struct {
+  int stages, P, C, T;
+  int64_t F; /* latent frames */
+  dp_sampler_kind kind;
+  int batch;
+  double guidance;
+  gboolean vae;
+  int H, W;
+  uint64_t seed;
+} run_cfg;
+
+typedef struct {
+  int channels, H, W;
+  int64_t F;
+  float *latents;       /* [channels, F, H, W] */
+  int64_t next_frame;   /* latent frames delivered, in order */
+  int64_t blocks;
+  GByteArray *rgb;      /* decoded frames, in order */
+  int64_t video_frames;
+  int64_t stop_after;   /* blocks; 0: never */
+  int64_t iterations;   /* iteration callbacks, in order */
+  dp_engine *engine;
+  dp_engine_stats at_block[128];
+  size_t rss_at_block[128];
+} collect;
+
+static gboolean
+on_latent (const dp_tensor *latent, int64_t block, int64_t first_frame, void *data)
+{
+  collect *c = data;
+  g_assert_cmpint (block, ==, c->blocks);
+  g_assert_cmpint (first_frame, ==, c->next_frame);
+  g_assert_cmpint (latent->shape[0], ==, c->channels);
+  const int64_t n = latent->shape[1], hw = (int64_t) c->H * c->W;
+  if (c->latents) {
+    g_assert_cmpint (first_frame + n, <=, c->F);
+    for (int ch = 0; ch < c->channels; ch++)
+      memcpy (c->latents + ((size_t) ch * c->F + first_frame) * hw, (float *) latent->data + (size_t) ch * n * hw,
+              n * hw * sizeof (float));
+  }
+  if (c->engine && c->blocks < 128) {
+    dp_engine_get_stats (c->engine, &c->at_block[c->blocks]);
+    c->rss_at_block[c->blocks] = rss_bytes ();
+  }
+  c->next_frame += n;
+  c->blocks++;
+  return c->stop_after == 0 || c->blocks < c->stop_after;
+}
+
+static void
+on_iteration (int64_t iteration, int64_t total, void *data)
+{
+  collect *c = data;
+  g_assert_cmpint (iteration, ==, c->iterations);
+  g_assert_true (total < 0 || iteration < total);
+  c->iterations++;
+}
+
+static gboolean
+on_frames (const uint8_t *rgb, int n_frames, int64_t first_frame, void *data)
+{
+  collect *c = data;
+  g_assert_cmpint (first_frame, ==, c->video_frames);
+  if (c->rgb)
+    g_byte_array_append (c->rgb, rgb, (guint) (n_frames * (c->H * 8) * (c->W * 8) * 3));
+  c->video_frames += n_frames;
+  return TRUE;
+}
+
+static dp_backend **
+make_backends (int n)
+{
+  dp_backend **be = g_new0 (dp_backend *, n);
+  GError *err = NULL;
+  for (int i = 0; i < n; i++) {
+    be[i] = dp_backend_new ("cpu", &err);
+    g_assert_no_error (err);
+  }
+  return be;
+}
+
+static void
+free_backends (dp_backend **be, int n)
+{
+  for (int i = 0; i < n; i++)
+    dp_backend_free (be[i]);
+  g_free (be);
+}
+
+static dp_engine *
+make_engine (const run_cfg *cfg, dp_backend **be, dp_schedule **sched_out, GError **error)
+{
+  char *dir = tiny5_dir ();
+  dp_schedule *sched = make_schedule (cfg->kind, cfg->T);
+  dp_engine_params p = {
+    .block_frames = cfg->P, .context_frames = cfg->C, .latent_frames = cfg->F, .latent_height = cfg->H,
+    .latent_width = cfg->W, .schedule = sched, .guidance = cfg->guidance, .seed = cfg->seed,
+    .noise_stream = DP_ENGINE_NOISE_STREAM,
+  };
+  dp_engine *e = dp_engine_new (dir, be, cfg->stages, NULL, &p, error);
+  g_free (dir);
+  if (sched_out)
+    *sched_out = sched;
+  else
+    dp_schedule_free (sched); /* the engine keeps its own copy */
+  return e;
+}
+
+/* Runs the engine; returns the video's latents [16, F, H, W] (and frames). */
+static float *
+run_engine (const run_cfg *cfg, GByteArray **rgb_out, dp_engine_stats *stats_out)
+{
+  GError *err = NULL;
+  dp_backend **be = make_backends (cfg->stages);
+  dp_engine *e = make_engine (cfg, be, NULL, &err);
+  g_assert_no_error (err);
+  dp_wan_vae *vae = NULL;
+  if (cfg->vae) {
+    char *dir = vae_dir ();
+    vae = dp_wan_vae_load (be[0], dir, &err);
+    g_assert_no_error (err);
+    g_free (dir);
+  }
+  collect c = { .channels = 16, .H = cfg->H, .W = cfg->W, .F = cfg->F };
+  c.latents = g_new0 (float, (size_t) 16 * cfg->F * cfg->H * cfg->W);
+  c.rgb = rgb_out ? g_byte_array_new () : NULL;
+  dp_tensor ctx = make_context (cfg->batch);
+  dp_engine_output out = { .block_latent = on_latent, .frames = on_frames, .iteration = on_iteration, .user_data = &c };
+  g_assert_true (dp_engine_run (e, &ctx, vae, &out, &err));
+  g_assert_no_error (err);
+  g_assert_cmpint (c.next_frame, ==, cfg->F);
+  g_assert_cmpint (c.blocks, ==, dp_engine_get_schedule (e)->num_blocks);
+  g_assert_cmpint (c.iterations, ==, dp_engine_get_schedule (e)->num_iterations);
+  if (vae)
+    g_assert_cmpint (c.video_frames, ==, 1 + 4 * (cfg->F - 1));
+  dp_engine_stats st;
+  dp_engine_get_stats (e, &st);
+  g_assert_false (st.running);
+  g_assert_cmpint (st.blocks_done, ==, c.blocks);
+  g_assert_cmpint (st.block_bytes, ==, 0); /* everything freed */
+  for (int r = 0; r < cfg->stages; r++) {
+    g_assert_cmpint (st.stage[r].passes, ==, dp_engine_get_schedule (e)->num_passes);
+    g_assert_cmpint (st.stage[r].cache_bytes + st.stage[r].buffer_bytes, ==, 0);
+  }
+  if (stats_out)
+    *stats_out = st;
+  if (rgb_out)
+    *rgb_out = c.rgb;
+  dp_tensor_free (&ctx);
+  dp_wan_vae_free (vae);
+  dp_engine_free (e);
+  free_backends (be, cfg->stages);
+  return c.latents;
+}
+
+/* The scheme written plainly: every block's latent kept, the whole model
+ * in one dp_wan_dit_forward per pass (the window assembled on the host,
+ * embedded at once), the cache as one [layers, B, C hw, dim] pair. */
+static float *
+run_sequential (const run_cfg *cfg)
+{
+  GError *err = NULL;
+  dp_backend *be = dp_backend_new ("cpu", &err);
+  char *dir = tiny5_dir ();
+  dp_wan_dit *dit = dp_wan_dit_load (be, dir, 0, -1, &err);
+  g_assert_no_error (err);
+  g_free (dir);
+  dp_tensor ctx = make_context (cfg->batch);
+  g_assert_true (dp_wan_dit_set_context (dit, &ctx, &err));
+  const dp_wan_config *wc = dp_wan_dit_config (dit);
+  const int ch = wc->in_channels, H = cfg->H, W = cfg->W, C = cfg->C;
+  const size_t hw = (size_t) H * W;
+  dp_block_schedule s;
+  g_assert_true (dp_block_schedule_init (&s, cfg->P, cfg->C, cfg->T, cfg->F, &err));
+  dp_block_noise *noise = dp_block_noise_new (&s, cfg->seed, DP_ENGINE_NOISE_STREAM, ch, H, W, &err);
+  dp_schedule *sched = make_schedule (cfg->kind, cfg->T);
+  const int64_t B = s.num_blocks;
+  dp_tensor *x = g_new0 (dp_tensor, B);
+  dp_sampler **smp = g_new0 (dp_sampler *, B);
+  const int maxw = dp_block_schedule_max_block_frames (&s);
+  dp_tensor win = dp_backend_tensor_new (be, DP_F32, 4, (int64_t[]){ ch, maxw, H, W });
+  dp_tensor vel = dp_backend_tensor_new (be, DP_F32, 4, (int64_t[]){ ch, maxw, H, W });
+  const int64_t tok = (int64_t) (H / 2) * (W / 2);
+  dp_tensor ck = dp_backend_tensor_new (be, DP_F32, 4, (int64_t[]){ wc->num_layers, cfg->batch, C * tok, wc->dim });
+  dp_tensor cv = dp_backend_tensor_new (be, DP_F32, 4, (int64_t[]){ wc->num_layers, cfg->batch, C * tok, wc->dim });
+  int pos[64];
+  for (int i = 0; i < 64; i++)
+    pos[i] = i;
+  float *out = g_new0 (float, (size_t) ch * cfg->F * hw);
+  for (int64_t n = 0; n < s.num_iterations; n++) {
+    int64_t lo, hi;
+    dp_block_schedule_iteration (&s, n, &lo, &hi);
+    gboolean exported = FALSE;
+    for (int64_t b = hi; b >= lo; b--) {
+      const int own = dp_block_schedule_block_frames (&s, b), ctxf = b > 0 ? C : 0, frames = own + ctxf;
+      const int step = (int) (n - b);
+      if (step == 0) {
+        x[b] = dp_backend_tensor_new (be, DP_F32, 4, (int64_t[]){ ch, own, H, W });
+        dp_block_noise_fill (noise, b, x[b].data);
+        smp[b] = dp_sampler_new (be, sched, 4, x[b].shape, &err);
+        g_assert_no_error (err);
+      }
+      float *w = win.data;
+      for (int c = 0; c < ch; c++) {
+        if (ctxf)
+          memcpy (w + (size_t) c * frames * hw, (float *) x[b - 1].data + ((size_t) c * x[b - 1].shape[1] + x[b - 1].shape[1] - C) * hw,
+                  C * hw * sizeof (float));
+        memcpy (w + ((size_t) c * frames + ctxf) * hw, (float *) x[b].data + (size_t) c * own * hw,
+                own * hw * sizeof (float));
+      }
+      dp_tensor wv = dp_tensor_view (win.data, DP_F32, 4, (int64_t[]){ ch, frames, H, W });
+      dp_tensor vv = dp_tensor_view (vel.data, DP_F32, 4, (int64_t[]){ ch, own, H, W });
+      dp_wan_span span;
+      dp_wan_span_init (&span, frames, H, W);
+      span.frame_pos = pos;
+      span.out_first = ctxf;
+      span.out_frames = own;
+      if (C > 0 && exported) {
+        span.extra_frames = C;
+        span.extra_pos = pos + frames;
+        span.extra_k = &ck;
+        span.extra_v = &cv;
+      }
+      exported = C > 0 && b >= 1 && b - 1 >= lo;
+      if (exported) {
+        span.export_first = C;
+        span.export_frames = C;
+        span.export_k = &ck;
+        span.export_v = &cv;
+      }
+      g_assert_true (dp_wan_dit_forward (dit, &span, &wv, (float) sched->timesteps[step], (float) cfg->guidance, &vv,
+                                         &err));
+      g_assert_true (dp_sampler_step (smp[b], &x[b], &vv, &err));
+      g_assert_no_error (err);
+      if (step == cfg->T - 1) {
+        const int kept = dp_block_schedule_block_kept (&s, b);
+        const int64_t first = dp_block_schedule_block_first (&s, b);
+        for (int c = 0; c < ch; c++)
+          memcpy (out + ((size_t) c * cfg->F + first) * hw, (float *) x[b].data + (size_t) c * own * hw,
+                  kept * hw * sizeof (float));
+      }
+    }
+  }
+  for (int64_t b = 0; b < B; b++) {
+    dp_sampler_free (smp[b]);
+    dp_backend_tensor_free (be, &x[b]);
+  }
+  g_free (x);
+  g_free (smp);
+  dp_backend_tensor_free (be, &win);
+  dp_backend_tensor_free (be, &vel);
+  dp_backend_tensor_free (be, &ck);
+  dp_backend_tensor_free (be, &cv);
+  dp_schedule_free (sched);
+  dp_block_noise_free (noise);
+  dp_tensor_free (&ctx);
+  dp_wan_dit_free (dit);
+  dp_backend_free (be);
+  return out;
+}
+
+static void
+assert_same_latents (const float *a, const float *b, const run_cfg *cfg, const char *what)
+{
+  const size_t n = (size_t) 16 * cfg->F * cfg->H * cfg->W;
+  if (memcmp (a, b, n * sizeof (float)) != 0) {
+    double d = 0, ref = 0;
+    for (size_t i = 0; i < n; i++) {
+      d += (a[i] - b[i]) * (double) (a[i] - b[i]);
+      ref += b[i] * (double) b[i];
+    }
+    g_error ("%s: latents differ (relative L2 %.3g)", what, ref > 0 ? sqrt (d / ref) : d);
+  }
+}
+
+static void
+test_stages (void)
+{
+  static const run_cfg cfgs[] = {
+    /* 4 blocks, the last padded (8 = 3 + 2 + 2 + 1 of 2), guided, UniPC */
+    { .P = 2, .C = 1, .T = 3, .F = 8, .kind = DP_SAMPLER_UNIPC, .batch = 2, .guidance = 5.0, .H = 4, .W = 6, .seed = 3 },
+    /* more blocks than steps, conditional only, Euler */
+    { .P = 1, .C = 1, .T = 2, .F = 7, .kind = DP_SAMPLER_EULER, .batch = 1, .guidance = 1.0, .H = 2, .W = 4, .seed = 5 },
+    /* no context, P 3 */
+    { .P = 3, .C = 0, .T = 4, .F = 9, .kind = DP_SAMPLER_UNIPC, .batch = 2, .guidance = 3.0, .H = 4, .W = 4, .seed = 8 },
+    /* C = P */
+    { .P = 2, .C = 2, .T = 5, .F = 10, .kind = DP_SAMPLER_UNIPC, .batch = 1, .guidance = 1.0, .H = 2, .W = 2, .seed = 1 },
+  };
+  for (size_t i = 0; i < G_N_ELEMENTS (cfgs); i++) {
+    run_cfg cfg = cfgs[i];
+    float *seq = run_sequential (&cfg);
+    cfg.stages = 1;
+    float *one = run_engine (&cfg, NULL, NULL);
+    assert_same_latents (one, seq, &cfg, "1 stage vs the sequential scheme");
+    for (int n = 2; n <= 4; n++) {
+      cfg.stages = n;
+      float *many = run_engine (&cfg, NULL, NULL);
+      char what[64];
+      g_snprintf (what, sizeof what, "case %zu: %d stages vs 1", i, n);
+      assert_same_latents (many, one, &cfg, what);
+      g_free (many);
+    }
+    g_free (one);
+    g_free (seq);
+  }
+}
+
+/* One block covering the video, C = 0: the classic loop. */
+static void
+test_classic (void)
+{
+  static const run_cfg cfgs[] = {
+    { .P = 3, .C = 0, .T = 4, .F = 3, .kind = DP_SAMPLER_UNIPC, .batch = 2, .guidance = 5.0, .H = 4, .W = 6, .seed = 11 },
+    /* P + C beyond the video: still one block of exactly F frames */
+    { .P = 8, .C = 2, .T = 3, .F = 5, .kind = DP_SAMPLER_EULER, .batch = 1, .guidance = 1.0, .H = 2, .W = 4, .seed = 12 },
+  };
+  for (size_t i = 0; i < G_N_ELEMENTS (cfgs); i++) {
+    run_cfg cfg = cfgs[i];
+    GError *err = NULL;
+    const int ch = 16, H = cfg.H, W = cfg.W;
+    const int64_t F = cfg.F;
+    dp_backend *be = dp_backend_new ("cpu", &err);
+    char *dir = tiny5_dir ();
+    dp_wan_dit *dit = dp_wan_dit_load (be, dir, 0, -1, &err);
+    g_assert_no_error (err);
+    g_free (dir);
+    dp_tensor ctx = make_context (cfg.batch);
+    g_assert_true (dp_wan_dit_set_context (dit, &ctx, &err));
+    dp_schedule *sched = make_schedule (cfg.kind, cfg.T);
+    int64_t shape[4] = { ch, F, H, W };
+    dp_tensor x = dp_backend_tensor_new (be, DP_F32, 4, shape), v = dp_backend_tensor_new (be, DP_F32, 4, shape);
+    dp_rng_latent_noise (cfg.seed, DP_ENGINE_NOISE_STREAM, 0, (int) F, ch, H, W, x.data);
+    dp_sampler *s = dp_sampler_new (be, sched, 4, shape, &err);
+    for (int i = 0; i < cfg.T; i++) {
+      g_assert_true (dp_wan_dit_forward (dit, NULL, &x, (float) dp_sampler_timestep (s, i), (float) cfg.guidance, &v,
+                                         &err));
+      g_assert_true (dp_sampler_step (s, &x, &v, &err));
+    }
+    g_assert_no_error (err);
+    for (int n = 1; n <= 2; n++) {
+      cfg.stages = n;
+      float *lat = run_engine (&cfg, NULL, NULL);
+      assert_same_latents (lat, x.data, &cfg, "engine with one block vs the classic loop");
+      g_free (lat);
+    }
+    dp_sampler_free (s);
+    dp_backend_tensor_free (be, &x);
+    dp_backend_tensor_free (be, &v);
+    dp_schedule_free (sched);
+    dp_tensor_free (&ctx);
+    dp_wan_dit_free (dit);
+    dp_backend_free (be);
+  }
+}
+
+/* Streaming decode of each finished block = decoding the finished video. */
+static void
+test_decode (void)
+{
+  /* two blocks, the last one padded (4 = 3 + 1 of 2): 13 frames of 32 x 16 */
+  run_cfg cfg = { .P = 2, .C = 1, .T = 2, .F = 4, .kind = DP_SAMPLER_UNIPC, .batch = 2, .guidance = 4.0, .vae = TRUE,
+                  .H = 2, .W = 4, .seed = 21, .stages = 2 };
+  GByteArray *rgb2 = NULL, *rgb1 = NULL;
+  float *lat2 = run_engine (&cfg, &rgb2, NULL);
+  cfg.stages = 1;
+  float *lat1 = run_engine (&cfg, &rgb1, NULL);
+  assert_same_latents (lat2, lat1, &cfg, "2 stages vs 1 with a VAE");
+  g_assert_cmpmem (rgb2->data, rgb2->len, rgb1->data, rgb1->len);
+
+  GError *err = NULL;
+  dp_backend *be = dp_backend_new ("cpu", &err);
+  char *dir = vae_dir ();
+  dp_wan_vae *vae = dp_wan_vae_load (be, dir, &err);
+  g_assert_no_error (err);
+  g_free (dir);
+  const int64_t nf = dp_wan_vae_num_frames (vae, cfg.F);
+  dp_tensor lat = dp_backend_tensor_new (be, DP_F32, 4, (int64_t[]){ 16, cfg.F, cfg.H, cfg.W });
+  memcpy (lat.data, lat1, dp_tensor_nbytes (&lat));
+  uint8_t *whole = g_malloc ((size_t) nf * cfg.H * 8 * cfg.W * 8 * 3);
+  g_assert_true (dp_wan_vae_decode (vae, &lat, whole, NULL, &err));
+  g_assert_no_error (err);
+  g_assert_cmpmem (rgb1->data, rgb1->len, whole, (size_t) nf * cfg.H * 8 * cfg.W * 8 * 3);
+  g_free (whole);
+  dp_backend_tensor_free (be, &lat);
+  dp_wan_vae_free (vae);
+  dp_backend_free (be);
+  g_byte_array_unref (rgb1);
+  g_byte_array_unref (rgb2);
+  g_free (lat1);
+  g_free (lat2);
+}
+
+/* ------------------------------------------------------------ endless */
+
+static void
+test_endless (void)
+{
+  GError *err = NULL;
+  const int stages = 2, nblocks = 100;
+  run_cfg cfg = { .P = 1, .C = 1, .T = 3, .F = -1, .kind = DP_SAMPLER_UNIPC, .batch = 2, .guidance = 5.0, .H = 4,
+                  .W = 4, .seed = 4, .stages = stages };
+  dp_backend **be = make_backends (stages);
+  dp_engine *e = make_engine (&cfg, be, NULL, &err);
+  g_assert_no_error (err);
+  collect c = { .channels = 16, .H = cfg.H, .W = cfg.W, .F = -1, .stop_after = nblocks, .engine = e };
+  dp_tensor ctx = make_context (cfg.batch);
+  dp_engine_output out = { .block_latent = on_latent, .user_data = &c };
+  g_assert_false (dp_engine_run (e, &ctx, NULL, &out, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_CANCELLED); /* the consumer stopped it */
+  g_clear_error (&err);
+  g_assert_cmpint (c.blocks, ==, nblocks);
+  /* What the run holds after 20 blocks and after 100: the same. */
+  const dp_engine_stats *a = &c.at_block[19], *b = &c.at_block[nblocks - 1];
+  g_assert_cmpint (a->block_bytes, >, 0);
+  g_assert_cmpint (a->block_bytes, ==, b->block_bytes);
+  for (int r = 0; r < stages; r++) {
+    g_assert_cmpint (a->stage[r].cache_bytes, >, 0);
+    g_assert_cmpint (a->stage[r].cache_bytes, ==, b->stage[r].cache_bytes);
+    g_assert_cmpint (a->stage[r].buffer_bytes, ==, b->stage[r].buffer_bytes);
+    g_assert_cmpint (a->stage[r].model_bytes, ==, b->stage[r].model_bytes);
+  }
+  g_assert_cmpint (b->max_blocks_in_flight, ==, cfg.T);
+  /* Process memory: allow a little allocator noise, far below what keeping
+   * 80 more blocks would take (80 x the latents and sampler history). */
+  const gssize grown = (gssize) c.rss_at_block[nblocks - 1] - (gssize) c.rss_at_block[19];
+  g_test_message ("endless: RSS %zu KiB after 20 blocks, %zu KiB after %d (%+zd KiB); held by the run: %zu bytes "
+                  "on stage 0 + %zu / %zu cache bytes",
+                  c.rss_at_block[19] / 1024, c.rss_at_block[nblocks - 1] / 1024, nblocks, grown / 1024,
+                  b->block_bytes, b->stage[0].cache_bytes, b->stage[1].cache_bytes);
+#if defined(__SANITIZE_ADDRESS__)
+  /* ASan's quarantine keeps freed blocks (the per-call scratch of the CPU
+   * kernels) resident: the RSS says nothing there. */
+  g_test_message ("endless: RSS not checked under AddressSanitizer");
+#else
+  g_assert_cmpint (grown, <, 256 * 1024);
+#endif
+  dp_engine_stats after;
+  dp_engine_get_stats (e, &after);
+  g_assert_cmpint (after.block_bytes, ==, 0);
+  dp_tensor_free (&ctx);
+  dp_engine_free (e);
+  free_backends (be, stages);
+}
+
+/* ------------------------------------------------------------ cancel */
+
+typedef struct {
+  dp_engine *e;
+  gint *flag; /* set this atomic flag instead of calling dp_engine_cancel */
+  gint64 cancel_time;
+} canceller;
+
+static gpointer
+cancel_thread (gpointer data)
+{
+  canceller *k = data;
+  dp_engine_stats st;
+  do {
+    g_usleep (1000);
+    dp_engine_get_stats (k->e, &st);
+  } while (st.blocks_done < 3);
+  k->cancel_time = g_get_monotonic_time ();
+  if (k->flag)
+    g_atomic_int_set (k->flag, 1);
+  else
+    dp_engine_cancel (k->e);
+  return NULL;
+}
+
+static void
+test_cancel (void)
+{
+  GError *err = NULL;
+  for (int stages = 1; stages <= 3; stages += 2) {
+    run_cfg cfg = { .P = 2, .C = 1, .T = 4, .F = -1, .kind = DP_SAMPLER_UNIPC, .batch = 2, .guidance = 5.0, .H = 4,
+                    .W = 6, .seed = 9, .stages = stages };
+    dp_backend **be = make_backends (stages);
+    dp_engine *e = make_engine (&cfg, be, NULL, &err);
+    g_assert_no_error (err);
+    dp_tensor ctx = make_context (cfg.batch);
+    collect c = { .channels = 16, .H = cfg.H, .W = cfg.W, .F = -1 };
+    /* 1 stage: dp_engine_cancel; 3 stages: the output's cancel flag */
+    gint flag = 0;
+    dp_engine_output out = { .block_latent = on_latent, .user_data = &c, .cancel = stages > 1 ? &flag : NULL };
+    canceller k = { e, stages > 1 ? &flag : NULL, 0 };
+    GThread *th = g_thread_new ("canceller", cancel_thread, &k);
+    g_assert_false (dp_engine_run (e, &ctx, NULL, &out, &err));
+    const gint64 returned = g_get_monotonic_time ();
+    g_thread_join (th);
+    g_assert_error (err, DP_ERROR, DP_ERROR_CANCELLED);
+    g_clear_error (&err);
+    dp_engine_stats st;
+    dp_engine_get_stats (e, &st);
+    const double latency = (returned - k.cancel_time) / 1e6;
+    /* One pass of this model takes well under a millisecond; a second is
+     * generous for a loaded machine, and far from "ran on". */
+    const double per_pass = st.stage[0].busy_seconds / MAX (st.stage[0].passes, 1);
+    g_test_message ("cancel with %d stages: returned %.2f ms after the request (%.3f ms per pass on stage 0)",
+                    stages, latency * 1e3, per_pass * 1e3);
+    g_assert_cmpfloat (latency, <, 1.0);
+    g_assert_false (st.running);
+    g_assert_cmpint (st.block_bytes, ==, 0);
+    for (int r = 0; r < stages; r++)
+      g_assert_cmpint (st.stage[r].cache_bytes + st.stage[r].buffer_bytes, ==, 0);
+
+    /* The engine runs again after a cancel (a finite video now). */
+    dp_engine_free (e);
+    cfg.F = 7;
+    e = make_engine (&cfg, be, NULL, &err);
+    g_assert_no_error (err);
+    collect c2 = { .channels = 16, .H = cfg.H, .W = cfg.W, .F = cfg.F };
+    c2.latents = g_new0 (float, (size_t) 16 * cfg.F * cfg.H * cfg.W);
+    dp_engine_output out2 = { .block_latent = on_latent, .user_data = &c2 };
+    /* A cancel before the run does not leak into it... */
+    dp_engine_cancel (e);
+    g_assert_true (dp_engine_run (e, &ctx, NULL, &out2, &err));
+    g_assert_no_error (err);
+    g_assert_cmpint (c2.next_frame, ==, cfg.F);
+    /* ...and a second run gives the same latents. */
+    collect c3 = c2;
+    c3.latents = g_new0 (float, (size_t) 16 * cfg.F * cfg.H * cfg.W);
+    c3.next_frame = c3.blocks = 0;
+    dp_engine_output out3 = { .block_latent = on_latent, .user_data = &c3 };
+    g_assert_true (dp_engine_run (e, &ctx, NULL, &out3, &err));
+    assert_same_latents (c3.latents, c2.latents, &cfg, "second run");
+    g_free (c2.latents);
+    g_free (c3.latents);
+    dp_tensor_free (&ctx);
+    dp_engine_free (e);
+    free_backends (be, stages);
+  }
+}
+
+/* ------------------------------------------------------------ statistics */
+
+static void
+test_stats (void)
+{
+  run_cfg cfg = { .P = 2, .C = 1, .T = 6, .F = 21, .kind = DP_SAMPLER_UNIPC, .batch = 2, .guidance = 5.0, .H = 8,
+                  .W = 12, .seed = 2, .stages = 2 };
+  dp_engine_stats st;
+  gint64 t0 = g_get_monotonic_time ();
+  float *lat = run_engine (&cfg, NULL, &st);
+  g_free (lat);
+  const int64_t passes = st.stage[0].passes;
+  const double hidden = (double) cfg.batch * 3 * (cfg.H / 2) * (cfg.W / 2) * 24 * sizeof (float);
+  g_test_message ("2 stages, %" G_GINT64_FORMAT " passes in %.3f s (wall %.3f s), first block after %.3f s",
+                  passes, st.run_seconds, (g_get_monotonic_time () - t0) / 1e6, st.first_frame_seconds);
+  for (int r = 0; r < 2; r++)
+    g_test_message ("  stage %d (layers %d..%d): busy %.3f s, idle %.3f s, sent %" G_GUINT64_FORMAT
+                    " B, received %" G_GUINT64_FORMAT " B",
+                    r, st.stage[r].layer_begin, st.stage[r].layer_end, st.stage[r].busy_seconds,
+                    st.stage[r].idle_seconds, st.stage[r].bytes_sent, st.stage[r].bytes_received);
+  g_assert_cmpint (st.stage[0].layer_end, ==, 3);
+  g_assert_cmpint (st.stage[1].layer_begin, ==, 3);
+  g_assert_cmpfloat (st.stage[0].busy_seconds, >, 0);
+  g_assert_cmpfloat (st.stage[1].busy_seconds, >, 0);
+  g_assert_cmpfloat (st.first_frame_seconds, >, 0);
+  g_assert_cmpfloat (st.first_frame_seconds, <=, st.run_seconds);
+  /* Every window is 3 frames: stage 0 sends one hidden state per pass;
+   * stage 1 sends a prediction of the block's own frames per pass. */
+  g_assert_cmpfloat ((double) st.stage[0].bytes_sent, ==, passes * hidden);
+  g_assert_cmpint (st.stage[1].bytes_received, ==, st.stage[0].bytes_sent);
+  g_assert_cmpint (st.stage[0].bytes_received, ==, st.stage[1].bytes_sent);
+  g_assert_cmpint (st.max_blocks_in_flight, ==, cfg.T);
+  g_assert_cmpint (st.latent_frames_done, ==, cfg.F);
+}
+
+/* ------------------------------------------------------------ errors */
+
+static void
+test_errors (void)
+{
+  GError *err = NULL;
+  dp_backend **be = make_backends (2);
+  run_cfg good = { .P = 2, .C = 1, .T = 3, .F = 8, .kind = DP_SAMPLER_UNIPC, .batch = 1, .guidance = 1.0, .H = 4,
+                   .W = 4, .seed = 1, .stages = 2 };
+  run_cfg c = good;
+  c.C = 3; /* C > P */
+  g_assert_null (make_engine (&c, be, NULL, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_clear_error (&err);
+  c = good;
+  c.H = 3; /* not a multiple of the patch */
+  g_assert_null (make_engine (&c, be, NULL, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_clear_error (&err);
+  c = good;
+  c.P = 50;
+  c.C = 10; /* window 60 + 10 cached > rope_max_seq_len 64 */
+  c.F = 200;
+  g_assert_null (make_engine (&c, be, NULL, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_assert_nonnull (strstr (err->message, "RoPE"));
+  g_clear_error (&err);
+
+  /* One backend for two stages. */
+  dp_backend *same[2] = { be[0], be[0] };
+  dp_schedule *sched = make_schedule (DP_SAMPLER_UNIPC, 3);
+  dp_engine_params p = { .block_frames = 2, .context_frames = 1, .latent_frames = 8, .latent_height = 4,
+                         .latent_width = 4, .schedule = sched, .guidance = 1.0 };
+  char *dir = tiny5_dir ();
+  g_assert_null (dp_engine_new (dir, same, 2, NULL, &p, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_clear_error (&err);
+  /* A model predicting other channels than it takes (tiny_b: 8 -> 12). */
+  char *tiny_b = g_build_filename (g_getenv ("DP_TEST_DATA"), "dit", "tiny_b", "transformer", NULL);
+  g_assert_null (dp_engine_new (tiny_b, be, 2, NULL, &p, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_UNSUPPORTED);
+  g_clear_error (&err);
+  g_free (tiny_b);
+  /* A missing model. */
+  g_assert_null (dp_engine_new ("/nonexistent/transformer", be, 2, NULL, &p, &err));
+  g_assert_nonnull (err);
+  g_clear_error (&err);
+  /* A transport for another stage count. */
+  dp_transport *t3 = dp_transport_new_inproc (3, &err);
+  g_assert_null (dp_engine_new (dir, be, 2, t3, &p, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_clear_error (&err);
+  dp_transport_free (t3);
+
+  /* A context of the wrong shape fails the run on every stage, cleanly. */
+  dp_engine *e = dp_engine_new (dir, be, 2, NULL, &p, &err);
+  g_assert_no_error (err);
+  dp_tensor bad = dp_tensor_new_host (DP_F32, 3, (int64_t[]){ 1, TEXT_LEN, 17 });
+  g_assert_false (dp_engine_run (e, &bad, NULL, NULL, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_SHAPE);
+  g_clear_error (&err);
+  dp_engine_stats st;
+  dp_engine_get_stats (e, &st);
+  g_assert_cmpint (st.block_bytes, ==, 0);
+  /* and the engine still works afterwards */
+  dp_tensor ctx = make_context (1);
+  g_assert_true (dp_engine_run (e, &ctx, NULL, NULL, &err));
+  g_assert_no_error (err);
+  dp_tensor_free (&ctx);
+  dp_tensor_free (&bad);
+  dp_engine_free (e);
+  g_free (dir);
+  dp_schedule_free (sched);
+  free_backends (be, 2);
+}
+
+/* ------------------------------------------------------------ transport */
+
+typedef struct {
+  dp_transport *t;
+  int count;
+  gboolean ok;
+} sender;
+
+static gpointer
+send_thread (gpointer data)
+{
+  sender *s = data;
+  float buf[2][8];
+  dp_transport_req *req[2] = { NULL, NULL };
+  for (int i = 0; i < s->count; i++) {
+    const int k = i & 1;
+    if (req[k] && !dp_transport_wait (s->t, req[k], NULL))
+      return NULL;
+    for (int j = 0; j < 8; j++)
+      buf[k][j] = (float) (i * 8 + j);
+    dp_tensor v = dp_tensor_view (buf[k], DP_F32, 1, (int64_t[]){ 8 });
+    req[k] = dp_transport_isend (s->t, 0, 1, &v, NULL);
+    if (!req[k])
+      return NULL;
+  }
+  for (int k = 0; k < 2; k++)
+    if (req[k] && !dp_transport_wait (s->t, req[k], NULL))
+      return NULL;
+  s->ok = TRUE;
+  return NULL;
+}
+
+static gpointer
+wait_cancelled_thread (gpointer data)
+{
+  sender *s = data;
+  float buf[4];
+  dp_tensor v = dp_tensor_view (buf, DP_F32, 1, (int64_t[]){ 4 });
+  GError *err = NULL;
+  dp_transport_req *r = dp_transport_irecv (s->t, 1, 0, &v, &err);
+  s->ok = r && !dp_transport_wait (s->t, r, &err) && g_error_matches (err, DP_ERROR, DP_ERROR_CANCELLED);
+  g_clear_error (&err);
+  return NULL;
+}
+
+static void
+test_transport (void)
+{
+  GError *err = NULL;
+  dp_transport *t = dp_transport_new_inproc (2, &err);
+  g_assert_no_error (err);
+
+  /* Order and content, with the receiver sometimes first, sometimes last. */
+  sender s = { t, 200, FALSE };
+  GThread *th = g_thread_new ("sender", send_thread, &s);
+  float got[8];
+  dp_tensor v = dp_tensor_view (got, DP_F32, 1, (int64_t[]){ 8 });
+  for (int i = 0; i < 200; i++) {
+    if (i % 17 == 0)
+      g_usleep (500);
+    dp_transport_req *r = dp_transport_irecv (t, 1, 0, &v, &err);
+    g_assert_nonnull (r);
+    g_assert_true (dp_transport_wait (t, r, &err));
+    g_assert_no_error (err);
+    for (int j = 0; j < 8; j++)
+      g_assert_cmpfloat (got[j], ==, (float) (i * 8 + j));
+  }
+  g_thread_join (th);
+  g_assert_true (s.ok);
+  uint64_t sent, received;
+  dp_transport_bytes (t, 0, &sent, &received);
+  g_assert_cmpint (sent, ==, 200 * 8 * sizeof (float));
+  g_assert_cmpint (received, ==, 0);
+  dp_transport_bytes (t, 1, &sent, &received);
+  g_assert_cmpint (received, ==, 200 * 8 * sizeof (float));
+
+  /* Sizes that do not match fail both sides. */
+  float small[4];
+  dp_tensor vs = dp_tensor_view (small, DP_F32, 1, (int64_t[]){ 4 });
+  dp_transport_req *rr = dp_transport_irecv (t, 1, 0, &vs, &err);
+  dp_transport_req *sr = dp_transport_isend (t, 0, 1, &v, &err);
+  g_assert_false (dp_transport_wait (t, sr, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_SHAPE);
+  g_clear_error (&err);
+  g_assert_false (dp_transport_wait (t, rr, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_SHAPE);
+  g_clear_error (&err);
+
+  /* Bad stages. */
+  g_assert_null (dp_transport_isend (t, 0, 0, &v, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_clear_error (&err);
+  g_assert_null (dp_transport_irecv (t, 2, 0, &v, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_clear_error (&err);
+
+  /* The request pool is bounded. */
+  dp_transport_req *pending[DP_TRANSPORT_MAX_PENDING];
+  for (int i = 0; i < DP_TRANSPORT_MAX_PENDING; i++) {
+    pending[i] = dp_transport_irecv (t, 1, 0, &v, &err);
+    g_assert_nonnull (pending[i]);
+  }
+  g_assert_null (dp_transport_irecv (t, 1, 0, &v, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_clear_error (&err);
+  dp_transport_reset (t);
+
+  /* A waiter is woken by a cancel from another thread. */
+  s.ok = FALSE;
+  th = g_thread_new ("waiter", wait_cancelled_thread, &s);
+  g_usleep (20000);
+  dp_transport_cancel (t);
+  g_thread_join (th);
+  g_assert_true (s.ok);
+  /* After a cancel nothing new is accepted until a reset. */
+  g_assert_null (dp_transport_isend (t, 0, 1, &v, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_CANCELLED);
+  g_clear_error (&err);
+  dp_transport_reset (t);
+  sr = dp_transport_isend (t, 0, 1, &v, &err);
+  rr = dp_transport_irecv (t, 1, 0, &v, &err);
+  g_assert_true (dp_transport_wait (t, rr, &err));
+  g_assert_true (dp_transport_wait (t, sr, &err));
+  g_assert_no_error (err);
+  dp_transport_free (t);
+}
+
+/* ------------------------------------------------------------ generator */
+
+typedef struct {
+  GByteArray *rgb;
+  int64_t frames, stop_at;
+} frame_sink;
+
+static gboolean
+sink_frames (const uint8_t *rgb, int n_frames, int64_t first_frame, const dp_progress *progress, void *data)
+{
+  frame_sink *s = data;
+  g_assert_cmpint (first_frame, ==, s->frames);
+  g_byte_array_append (s->rgb, rgb, (guint) (n_frames * 48 * 32 * 3));
+  s->frames += n_frames;
+  g_assert_cmpint (progress->frames_done, ==, s->frames);
+  return s->stop_at == 0 || s->frames < s->stop_at;
+}
+
+static GByteArray *
+generate (dp_engine_kind engine, const char *devices, int P, int C, int num_frames, int64_t stop_at,
+          GError **error)
+{
+  dp_generator_params p;
+  dp_generator_params_init (&p);
+  char *dir = g_build_filename (g_getenv ("DP_TEST_DATA"), "pipeline", "tiny-wan", NULL);
+  p.model_dir = dir;
+  p.prompt = "a red circle moves to the left";
+  p.negative_prompt = "static";
+  p.num_frames = num_frames;
+  p.steps = 3;
+  p.engine = engine;
+  p.devices = devices;
+  p.block_frames = P;
+  p.context_frames = C;
+  dp_generator *gen = dp_generator_new (&p, error);
+  g_free (dir);
+  if (!gen)
+    return NULL;
+  frame_sink s = { g_byte_array_new (), 0, stop_at };
+  gboolean ok = dp_generator_run (gen, sink_frames, &s, error);
+  if (ok)
+    g_assert_cmpint (s.frames, ==, dp_generator_num_frames (gen));
+  dp_generator_free (gen);
+  if (!ok && !(stop_at && g_error_matches (*error, DP_ERROR, DP_ERROR_CANCELLED))) {
+    g_byte_array_unref (s.rgb);
+    return NULL;
+  }
+  return s.rgb;
+}
+
+static void
+test_generator (void)
+{
+  GError *err = NULL;
+  /* 9 frames = 3 latent frames: one block with the default P 10 (C 5). */
+  GByteArray *classic = generate (DP_ENGINE_CLASSIC, "cpu", 0, 0, 9, 0, &err);
+  g_assert_no_error (err);
+  GByteArray *one = generate (DP_ENGINE_DUALPARAL, "cpu", 0, 0, 9, 0, &err);
+  g_assert_no_error (err);
+  GByteArray *two = generate (DP_ENGINE_DUALPARAL, "cpu,cpu", 0, 0, 9, 0, &err);
+  g_assert_no_error (err);
+  g_assert_cmpmem (one->data, one->len, classic->data, classic->len);
+  g_assert_cmpmem (two->data, two->len, classic->data, classic->len);
+  /* 17 frames = 5 latent frames in blocks of 2 + 1 context: [0, 3), [3, 5). */
+  GByteArray *blocks1 = generate (DP_ENGINE_DUALPARAL, "cpu", 2, 1, 17, 0, &err);
+  g_assert_no_error (err);
+  GByteArray *blocks3 = generate (DP_ENGINE_DUALPARAL, "cpu,cpu,cpu", 2, 1, 17, 0, &err);
+  g_assert_no_error (err);
+  g_assert_cmpmem (blocks3->data, blocks3->len, blocks1->data, blocks1->len);
+  /* Endless: stopped by the consumer after 25 frames. */
+  GByteArray *endless = generate (DP_ENGINE_DUALPARAL, "cpu,cpu", 1, 1, -1, 25, &err);
+  g_assert_error (err, DP_ERROR, DP_ERROR_CANCELLED);
+  g_clear_error (&err);
+  g_assert_cmpint (endless->len, >=, 25 * 48 * 32 * 3);
+  /* Settings the engine refuses. */
+  g_assert_null (generate (DP_ENGINE_DUALPARAL, "cpu", 2, 3, 17, 0, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_clear_error (&err);
+  for (GByteArray **a = (GByteArray *[]){ classic, one, two, blocks1, blocks3, endless, NULL }; *a; a++)
+    g_byte_array_unref (*a);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  g_test_add_func ("/engine/split", test_split);
+  g_test_add_func ("/engine/schedule/reference", test_schedule_reference);
+  g_test_add_func ("/engine/schedule/dependencies", test_schedule_dependencies);
+  g_test_add_func ("/engine/schedule/blocks", test_schedule_blocks);
+  g_test_add_func ("/engine/noise", test_noise);
+  g_test_add_func ("/engine/transport", test_transport);
+  g_test_add_func ("/engine/stages", test_stages);
+  g_test_add_func ("/engine/classic", test_classic);
+  g_test_add_func ("/engine/decode", test_decode);
+  g_test_add_func ("/engine/stats", test_stats);
+  g_test_add_func ("/engine/endless", test_endless);
+  g_test_add_func ("/engine/cancel", test_cancel);
+  g_test_add_func ("/engine/errors", test_errors);
+  g_test_add_func ("/engine/generator", test_generator);
+  return g_test_run ();
+}

@@ -1,0 +1,380 @@
+/* dualparal-generate end to end on the tiny pipeline model
+ * (tests/data/pipeline/tiny-wan): the program (DP_GENERATE_TOOL) is run as a
+ * user would, and its files are checked:
+ * - the PNG frames are valid PNGs (signature, chunk CRCs, IHDR, zlib data)
+ *   whose pixels equal, bit for bit, the frames the generator API gives
+ *   in-process for the same settings;
+ * - the Y4M file has the right header, frame count and size, and its planes
+ *   are those frames in BT.601 limited range (within 1 level of the
+ *   formula; 4:2:0 chroma the mean of each 2x2 block);
+ * - 4:4:4 Y4M to stdout;
+ * - bad options and models: exit status 1, a message on stderr, no file. */
+#include <math.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <glib.h>
+#include <glib/gstdio.h>
+#include <zlib.h>
+
+#include "dualparal/generator.h"
+
+#define PROMPT "Two glowing cubes roll to the left &amp; a star spins"
+#define NEGATIVE "static, blurred"
+
+static char *
+model_dir (void)
+{
+  const char *root = g_getenv ("DP_TEST_DATA");
+  g_assert_nonnull (root);
+  return g_build_filename (root, "pipeline", "tiny-wan", NULL);
+}
+
+static const char *
+tool (void)
+{
+  const char *path = g_getenv ("DP_GENERATE_TOOL");
+  g_assert_nonnull (path);
+  return path;
+}
+
+/* Runs the tool with args (NULL-terminated, without argv[0]); returns its
+ * exit status, stderr in *err (g_free). */
+static int
+run_tool (const char *const *args, char **err)
+{
+  GPtrArray *argv = g_ptr_array_new ();
+  GError *error = NULL;
+  int wait_status = 0;
+
+  g_ptr_array_add (argv, (gpointer) tool ());
+  for (int i = 0; args[i]; i++)
+    g_ptr_array_add (argv, (gpointer) args[i]);
+  g_ptr_array_add (argv, NULL);
+  g_assert_true (g_spawn_sync (NULL, (char **) argv->pdata, NULL, G_SPAWN_STDOUT_TO_DEV_NULL, NULL,
+                               NULL, NULL, err, &wait_status, &error));
+  g_assert_no_error (error);
+  g_ptr_array_free (argv, TRUE);
+  g_test_message ("stderr: %s", *err);
+  g_assert_true (WIFEXITED (wait_status));
+  return WEXITSTATUS (wait_status);
+}
+
+/* The same with stdout captured as bytes. */
+static int
+run_tool_stdout (const char *const *args, GByteArray *out)
+{
+  GPtrArray *argv = g_ptr_array_new ();
+  GError *error = NULL;
+  GPid pid;
+  int fd, wait_status = 0;
+  guint8 buf[65536];
+  gssize n;
+
+  g_ptr_array_add (argv, (gpointer) tool ());
+  for (int i = 0; args[i]; i++)
+    g_ptr_array_add (argv, (gpointer) args[i]);
+  g_ptr_array_add (argv, NULL);
+  g_assert_true (g_spawn_async_with_pipes (NULL, (char **) argv->pdata, NULL,
+                                           G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDERR_TO_DEV_NULL,
+                                           NULL, NULL, &pid, NULL, &fd, NULL, &error));
+  g_assert_no_error (error);
+  while ((n = read (fd, buf, sizeof buf)) > 0)
+    g_byte_array_append (out, buf, (guint) n);
+  close (fd);
+  g_assert_cmpint (waitpid (pid, &wait_status, 0), ==, pid);
+  g_spawn_close_pid (pid);
+  g_ptr_array_free (argv, TRUE);
+  g_assert_true (WIFEXITED (wait_status));
+  return WEXITSTATUS (wait_status);
+}
+
+/* The frames the generator API makes for the settings the tool is given. */
+static gboolean
+collect (const uint8_t *rgb, int n, int64_t first, const dp_progress *p, void *data)
+{
+  g_byte_array_append (data, rgb, (guint) n * 48 * 32 * 3);
+  return TRUE;
+}
+
+static GByteArray *
+api_frames (const char *model, int frames, int steps, uint64_t seed, dp_sampler_kind sampler)
+{
+  dp_generator_params p;
+  GError *err = NULL;
+  GByteArray *out = g_byte_array_new ();
+
+  dp_generator_params_init (&p);
+  p.model_dir = model;
+  p.prompt = PROMPT;
+  p.negative_prompt = NEGATIVE;
+  p.num_frames = frames;
+  p.steps = steps;
+  p.seed = seed;
+  p.sampler = sampler;
+  dp_generator *gen = dp_generator_new (&p, &err);
+  g_assert_no_error (err);
+  int W, H;
+  dp_generator_get_size (gen, &W, &H);
+  g_assert_cmpint (W, ==, 48);
+  g_assert_cmpint (H, ==, 32);
+  g_assert_true (dp_generator_run (gen, collect, out, &err));
+  g_assert_no_error (err);
+  dp_generator_free (gen);
+  return out;
+}
+
+static uint32_t
+be32 (const guint8 *p)
+{
+  return (uint32_t) p[0] << 24 | (uint32_t) p[1] << 16 | (uint32_t) p[2] << 8 | p[3];
+}
+
+/* Reads a PNG as dp_png_write_rgb writes it (RGB 8-bit, filter 0) into rgb
+ * (width * height * 3), checking its structure. */
+static void
+read_png (const char *path, int width, int height, guint8 *rgb)
+{
+  static const guint8 sig[8] = { 0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n' };
+  GError *err = NULL;
+  char *data;
+  gsize len, pos = 8;
+  GByteArray *idat = g_byte_array_new ();
+  gboolean ihdr = FALSE, iend = FALSE;
+
+  g_assert_true (g_file_get_contents (path, &data, &len, &err));
+  g_assert_no_error (err);
+  g_assert_cmpint (len, >, 8);
+  g_assert_cmpmem (data, 8, sig, 8);
+  while (pos + 12 <= len && !iend) {
+    const guint8 *c = (const guint8 *) data + pos;
+    uint32_t n = be32 (c);
+    g_assert_cmpint (pos + 12 + n, <=, len);
+    uLong crc = crc32 (crc32 (0L, Z_NULL, 0), c + 4, 4 + n);
+    g_assert_cmpuint (crc, ==, be32 (c + 8 + n));
+    if (memcmp (c + 4, "IHDR", 4) == 0) {
+      g_assert_cmpint (n, ==, 13);
+      g_assert_cmpint (be32 (c + 8), ==, width);
+      g_assert_cmpint (be32 (c + 12), ==, height);
+      g_assert_cmpint (c[16], ==, 8); /* depth */
+      g_assert_cmpint (c[17], ==, 2); /* RGB */
+      g_assert_cmpint (c[20], ==, 0); /* no interlace */
+      ihdr = TRUE;
+    } else if (memcmp (c + 4, "IDAT", 4) == 0) {
+      g_byte_array_append (idat, c + 8, n);
+    } else if (memcmp (c + 4, "IEND", 4) == 0) {
+      iend = TRUE;
+    }
+    pos += 12 + n;
+  }
+  g_assert_true (ihdr);
+  g_assert_true (iend);
+  g_assert_cmpint (pos, ==, len);
+
+  uLongf raw_len = (uLongf) (width * 3 + 1) * height;
+  guint8 *raw = g_malloc (raw_len);
+  g_assert_cmpint (uncompress (raw, &raw_len, idat->data, idat->len), ==, Z_OK);
+  g_assert_cmpint (raw_len, ==, (uLongf) (width * 3 + 1) * height);
+  for (int y = 0; y < height; y++) {
+    g_assert_cmpint (raw[(size_t) y * (width * 3 + 1)], ==, 0);
+    memcpy (rgb + (size_t) y * width * 3, raw + (size_t) y * (width * 3 + 1) + 1, width * 3);
+  }
+  g_free (raw);
+  g_byte_array_unref (idat);
+  g_free (data);
+}
+
+static double
+luma (const guint8 *p)
+{
+  return 16.0 + 0.256788 * p[0] + 0.504129 * p[1] + 0.097906 * p[2];
+}
+
+static double
+cb (const guint8 *p)
+{
+  return 128.0 - 0.148223 * p[0] - 0.290993 * p[1] + 0.439216 * p[2];
+}
+
+static double
+cr (const guint8 *p)
+{
+  return 128.0 + 0.439216 * p[0] - 0.367788 * p[1] - 0.071427 * p[2];
+}
+
+/* Checks a Y4M stream of n frames of W x H against the RGB frames. */
+static void
+check_y4m (const guint8 *data, gsize len, int W, int H, int n, gboolean c444, const guint8 *rgb)
+{
+  char *header = g_strdup_printf ("YUV4MPEG2 W%d H%d F16:1 Ip A1:1 %s XCOLORRANGE=LIMITED\n", W, H,
+                                  c444 ? "C444 XYSCSS=444" : "C420jpeg XYSCSS=420JPEG");
+  const size_t hl = strlen (header);
+  const size_t plane = (size_t) W * H, cplane = c444 ? plane : plane / 4;
+  const size_t frame = 6 + plane + 2 * cplane;
+
+  g_assert_cmpint (len, ==, hl + n * frame);
+  g_assert_cmpmem (data, hl, header, hl);
+  for (int f = 0; f < n; f++) {
+    const guint8 *fr = data + hl + f * frame;
+    const guint8 *px = rgb + (size_t) f * plane * 3;
+    g_assert_cmpmem (fr, 6, "FRAME\n", 6);
+    const guint8 *y = fr + 6, *u = y + plane, *v = u + cplane;
+    for (size_t i = 0; i < plane; i++)
+      g_assert_cmpfloat (fabs (y[i] - luma (px + 3 * i)), <=, 1.0);
+    for (int by = 0; by < (c444 ? H : H / 2); by++)
+      for (int bx = 0; bx < (c444 ? W : W / 2); bx++) {
+        double sb = 0, sr = 0;
+        int k = c444 ? 1 : 2;
+        for (int dy = 0; dy < k; dy++)
+          for (int dx = 0; dx < k; dx++) {
+            const guint8 *p = px + 3 * ((size_t) (k * by + dy) * W + k * bx + dx);
+            sb += cb (p);
+            sr += cr (p);
+          }
+        size_t i = (size_t) by * (c444 ? W : W / 2) + bx;
+        g_assert_cmpfloat (fabs (u[i] - sb / (k * k)), <=, 1.0);
+        g_assert_cmpfloat (fabs (v[i] - sr / (k * k)), <=, 1.0);
+      }
+  }
+  g_free (header);
+}
+
+static void
+test_y4m_and_png (void)
+{
+  char *model = model_dir ();
+  char *tmp = g_dir_make_tmp ("dp-generate-XXXXXX", NULL);
+  char *y4m = g_build_filename (tmp, "out.y4m", NULL);
+  char *png = g_build_filename (tmp, "png", "nested", NULL);
+  char *err = NULL;
+  const char *args[] = { "--model", model, "--prompt", PROMPT, "--negative-prompt", NEGATIVE,
+                         "--frames", "9", "--steps", "2", "--seed", "11", "--sampler", "euler",
+                         "--output", y4m, "--png-dir", png, NULL };
+
+  g_assert_cmpint (run_tool (args, &err), ==, 0);
+  /* Progress on stderr. */
+  g_assert_nonnull (strstr (err, "48x32, 9 frames at 16 fps"));
+  g_assert_nonnull (strstr (err, "step 2/2"));
+  g_assert_nonnull (strstr (err, "frames 5-8 of 9"));
+  g_assert_nonnull (strstr (err, "done: 9 frames"));
+  g_free (err);
+
+  GByteArray *want = api_frames (model, 9, 2, 11, DP_SAMPLER_EULER);
+  g_assert_cmpint (want->len, ==, 9 * 48 * 32 * 3);
+  guint8 *rgb = g_malloc (want->len);
+  for (int f = 0; f < 9; f++) {
+    char name[32];
+    g_snprintf (name, sizeof name, "frame-%06d.png", f);
+    char *path = g_build_filename (png, name, NULL);
+    read_png (path, 48, 32, rgb + (size_t) f * 48 * 32 * 3);
+    g_free (path);
+  }
+  g_assert_cmpmem (rgb, want->len, want->data, want->len);
+
+  char *data;
+  gsize len;
+  g_assert_true (g_file_get_contents (y4m, &data, &len, NULL));
+  check_y4m ((const guint8 *) data, len, 48, 32, 9, FALSE, want->data);
+  g_free (data);
+
+  g_free (rgb);
+  g_byte_array_unref (want);
+  for (int f = 0; f < 9; f++) {
+    char name[32];
+    g_snprintf (name, sizeof name, "frame-%06d.png", f);
+    char *path = g_build_filename (png, name, NULL);
+    g_unlink (path);
+    g_free (path);
+  }
+  g_rmdir (png);
+  char *parent = g_path_get_dirname (png);
+  g_rmdir (parent);
+  g_free (parent);
+  g_unlink (y4m);
+  g_rmdir (tmp);
+  g_free (png);
+  g_free (y4m);
+  g_free (tmp);
+  g_free (model);
+}
+
+static void
+test_stdout_444 (void)
+{
+  char *model = model_dir ();
+  const char *args[] = { "--model", model, "--prompt", PROMPT, "--negative-prompt", NEGATIVE,
+                         "--frames", "5", "--steps", "2", "--seed", "3", "--output", "-",
+                         "--y4m-chroma", "444", "--quiet", NULL };
+  GByteArray *out = g_byte_array_new ();
+
+  g_assert_cmpint (run_tool_stdout (args, out), ==, 0);
+  GByteArray *want = api_frames (model, 5, 2, 3, DP_SAMPLER_UNIPC);
+  check_y4m (out->data, out->len, 48, 32, 5, TRUE, want->data);
+  g_byte_array_unref (want);
+  g_byte_array_unref (out);
+  g_free (model);
+}
+
+typedef struct {
+  const char *args[16]; /* after the common ones; "@OUT" = the output path */
+  const char *needle;
+} error_case;
+
+static void
+test_errors (void)
+{
+  char *model = model_dir ();
+  char *tmp = g_dir_make_tmp ("dp-generate-XXXXXX", NULL);
+  char *out = g_build_filename (tmp, "out.y4m", NULL);
+  char *missing_dir = g_build_filename (tmp, "no", "such", "dir", "out.y4m", NULL);
+  const error_case cases[] = {
+    { { "--model", "/nonexistent/model", "--prompt", "x", "--output", "@OUT" }, "does not exist" },
+    { { "--model", tmp, "--prompt", "x", "--output", "@OUT" }, "model_index.json" },
+    { { "--model", model, "--prompt", "x", "--frames", "8", "--output", "@OUT" }, "num_frames 8" },
+    { { "--model", model, "--prompt", "x", "--width", "40", "--height", "32", "--output", "@OUT" },
+      "multiple of 16" },
+    { { "--model", model, "--output", "@OUT" }, "--prompt is required" },
+    { { "--model", model, "--prompt", "x" }, "nothing to write" },
+    { { "--model", model, "--prompt", "x", "--sampler", "heun", "--output", "@OUT" }, "heun" },
+    { { "--model", model, "--prompt", "x", "--seed", "-1", "--output", "@OUT" }, "--seed" },
+    { { "--model", model, "--prompt", "x", "--y4m-chroma", "422", "--output", "@OUT" }, "422" },
+    { { "--model", model, "--prompt", "x", "--guidance", "0", "--output", "@OUT" }, "guidance" },
+    { { "--model", model, "--prompt", "x", "--device", "cpu,cpu", "--output", "@OUT" },
+      "several devices" },
+    { { "--model", model, "--prompt", "x", "--frames", "x9", "--output", "@OUT" }, "--frames" },
+    { { "--model", model, "--prompt", "x", "stray", "--output", "@OUT" }, "stray" },
+    { { "--model", model, "--prompt", "x", "--frames", "1", "--steps", "1", "--output",
+        missing_dir }, "Cannot create" },
+  };
+
+  for (size_t i = 0; i < G_N_ELEMENTS (cases); i++) {
+    const char *args[17];
+    char *err = NULL;
+    int k;
+    for (k = 0; cases[i].args[k]; k++)
+      args[k] = strcmp (cases[i].args[k], "@OUT") == 0 ? out : cases[i].args[k];
+    args[k] = NULL;
+    g_assert_cmpint (run_tool (args, &err), ==, 1);
+    g_assert_nonnull (strstr (err, "dualparal-generate: error: "));
+    g_assert_nonnull (strstr (err, cases[i].needle));
+    /* Nothing was written. */
+    g_assert_false (g_file_test (out, G_FILE_TEST_EXISTS));
+    g_free (err);
+  }
+  g_rmdir (tmp);
+  g_free (missing_dir);
+  g_free (out);
+  g_free (tmp);
+  g_free (model);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  g_test_add_func ("/generate_tool/y4m-and-png", test_y4m_and_png);
+  g_test_add_func ("/generate_tool/stdout-444", test_stdout_444);
+  g_test_add_func ("/generate_tool/errors", test_errors);
+  return g_test_run ();
+}
