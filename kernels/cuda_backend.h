@@ -31,8 +31,9 @@
  * - gelu_tanh, silu, add, mul, axpby, gated_add, upsample_nearest2x,
  *   patchify, unpatchify: each tensor any of the three dtypes, FP32 arithmetic.
  * - attention: q, k, v, o BF16 (FP32 online softmax and accumulation on BF16
- *   tensor cores, mma.sync m16n8k16; on compute capability 9.0 and head dim
- *   128 without bias, wgmma with TMA loads); head dims up to 128 with d % 8 == 0
+ *   tensor cores, mma.sync m16n8k16; with DP_CUDA_ATTN_WGMMA selected, on
+ *   compute capability 9.0 and head dim 128 without bias, wgmma with TMA
+ *   loads); head dims up to 128 with d % 8 == 0
  *   (padded tiles of 32 / 64 / 128); Lq and Lk independent; key_len
  *   masks keys >= key_len; bias F32 [H, Lq, Lk] is added to the scaled
  *   scores.  Other dtypes or alignments run a slow generic FP32 kernel.
@@ -90,8 +91,9 @@ typedef enum {
 #define DP_CUDA_ATTN_DEFAULT DP_CUDA_ATTN_W4_R32
 
 /* Selects the kernel for later attention calls (a value out of range
- * selects the device's default: DP_CUDA_ATTN_WGMMA where that kernel can run
- * and is enabled by default, else DP_CUDA_ATTN_DEFAULT). */
+ * selects the device's default: DP_CUDA_ATTN_DEFAULT, or DP_CUDA_ATTN_WGMMA
+ * on Hopper once that kernel is enabled by default (cuda_backend.c) or with
+ * DP_CUDA_ATTENTION=wgmma in the environment). */
 void dp_cuda_backend_set_attention_variant (dp_backend *be, dp_cuda_attention_variant variant);
 /* The device's default variant (what a new backend starts with). */
 dp_cuda_attention_variant dp_cuda_backend_default_attention_variant (dp_backend *be);

@@ -2,8 +2,14 @@
  *
  * For q, k, v, o BF16 with head dim 128, no bias, scale > 0, on compute
  * capability 9.0; dp_cuda_attention() (cuda_attention.cu) picks it when the
- * attention variant is DP_CUDA_ATTN_WGMMA (the default on such a device) and
- * falls back to the portable mma.sync kernels otherwise.
+ * attention variant is DP_CUDA_ATTN_WGMMA and falls back to the portable
+ * mma.sync kernels otherwise.  Not yet the default (cuda_backend.c,
+ * DP_CUDA_WGMMA_BY_DEFAULT): no device run has checked it so far.
+ *
+ * Status: compiled for sm_90a with no spills and 32 HGMMA instructions in
+ * the SASS (nvcc 13.0, ptxas -v: 168 registers at entry, consumers grow to
+ * 232 with setmaxnreg, producer 40); tests/test_gpu_ops.c
+ * /gpu/attention_wgmma compares it with the CPU and the mma.sync kernel.
  *
  * Design (FlashAttention-3's structure, simplified):
  * - CTA = 3 warpgroups, 128 query rows of one (batch, head).  Warpgroup 0 is
@@ -98,7 +104,8 @@ mbar_arrive (uint32_t bar)
 
 /* Waits for the phase with the given parity to complete.  With WATCHDOG a
  * lost arrival (a bug) becomes a trap, i.e. a CUDA error, instead of a hang
- * (no legitimate wait spins 2^28 times).  Only the producer thread uses it:
+ * (a legitimate wait lasts about one tile of work, a few microseconds; 2^24
+ * spins are at least ~0.3 s).  Only the producer thread uses it:
  * a trap in the consumers' code makes ptxas give up their larger register
  * budget (setmaxnreg), and the producer's last wait covers them anyway. */
 template <bool WATCHDOG>
@@ -111,7 +118,7 @@ mbar_wait (uint32_t bar, uint32_t parity)
                   : "=r"(done)
                   : "r"(bar), "r"(parity)
                   : "memory");
-    if (WATCHDOG && spins == (1u << 28))
+    if (WATCHDOG && spins == (1u << 24))
       __trap ();
   }
 }
@@ -550,8 +557,12 @@ encode_fn (void)
   if (g_once_init_enter (&once)) {
     void *f = NULL;
     cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
-    if (cudaGetDriverEntryPointByVersion ("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess
-        || q != cudaDriverEntryPointSuccess)
+#if CUDART_VERSION >= 12050
+    cudaError_t err = cudaGetDriverEntryPointByVersion ("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q);
+#else
+    cudaError_t err = cudaGetDriverEntryPoint ("cuTensorMapEncodeTiled", &f, cudaEnableDefault, &q);
+#endif
+    if (err != cudaSuccess || q != cudaDriverEntryPointSuccess)
       f = NULL;
     (void) cudaGetLastError ();
     fn = (PFN_cuTensorMapEncodeTiled_v12000) f;
