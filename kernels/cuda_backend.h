@@ -104,6 +104,18 @@ gboolean dp_cuda_backend_has_wgmma_attention (dp_backend *be);
  * or before any call.  Tests use it to prove which kernel they checked. */
 int dp_cuda_backend_last_attention_variant (dp_backend *be);
 
+/* ---- internal: for the device transport (nccl_transport.h) -------------- */
+
+/* Whether be is a CUDA backend (any backend may be passed). */
+gboolean dp_cuda_backend_is_cuda (const dp_backend *be);
+/* The CUDA device index of a CUDA backend. */
+int dp_cuda_backend_device (dp_backend *be);
+/* The backend's compute stream (a cudaStream_t; void * keeps this header
+ * free of CUDA types): every operation of the backend is queued there.
+ * The transport records events on it and makes it wait on events, from the
+ * thread that drives the backend; the stream stays the backend's. */
+void *dp_cuda_backend_stream (dp_backend *be);
+
 G_END_DECLS
 
 #endif

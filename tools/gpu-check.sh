@@ -6,8 +6,8 @@
 #
 #   tools/gpu-check.sh [BUILD_DIR]          (default build-cuda)
 #
-# BUILD_DIR must hold tests/test_gpu_ops, tests/test_gpu_models and
-# tools/dualparal-bench built with -Dcuda=enabled (copies of just these three,
+# BUILD_DIR must hold tests/test_gpu_ops, tests/test_gpu_models, tests/test_gpu_engine and
+# tools/dualparal-bench built with -Dcuda=enabled (copies of just these four,
 # stripped, are enough).  Libraries the machine lacks (GLib, json-glib, OpenBLAS...)
 # may be put in .device/lib; cuBLASLt is looked up in the CUDA toolkit and in
 # Python's nvidia packages.  The PyTorch anchor runs when
@@ -47,7 +47,7 @@ echo "== $(date -u +%FT%TZ) $(hostname)"
 nvidia-smi -L
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-if ldd "$BUILD/tests/test_gpu_ops" "$BUILD/tests/test_gpu_models" "$BUILD/tools/dualparal-bench" | grep "not found"; then
+if ldd "$BUILD/tests/test_gpu_ops" "$BUILD/tests/test_gpu_models" "$BUILD/tests/test_gpu_engine" "$BUILD/tools/dualparal-bench" | grep "not found"; then
   echo "missing libraries: see above"
   status=1
 fi
@@ -55,7 +55,7 @@ fi
 if ! skip tests; then
   echo "== GPU tests (one process per test case)"
   : > "$OUT/gpu-tests.log"
-  for prog in test_gpu_ops test_gpu_models; do
+  for prog in test_gpu_ops test_gpu_models test_gpu_engine; do
     for path in $("$BUILD/tests/$prog" -l 2>/dev/null | grep '^/'); do
       timeout 60 "$BUILD/tests/$prog" --verbose -p "$path" 2>&1 | grep -v '^#' | tee -a "$OUT/gpu-tests.log"
       rc=${PIPESTATUS[0]}

@@ -496,3 +496,21 @@ dp_cuda_backend_set_attention_variant (dp_backend *be, dp_cuda_attention_variant
                                          ? variant
                                          : dp_cuda_backend_default_attention_variant (be);
 }
+
+gboolean
+dp_cuda_backend_is_cuda (const dp_backend *be)
+{
+  return be != NULL && be->ops == &cuda_ops;
+}
+
+int
+dp_cuda_backend_device (dp_backend *be)
+{
+  return dp_cuda_of (be)->device;
+}
+
+void *
+dp_cuda_backend_stream (dp_backend *be)
+{
+  return (void *) dp_cuda_of (be)->stream;
+}

@@ -230,8 +230,12 @@ typedef struct dp_engine dp_engine;
 /* Loads the stages of transformer_dir: stage r gets the layers of
  * dp_engine_split_layers() on backends[r] (one distinct backend per stage,
  * not owned, outliving the engine).  transport carries data between the
- * stages (not owned); NULL makes an in-process one (host-memory backends).
- * Checks the parameters against the model (sizes, P, C, RoPE range). */
+ * stages (not owned); NULL makes one: the in-process transport when every
+ * backend has host memory (cpu), the device transport (kernels/
+ * nccl_transport.h: NCCL between distinct GPUs, device copies between
+ * stages on one GPU) when every backend is a CUDA one; a mix of the two is
+ * refused (DP_ERROR_UNSUPPORTED).  Checks the parameters against the model
+ * (sizes, P, C, RoPE range). */
 dp_engine *dp_engine_new (const char *transformer_dir, dp_backend *const *backends, int n_stages,
                           dp_transport *transport, const dp_engine_params *params, GError **error);
 void dp_engine_free (dp_engine *e);

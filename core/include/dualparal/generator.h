@@ -118,8 +118,8 @@ void dp_generator_params_init (dp_generator_params *p);
  * it (sizes, frame counts, steps...), and allocates what a run needs.  NULL
  * with an error: DP_ERROR_INVALID naming a wrong setting; DP_ERROR_UNSUPPORTED
  * for valid settings this build cannot run (endless video or several
- * devices with the classic engine; several GPUs with the DualParal engine
- * until its NCCL transport exists; a CUDA device without CUDA support);
+ * devices with the classic engine; cpu and GPU stages mixed in one
+ * DualParal engine; a CUDA device without CUDA support);
  * DP_ERROR_MISSING / _IO / _FORMAT / _SHAPE naming the missing or
  * corrupt file, key or tensor; DP_ERROR_NOMEM. */
 dp_generator *dp_generator_new (const dp_generator_params *p, GError **error);

@@ -5,6 +5,11 @@
 
 #include <string.h>
 
+#ifdef DP_HAVE_CUDA
+#include "cuda_backend.h"
+#include "nccl_transport.h"
+#endif
+
 /* ------------------------------------------------------------ helpers */
 
 void
@@ -131,14 +136,41 @@ dp_engine_new (const char *transformer_dir, dp_backend *const *backends, int n_s
                  transport->n_stages, n_stages);
     return NULL;
   }
-  if (!transport && n_stages > 1)
-    for (int r = 0; r < n_stages; r++)
-      if (!backends[r]->host_memory) {
+  /* Without a transport: the in-process one for host-memory stages (cpu),
+   * the device one (NCCL between GPUs, device copies on one GPU) for CUDA
+   * stages.  Nothing moves data between host and device stages. */
+  gboolean device_stages = FALSE;
+  if (!transport && n_stages > 1) {
+    int host = -1, device = -1;
+    for (int r = n_stages - 1; r >= 0; r--) {
+      if (backends[r]->host_memory)
+        host = r;
+      else
+        device = r;
+    }
+    if (host >= 0 && device >= 0) {
+      g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED,
+                   "engine: stage %d runs on %s and stage %d on %s: the stages of one engine must all be cpu or "
+                   "all be cuda (no transport moves data between host and device stages)",
+                   host, backends[host]->name, device, backends[device]->name);
+      return NULL;
+    }
+    device_stages = device >= 0;
+    for (int r = 0; r < n_stages && device_stages; r++) {
+#ifdef DP_HAVE_CUDA
+      const gboolean movable = dp_cuda_backend_is_cuda (backends[r]);
+#else
+      const gboolean movable = FALSE;
+#endif
+      if (!movable) {
         g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED,
-                     "engine: the in-process transport moves host memory; backend %s of stage %d is not "
-                     "host-addressable (use a device transport)", backends[r]->name, r);
+                     "engine: backend %s of stage %d is not host-addressable and this build has no transport for "
+                     "it (the device transport needs CUDA backends and a build with -Dcuda=enabled)",
+                     backends[r]->name, r);
         return NULL;
       }
+    }
+  }
   if (!params || !params->schedule) {
     g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "engine: no sampler schedule");
     return NULL;
@@ -211,9 +243,15 @@ dp_engine_new (const char *transformer_dir, dp_backend *const *backends, int n_s
   if (transport) {
     e->transport = transport;
   } else if (n_stages > 1) {
+#ifdef DP_HAVE_CUDA
+    e->transport = device_stages ? dp_nccl_transport_new (backends, n_stages, error)
+                                 : dp_transport_new_inproc (n_stages, error);
+#else
     e->transport = dp_transport_new_inproc (n_stages, error);
+#endif
     e->own_transport = TRUE;
     if (!e->transport) {
+      g_prefix_error (error, "engine: ");
       dp_engine_free (e);
       return NULL;
     }
