@@ -155,7 +155,7 @@ gst_dual_paral_engine_get_type (void)
   static gsize type = 0;
   static const GEnumValue values[] = {
     { GST_DUAL_PARAL_ENGINE_AUTO,
-      "DualParal for endless video, classic otherwise", "auto" },
+      "DualParal for endless video or several devices, classic otherwise", "auto" },
     { GST_DUAL_PARAL_ENGINE_CLASSIC,
       "Whole video denoised at once on one device", "classic" },
     { GST_DUAL_PARAL_ENGINE_DUALPARAL,
@@ -217,7 +217,9 @@ engine_for (const Settings *s)
       return DP_ENGINE_DUALPARAL;
     case GST_DUAL_PARAL_ENGINE_AUTO:
     default:
-      return s->num_frames == -1 ? DP_ENGINE_DUALPARAL : DP_ENGINE_CLASSIC;
+      /* Only the DualParal engine runs these; the classic one refuses them. */
+      return s->num_frames == -1 || strchr (s->devices, ',') != NULL ? DP_ENGINE_DUALPARAL
+                                                                     : DP_ENGINE_CLASSIC;
   }
 }
 
@@ -1209,7 +1211,8 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
           "(DualParal engine); other counts are refused",
           -1, G_MAXINT, MAX (d->num_frames, -1), SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_STEPS,
-      g_param_spec_int ("steps", "Steps", "Sampler (denoising) steps",
+      g_param_spec_int ("steps", "Steps",
+          "Sampler (denoising) steps; with the DualParal engine, the steps of each block",
           1, 1000, CLAMP (d->steps, 1, 1000), SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_GUIDANCE_SCALE,
       g_param_spec_double ("guidance-scale", "Guidance scale",
@@ -1226,32 +1229,33 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
       g_param_spec_uint64 ("seed", "Seed", "Seed of the initial noise",
           0, G_MAXUINT64, d->seed, SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_SAMPLER,
-      g_param_spec_enum ("sampler", "Sampler", "Diffusion sampler",
+      g_param_spec_enum ("sampler", "Sampler", "Sampler that takes the denoising steps",
           GST_TYPE_DUAL_PARAL_SAMPLER, (gint) d->sampler, SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_ENGINE,
       g_param_spec_enum ("engine", "Engine",
-          "How frames are denoised: the whole video at once (classic) or block by block "
-          "pipelined over the devices (dualparal)",
+          "How frames are denoised: the whole video at once (classic) or block by block, "
+          "pipelined over the devices (dualparal); auto picks dualparal for endless video or "
+          "several devices",
           GST_TYPE_DUAL_PARAL_ENGINE, DEFAULT_ENGINE, SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_BLOCK_FRAMES,
       g_param_spec_int ("block-frames", "Block frames",
           "DualParal engine: latent frames per block (P), each 4 video frames; "
-          "0: the engine's default",
+          "0: the engine's default (10)",
           0, 4096, CLAMP (d->block_frames, 0, 4096), SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_CONTEXT_FRAMES,
       g_param_spec_int ("context-frames", "Context frames",
-          "DualParal engine: latent frames a block sees of each neighbour (C); "
-          "0: the engine's default",
+          "DualParal engine: latent frames a block sees of each neighbour (C), at most "
+          "block-frames; 0: the engine's default (5, or block-frames when smaller)",
           0, 4096, CLAMP (d->context_frames, 0, 4096), SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_DEVICES,
       g_param_spec_string ("devices", "Devices",
-          "Where to run: \"cpu\", one GPU (\"cuda\", \"cuda:1\", \"1\"), or several "
-          "GPUs \"0,1,2,3\" (DualParal engine: one pipeline stage each)",
+          "Where to run: \"cpu\", one GPU (\"cuda\", \"cuda:1\", \"1\"), or a list, one "
+          "DualParal pipeline stage each: GPUs \"0,1,2,3\" or CPU stages \"cpu,cpu\"",
           d->devices ? d->devices : "cpu", SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_TEXT_LEN,
       g_param_spec_int ("text-len", "Text length",
-          "Text tokens the prompts are padded or truncated to; it changes the result "
-          "(diffusers' max_sequence_length); 0: the model's (model_index.json "
+          "Text tokens the prompts are padded or truncated to (diffusers' "
+          "max_sequence_length; it changes the result); 0: the model's (model_index.json "
           "\"_dualparal\", else 512)",
           0, DP_GENERATOR_MAX_TEXT_LEN, CLAMP (d->text_len, 0, DP_GENERATOR_MAX_TEXT_LEN),
           SETTING_FLAGS));

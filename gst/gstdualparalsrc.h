@@ -21,8 +21,8 @@ typedef enum {
   GST_DUAL_PARAL_SAMPLER_EULER = 1,
 } GstDualParalSampler;
 
-/* Engine: auto picks DualParal for endless video and the classic
- * whole-video pipeline otherwise. */
+/* Engine: auto picks DualParal for endless video and for several devices
+ * (both need it), the classic whole-video pipeline otherwise. */
 typedef enum {
   GST_DUAL_PARAL_ENGINE_AUTO = 0,
   GST_DUAL_PARAL_ENGINE_CLASSIC = 1,

@@ -19,7 +19,9 @@ src+=(is-live=true)
 # config-interval=-1 repeats SPS/PPS before every keyframe so that a receiver
 # can join at any time; alignment=7 packs 7 TS packets (1316 bytes) per
 # buffer, the SRT live payload: larger buffers (keyframes) would be lost.
+# wait-for-connection=false: the stream runs while no receiver is connected
+# (waiting would block the pipeline, and Ctrl-C's EOS with it).
 exec gst-launch-1.0 -e "${src[@]}" \
   ! video/x-raw,format=I420 ! x264enc tune=zerolatency key-int-max=32 \
   ! h264parse config-interval=-1 ! mpegtsmux alignment=7 \
-  ! srtsink uri="srt://:$port?mode=listener" wait-for-connection=true
+  ! srtsink uri="srt://:$port?mode=listener" wait-for-connection=false

@@ -451,6 +451,25 @@ test_endless (void)
   g_assert_cmpint (g_get_monotonic_time () - t0, <, 30 * G_USEC_PER_SEC);
 }
 
+/* engine=auto with several devices runs the DualParal engine (the classic
+ * engine refuses a device list), here on two CPU stages, to EOS. */
+static void
+test_auto_engine_devices (void)
+{
+  GstElement *src, *pipeline;
+  gint engine;
+
+  if (!require_model ())
+    return;
+  pipeline = source_pipeline (&src);
+  configure (src, TEST_FRAMES);
+  g_object_set (src, "devices", "cpu,cpu", NULL);
+  g_object_get (src, "engine", &engine, NULL);
+  g_assert_cmpint (engine, ==, 0); /* auto, the default */
+  assert_no_error (run_to_end (pipeline, NULL, NULL));
+  gst_object_unref (pipeline);
+}
+
 /* Backpressure: while downstream holds the first frame, the generator may
  * only run ahead by the queue and the block it is handing over, then
  * waits.  Without backpressure an endless run would go on for as long as
@@ -900,6 +919,7 @@ main (int argc, char **argv)
   }
   g_test_add_func ("/dualparalsrc/timestamps-eos", test_timestamps_and_eos);
   g_test_add_func ("/dualparalsrc/endless", test_endless);
+  g_test_add_func ("/dualparalsrc/auto-engine-devices", test_auto_engine_devices);
   g_test_add_func ("/dualparalsrc/backpressure", test_backpressure);
   g_test_add_func ("/dualparalsrc/restart", test_restart);
   g_test_add_func ("/dualparalsrc/error/bad-num-frames", test_bad_num_frames);

@@ -32,18 +32,20 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "test_util.h"
+
 #define TEXT_LEN 6
 
 static char *
 tiny5_dir (void)
 {
-  return g_build_filename (g_getenv ("DP_TEST_DATA"), "engine", "tiny5", "transformer", NULL);
+  return dp_test_data_path ("engine", "tiny5", "transformer", NULL);
 }
 
 static char *
 vae_dir (void)
 {
-  return g_build_filename (g_getenv ("DP_TEST_DATA"), "vae", "vae", NULL);
+  return dp_test_data_path ("vae", "vae", NULL);
 }
 
 /* Text context [B, TEXT_LEN, 16], fixed random values, zero rows after the

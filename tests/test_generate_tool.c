@@ -8,6 +8,8 @@
  *   are those frames in BT.601 limited range (within 1 level of the
  *   formula; 4:2:0 chroma the mean of each 2x2 block);
  * - 4:4:4 Y4M to stdout;
+ * - --engine dualparal --stages 2: the DualParal engine's frames on two
+ *   CPU stages;
  * - bad options and models: exit status 1, a message on stderr, no file. */
 #include <math.h>
 #include <string.h>
@@ -20,15 +22,15 @@
 
 #include "dualparal/generator.h"
 
+#include "test_util.h"
+
 #define PROMPT "Two glowing cubes roll to the left &amp; a star spins"
 #define NEGATIVE "static, blurred"
 
 static char *
 model_dir (void)
 {
-  const char *root = g_getenv ("DP_TEST_DATA");
-  g_assert_nonnull (root);
-  return g_build_filename (root, "pipeline", "tiny-wan", NULL);
+  return dp_test_data_path ("pipeline", "tiny-wan", NULL);
 }
 
 static const char *
@@ -98,22 +100,23 @@ collect (const uint8_t *rgb, int n, int64_t first, const dp_progress *p, void *d
   return TRUE;
 }
 
+/* Settings as the tool makes them from its options; engine options in p
+ * are kept. */
 static GByteArray *
-api_frames (const char *model, int frames, int steps, uint64_t seed, dp_sampler_kind sampler)
+api_frames_engine (dp_generator_params *p, const char *model, int frames, int steps, uint64_t seed,
+                   dp_sampler_kind sampler)
 {
-  dp_generator_params p;
   GError *err = NULL;
   GByteArray *out = g_byte_array_new ();
 
-  dp_generator_params_init (&p);
-  p.model_dir = model;
-  p.prompt = PROMPT;
-  p.negative_prompt = NEGATIVE;
-  p.num_frames = frames;
-  p.steps = steps;
-  p.seed = seed;
-  p.sampler = sampler;
-  dp_generator *gen = dp_generator_new (&p, &err);
+  p->model_dir = model;
+  p->prompt = PROMPT;
+  p->negative_prompt = NEGATIVE;
+  p->num_frames = frames;
+  p->steps = steps;
+  p->seed = seed;
+  p->sampler = sampler;
+  dp_generator *gen = dp_generator_new (p, &err);
   g_assert_no_error (err);
   int W, H;
   dp_generator_get_size (gen, &W, &H);
@@ -123,6 +126,15 @@ api_frames (const char *model, int frames, int steps, uint64_t seed, dp_sampler_
   g_assert_no_error (err);
   dp_generator_free (gen);
   return out;
+}
+
+static GByteArray *
+api_frames (const char *model, int frames, int steps, uint64_t seed, dp_sampler_kind sampler)
+{
+  dp_generator_params p;
+
+  dp_generator_params_init (&p);
+  return api_frames_engine (&p, model, frames, steps, seed, sampler);
 }
 
 static uint32_t
@@ -137,14 +149,11 @@ static void
 read_png (const char *path, int width, int height, guint8 *rgb)
 {
   static const guint8 sig[8] = { 0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n' };
-  GError *err = NULL;
-  char *data;
   gsize len, pos = 8;
+  char *data = dp_test_read_file (path, &len);
   GByteArray *idat = g_byte_array_new ();
   gboolean ihdr = FALSE, iend = FALSE;
 
-  g_assert_true (g_file_get_contents (path, &data, &len, &err));
-  g_assert_no_error (err);
   g_assert_cmpint (len, >, 8);
   g_assert_cmpmem (data, 8, sig, 8);
   while (pos + 12 <= len && !iend) {
@@ -244,7 +253,7 @@ static void
 test_y4m_and_png (void)
 {
   char *model = model_dir ();
-  char *tmp = g_dir_make_tmp ("dp-generate-XXXXXX", NULL);
+  char *tmp = dp_test_make_tmp_dir ("dp-generate-XXXXXX");
   char *y4m = g_build_filename (tmp, "out.y4m", NULL);
   char *png = g_build_filename (tmp, "png", "nested", NULL);
   char *err = NULL;
@@ -272,27 +281,14 @@ test_y4m_and_png (void)
   }
   g_assert_cmpmem (rgb, want->len, want->data, want->len);
 
-  char *data;
   gsize len;
-  g_assert_true (g_file_get_contents (y4m, &data, &len, NULL));
+  char *data = dp_test_read_file (y4m, &len);
   check_y4m ((const guint8 *) data, len, 48, 32, 9, FALSE, want->data);
   g_free (data);
 
   g_free (rgb);
   g_byte_array_unref (want);
-  for (int f = 0; f < 9; f++) {
-    char name[32];
-    g_snprintf (name, sizeof name, "frame-%06d.png", f);
-    char *path = g_build_filename (png, name, NULL);
-    g_unlink (path);
-    g_free (path);
-  }
-  g_rmdir (png);
-  char *parent = g_path_get_dirname (png);
-  g_rmdir (parent);
-  g_free (parent);
-  g_unlink (y4m);
-  g_rmdir (tmp);
+  dp_test_remove_tree (tmp);
   g_free (png);
   g_free (y4m);
   g_free (tmp);
@@ -316,6 +312,32 @@ test_stdout_444 (void)
   g_free (model);
 }
 
+/* --engine dualparal --stages 2: the frames of the DualParal engine on two
+ * CPU stages with the given block and context sizes. */
+static void
+test_dualparal (void)
+{
+  char *model = model_dir ();
+  const char *args[] = { "--model", model, "--prompt", PROMPT, "--negative-prompt", NEGATIVE,
+                         "--frames", "9", "--steps", "2", "--seed", "5", "--engine", "dualparal",
+                         "--stages", "2", "--block-frames", "1", "--context-frames", "1",
+                         "--output", "-", "--y4m-chroma", "444", "--quiet", NULL };
+  GByteArray *out = g_byte_array_new ();
+  dp_generator_params p;
+
+  g_assert_cmpint (run_tool_stdout (args, out), ==, 0);
+  dp_generator_params_init (&p);
+  p.engine = DP_ENGINE_DUALPARAL;
+  p.devices = "cpu,cpu";
+  p.block_frames = 1;
+  p.context_frames = 1;
+  GByteArray *want = api_frames_engine (&p, model, 9, 2, 5, DP_SAMPLER_UNIPC);
+  check_y4m (out->data, out->len, 48, 32, 9, TRUE, want->data);
+  g_byte_array_unref (want);
+  g_byte_array_unref (out);
+  g_free (model);
+}
+
 typedef struct {
   const char *args[16]; /* after the common ones; "@OUT" = the output path */
   const char *needle;
@@ -325,7 +347,7 @@ static void
 test_errors (void)
 {
   char *model = model_dir ();
-  char *tmp = g_dir_make_tmp ("dp-generate-XXXXXX", NULL);
+  char *tmp = dp_test_make_tmp_dir ("dp-generate-XXXXXX");
   char *out = g_build_filename (tmp, "out.y4m", NULL);
   char *missing_dir = g_build_filename (tmp, "no", "such", "dir", "out.y4m", NULL);
   const error_case cases[] = {
@@ -343,6 +365,15 @@ test_errors (void)
     { { "--model", model, "--prompt", "x", "--device", "cpu,cpu", "--output", "@OUT" },
       "several devices" },
     { { "--model", model, "--prompt", "x", "--frames", "x9", "--output", "@OUT" }, "--frames" },
+    { { "--model", model, "--prompt", "x", "--frames", "-1", "--output", "@OUT" },
+      "needs the DualParal engine" },
+    { { "--model", model, "--prompt", "x", "--engine", "fast", "--output", "@OUT" }, "fast" },
+    { { "--model", model, "--prompt", "x", "--block-frames", "2", "--output", "@OUT" },
+      "need --engine dualparal" },
+    { { "--model", model, "--prompt", "x", "--engine", "dualparal", "--stages", "3", "--device",
+        "cpu,cpu", "--output", "@OUT" }, "--stages 3" },
+    { { "--model", model, "--prompt", "x", "--engine", "dualparal", "--block-frames", "2",
+        "--context-frames", "3", "--output", "@OUT" }, "context" },
     { { "--model", model, "--prompt", "x", "stray", "--output", "@OUT" }, "stray" },
     { { "--model", model, "--prompt", "x", "--frames", "1", "--steps", "1", "--output",
         missing_dir }, "Cannot create" },
@@ -375,6 +406,7 @@ main (int argc, char **argv)
   g_test_init (&argc, &argv, NULL);
   g_test_add_func ("/generate_tool/y4m-and-png", test_y4m_and_png);
   g_test_add_func ("/generate_tool/stdout-444", test_stdout_444);
+  g_test_add_func ("/generate_tool/dualparal", test_dualparal);
   g_test_add_func ("/generate_tool/errors", test_errors);
   return g_test_run ();
 }

@@ -28,6 +28,7 @@
 #include "dualparal/safetensors.h"
 #include "dualparal/tokenizer.h"
 #include "generator_private.h"
+#include "test_util.h"
 
 #define CONTEXT_TOL 1e-5
 #define LATENT_TOL 1e-5
@@ -39,21 +40,7 @@
 static char *
 data_path (const char *rel)
 {
-  const char *root = g_getenv ("DP_TEST_DATA");
-  g_assert_nonnull (root);
-  return g_build_filename (root, "pipeline", rel, NULL);
-}
-
-static double
-rel_l2 (const float *a, const float *ref, size_t n)
-{
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; i++) {
-    double d = (double) a[i] - ref[i];
-    num += d * d;
-    den += (double) ref[i] * ref[i];
-  }
-  return sqrt (num / MAX (den, 1e-30));
+  return dp_test_data_path ("pipeline", rel, NULL);
 }
 
 typedef struct {
@@ -68,9 +55,7 @@ golden_open (golden_data *g)
 {
   GError *err = NULL;
   char *path = data_path ("cases.json");
-  g->parser = json_parser_new ();
-  g_assert_true (json_parser_load_from_file (g->parser, path, &err));
-  g_assert_no_error (err);
+  g->parser = dp_test_parse_json (path);
   g->root = json_node_get_object (json_parser_get_root (g->parser));
   g_free (path);
   path = data_path ("golden.safetensors");
@@ -238,7 +223,7 @@ trace_context (const dp_tensor *context, const int *n_tokens, void *data)
     g_assert_cmpint (dp_tensor_nelem (&want), ==, n);
     g_assert_cmpint (n_tokens[b], ==,
                      (int) json_array_get_length (json_object_get_array_member (r->g->root, ids[b])));
-    r->worst_context[b] = rel_l2 ((const float *) context->data + b * n, want.data, n);
+    r->worst_context[b] = dp_test_rel_l2 ((const float *) context->data + b * n, want.data, n);
     /* The padding rows are exactly zero on both sides. */
     for (size_t i = (size_t) n_tokens[b] * context->shape[2]; i < n; i++)
       g_assert_cmpfloat (((const float *) context->data)[b * n + i], ==, 0.0f);
@@ -254,7 +239,7 @@ trace_step (int i, const dp_tensor *latents, void *data)
   g_assert_cmpint (i, ==, r->steps_seen);
   g_assert_cmpint (i, <, r->want_latents.shape[0]);
   g_assert_cmpint (n * r->want_latents.shape[0], ==, dp_tensor_nelem (&r->want_latents));
-  double e = rel_l2 (latents->data, (const float *) r->want_latents.data + i * n, n);
+  double e = dp_test_rel_l2 (latents->data, (const float *) r->want_latents.data + i * n, n);
   g_test_message ("%s: step %d latents relative L2 %.3g", r->name, i, e);
   r->worst_latent = MAX (r->worst_latent, e);
   r->steps_seen++;
@@ -348,7 +333,7 @@ test_golden (gconstpointer data)
   g_assert_cmpfloat ((double) exact / nvals, >=, FRAMES_EXACT_MIN);
 
   if (r.want_video.data) {
-    double e = rel_l2 (r.video, r.want_video.data, nvals);
+    double e = dp_test_rel_l2 (r.video, r.want_video.data, nvals);
     g_test_message ("%s: float frames relative L2 %.3g", name, e);
     g_assert_cmpfloat (e, <=, VIDEO_TOL);
   }
@@ -684,59 +669,12 @@ test_bad_settings (void)
 
 /* ------------------------------------------------------------ bad models */
 
-static void
-copy_tree (const char *from, const char *to)
-{
-  GError *err = NULL;
-  GDir *dir = g_dir_open (from, 0, &err);
-  const char *name;
-  g_assert_no_error (err);
-  g_assert_cmpint (g_mkdir_with_parents (to, 0755), ==, 0);
-  while ((name = g_dir_read_name (dir)) != NULL) {
-    char *src = g_build_filename (from, name, NULL);
-    char *dst = g_build_filename (to, name, NULL);
-    if (g_file_test (src, G_FILE_TEST_IS_DIR)) {
-      copy_tree (src, dst);
-    } else {
-      char *data;
-      gsize len;
-      g_assert_true (g_file_get_contents (src, &data, &len, &err));
-      g_assert_true (g_file_set_contents (dst, data, len, &err));
-      g_assert_no_error (err);
-      g_free (data);
-    }
-    g_free (src);
-    g_free (dst);
-  }
-  g_dir_close (dir);
-}
-
-static void
-remove_tree (const char *path)
-{
-  if (g_file_test (path, G_FILE_TEST_IS_DIR)) {
-    GDir *dir = g_dir_open (path, 0, NULL);
-    const char *name;
-    while (dir && (name = g_dir_read_name (dir)) != NULL) {
-      char *child = g_build_filename (path, name, NULL);
-      remove_tree (child);
-      g_free (child);
-    }
-    if (dir)
-      g_dir_close (dir);
-    g_rmdir (path);
-  } else {
-    g_unlink (path);
-  }
-}
-
 /* Replaces the first occurrence of `from` in the file by `to`. */
 static void
 edit_file (const char *path, const char *from, const char *to)
 {
   GError *err = NULL;
-  char *data;
-  g_assert_true (g_file_get_contents (path, &data, NULL, &err));
+  char *data = dp_test_read_file (path, NULL);
   char *at = strstr (data, from);
   g_assert_nonnull (at);
   *at = '\0';
@@ -751,9 +689,8 @@ static void
 truncate_file (const char *path, double keep)
 {
   GError *err = NULL;
-  char *data;
   gsize len;
-  g_assert_true (g_file_get_contents (path, &data, &len, &err));
+  char *data = dp_test_read_file (path, &len);
   g_assert_true (g_file_set_contents (path, data, (gssize) (len * keep), &err));
   g_assert_no_error (err);
   g_free (data);
@@ -808,8 +745,7 @@ test_bad_models (void)
 {
   golden_data g;
   golden_open (&g);
-  char *tmp = g_dir_make_tmp ("dp-pipeline-XXXXXX", NULL);
-  g_assert_nonnull (tmp);
+  char *tmp = dp_test_make_tmp_dir ("dp-pipeline-XXXXXX");
 
   for (size_t i = 0; i < G_N_ELEMENTS (broken_cases); i++) {
     const broken_case *bc = &broken_cases[i];
@@ -818,7 +754,7 @@ test_bad_models (void)
     GError *err = NULL;
 
 #define IN(...) g_build_filename (dir, __VA_ARGS__, NULL)
-    copy_tree (g.model_dir, dir);
+    dp_test_copy_tree (g.model_dir, dir);
     char *path = NULL;
     switch (bc->what) {
       case BROKEN_NO_INDEX:
@@ -843,11 +779,11 @@ test_bad_models (void)
         break;
       case BROKEN_NO_VAE:
         path = IN ("vae");
-        remove_tree (path);
+        dp_test_remove_tree (path);
         break;
       case BROKEN_NO_TEXT_ENCODER:
         path = IN ("text_encoder");
-        remove_tree (path);
+        dp_test_remove_tree (path);
         break;
       case BROKEN_NO_SPIECE:
         path = IN ("tokenizer", "spiece.model");
@@ -903,7 +839,7 @@ test_bad_models (void)
     g_assert_nonnull (strstr (err->message, bc->needle));
     g_clear_error (&err);
 
-    remove_tree (dir);
+    dp_test_remove_tree (dir);
     g_free (path);
     g_free (dir);
   }

@@ -15,6 +15,8 @@
 
 #include "dualparal/rng.h"
 
+#include "test_util.h"
+
 static void
 test_kat (void)
 {
@@ -91,11 +93,8 @@ float_order (float f)
 static void
 test_python_streams (void)
 {
-  char *path = g_build_filename (g_getenv ("DP_TEST_DATA"), "sampler", "cases.json", NULL);
-  JsonParser *parser = json_parser_new ();
-  GError *err = NULL;
-  g_assert_true (json_parser_load_from_file (parser, path, &err));
-  g_assert_no_error (err);
+  char *path = dp_test_data_path ("sampler", "cases.json", NULL);
+  JsonParser *parser = dp_test_parse_json (path);
   JsonObject *rng = json_object_get_object_member (json_node_get_object (json_parser_get_root (parser)), "rng");
   JsonArray *kat = json_object_get_array_member (rng, "kat");
   g_assert_cmpuint (json_array_get_length (kat), ==, 3);

@@ -12,43 +12,15 @@
 #include "dualparal/backend.h"
 #include "dualparal/safetensors.h"
 
+#include "test_util.h"
+
 /* ------------------------------------------------------------------------ */
 /* Helpers. */
 
 static char *
 data_path (const char *rel)
 {
-  const char *root = g_getenv ("DP_TEST_DATA");
-  g_assert_nonnull (root);
-  return g_build_filename (root, "safetensors", rel, NULL);
-}
-
-static void
-remove_tree (const char *path)
-{
-  if (g_file_test (path, G_FILE_TEST_IS_DIR)) {
-    GDir *d = g_dir_open (path, 0, NULL);
-    const char *name;
-    while (d && (name = g_dir_read_name (d))) {
-      char *child = g_build_filename (path, name, NULL);
-      remove_tree (child);
-      g_free (child);
-    }
-    if (d)
-      g_dir_close (d);
-    g_rmdir (path);
-  } else {
-    g_unlink (path);
-  }
-}
-
-static char *
-make_tmp_dir (void)
-{
-  GError *err = NULL;
-  char *dir = g_dir_make_tmp ("dp-safetensors-XXXXXX", &err);
-  g_assert_no_error (err);
-  return dir;
+  return dp_test_data_path ("safetensors", rel, NULL);
 }
 
 static char *
@@ -305,11 +277,10 @@ test_python_sharded (void)
 static void
 test_dir_single_file (void)
 {
-  char *tmp = make_tmp_dir ();
+  char *tmp = dp_test_make_tmp_dir ("dp-safetensors-XXXXXX");
   char *src = data_path ("single.safetensors");
-  char *bytes;
   gsize len;
-  g_assert_true (g_file_get_contents (src, &bytes, &len, NULL));
+  char *bytes = dp_test_read_file (src, &len);
   g_free (write_bytes (tmp, "diffusion_pytorch_model.safetensors", bytes, len));
   g_free (write_bytes (tmp, "config.json", "{}", 2)); /* other files do not matter */
   GError *err = NULL;
@@ -320,7 +291,7 @@ test_dir_single_file (void)
   dp_safetensors_close (st);
   g_free (bytes);
   g_free (src);
-  remove_tree (tmp);
+  dp_test_remove_tree (tmp);
   g_free (tmp);
 }
 
@@ -411,7 +382,7 @@ test_memory (void)
 static void
 test_truncated (void)
 {
-  char *tmp = make_tmp_dir ();
+  char *tmp = dp_test_make_tmp_dir ("dp-safetensors-XXXXXX");
   char *path;
 
   path = write_bytes (tmp, "empty.safetensors", "", 0);
@@ -438,9 +409,9 @@ test_truncated (void)
   g_free (path);
 
   /* The Python file cut inside its header, and cut inside its data. */
-  char *src = data_path ("single.safetensors"), *bytes;
+  char *src = data_path ("single.safetensors");
   gsize len;
-  g_assert_true (g_file_get_contents (src, &bytes, &len, NULL));
+  char *bytes = dp_test_read_file (src, &len);
   path = write_bytes (tmp, "cut-header.safetensors", bytes, 100);
   assert_open_fails (path, DP_ERROR_FORMAT, "runs past the end");
   g_free (path);
@@ -460,7 +431,7 @@ test_truncated (void)
   assert_open_fails (path, DP_ERROR_IO, "not a regular file"); /* and does not block */
   g_free (path);
 
-  remove_tree (tmp);
+  dp_test_remove_tree (tmp);
   g_free (tmp);
 }
 
@@ -543,15 +514,14 @@ static void
 test_bad_header (gconstpointer data)
 {
   const bad_header *c = data;
-  char *tmp = make_tmp_dir ();
+  char *tmp = dp_test_make_tmp_dir ("dp-safetensors-XXXXXX");
   char *name = g_strdup_printf ("%s.safetensors", c->label);
   char *path = write_st (tmp, name, c->header, NULL, c->data_len);
   assert_open_fails (path, c->code, c->needle);
 
   /* The same image in memory. */
-  char *bytes;
   gsize len;
-  g_assert_true (g_file_get_contents (path, &bytes, &len, NULL));
+  char *bytes = dp_test_read_file (path, &len);
   GError *err = NULL;
   g_assert_null (dp_safetensors_open_memory (bytes, len, name, &err));
   assert_error (err, c->code, name, c->needle);
@@ -560,7 +530,7 @@ test_bad_header (gconstpointer data)
 
   g_free (path);
   g_free (name);
-  remove_tree (tmp);
+  dp_test_remove_tree (tmp);
   g_free (tmp);
 }
 
@@ -599,7 +569,7 @@ test_bad_header_bytes (void)
 static void
 test_dir_errors (void)
 {
-  char *tmp = make_tmp_dir ();
+  char *tmp = dp_test_make_tmp_dir ("dp-safetensors-XXXXXX");
   char *sub, *index;
 
   /* Missing directory; a directory without any safetensors. */
@@ -683,7 +653,7 @@ test_dir_errors (void)
   dp_safetensors_close (st);
   g_free (sub);
 
-  remove_tree (tmp);
+  dp_test_remove_tree (tmp);
   g_free (tmp);
 }
 

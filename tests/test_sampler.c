@@ -18,6 +18,8 @@
 #include "dualparal/safetensors.h"
 #include "dualparal/sampler.h"
 
+#include "test_util.h"
+
 #define SIGMA_TOL 1e-7
 #define SAMPLE_REL_TOL 1e-5
 
@@ -28,7 +30,7 @@ static dp_safetensors *golden;
 static char *
 data_path (const char *name)
 {
-  return g_build_filename (g_getenv ("DP_TEST_DATA"), "sampler", name, NULL);
+  return dp_test_data_path ("sampler", name, NULL);
 }
 
 static void
@@ -36,9 +38,7 @@ load_data (void)
 {
   GError *err = NULL;
   char *path = data_path ("cases.json");
-  cases_parser = json_parser_new ();
-  g_assert_true (json_parser_load_from_file (cases_parser, path, &err));
-  g_assert_no_error (err);
+  cases_parser = dp_test_parse_json (path);
   cases = json_node_get_object (json_parser_get_root (cases_parser));
   g_free (path);
   path = data_path ("golden.safetensors");
@@ -121,17 +121,6 @@ schedule_from_case (JsonObject *c)
   return sched;
 }
 
-static double
-rel_l2 (const float *a, const float *b, int64_t n)
-{
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; i++) {
-    num += ((double) a[i] - b[i]) * ((double) a[i] - b[i]);
-    den += (double) b[i] * b[i];
-  }
-  return sqrt (num / MAX (den, 1e-30));
-}
-
 /* A trajectory in flight: sampler, sample and golden data of one case. */
 typedef struct {
   const char *name;
@@ -191,7 +180,7 @@ run_step (run *r, dp_backend *be)
   g_assert_true (be->ops->sync (be, &err));
   g_assert_no_error (err);
   const float *want = (const float *) r->gx.data + (i + 1) * r->nelem;
-  double e = rel_l2 (host.data, want, r->nelem);
+  double e = dp_test_rel_l2 (host.data, want, r->nelem);
   r->worst = MAX (r->worst, e);
   if (!(e <= SAMPLE_REL_TOL))
     g_error ("%s: x_%d relative L2 error %.3g > %.0e", r->name, i + 1, e, SAMPLE_REL_TOL);
@@ -502,8 +491,7 @@ load_text (const char *tmp, const char *json, dp_sampler_kind kind, dp_sampler_s
 static void
 test_config_errors (void)
 {
-  char *tmp = g_dir_make_tmp ("dp-sampler-XXXXXX", NULL);
-  g_assert_nonnull (tmp);
+  char *tmp = dp_test_make_tmp_dir ("dp-sampler-XXXXXX");
   dp_sampler_settings s;
   GError *err = NULL;
 

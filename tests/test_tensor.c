@@ -2,11 +2,11 @@
 #include <math.h>
 #include <string.h>
 
-#include <glib/gstdio.h>
-
 #include "dualparal/arena.h"
 #include "dualparal/backend.h"
 #include "dualparal/config.h"
+
+#include "test_util.h"
 
 static void
 test_shapes (void)
@@ -152,10 +152,12 @@ write_tmp (const char *dir, const char *name, const char *text)
 static void
 test_config (void)
 {
-  char *dir = g_dir_make_tmp ("dp-config-XXXXXX", NULL);
+  char *dir = dp_test_make_tmp_dir ("dp-config-XXXXXX");
   char *ok = write_tmp (dir, "ok.json",
                         "{\"num_layers\": 30, \"eps\": 1e-06, \"name\": \"wan\", \"flag\": true,"
-                        " \"patch\": [1, 2, 2], \"mean\": [0.5, -1, 2.25], \"ratio\": 3}");
+                        " \"patch\": [1, 2, 2], \"mean\": [0.5, -1, 2.25], \"ratio\": 3,"
+                        " \"down\": [false, true, true], \"mixed\": [true, 1], \"class\": \"WanX\","
+                        " \"nothing\": null}");
   char *bad = write_tmp (dir, "bad.json", "{\"num_layers\": ");
   char *arr = write_tmp (dir, "arr.json", "[1, 2]");
   GError *err = NULL;
@@ -178,6 +180,17 @@ test_config (void)
   g_assert_true (dp_config_int_array (c, "patch", p, 4, &n, &err));
   g_assert_cmpint (n, ==, 3);
   g_assert_cmpint (p[2], ==, 2);
+  int r;
+  g_assert_true (dp_config_int_range (c, "num_layers", 1, 30, &r, &err) && r == 30);
+  g_assert_true (dp_config_int_range_or (c, "absent", 5, 0, 9, &r, &err) && r == 5);
+  gboolean flags[4] = { TRUE, TRUE, TRUE, TRUE };
+  g_assert_true (dp_config_bool_array (c, "down", flags, 4, &n, &err));
+  g_assert_cmpint (n, ==, 3);
+  g_assert_true (!flags[0] && flags[1] && flags[2] && flags[3]); /* flags[3] untouched */
+  /* An expected string: equal, absent or null are fine. */
+  g_assert_true (dp_config_expect_string (c, "class", "WanX", &err));
+  g_assert_true (dp_config_expect_string (c, "absent", "WanX", &err));
+  g_assert_true (dp_config_expect_string (c, "nothing", "WanX", &err));
   g_assert_no_error (err);
 
   g_assert_false (dp_config_int (c, "eps", &i, &err)); /* wrong type */
@@ -189,6 +202,37 @@ test_config (void)
   g_assert_error (err, DP_ERROR, DP_ERROR_MISSING);
   g_clear_error (&err);
   g_assert_false (dp_config_double_array (c, "mean", v, 2, &err)); /* wrong length */
+  g_assert_error (err, DP_ERROR, DP_ERROR_FORMAT);
+  g_clear_error (&err);
+  g_assert_false (dp_config_int_range (c, "num_layers", 1, 29, &r, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_FORMAT);
+  g_assert_nonnull (strstr (err->message, "\"num_layers\" = 30 is out of range [1, 29]"));
+  g_clear_error (&err);
+  g_assert_false (dp_config_int_range_or (c, "absent", 10, 0, 9, &r, &err)); /* the default too */
+  g_assert_error (err, DP_ERROR, DP_ERROR_FORMAT);
+  g_clear_error (&err);
+  g_assert_false (dp_config_int_range (c, "eps", 0, 9, &r, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_FORMAT);
+  g_clear_error (&err);
+  g_assert_false (dp_config_bool_array (c, "down", flags, 2, &n, &err)); /* too long */
+  g_assert_error (err, DP_ERROR, DP_ERROR_FORMAT);
+  g_assert_nonnull (strstr (err->message, "down"));
+  g_clear_error (&err);
+  g_assert_false (dp_config_bool_array (c, "mixed", flags, 4, &n, &err)); /* element 1 not a bool */
+  g_assert_error (err, DP_ERROR, DP_ERROR_FORMAT);
+  g_assert_nonnull (strstr (err->message, "element 1 of \"mixed\""));
+  g_clear_error (&err);
+  g_assert_false (dp_config_bool_array (c, "flag", flags, 4, &n, &err)); /* not an array */
+  g_assert_error (err, DP_ERROR, DP_ERROR_FORMAT);
+  g_clear_error (&err);
+  g_assert_false (dp_config_bool_array (c, "absent", flags, 4, &n, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_MISSING);
+  g_clear_error (&err);
+  g_assert_false (dp_config_expect_string (c, "class", "WanY", &err)); /* another model */
+  g_assert_error (err, DP_ERROR, DP_ERROR_UNSUPPORTED);
+  g_assert_nonnull (strstr (err->message, "ok.json: class is \"WanX\", expected \"WanY\""));
+  g_clear_error (&err);
+  g_assert_false (dp_config_expect_string (c, "ratio", "3", &err)); /* not a string */
   g_assert_error (err, DP_ERROR, DP_ERROR_FORMAT);
   g_clear_error (&err);
   dp_config_free (c);
@@ -204,12 +248,7 @@ test_config (void)
   g_assert_error (err, DP_ERROR, DP_ERROR_MISSING);
   g_clear_error (&err);
 
-  for (const char *f = "ok.json\0bad.json\0arr.json\0"; *f; f += strlen (f) + 1) {
-    char *p2 = g_build_filename (dir, f, NULL);
-    g_unlink (p2);
-    g_free (p2);
-  }
-  g_rmdir (dir);
+  dp_test_remove_tree (dir);
   g_free (none);
   g_free (ok);
   g_free (bad);

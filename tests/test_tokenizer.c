@@ -8,22 +8,19 @@
 #include <json-glib/json-glib.h>
 #include <string.h>
 
+#include "test_util.h"
+
 static char *
 data_path (const char *rel)
 {
-  const char *dir = g_getenv ("DP_TEST_DATA");
-  g_assert_nonnull (dir);
-  return g_build_filename (dir, "t5", rel, NULL);
+  return dp_test_data_path ("t5", rel, NULL);
 }
 
 static JsonObject *
 load_cases (JsonParser **parser)
 {
   char *path = data_path ("cases.json");
-  GError *err = NULL;
-  *parser = json_parser_new ();
-  g_assert_true (json_parser_load_from_file (*parser, path, &err));
-  g_assert_no_error (err);
+  *parser = dp_test_parse_json (path);
   g_free (path);
   return json_node_get_object (json_parser_get_root (*parser));
 }
@@ -219,8 +216,7 @@ static void
 test_missing_and_corrupt (void)
 {
   GError *err = NULL;
-  char *tmp = g_dir_make_tmp ("dp-tok-XXXXXX", &err);
-  g_assert_no_error (err);
+  char *tmp = dp_test_make_tmp_dir ("dp-tok-XXXXXX");
 
   g_assert_null (dp_tokenizer_load (tmp, &err));
   g_assert_error (err, DP_ERROR, DP_ERROR_MISSING);

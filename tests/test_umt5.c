@@ -13,48 +13,16 @@
 
 #include <glib/gstdio.h>
 #include <json-glib/json-glib.h>
-#include <math.h>
 #include <string.h>
+
+#include "test_util.h"
 
 #define REL_L2_TOL 1e-5
 
 static char *
 data_path (const char *rel)
 {
-  const char *dir = g_getenv ("DP_TEST_DATA");
-  g_assert_nonnull (dir);
-  return g_build_filename (dir, "t5", rel, NULL);
-}
-
-static JsonParser *
-parse_file (const char *path)
-{
-  GError *err = NULL;
-  JsonParser *parser = json_parser_new ();
-  g_assert_true (json_parser_load_from_file (parser, path, &err));
-  g_assert_no_error (err);
-  return parser;
-}
-
-static dp_backend *
-cpu_backend (void)
-{
-  GError *err = NULL;
-  dp_backend *be = dp_backend_new ("cpu", &err);
-  g_assert_no_error (err);
-  return be;
-}
-
-static double
-rel_l2 (const float *a, const float *ref, size_t n)
-{
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; i++) {
-    double d = (double) a[i] - ref[i];
-    num += d * d;
-    den += (double) ref[i] * ref[i];
-  }
-  return sqrt (num / MAX (den, 1e-30));
+  return dp_test_data_path ("t5", rel, NULL);
 }
 
 static void
@@ -82,7 +50,7 @@ static void
 test_buckets (void)
 {
   char *path = data_path ("cases.json");
-  JsonParser *parser = parse_file (path);
+  JsonParser *parser = dp_test_parse_json (path);
   JsonObject *b = json_object_get_object_member (json_node_get_object (json_parser_get_root (parser)),
                                                  "buckets");
   int rel_min = json_object_get_int_member (b, "rel_min");
@@ -105,7 +73,7 @@ test_golden (void)
   char *golden_path = data_path ("golden.safetensors");
   GError *err = NULL;
 
-  dp_backend *be = cpu_backend ();
+  dp_backend *be = dp_test_cpu_backend ();
   dp_tokenizer *tok = dp_tokenizer_load (model_dir, &err);
   g_assert_no_error (err);
   dp_umt5 *m = dp_umt5_load (be, te_dir, &err);
@@ -114,7 +82,7 @@ test_golden (void)
   dp_safetensors *golden = dp_safetensors_open (golden_path, &err);
   g_assert_no_error (err);
 
-  JsonParser *parser = parse_file (cases_path);
+  JsonParser *parser = dp_test_parse_json (cases_path);
   JsonArray *cases = json_object_get_array_member (json_node_get_object (json_parser_get_root (parser)),
                                                    "encoder_cases");
   g_assert_cmpuint (json_array_get_length (cases), >=, 8);
@@ -140,7 +108,7 @@ test_golden (void)
     dp_tensor want;
     g_assert_true (dp_safetensors_load (golden, key, DP_F32, 2, shape, &want, &err));
     g_assert_no_error (err);
-    double e = rel_l2 (out.data, want.data, (size_t) seq_len * 40);
+    double e = dp_test_rel_l2 (out.data, want.data, (size_t) seq_len * 40);
     g_test_message ("%s: %d tokens of %d, rel L2 %.3g", name, seq_len, text_len, e);
     g_assert_cmpfloat (e, <=, REL_L2_TOL);
     worst = MAX (worst, e);
@@ -170,7 +138,7 @@ test_bad_input (void)
   char *te_dir = data_path ("model/text_encoder");
   char *model_dir = data_path ("model");
   GError *err = NULL;
-  dp_backend *be = cpu_backend ();
+  dp_backend *be = dp_test_cpu_backend ();
   dp_umt5 *m = dp_umt5_load (be, te_dir, &err);
   g_assert_no_error (err);
   dp_tokenizer *tok = dp_tokenizer_load (model_dir, &err);
@@ -212,47 +180,6 @@ test_bad_input (void)
 
 /* ---------------------------------------------------------- broken models */
 
-/* Writes a safetensors file with the tensors of src except skip. */
-static void
-write_safetensors (const char *path, const dp_safetensors *src, const char *skip)
-{
-  GString *header = g_string_new ("{");
-  GByteArray *data = g_byte_array_new ();
-  for (int i = 0; i < dp_safetensors_count (src); i++) {
-    const char *name = dp_safetensors_name (src, i);
-    if (skip && strcmp (name, skip) == 0)
-      continue;
-    dp_tensor t;
-    GError *err = NULL;
-    g_assert_true (dp_safetensors_get (src, name, -1, NULL, &t, &err));
-    g_assert_no_error (err);
-    size_t begin = data->len;
-    g_byte_array_append (data, t.data, (guint) dp_tensor_nbytes (&t));
-    g_string_append_printf (header, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", header->len > 1 ? "," : "",
-                            name, dp_dtype_name (t.dtype));
-    for (int d = 0; d < t.ndim; d++)
-      g_string_append_printf (header, "%s%" G_GINT64_FORMAT, d ? "," : "", t.shape[d]);
-    g_string_append_printf (header, "],\"data_offsets\":[%zu,%u]}", begin, data->len);
-  }
-  g_string_append_c (header, '}');
-  while (header->len % 8)
-    g_string_append_c (header, ' ');
-
-  GByteArray *file = g_byte_array_new ();
-  guint8 len[8];
-  for (int i = 0; i < 8; i++)
-    len[i] = (guint8) (((guint64) header->len >> (8 * i)) & 0xff);
-  g_byte_array_append (file, len, 8);
-  g_byte_array_append (file, (const guint8 *) header->str, header->len);
-  g_byte_array_append (file, data->data, data->len);
-  GError *err = NULL;
-  g_assert_true (g_file_set_contents (path, (const char *) file->data, file->len, &err));
-  g_assert_no_error (err);
-  g_byte_array_unref (file);
-  g_byte_array_unref (data);
-  g_string_free (header, TRUE);
-}
-
 typedef enum { SET_STRING, SET_INT, REMOVE } edit_kind;
 
 /* A copy of the test text encoder in a temporary directory, with one config
@@ -261,12 +188,10 @@ static char *
 make_broken_model (const char *key, edit_kind kind, const char *sval, gint64 ival, const char *skip)
 {
   GError *err = NULL;
-  char *tmp = g_dir_make_tmp ("dp-umt5-XXXXXX", &err);
-  g_assert_no_error (err);
-
+  char *tmp = dp_test_make_tmp_dir ("dp-umt5-XXXXXX");
   char *src_dir = data_path ("model/text_encoder");
   char *src_cfg = g_build_filename (src_dir, "config.json", NULL);
-  JsonParser *parser = parse_file (src_cfg);
+  JsonParser *parser = dp_test_parse_json (src_cfg);
   JsonObject *o = json_node_get_object (json_parser_get_root (parser));
   if (key && kind == SET_STRING)
     json_object_set_string_member (o, key, sval);
@@ -274,19 +199,15 @@ make_broken_model (const char *key, edit_kind kind, const char *sval, gint64 iva
     json_object_set_int_member (o, key, ival);
   else if (key)
     json_object_remove_member (o, key);
-  JsonGenerator *gen = json_generator_new ();
-  json_generator_set_root (gen, json_parser_get_root (parser));
   char *cfg_path = g_build_filename (tmp, "config.json", NULL);
-  g_assert_true (json_generator_to_file (gen, cfg_path, &err));
-  g_assert_no_error (err);
+  dp_test_write_json (cfg_path, json_parser_get_root (parser));
 
   dp_safetensors *st = dp_safetensors_open_dir (src_dir, &err);
   g_assert_no_error (err);
   char *st_path = g_build_filename (tmp, "model.safetensors", NULL);
-  write_safetensors (st_path, st, skip);
+  dp_test_write_safetensors_copy (st_path, st, skip);
   dp_safetensors_close (st);
 
-  g_object_unref (gen);
   g_object_unref (parser);
   g_free (st_path);
   g_free (cfg_path);
@@ -313,7 +234,7 @@ static void
 expect_load_error (const char *dir, int code, const char *needle)
 {
   GError *err = NULL;
-  dp_backend *be = cpu_backend ();
+  dp_backend *be = dp_test_cpu_backend ();
   dp_umt5 *m = dp_umt5_load (be, dir, &err);
   g_assert_null (m);
   g_assert_error (err, DP_ERROR, code);
@@ -329,7 +250,7 @@ test_broken_models (void)
   /* The untouched copy loads: the writer is not what the cases below test. */
   char *dir = make_broken_model (NULL, REMOVE, NULL, 0, NULL);
   GError *err = NULL;
-  dp_backend *be = cpu_backend ();
+  dp_backend *be = dp_test_cpu_backend ();
   dp_umt5 *m = dp_umt5_load (be, dir, &err);
   g_assert_no_error (err);
   dp_umt5_free (m);

@@ -13,8 +13,9 @@
 
 #include <glib/gstdio.h>
 #include <json-glib/json-glib.h>
-#include <math.h>
 #include <string.h>
+
+#include "test_util.h"
 
 #define GOLDEN_TOL 1e-5
 
@@ -25,13 +26,13 @@ static dp_backend *be;
 static char *
 model_dir (const char *name)
 {
-  return g_build_filename (g_getenv ("DP_TEST_DATA"), "dit", name, NULL);
+  return dp_test_data_path ("dit", name, NULL);
 }
 
 static char *
 transformer_dir (const char *name)
 {
-  return g_build_filename (g_getenv ("DP_TEST_DATA"), "dit", name, "transformer", NULL);
+  return dp_test_data_path ("dit", name, "transformer", NULL);
 }
 
 typedef struct {
@@ -125,18 +126,6 @@ download (const dp_tensor *dev)
   return h;
 }
 
-static double
-rel_l2 (const float *a, const float *ref, int64_t n)
-{
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; i++) {
-    double d = (double) a[i] - ref[i];
-    num += d * d;
-    den += (double) ref[i] * ref[i];
-  }
-  return sqrt (num / MAX (den, 1e-30));
-}
-
 /* Frames [f0, f0 + n) of x [C, F, H, W] into a new host tensor. */
 static dp_tensor
 host_frames (const dp_tensor *x, int64_t f0, int64_t n)
@@ -204,22 +193,22 @@ test_golden (gconstpointer data)
   set_context (dit, &g, 1);
   g_assert_cmpint (dp_wan_dit_batch (dit), ==, 1);
   dp_tensor v = forward (dit, &g, NULL, &g.latent, g.guidance, F);
-  double e_cond = rel_l2 (v.data, g.out_cond.data, n);
+  double e_cond = dp_test_rel_l2 (v.data, g.out_cond.data, n);
   dp_tensor_free (&v);
 
   set_context (dit, &g, 2);
   v = forward (dit, &g, NULL, &g.latent, g.guidance, F);
-  double e_guided = rel_l2 (v.data, g.out_guided.data, n);
+  double e_guided = dp_test_rel_l2 (v.data, g.out_guided.data, n);
   dp_tensor_free (&v);
   /* guidance 0 leaves the unconditional prediction */
   v = forward (dit, &g, NULL, &g.latent, 0.0f, F);
-  double e_uncond = rel_l2 (v.data, g.out_uncond.data, n);
+  double e_uncond = dp_test_rel_l2 (v.data, g.out_uncond.data, n);
   dp_tensor_free (&v);
 
   /* the feed-forward in row chunks that straddle the batch entries */
   dit->ffn_chunk_rows = 7;
   v = forward (dit, &g, NULL, &g.latent, g.guidance, F);
-  double e_chunked = rel_l2 (v.data, g.out_guided.data, n);
+  double e_chunked = dp_test_rel_l2 (v.data, g.out_guided.data, n);
   dp_tensor_free (&v);
 
   g_test_message ("%s: relative L2 error cond %.3g, guided %.3g, uncond %.3g, guided with FFN chunks %.3g", name,
@@ -253,7 +242,7 @@ test_golden_layers (gconstpointer data)
   g_assert_true (dp_wan_dit_embed (first, &lat, 0, &hidden, &err));
   g_assert_no_error (err);
   dp_tensor h = download (&hidden), ref = io_get (g.io, "embed");
-  double e = rel_l2 (h.data, ref.data, dp_tensor_nelem (&ref));
+  double e = dp_test_rel_l2 (h.data, ref.data, dp_tensor_nelem (&ref));
   g_test_message ("%s: embed %.3g", name, e);
   g_assert_cmpfloat (e, <=, GOLDEN_TOL);
   dp_tensor_free (&h);
@@ -268,7 +257,7 @@ test_golden_layers (gconstpointer data)
     g_snprintf (key, sizeof key, "hidden.%d", n);
     h = download (&hidden);
     ref = io_get (g.io, key);
-    e = rel_l2 (h.data, ref.data, dp_tensor_nelem (&ref));
+    e = dp_test_rel_l2 (h.data, ref.data, dp_tensor_nelem (&ref));
     g_test_message ("%s: %s %.3g", name, key, e);
     g_assert_cmpfloat (e, <=, GOLDEN_TOL);
     dp_tensor_free (&h);
@@ -284,14 +273,13 @@ test_golden_layers (gconstpointer data)
 /* A checkpoint stored in F16 loads (converted to the backend's dtype) and
  * stays close to the F32 result (F16 weights: about 1e-3 relative). */
 static void write_converted_copy (const char *src_dir, const char *dst_dir, dp_dtype dtype);
-static void remove_dir (const char *dir);
 
 static void
 test_golden_f16 (void)
 {
   golden g;
   golden_open (&g, "tiny_a");
-  char *tmp = g_dir_make_tmp ("dp-wan-XXXXXX", NULL);
+  char *tmp = dp_test_make_tmp_dir ("dp-wan-XXXXXX");
   char *src = transformer_dir ("tiny_a");
   write_converted_copy (src, tmp, DP_F16);
   GError *err = NULL;
@@ -299,13 +287,13 @@ test_golden_f16 (void)
   g_assert_no_error (err);
   set_context (dit, &g, 1);
   dp_tensor v = forward (dit, &g, NULL, &g.latent, 1.0f, g.latent.shape[1]);
-  double e = rel_l2 (v.data, g.out_cond.data, dp_tensor_nelem (&v));
+  double e = dp_test_rel_l2 (v.data, g.out_cond.data, dp_tensor_nelem (&v));
   g_test_message ("F16 checkpoint: relative L2 error %.3g", e);
   g_assert_cmpfloat (e, <=, 1e-2);
   g_assert_cmpfloat (e, >, 1e-6); /* it really went through F16 */
   dp_tensor_free (&v);
   dp_wan_dit_free (dit);
-  remove_dir (tmp);
+  dp_test_remove_tree (tmp);
   g_free (tmp);
   g_free (src);
   golden_close (&g);
@@ -373,7 +361,7 @@ test_stages (void)
   set_context (dit, &g, 2);
   dp_tensor v = forward (dit, &g, NULL, &g.latent, g.guidance, g.latent.shape[1]);
   g_assert_cmpint (memcmp (v.data, ref.data, nbytes), ==, 0);
-  g_assert_cmpfloat (rel_l2 (ref.data, g.out_guided.data, dp_tensor_nelem (&ref)), <=, GOLDEN_TOL);
+  g_assert_cmpfloat (dp_test_rel_l2 (ref.data, g.out_guided.data, dp_tensor_nelem (&ref)), <=, GOLDEN_TOL);
   dp_tensor_free (&v);
   dp_tensor_free (&ref);
   dp_wan_dit_free (dit);
@@ -403,7 +391,7 @@ check_cache_against_golden (const golden *g, const dp_tensor *kdev, const dp_ten
       char key[32];
       g_snprintf (key, sizeof key, which ? "self_v.%d" : "self_k.%d", li);
       dp_tensor ref = io_get (g->io, key);
-      double e = rel_l2 (cache_rows (which ? &v : &k, li, 0, 0), (const float *) ref.data + row0 * D, rows * D);
+      double e = dp_test_rel_l2 (cache_rows (which ? &v : &k, li, 0, 0), (const float *) ref.data + row0 * D, rows * D);
       g_assert_cmpfloat (e, <=, GOLDEN_TOL);
       dp_tensor_free (&ref);
     }
@@ -443,7 +431,7 @@ test_cache (gconstpointer data)
   full.export_k = &ck;
   full.export_v = &cv;
   dp_tensor v_full = forward (dit, &g, &full, &g.latent, g.guidance, F);
-  g_assert_cmpfloat (rel_l2 (v_full.data, g.out_guided.data, dp_tensor_nelem (&v_full)), <=, GOLDEN_TOL);
+  g_assert_cmpfloat (dp_test_rel_l2 (v_full.data, g.out_guided.data, dp_tensor_nelem (&v_full)), <=, GOLDEN_TOL);
   check_cache_against_golden (&g, &ck, &cv, s * hw);
 
   /* span [0, s) + extras at positions s..F-1, exporting frames [0, ne) in place */
@@ -463,7 +451,7 @@ test_cache (gconstpointer data)
   dp_tensor lat_s = host_frames (&g.latent, 0, s);
   dp_tensor v_span = forward (dit, &g, &span, &lat_s, g.guidance, s);
   dp_tensor ref = host_frames (&v_full, 0, s);
-  double e = rel_l2 (v_span.data, ref.data, dp_tensor_nelem (&ref));
+  double e = dp_test_rel_l2 (v_span.data, ref.data, dp_tensor_nelem (&ref));
   g_test_message ("%s: span [0, %d) with cached frames [%d, %d): relative L2 %.3g vs the full sequence", name, s, s,
                   F, e);
   g_assert_cmpfloat (e, <=, GOLDEN_TOL);
@@ -472,7 +460,7 @@ test_cache (gconstpointer data)
   /* without the extras the span's output is different: the test can fail */
   dp_wan_span_init (&span, s, H, W);
   dp_tensor v_alone = forward (dit, &g, &span, &lat_s, g.guidance, s);
-  g_assert_cmpfloat (rel_l2 (v_alone.data, ref.data, dp_tensor_nelem (&ref)), >, 1e-3);
+  g_assert_cmpfloat (dp_test_rel_l2 (v_alone.data, ref.data, dp_tensor_nelem (&ref)), >, 1e-3);
 
   dp_tensor_free (&v_alone);
   dp_tensor_free (&ref);
@@ -506,13 +494,13 @@ test_positions (void)
   dp_wan_span_init (&span, F, (int) g.latent.shape[2], (int) g.latent.shape[3]);
   span.frame_pos = shifted;
   dp_tensor v = forward (dit, &g, &span, &g.latent, 1.0f, F);
-  double e = rel_l2 (v.data, g.out_cond.data, dp_tensor_nelem (&v));
+  double e = dp_test_rel_l2 (v.data, g.out_cond.data, dp_tensor_nelem (&v));
   g_test_message ("positions shifted by 7: relative L2 %.3g", e);
   g_assert_cmpfloat (e, <=, GOLDEN_TOL);
   dp_tensor_free (&v);
   span.frame_pos = spread;
   v = forward (dit, &g, &span, &g.latent, 1.0f, F);
-  g_assert_cmpfloat (rel_l2 (v.data, g.out_cond.data, dp_tensor_nelem (&v)), >, 1e-3);
+  g_assert_cmpfloat (dp_test_rel_l2 (v.data, g.out_cond.data, dp_tensor_nelem (&v)), >, 1e-3);
   dp_tensor_free (&v);
   dp_wan_dit_free (dit);
   golden_close (&g);
@@ -545,7 +533,7 @@ test_partial (void)
   g_assert_true (dp_wan_dit_embed (dit, &da, 0, &h2, &err));
   g_assert_no_error (err);
   dp_tensor x1 = download (&h1), x2 = download (&h2);
-  g_assert_cmpfloat (rel_l2 (x2.data, x1.data, dp_tensor_nelem (&x1)), <=, 1e-6);
+  g_assert_cmpfloat (dp_test_rel_l2 (x2.data, x1.data, dp_tensor_nelem (&x1)), <=, 1e-6);
 
   g_assert_true (dp_wan_dit_run_layers (dit, &span, g.timestep, &h1, &err));
   g_assert_no_error (err);
@@ -555,7 +543,7 @@ test_partial (void)
   g_assert_true (dp_wan_dit_head (dit, &span, g.timestep, g.guidance, &h1, &vel, &err));
   g_assert_no_error (err);
   dp_tensor v = download (&vel), ref = host_frames (&g.out_guided, 1, 3);
-  double e = rel_l2 (v.data, ref.data, dp_tensor_nelem (&ref));
+  double e = dp_test_rel_l2 (v.data, ref.data, dp_tensor_nelem (&ref));
   g_assert_cmpfloat (e, <=, GOLDEN_TOL);
 
   /* reserving for a bigger span first: the calls then allocate nothing new */
@@ -579,48 +567,13 @@ test_partial (void)
 
 /* ------------------------------------------------------------ broken checkpoints */
 
-static void
-remove_dir (const char *dir)
-{
-  GDir *d = g_dir_open (dir, 0, NULL);
-  if (!d)
-    return;
-  const char *e;
-  while ((e = g_dir_read_name (d))) {
-    char *p = g_build_filename (dir, e, NULL);
-    g_unlink (p);
-    g_free (p);
-  }
-  g_dir_close (d);
-  g_rmdir (dir);
-}
-
-static void
-copy_dir (const char *src, const char *dst)
-{
-  GDir *d = g_dir_open (src, 0, NULL);
-  g_assert_nonnull (d);
-  const char *e;
-  while ((e = g_dir_read_name (d))) {
-    char *from = g_build_filename (src, e, NULL), *to = g_build_filename (dst, e, NULL), *text = NULL;
-    gsize len = 0;
-    g_assert_true (g_file_get_contents (from, &text, &len, NULL));
-    g_assert_true (g_file_set_contents (to, text, len, NULL));
-    g_free (text);
-    g_free (from);
-    g_free (to);
-  }
-  g_dir_close (d);
-}
-
 /* A fresh copy of a golden transformer/ directory (caller removes it). */
 static char *
 copy_model (const char *name)
 {
-  char *tmp = g_dir_make_tmp ("dp-wan-XXXXXX", NULL);
+  char *tmp = dp_test_make_tmp_dir ("dp-wan-XXXXXX");
   char *src = transformer_dir (name);
-  g_assert_nonnull (tmp);
-  copy_dir (src, tmp);
+  dp_test_copy_tree (src, tmp);
   g_free (src);
   return tmp;
 }
@@ -634,38 +587,6 @@ typedef struct {
   dp_dtype dtype;
 } st_edit;
 
-/* Writes a safetensors file: the 8-byte header length, the JSON header
- * padded with spaces to 8 bytes, the data. */
-static void
-write_safetensors (const char *path, GPtrArray *names, GPtrArray *dtypes, GArray *shapes, GPtrArray *blobs,
-                   GArray *sizes)
-{
-  GString *h = g_string_new ("{");
-  GByteArray *data = g_byte_array_new ();
-  for (guint i = 0; i < names->len; i++) {
-    const dp_tensor *t = &g_array_index (shapes, dp_tensor, i);
-    size_t n = g_array_index (sizes, size_t, i);
-    g_string_append_printf (h, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", i ? "," : "", (char *) names->pdata[i],
-                            (char *) dtypes->pdata[i]);
-    for (int d = 0; d < t->ndim; d++)
-      g_string_append_printf (h, d ? ",%" G_GINT64_FORMAT : "%" G_GINT64_FORMAT, t->shape[d]);
-    g_string_append_printf (h, "],\"data_offsets\":[%u,%zu]}", data->len, data->len + n);
-    g_byte_array_append (data, blobs->pdata[i], (guint) n);
-  }
-  g_string_append_c (h, '}');
-  while (h->len % 8)
-    g_string_append_c (h, ' ');
-  uint64_t hl = GUINT64_TO_LE ((uint64_t) h->len);
-  GByteArray *file = g_byte_array_new ();
-  g_byte_array_append (file, (const guint8 *) &hl, 8);
-  g_byte_array_append (file, (const guint8 *) h->str, (guint) h->len);
-  g_byte_array_append (file, data->data, data->len);
-  g_assert_true (g_file_set_contents (path, (const char *) file->data, file->len, NULL));
-  g_byte_array_unref (file);
-  g_byte_array_unref (data);
-  g_string_free (h, TRUE);
-}
-
 /* Rewrites a safetensors file (src may equal dst) with an edit applied. */
 static void
 rewrite_safetensors (const char *src, const char *dst, const st_edit *ed)
@@ -673,9 +594,7 @@ rewrite_safetensors (const char *src, const char *dst, const st_edit *ed)
   GError *err = NULL;
   dp_safetensors *st = dp_safetensors_open (src, &err);
   g_assert_no_error (err);
-  GPtrArray *names = g_ptr_array_new_with_free_func (g_free), *dtypes = g_ptr_array_new ();
-  GPtrArray *blobs = g_ptr_array_new_with_free_func (g_free);
-  GArray *shapes = g_array_new (FALSE, TRUE, sizeof (dp_tensor)), *sizes = g_array_new (FALSE, TRUE, sizeof (size_t));
+  dp_test_st_writer *w = dp_test_st_writer_new ();
   for (int i = 0; i < dp_safetensors_count (st); i++) {
     const char *name = dp_safetensors_name (st, i);
     if (ed->drop && !strcmp (name, ed->drop))
@@ -684,46 +603,28 @@ rewrite_safetensors (const char *src, const char *dst, const st_edit *ed)
     g_assert_true (dp_safetensors_get (st, name, -1, NULL, &t, &err));
     dp_tensor shape = dp_tensor_view (NULL, t.dtype, t.ndim, t.shape);
     const char *dtype = dp_dtype_name (t.dtype);
-    size_t n = dp_tensor_nbytes (&t);
-    void *blob;
     if (ed->convert) {
       shape.dtype = ed->dtype;
-      dtype = dp_dtype_name (ed->dtype);
-      n = dp_tensor_nbytes (&shape);
-      blob = g_malloc (MAX (n, 1));
+      size_t n = dp_tensor_nbytes (&shape);
+      void *blob = g_malloc (MAX (n, 1));
       dp_convert (blob, ed->dtype, t.data, t.dtype, (size_t) dp_tensor_nelem (&t));
+      dp_test_st_writer_add (w, name, dp_dtype_name (ed->dtype), shape.ndim, shape.shape, blob, n);
+      g_free (blob);
     } else {
-      if (ed->shrink && !strcmp (name, ed->shrink)) {
+      if (ed->shrink && !strcmp (name, ed->shrink))
         shape.shape[0] -= 1;
-        n = dp_tensor_nbytes (&shape);
-      }
       if (ed->retype && !strcmp (name, ed->retype))
         dtype = "I32";
-      blob = g_memdup2 (t.data, n);
+      dp_test_st_writer_add (w, name, dtype, shape.ndim, shape.shape, t.data, dp_tensor_nbytes (&shape));
     }
-    g_ptr_array_add (names, g_strdup (name));
-    g_ptr_array_add (dtypes, (gpointer) dtype);
-    g_ptr_array_add (blobs, blob);
-    g_array_append_val (shapes, shape);
-    g_array_append_val (sizes, n);
   }
   if (ed->add) {
     static const float four[4] = { 1, 2, 3, 4 };
-    dp_tensor shape = dp_tensor_view (NULL, DP_F32, 1, (int64_t[]){ 4 });
-    size_t n = sizeof four;
-    g_ptr_array_add (names, g_strdup (ed->add));
-    g_ptr_array_add (dtypes, (gpointer) "F32");
-    g_ptr_array_add (blobs, g_memdup2 (four, n));
-    g_array_append_val (shapes, shape);
-    g_array_append_val (sizes, n);
+    dp_test_st_writer_add (w, ed->add, "F32", 1, (int64_t[]){ 4 }, four, sizeof four);
   }
+  /* The data is copied: the file may be replaced while st still maps it. */
   dp_safetensors_close (st);
-  write_safetensors (dst, names, dtypes, shapes, blobs, sizes);
-  g_ptr_array_unref (names);
-  g_ptr_array_unref (dtypes);
-  g_ptr_array_unref (blobs);
-  g_array_unref (shapes);
-  g_array_unref (sizes);
+  dp_test_st_writer_save (w, dst);
 }
 
 static void
@@ -732,9 +633,8 @@ write_converted_copy (const char *src_dir, const char *dst_dir, dp_dtype dtype)
   char *cfg_from = g_build_filename (src_dir, "config.json", NULL), *cfg_to = g_build_filename (dst_dir, "config.json", NULL);
   char *st_from = g_build_filename (src_dir, "diffusion_pytorch_model.safetensors", NULL);
   char *st_to = g_build_filename (dst_dir, "diffusion_pytorch_model.safetensors", NULL);
-  char *text = NULL;
   gsize len = 0;
-  g_assert_true (g_file_get_contents (cfg_from, &text, &len, NULL));
+  char *text = dp_test_read_file (cfg_from, &len);
   g_assert_true (g_file_set_contents (cfg_to, text, len, NULL));
   st_edit ed = { .convert = TRUE, .dtype = dtype };
   rewrite_safetensors (st_from, st_to, &ed);
@@ -750,8 +650,7 @@ write_converted_copy (const char *src_dir, const char *dst_dir, dp_dtype dtype)
 static void
 edit_json (const char *file, const char *path_key, const char *key, const char *value)
 {
-  JsonParser *p = json_parser_new ();
-  g_assert_true (json_parser_load_from_file (p, file, NULL));
+  JsonParser *p = dp_test_parse_json (file);
   JsonObject *o = json_node_get_object (json_parser_get_root (p));
   if (path_key)
     o = json_object_get_object_member (o, path_key);
@@ -763,10 +662,7 @@ edit_json (const char *file, const char *path_key, const char *key, const char *
     g_assert_nonnull (n);
     json_object_set_member (o, key, n);
   }
-  JsonGenerator *gen = json_generator_new ();
-  json_generator_set_root (gen, json_parser_get_root (p));
-  g_assert_true (json_generator_to_file (gen, file, NULL));
-  g_object_unref (gen);
+  dp_test_write_json (file, json_parser_get_root (p));
   g_object_unref (p);
 }
 
@@ -807,7 +703,7 @@ test_errors_tensors (void)
     expect_load_error (dir, 0, -1, cases[i].code, cases[i].what);
     expect_load_error (dir, 1, 1, cases[i].code, cases[i].what);
     g_free (st);
-    remove_dir (dir);
+    dp_test_remove_tree (dir);
     g_free (dir);
   }
   /* an untouched rewrite loads: the edits above are what fails */
@@ -820,7 +716,7 @@ test_errors_tensors (void)
   g_assert_no_error (err);
   dp_wan_dit_free (dit);
   g_free (st);
-  remove_dir (dir);
+  dp_test_remove_tree (dir);
   g_free (dir);
 }
 
@@ -848,7 +744,7 @@ test_errors_config (void)
     edit_json (cfg, NULL, cases[i].key, cases[i].value);
     expect_load_error (dir, 0, -1, cases[i].code, cases[i].what);
     g_free (cfg);
-    remove_dir (dir);
+    dp_test_remove_tree (dir);
     g_free (dir);
   }
   char *dir = copy_model ("tiny_a");
@@ -858,7 +754,7 @@ test_errors_config (void)
   g_unlink (cfg);
   expect_load_error (dir, 0, -1, DP_ERROR_MISSING, "config.json");
   g_free (cfg);
-  remove_dir (dir);
+  dp_test_remove_tree (dir);
   g_free (dir);
 }
 
@@ -871,14 +767,14 @@ test_errors_shards (void)
 
   /* truncated shard */
   char *dir = copy_model ("tiny_b");
-  char *p = g_build_filename (dir, shard3, NULL), *text = NULL;
+  char *p = g_build_filename (dir, shard3, NULL);
   gsize len = 0;
-  g_assert_true (g_file_get_contents (p, &text, &len, NULL));
+  char *text = dp_test_read_file (p, &len);
   g_assert_true (g_file_set_contents (p, text, len / 2, NULL));
   expect_load_error (dir, 0, -1, DP_ERROR_FORMAT, shard3);
   g_free (text);
   g_free (p);
-  remove_dir (dir);
+  dp_test_remove_tree (dir);
   g_free (dir);
 
   /* missing shard */
@@ -887,7 +783,7 @@ test_errors_shards (void)
   g_unlink (p);
   expect_load_error (dir, 2, 3, DP_ERROR_MISSING, shard5);
   g_free (p);
-  remove_dir (dir);
+  dp_test_remove_tree (dir);
   g_free (dir);
 
   /* a tensor left out of the index */
@@ -896,7 +792,7 @@ test_errors_shards (void)
   edit_json (p, "weight_map", "blocks.2.attn1.norm_k.weight", NULL);
   expect_load_error (dir, 0, 1, DP_ERROR_MISSING, "blocks.2.attn1.norm_k.weight");
   g_free (p);
-  remove_dir (dir);
+  dp_test_remove_tree (dir);
   g_free (dir);
 
   /* no weights at all */
@@ -913,7 +809,7 @@ test_errors_shards (void)
     }
   g_dir_close (d);
   expect_load_error (dir, 0, -1, DP_ERROR_MISSING, "safetensors");
-  remove_dir (dir);
+  dp_test_remove_tree (dir);
   g_free (dir);
 
   /* a directory that does not exist */

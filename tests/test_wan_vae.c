@@ -13,21 +13,20 @@
 #include <math.h>
 #include <string.h>
 
-#include <glib/gstdio.h>
 #include <json-glib/json-glib.h>
 
 #include "dualparal/backend.h"
 #include "dualparal/safetensors.h"
 #include "dualparal/wan_vae.h"
 
+#include "test_util.h"
+
 /* ------------------------------------------------------------ helpers */
 
 static char *
 vae_path (const char *rel)
 {
-  const char *root = g_getenv ("DP_TEST_DATA");
-  g_assert_nonnull (root);
-  return g_build_filename (root, "vae", rel, NULL);
+  return dp_test_data_path ("vae", rel, NULL);
 }
 
 typedef struct {
@@ -285,25 +284,6 @@ test_whole_equals_stream (void)
 
 /* ------------------------------------------------------------ errors */
 
-static void
-remove_tree (const char *path)
-{
-  if (g_file_test (path, G_FILE_TEST_IS_DIR)) {
-    GDir *d = g_dir_open (path, 0, NULL);
-    const char *name;
-    while (d && (name = g_dir_read_name (d))) {
-      char *child = g_build_filename (path, name, NULL);
-      remove_tree (child);
-      g_free (child);
-    }
-    if (d)
-      g_dir_close (d);
-    g_rmdir (path);
-  } else {
-    g_unlink (path);
-  }
-}
-
 typedef void (*config_edit) (JsonObject *root);
 
 /* A model directory in a temp dir: the golden config passed through edit
@@ -312,59 +292,25 @@ static char *
 make_model_dir (config_edit edit, const char *drop)
 {
   GError *err = NULL;
-  char *dir = g_dir_make_tmp ("dp-vae-XXXXXX", &err);
-  g_assert_no_error (err);
+  char *dir = dp_test_make_tmp_dir ("dp-vae-XXXXXX");
 
   char *src_cfg = vae_path ("vae/config.json");
-  JsonParser *parser = json_parser_new ();
-  g_assert_true (json_parser_load_from_file (parser, src_cfg, &err));
+  JsonParser *parser = dp_test_parse_json (src_cfg);
   JsonObject *root = json_node_get_object (json_parser_get_root (parser));
   if (edit)
     edit (root);
-  JsonGenerator *gen = json_generator_new ();
-  json_generator_set_root (gen, json_parser_get_root (parser));
   char *cfg_path = g_build_filename (dir, "config.json", NULL);
-  g_assert_true (json_generator_to_file (gen, cfg_path, &err));
-  g_object_unref (gen);
+  dp_test_write_json (cfg_path, json_parser_get_root (parser));
   g_object_unref (parser);
 
-  /* Rewrite the weights as a safetensors file (header JSON + data). */
+  /* The weights, rewritten without `drop`. */
   char *src_st = vae_path ("vae/diffusion_pytorch_model.safetensors");
   dp_safetensors *st = dp_safetensors_open (src_st, &err);
   g_assert_no_error (err);
-  GString *header = g_string_new ("{");
-  GByteArray *data = g_byte_array_new ();
-  gboolean first = TRUE;
-  for (int i = 0; i < dp_safetensors_count (st); i++) {
-    const char *name = dp_safetensors_name (st, i);
-    if (drop && strcmp (name, drop) == 0)
-      continue;
-    dp_tensor t;
-    g_assert_true (dp_safetensors_get (st, name, -1, NULL, &t, &err));
-    size_t nb = dp_tensor_nbytes (&t);
-    g_string_append_printf (header, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", first ? "" : ",", name,
-                            dp_dtype_name (t.dtype));
-    for (int k = 0; k < t.ndim; k++)
-      g_string_append_printf (header, "%s%" G_GINT64_FORMAT, k ? "," : "", t.shape[k]);
-    g_string_append_printf (header, "],\"data_offsets\":[%u,%zu]}", data->len, data->len + nb);
-    g_byte_array_append (data, t.data, (guint) nb);
-    first = FALSE;
-  }
-  g_string_append (header, "}");
-  while (header->len % 8)
-    g_string_append_c (header, ' ');
-  dp_safetensors_close (st);
-  uint64_t hlen = GUINT64_TO_LE (header->len);
-  GByteArray *file = g_byte_array_new ();
-  g_byte_array_append (file, (const guint8 *) &hlen, 8);
-  g_byte_array_append (file, (const guint8 *) header->str, (guint) header->len);
-  g_byte_array_append (file, data->data, data->len);
   char *st_path = g_build_filename (dir, "diffusion_pytorch_model.safetensors", NULL);
-  g_assert_true (g_file_set_contents (st_path, (const char *) file->data, file->len, &err));
+  dp_test_write_safetensors_copy (st_path, st, drop);
+  dp_safetensors_close (st);
 
-  g_byte_array_unref (file);
-  g_byte_array_unref (data);
-  g_string_free (header, TRUE);
   g_free (st_path);
   g_free (src_st);
   g_free (cfg_path);
@@ -386,7 +332,7 @@ expect_load_error (config_edit edit, const char *drop, int code, const char *nee
     g_error ("error \"%s\" does not mention \"%s\"", err->message, needle);
   g_test_message ("expected error: %s", err->message);
   g_clear_error (&err);
-  remove_tree (dir);
+  dp_test_remove_tree (dir);
   g_free (dir);
   dp_backend_free (be);
 }
@@ -458,7 +404,7 @@ test_errors_config (void)
   g_assert_no_error (err);
   dp_wan_vae_free (vae);
   dp_backend_free (be);
-  remove_tree (dir);
+  dp_test_remove_tree (dir);
   g_free (dir);
 
   expect_load_error (edit_td_length, NULL, DP_ERROR_FORMAT, "temperal_downsample");

@@ -63,15 +63,19 @@ static GOptionEntry entries[] = {
     "Frame width, a multiple of 16 (default: the model's native size)", "N" },
   { "height", 'H', 0, G_OPTION_ARG_INT, &opt_height,
     "Frame height, a multiple of 16 (default: the model's native size)", "N" },
-  { "frames", 'f', 0, G_OPTION_ARG_INT, &opt_frames, "Frames to make, 4k+1 (default 81)", "N" },
-  { "steps", 's', 0, G_OPTION_ARG_INT, &opt_steps, "Sampler steps (default 50)", "N" },
+  { "frames", 'f', 0, G_OPTION_ARG_INT, &opt_frames,
+    "Frames to make, 4k+1 (default 81); -1: endless video (DualParal engine)", "N" },
+  { "steps", 's', 0, G_OPTION_ARG_INT, &opt_steps,
+    "Sampler steps (default 50; DualParal: of each block)", "N" },
   { "guidance", 'g', 0, G_OPTION_ARG_DOUBLE, &opt_guidance,
     "Guidance scale; 1 runs the conditional pass alone (default 5)", "G" },
   { "shift", 0, 0, G_OPTION_ARG_DOUBLE, &opt_shift,
     "Flow shift of the noise schedule (default: the model's scheduler config)", "S" },
   { "seed", 0, 0, G_OPTION_ARG_STRING, &opt_seed, "Seed of the initial noise (default 0)", "N" },
   { "sampler", 0, 0, G_OPTION_ARG_STRING, &opt_sampler, "unipc (default) or euler", "NAME" },
-  { "device", 'd', 0, G_OPTION_ARG_STRING, &opt_device, "cpu (default), cuda or cuda:N; DualParal: a list such as 0,1,2,3 or cpu,cpu (one stage each)", "DEV" },
+  { "device", 'd', 0, G_OPTION_ARG_STRING, &opt_device,
+    "cpu (default), cuda, cuda:N or N; DualParal: a list such as 0,1,2,3 or cpu,cpu (one stage "
+    "each)", "DEV" },
   { "text-len", 0, 0, G_OPTION_ARG_INT, &opt_text_len,
     "Text tokens the prompt is padded to (default: the model's, else 512)", "N" },
   { "output", 'o', 0, G_OPTION_ARG_FILENAME, &opt_output,
@@ -90,7 +94,8 @@ static GOptionEntry entries[] = {
   { "block-frames", 0, 0, G_OPTION_ARG_INT, &opt_block_frames,
     "DualParal: latent frames per block, P (default 10)", "P" },
   { "context-frames", 0, 0, G_OPTION_ARG_INT, &opt_context_frames,
-    "DualParal: latent frames of context from the previous block, C <= P (default 5)", "C" },
+    "DualParal: latent frames a block sees of each neighbour, C <= P (default 5, or P when "
+    "smaller)", "C" },
   { NULL },
 };
 
@@ -122,6 +127,15 @@ chroma_r (const uint8_t *p)
   return 128.0 + 0.439216 * p[0] - 0.367788 * p[1] - 0.071427 * p[2];
 }
 
+/* An error from errno: "Cannot <verb> <name>: <reason>". */
+static void
+set_errno_error (GError **error, const char *verb, const char *name)
+{
+  int e = errno;
+  g_set_error (error, G_FILE_ERROR, g_file_error_from_errno (e), "Cannot %s %s: %s", verb, name,
+               g_strerror (e));
+}
+
 typedef struct {
   FILE *f;
   const char *name;
@@ -148,9 +162,7 @@ y4m_open (y4m_writer *w, const char *path, gboolean c444, int width, int height,
   } else {
     w->f = g_fopen (path, "wb");
     if (w->f == NULL) {
-      int e = errno;
-      g_set_error (error, G_FILE_ERROR, g_file_error_from_errno (e), "Cannot create %s: %s", path,
-                   g_strerror (e));
+      set_errno_error (error, "create", path);
       return FALSE;
     }
   }
@@ -161,9 +173,7 @@ y4m_open (y4m_writer *w, const char *path, gboolean c444, int width, int height,
   if (fprintf (w->f, "YUV4MPEG2 W%d H%d F%d:1 Ip A1:1 %s XCOLORRANGE=LIMITED\n", width, height,
                fps, c444 ? "C444 XYSCSS=444" : "C420jpeg XYSCSS=420JPEG") < 0
       || fflush (w->f) != 0) {
-    int e = errno;
-    g_set_error (error, G_FILE_ERROR, g_file_error_from_errno (e), "Cannot write %s: %s", w->name,
-                 g_strerror (e));
+    set_errno_error (error, "write", w->name);
     return FALSE;
   }
   return TRUE;
@@ -200,9 +210,7 @@ y4m_write_frame (y4m_writer *w, const uint8_t *rgb, GError **error)
       }
   }
   if (fputs ("FRAME\n", w->f) < 0 || fwrite (w->planes, 1, w->frame_bytes, w->f) != w->frame_bytes) {
-    int e = errno;
-    g_set_error (error, G_FILE_ERROR, g_file_error_from_errno (e), "Cannot write %s: %s", w->name,
-                 g_strerror (e));
+    set_errno_error (error, "write", w->name);
     return FALSE;
   }
   return TRUE;
@@ -212,9 +220,7 @@ static gboolean
 y4m_flush (y4m_writer *w, GError **error)
 {
   if (fflush (w->f) != 0) {
-    int e = errno;
-    g_set_error (error, G_FILE_ERROR, g_file_error_from_errno (e), "Cannot write %s: %s", w->name,
-                 g_strerror (e));
+    set_errno_error (error, "write", w->name);
     return FALSE;
   }
   return TRUE;
@@ -226,9 +232,7 @@ y4m_close (y4m_writer *w, GError **error)
   gboolean ok = TRUE;
 
   if (w->f != NULL && !w->is_stdout && fclose (w->f) != 0) {
-    int e = errno;
-    g_set_error (error, G_FILE_ERROR, g_file_error_from_errno (e), "Cannot write %s: %s", w->name,
-                 g_strerror (e));
+    set_errno_error (error, "write", w->name);
     ok = FALSE;
   } else if (w->f != NULL && w->is_stdout) {
     ok = y4m_flush (w, error);
@@ -267,7 +271,10 @@ on_signal (int sig)
 static void
 on_step (const dp_step_progress *p, void *user_data)
 {
-  g_printerr ("%s: step %d/%d (%.2f s)\n", PROG, p->step, p->steps_total, p->step_seconds);
+  if (p->steps_total < 0) /* endless: the iteration count of the DualParal engine */
+    g_printerr ("%s: step %d (%.2f s)\n", PROG, p->step, p->step_seconds);
+  else
+    g_printerr ("%s: step %d/%d (%.2f s)\n", PROG, p->step, p->steps_total, p->step_seconds);
 }
 
 static gboolean
@@ -299,7 +306,10 @@ on_frames (const uint8_t *rgb, int n_frames, int64_t first_frame, const dp_progr
   /* Whole frames reach the file as they come: a later failure keeps them. */
   if (st->y4m && !y4m_flush (st->y4m, &st->write_error))
     return FALSE;
-  if (!opt_quiet)
+  if (!opt_quiet && progress->frames_total < 0)
+    g_printerr ("%s: frames %" G_GINT64_FORMAT "-%" G_GINT64_FORMAT " (%.2f s)\n", PROG, first_frame,
+                first_frame + n_frames - 1, progress->block_seconds);
+  else if (!opt_quiet)
     g_printerr ("%s: frames %" G_GINT64_FORMAT "-%" G_GINT64_FORMAT " of %" G_GINT64_FORMAT
                 " (%.2f s)\n", PROG, first_frame, first_frame + n_frames - 1,
                 progress->frames_total, progress->block_seconds);
@@ -403,7 +413,10 @@ main (int argc, char **argv)
       "Writes the frames as they are decoded: a YUV4MPEG2 file (--output) and / or PNG frames\n"
       "(--png-dir).  Ctrl-C stops after the current step and keeps the frames written.\n"
       "Example:\n  " PROG " --model Wan2.1-T2V-1.3B-Diffusers --prompt \"a red fox in the snow\" \\\n"
-      "      --frames 33 --steps 30 --output fox.y4m\n");
+      "      --frames 33 --steps 30 --output fox.y4m\n"
+      "Endless video, block by block over two CPU stages, until Ctrl-C:\n  " PROG
+      " --model DIR --prompt \"waves on a beach\" --engine dualparal \\\n"
+      "      --stages 2 --frames -1 --output waves.y4m\n");
   if (!g_option_context_parse (ctx, &argc, &argv, &error)) {
     g_option_context_free (ctx);
     status = fail ("%s (see --help)", error->message);
@@ -472,11 +485,14 @@ main (int argc, char **argv)
   }
   dp_generator_get_size (gen, &st.width, &st.height);
   if (!opt_quiet) {
-    g_printerr ("%s: %dx%d, %" G_GINT64_FORMAT " frames at %d fps, %d %s steps, guidance %g, "
-                "seed %" G_GUINT64_FORMAT ", text length %d\n", PROG, st.width, st.height,
-                dp_generator_num_frames (gen), dp_generator_fps (gen), params.steps,
-                dp_sampler_kind_name (params.sampler), params.guidance_scale, params.seed,
-                dp_generator_text_len (gen));
+    char frames[32] = "endless video";
+    if (dp_generator_num_frames (gen) >= 0)
+      g_snprintf (frames, sizeof frames, "%" G_GINT64_FORMAT " frames", dp_generator_num_frames (gen));
+    g_printerr ("%s: %dx%d, %s at %d fps, %d %s steps, guidance %g, seed %" G_GUINT64_FORMAT
+                ", text length %d, %s engine\n", PROG, st.width, st.height, frames,
+                dp_generator_fps (gen), params.steps, dp_sampler_kind_name (params.sampler),
+                params.guidance_scale, params.seed, dp_generator_text_len (gen),
+                params.engine == DP_ENGINE_DUALPARAL ? "DualParal" : "classic");
     dp_generator_set_step_callback (gen, on_step, NULL);
   }
 
@@ -520,8 +536,12 @@ main (int argc, char **argv)
   if (!ok) {
     /* A write failure is the real reason when the callback stopped the run. */
     const GError *why = st.write_error ? st.write_error : error;
-    status = fail ("%s (%" G_GINT64_FORMAT " of %" G_GINT64_FORMAT " frames written)",
-                   why ? why->message : "failed", st.written, dp_generator_num_frames (gen));
+    if (dp_generator_num_frames (gen) < 0)
+      status = fail ("%s (%" G_GINT64_FORMAT " frames written)", why ? why->message : "failed",
+                     st.written);
+    else
+      status = fail ("%s (%" G_GINT64_FORMAT " of %" G_GINT64_FORMAT " frames written)",
+                     why ? why->message : "failed", st.written, dp_generator_num_frames (gen));
   } else {
     if (!opt_quiet)
       g_printerr ("%s: done: %" G_GINT64_FORMAT " frames in %.1f s\n", PROG, st.written,

@@ -7,20 +7,8 @@
 
 /* ---------------------------------------------------------------- config */
 
-static gboolean
-config_int (const dp_config *c, const char *key, int min, int *out, GError **error)
-{
-  int64_t v;
-  if (!dp_config_int (c, key, &v, error))
-    return FALSE;
-  if (v < min || v > G_MAXINT / 8) {
-    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: \"%s\" = %" G_GINT64_FORMAT " is out of range",
-                 dp_config_path (c), key, v);
-    return FALSE;
-  }
-  *out = (int) v;
-  return TRUE;
-}
+/* Largest size a config may give (the same bound as the model width below). */
+#define WAN_MAX_SIZE (G_MAXINT / 8)
 
 /* A key that must be absent or null: the image-to-video variants. */
 static gboolean
@@ -44,16 +32,8 @@ dp_wan_config_load (const char *transformer_dir, dp_wan_config *cfg, GError **er
 
   gboolean ok = FALSE;
   memset (cfg, 0, sizeof *cfg);
-  if (dp_config_has (c, "_class_name")) {
-    const char *cls = dp_config_string (c, "_class_name", error);
-    if (!cls)
-      goto out;
-    if (strcmp (cls, "WanTransformer3DModel") != 0) {
-      g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED,
-                   "%s: _class_name is \"%s\", expected \"WanTransformer3DModel\"", dp_config_path (c), cls);
-      goto out;
-    }
-  }
+  if (!dp_config_expect_string (c, "_class_name", "WanTransformer3DModel", error))
+    goto out;
 
   int64_t patch[3];
   int n_patch = 0;
@@ -74,14 +54,14 @@ dp_wan_config_load (const char *transformer_dir, dp_wan_config *cfg, GError **er
   cfg->patch_h = (int) patch[1];
   cfg->patch_w = (int) patch[2];
 
-  if (!config_int (c, "num_attention_heads", 1, &cfg->num_heads, error) ||
-      !config_int (c, "attention_head_dim", 1, &cfg->head_dim, error) ||
-      !config_int (c, "in_channels", 1, &cfg->in_channels, error) ||
-      !config_int (c, "out_channels", 1, &cfg->out_channels, error) ||
-      !config_int (c, "text_dim", 1, &cfg->text_dim, error) ||
-      !config_int (c, "freq_dim", 2, &cfg->freq_dim, error) ||
-      !config_int (c, "ffn_dim", 1, &cfg->ffn_dim, error) ||
-      !config_int (c, "num_layers", 0, &cfg->num_layers, error))
+  if (!dp_config_int_range (c, "num_attention_heads", 1, WAN_MAX_SIZE, &cfg->num_heads, error) ||
+      !dp_config_int_range (c, "attention_head_dim", 1, WAN_MAX_SIZE, &cfg->head_dim, error) ||
+      !dp_config_int_range (c, "in_channels", 1, WAN_MAX_SIZE, &cfg->in_channels, error) ||
+      !dp_config_int_range (c, "out_channels", 1, WAN_MAX_SIZE, &cfg->out_channels, error) ||
+      !dp_config_int_range (c, "text_dim", 1, WAN_MAX_SIZE, &cfg->text_dim, error) ||
+      !dp_config_int_range (c, "freq_dim", 2, WAN_MAX_SIZE, &cfg->freq_dim, error) ||
+      !dp_config_int_range (c, "ffn_dim", 1, WAN_MAX_SIZE, &cfg->ffn_dim, error) ||
+      !dp_config_int_range (c, "num_layers", 0, WAN_MAX_SIZE, &cfg->num_layers, error))
     goto out;
   /* RoPE splits the head into time / height / width parts of even sizes
    * d - 2 (2 (d / 6)), 2 (d / 6), 2 (d / 6). */
@@ -125,16 +105,8 @@ dp_wan_config_load (const char *transformer_dir, dp_wan_config *cfg, GError **er
   /* diffusers always applies norm_q / norm_k (RMSNorm over the whole width),
    * whatever qk_norm says; anything but its one documented value is a
    * checkpoint we do not know. */
-  if (dp_config_has (c, "qk_norm")) {
-    const char *qk = dp_config_string (c, "qk_norm", error);
-    if (!qk)
-      goto out;
-    if (strcmp (qk, "rms_norm_across_heads") != 0) {
-      g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "%s: qk_norm \"%s\" is not supported", dp_config_path (c),
-                   qk);
-      goto out;
-    }
-  }
+  if (!dp_config_expect_string (c, "qk_norm", "rms_norm_across_heads", error))
+    goto out;
   if (!config_refuse (c, "image_dim", error) || !config_refuse (c, "added_kv_proj_dim", error) ||
       !config_refuse (c, "pos_embed_seq_len", error))
     goto out;

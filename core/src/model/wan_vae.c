@@ -6,7 +6,6 @@
 #include "dualparal/config.h"
 #include "dualparal/weights.h"
 
-#include <json-glib/json-glib.h>
 #include <math.h>
 #include <string.h>
 
@@ -72,70 +71,6 @@ struct dp_wan_vae {
 /* ------------------------------------------------------------- config */
 
 static gboolean
-cfg_int (const dp_config *c, const char *key, gboolean required, int64_t def, int min, int max,
-         int *out, GError **error)
-{
-  int64_t v;
-  if (required ? !dp_config_int (c, key, &v, error) : !dp_config_int_or (c, key, def, &v, error))
-    return FALSE;
-  if (v < min || v > max) {
-    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: \"%s\" = %" G_GINT64_FORMAT " is out of range [%d, %d]",
-                 dp_config_path (c), key, v, min, max);
-    return FALSE;
-  }
-  *out = (int) v;
-  return TRUE;
-}
-
-/* temperal_downsample is a list of booleans, which config.h has no getter
- * for: read it from the JSON directly. */
-static gboolean
-read_bool_array (const char *path, const char *key, gboolean *out, int max_n, int *n_out,
-                 GError **error)
-{
-  JsonParser *parser = json_parser_new ();
-  gboolean ok = FALSE;
-  GError *err = NULL;
-  if (!json_parser_load_from_file (parser, path, &err)) {
-    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: not valid JSON: %s", path, err->message);
-    g_error_free (err);
-    goto out;
-  }
-  JsonNode *root = json_parser_get_root (parser);
-  JsonObject *obj = root && JSON_NODE_HOLDS_OBJECT (root) ? json_node_get_object (root) : NULL;
-  JsonNode *n = obj && json_object_has_member (obj, key) ? json_object_get_member (obj, key) : NULL;
-  if (!n || JSON_NODE_HOLDS_NULL (n)) {
-    g_set_error (error, DP_ERROR, DP_ERROR_MISSING, "%s: missing key \"%s\"", path, key);
-    goto out;
-  }
-  if (!JSON_NODE_HOLDS_ARRAY (n)) {
-    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: key \"%s\" must be an array of booleans", path, key);
-    goto out;
-  }
-  JsonArray *a = json_node_get_array (n);
-  int len = (int) json_array_get_length (a);
-  if (len > max_n) {
-    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: \"%s\" has %d elements, at most %d expected", path,
-                 key, len, max_n);
-    goto out;
-  }
-  for (int i = 0; i < len; i++) {
-    JsonNode *e = json_array_get_element (a, i);
-    if (!JSON_NODE_HOLDS_VALUE (e) || json_node_get_value_type (e) != G_TYPE_BOOLEAN) {
-      g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: element %d of \"%s\" must be true or false", path, i,
-                   key);
-      goto out;
-    }
-    out[i] = json_node_get_boolean (e);
-  }
-  *n_out = len;
-  ok = TRUE;
-out:
-  g_object_unref (parser);
-  return ok;
-}
-
-static gboolean
 load_config (const char *vae_dir, dp_wan_vae_config *cfg, GError **error)
 {
   char *path = g_build_filename (vae_dir, "config.json", NULL);
@@ -145,16 +80,8 @@ load_config (const char *vae_dir, dp_wan_vae_config *cfg, GError **error)
     goto out;
   memset (cfg, 0, sizeof *cfg);
 
-  if (dp_config_has (c, "_class_name")) {
-    const char *cls = dp_config_string (c, "_class_name", error);
-    if (!cls)
-      goto out;
-    if (strcmp (cls, "AutoencoderKLWan") != 0) {
-      g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "%s: _class_name is \"%s\", expected \"AutoencoderKLWan\"",
-                   path, cls);
-      goto out;
-    }
-  }
+  if (!dp_config_expect_string (c, "_class_name", "AutoencoderKLWan", error))
+    goto out;
   gboolean residual = FALSE;
   if (!dp_config_bool_or (c, "is_residual", FALSE, &residual, error))
     goto out;
@@ -166,11 +93,11 @@ load_config (const char *vae_dir, dp_wan_vae_config *cfg, GError **error)
   }
 
   int base_dim;
-  if (!cfg_int (c, "base_dim", TRUE, 0, 1, 1 << 14, &base_dim, error) ||
-      !cfg_int (c, "decoder_base_dim", FALSE, base_dim, 1, 1 << 14, &cfg->base_dim, error) ||
-      !cfg_int (c, "z_dim", TRUE, 0, 1, DP_WAN_VAE_MAX_Z, &cfg->z_dim, error) ||
-      !cfg_int (c, "num_res_blocks", TRUE, 0, 0, 64, &cfg->num_res_blocks, error) ||
-      !cfg_int (c, "out_channels", FALSE, 3, 1, 64, &cfg->out_channels, error))
+  if (!dp_config_int_range (c, "base_dim", 1, 1 << 14, &base_dim, error) ||
+      !dp_config_int_range_or (c, "decoder_base_dim", base_dim, 1, 1 << 14, &cfg->base_dim, error) ||
+      !dp_config_int_range (c, "z_dim", 1, DP_WAN_VAE_MAX_Z, &cfg->z_dim, error) ||
+      !dp_config_int_range (c, "num_res_blocks", 0, 64, &cfg->num_res_blocks, error) ||
+      !dp_config_int_range_or (c, "out_channels", 3, 1, 64, &cfg->out_channels, error))
     goto out;
 
   int64_t mult[DP_WAN_VAE_MAX_LEVELS];
@@ -191,7 +118,7 @@ load_config (const char *vae_dir, dp_wan_vae_config *cfg, GError **error)
 
   gboolean down[DP_WAN_VAE_MAX_LEVELS];
   int n_down = 0;
-  if (!read_bool_array (path, "temperal_downsample", down, DP_WAN_VAE_MAX_LEVELS, &n_down, error))
+  if (!dp_config_bool_array (c, "temperal_downsample", down, DP_WAN_VAE_MAX_LEVELS, &n_down, error))
     goto out;
   if (n_down != cfg->n_levels - 1) {
     g_set_error (error, DP_ERROR, DP_ERROR_FORMAT,

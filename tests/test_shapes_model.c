@@ -1,0 +1,570 @@
+/* The embedded model, models/shapes-tiny (issue 8), seen from its pixels.
+ *
+ * The model directory comes from DP_SHAPES_MODEL_DIR (tests/meson.build sets
+ * it to the source tree's models/shapes-tiny).  Without a model_index.json
+ * there, the program runs only the checks of the measures themselves and
+ * exits 77 (meson's "skipped").
+ *
+ * /model/metrics/...: tests/video_metrics.c on synthetic frames with known
+ *   answers (colour mask, centroid, slope, frame change, boundaries, splits).
+ * /model/native-size: the model directory says its own size (128 x 128)
+ *   and frame rate, so the element and dualparal-generate use it by default.
+ * /model/prompt/...: for prompts naming a colour and a motion, classic
+ *   engine on the CPU, native size, PROMPT_FRAMES frames, the model card's
+ *   steps and guidance: the frames hold that colour and its centroid moves
+ *   the named way (least-squares slope over the frames).
+ * /model/long-video: LONG_FRAMES frames made block-wise by the DualParal
+ *   engine: the change between frames across block boundaries stays within
+ *   a factor of the change inside blocks, and so do the colour centroid's
+ *   jumps (the track is continuous).
+ *
+ * Every threshold is stated below with the measured value beside it; the
+ * same figures come from tools/dualparal-seams (docs/model-card-shapes-tiny.md,
+ * "Long-video coherence"), also for naive joins of independent clips. */
+#include <math.h>
+#include <string.h>
+
+#include <glib/gstdio.h>
+
+#include "dualparal/backend.h"
+#include "dualparal/generator.h"
+#include "video_metrics.h"
+
+/* ------------------------------------------------------------ settings */
+
+/* The model card's sampling settings (docs/model-card-shapes-tiny.md). */
+#define MODEL_STEPS 20
+#define MODEL_GUIDANCE 5.0
+#define MODEL_SIZE 128
+#define MODEL_FPS 16
+
+/* Colour matching: Euclidean RGB distance in [0, 1] units to the palette
+ * colour of tools/shapes_dataset.py (the training script's own check uses
+ * the same 0.3); a frame's centroid needs at least 8 such pixels. */
+#define COLOUR_RADIUS 0.3
+#define CENTROID_MIN_PIXELS 8
+
+/* Prompt checks: 17 frames = 5 latent frames, the DiT's training window. */
+#define PROMPT_FRAMES 17
+#define PROMPT_SEED 1
+
+/* The colour's mean pixel fraction over the frames; a ball of the training
+ * radii (10 to 17 px of 128) covers 2 to 5.5 %.  Measured: see the table in
+ * the prompt test. */
+#define PROMPT_MIN_FRACTION_MEAN 0.005
+/* Frames with a centroid (at least CENTROID_MIN_PIXELS matching pixels). */
+#define PROMPT_MIN_TRACKED_SHARE 0.9
+/* Slope of the centroid along the named axis, px/frame, signed the named
+ * way; the training clips move 2 to 3.5 px/frame. */
+#define PROMPT_MIN_SLOPE 0.5
+/* ... and the motion is along the named axis: |along| >= this x |across|. */
+#define PROMPT_MIN_AXIS_RATIO 2.0
+
+/* Long video: 257 frames = 65 latent frames, DualParal P = 3, C = 1
+ * (window 4 latent frames + 1 cached: the 5 positions the DiT was trained
+ * on): 22 blocks, 21 boundaries. */
+#define LONG_FRAMES 257
+#define LONG_BLOCK_FRAMES 3
+#define LONG_CONTEXT_FRAMES 1
+#define LONG_SEED 1
+#define LONG_PROMPT "a red ball bouncing"
+/* Mean frame change at block boundaries over the mean change at the latent
+ * edges inside blocks (like for like: every boundary is a latent edge). */
+#define LONG_MAX_CHANGE_RATIO 2.0
+/* Same, against every pair inside blocks. */
+#define LONG_MAX_CHANGE_RATIO_ALL 2.0
+/* Mean centroid jump at boundaries over the mean jump inside blocks. */
+#define LONG_MAX_JUMP_RATIO 2.0
+/* Frames with a centroid: the track must exist to be continuous. */
+#define LONG_MIN_TRACKED_SHARE 0.9
+
+static const char *model_dir;
+
+/* ------------------------------------------------------------ generation */
+
+typedef struct {
+  uint8_t *video;
+  size_t frame_bytes;
+  int capacity;
+  int received;
+  gboolean in_order;
+} collector;
+
+static gboolean
+collect_frames (const uint8_t *rgb, int n_frames, int64_t first_frame, const dp_progress *progress,
+                void *user_data)
+{
+  collector *c = user_data;
+  (void) progress;
+  if (first_frame != c->received || first_frame + n_frames > c->capacity) {
+    c->in_order = FALSE;
+    return FALSE;
+  }
+  memcpy (c->video + (size_t) first_frame * c->frame_bytes, rgb, (size_t) n_frames * c->frame_bytes);
+  c->received += n_frames;
+  return TRUE;
+}
+
+/* Generates n_frames frames of the model's native size; returns them
+ * (g_free) and the seconds the run took. */
+static uint8_t *
+generate (dp_engine_kind engine, const char *prompt, int n_frames, uint64_t seed, int block_frames,
+          int context_frames, double *seconds)
+{
+  GError *err = NULL;
+  dp_generator_params p;
+  dp_generator_params_init (&p);
+  p.model_dir = model_dir;
+  p.prompt = prompt;
+  p.width = p.height = MODEL_SIZE;
+  p.num_frames = n_frames;
+  p.steps = MODEL_STEPS;
+  p.guidance_scale = MODEL_GUIDANCE;
+  p.seed = seed;
+  p.engine = engine;
+  p.block_frames = block_frames;
+  p.context_frames = context_frames;
+
+  gint64 t0 = g_get_monotonic_time ();
+  dp_generator *gen = dp_generator_new (&p, &err);
+  g_assert_no_error (err);
+  int w = 0, h = 0;
+  dp_generator_get_size (gen, &w, &h);
+  g_assert_cmpint (w, ==, MODEL_SIZE);
+  g_assert_cmpint (h, ==, MODEL_SIZE);
+
+  collector c = { .frame_bytes = (size_t) MODEL_SIZE * MODEL_SIZE * 3, .capacity = n_frames,
+                  .in_order = TRUE };
+  c.video = g_malloc ((size_t) n_frames * c.frame_bytes);
+  gboolean ok = dp_generator_run (gen, collect_frames, &c, &err);
+  g_assert_no_error (err);
+  g_assert_true (ok);
+  g_assert_true (c.in_order);
+  g_assert_cmpint (c.received, ==, n_frames);
+  dp_generator_free (gen);
+  *seconds = (g_get_monotonic_time () - t0) / 1e6;
+  return c.video;
+}
+
+/* ------------------------------------------------------------ synthetic frames */
+
+/* Paints a disc of colour rgb (0..1) and radius r centred at (cx, cy):
+ * pixels whose centre lies within r.  Returns the pixels painted. */
+static int
+paint_disc (uint8_t *frame, int w, int h, double cx, double cy, double r, const double rgb[3])
+{
+  int n = 0;
+  for (int y = 0; y < h; y++)
+    for (int x = 0; x < w; x++)
+      if (hypot (x + 0.5 - cx, y + 0.5 - cy) <= r) {
+        uint8_t *p = frame + 3 * ((size_t) y * w + x);
+        for (int k = 0; k < 3; k++)
+          p[k] = (uint8_t) lround (rgb[k] * 255.0);
+        n++;
+      }
+  return n;
+}
+
+static void
+fill (uint8_t *frame, int w, int h, const double rgb[3])
+{
+  for (size_t i = 0; i < (size_t) w * h; i++)
+    for (int k = 0; k < 3; k++)
+      frame[3 * i + k] = (uint8_t) lround (rgb[k] * 255.0);
+}
+
+static void
+test_metrics_colour (void)
+{
+  const int W = 64, H = 48;
+  double red[3], blue[3], yellow[3], dark_red[3], rgb[3];
+  uint8_t *frame = g_malloc ((size_t) W * H * 3);
+  uint8_t *mask = g_malloc ((size_t) W * H);
+
+  g_assert_true (vm_colour_by_name ("red", red));
+  g_assert_true (vm_colour_by_name ("Blue", blue));
+  g_assert_true (vm_colour_by_name ("yellow", yellow));
+  g_assert_true (vm_colour_by_name ("green", rgb));
+  g_assert_true (vm_colour_by_name ("white", rgb));
+  g_assert_false (vm_colour_by_name ("purple", rgb));
+  g_assert_false (vm_colour_by_name (NULL, rgb));
+  g_assert_cmpfloat (red[0], ==, 0.92);
+  g_assert_cmpstr (vm_colour_in_text ("a blue square moving to the left on a yellow background"), ==, "blue");
+  g_assert_cmpstr (vm_colour_in_text ("A RED ball"), ==, "red");
+  g_assert_null (vm_colour_in_text ("a bluebird and a reddish fox"));
+  g_assert_null (vm_colour_in_text (NULL));
+
+  /* A red disc and a blue one on the dataset's dark-red background (the
+   * palette colour x 0.55: 0.41 away from red, outside the radius). */
+  for (int k = 0; k < 3; k++)
+    dark_red[k] = red[k] * 0.55;
+  fill (frame, W, H, dark_red);
+  int n_red = paint_disc (frame, W, H, 20.0, 30.0, 6.0, red);
+  int n_blue = paint_disc (frame, W, H, 50.0, 12.0, 4.0, blue);
+  g_assert_cmpint (n_red, >, 100);
+
+  g_assert_cmpuint (vm_colour_mask (frame, W, H, red, COLOUR_RADIUS, mask), ==, (size_t) n_red);
+  g_assert_cmpint (mask[30 * W + 20], ==, 1);
+  g_assert_cmpint (mask[12 * W + 50], ==, 0);
+  g_assert_cmpint (mask[0], ==, 0);
+  g_assert_cmpuint (vm_colour_mask (frame, W, H, blue, COLOUR_RADIUS, NULL), ==, (size_t) n_blue);
+  g_assert_cmpuint (vm_colour_mask (frame, W, H, yellow, COLOUR_RADIUS, NULL), ==, 0);
+
+  vm_colour_stats s;
+  vm_colour_stats_frame (frame, W, H, red, COLOUR_RADIUS, CENTROID_MIN_PIXELS, &s);
+  g_assert_cmpuint (s.pixels, ==, (size_t) n_red);
+  g_assert_cmpfloat_with_epsilon (s.fraction, (double) n_red / (W * H), 1e-12);
+  /* A disc centred on a pixel corner is symmetric: its centroid is exact. */
+  g_assert_cmpfloat_with_epsilon (s.cx, 20.0, 1e-9);
+  g_assert_cmpfloat_with_epsilon (s.cy, 30.0, 1e-9);
+  /* Too few pixels: no centroid. */
+  vm_colour_stats_frame (frame, W, H, blue, COLOUR_RADIUS, (size_t) n_blue + 1, &s);
+  g_assert_true (isnan (s.cx) && isnan (s.cy));
+  g_assert_cmpuint (s.pixels, ==, (size_t) n_blue);
+
+  /* Near but not equal colours (decoder noise) still match. */
+  fill (frame, W, H, (const double[3]) { 0, 0, 0 });
+  const double near_red[3] = { red[0] - 0.1, red[1] + 0.1, red[2] + 0.1 }; /* 0.17 away */
+  n_red = paint_disc (frame, W, H, 32.0, 24.0, 5.0, near_red);
+  g_assert_cmpuint (vm_colour_mask (frame, W, H, red, COLOUR_RADIUS, NULL), ==, (size_t) n_red);
+  g_assert_cmpuint (vm_colour_mask (frame, W, H, red, 0.1, NULL), ==, 0);
+
+  g_free (frame);
+  g_free (mask);
+}
+
+/* A disc moving at (vx, vy) px/frame from (x0, y0); jump added to the
+ * position from each boundary frame on. */
+static uint8_t *
+moving_disc_video (int n, int W, int H, double x0, double y0, double vx, double vy, const gboolean *boundary,
+                   double jump_x)
+{
+  double red[3], bg[3] = { 0.1, 0.1, 0.1 };
+  vm_colour_by_name ("red", red);
+  uint8_t *video = g_malloc ((size_t) n * W * H * 3);
+  double offset = 0.0;
+  for (int t = 0; t < n; t++) {
+    uint8_t *f = video + (size_t) t * W * H * 3;
+    if (boundary && boundary[t])
+      offset += jump_x;
+    fill (f, W, H, bg);
+    paint_disc (f, W, H, fmod (x0 + vx * t + offset, (double) W), y0 + vy * t, 5.0, red);
+  }
+  return video;
+}
+
+static void
+test_metrics_motion (void)
+{
+  const int n = 17, W = 96, H = 64;
+  double red[3];
+  vm_colour_by_name ("red", red);
+  uint8_t *video = moving_disc_video (n, W, H, 10.0, 40.0, 2.5, -1.0, NULL, 0.0);
+  vm_colour_stats stats[17];
+  double cx[17], cy[17], slope, icpt;
+  int used;
+
+  vm_colour_stats_video (video, n, W, H, red, COLOUR_RADIUS, CENTROID_MIN_PIXELS, stats);
+  vm_centroid_track (stats, n, cx, cy);
+  /* Pixel-grid sampling of a moving disc: centroids within 0.2 px; the
+   * fitted slopes within 0.02 px/frame. */
+  for (int t = 0; t < n; t++) {
+    g_assert_cmpfloat (fabs (cx[t] - (10.0 + 2.5 * t)), <, 0.2);
+    g_assert_cmpfloat (fabs (cy[t] - (40.0 - 1.0 * t)), <, 0.2);
+  }
+  g_assert_true (vm_linear_fit (cx, n, &slope, &icpt, &used));
+  g_assert_cmpint (used, ==, n);
+  g_assert_cmpfloat (fabs (slope - 2.5), <, 0.02);
+  g_assert_cmpfloat (fabs (icpt - 10.0), <, 0.2);
+  g_assert_true (vm_linear_fit (cy, n, &slope, NULL, NULL));
+  g_assert_cmpfloat (fabs (slope + 1.0), <, 0.02);
+
+  /* Exact line with holes: the holes are skipped. */
+  double v[9];
+  for (int i = 0; i < 9; i++)
+    v[i] = 3.0 - 0.5 * i;
+  v[2] = NAN;
+  v[7] = INFINITY;
+  g_assert_true (vm_linear_fit (v, 9, &slope, &icpt, &used));
+  g_assert_cmpint (used, ==, 7);
+  g_assert_cmpfloat_with_epsilon (slope, -0.5, 1e-12);
+  g_assert_cmpfloat_with_epsilon (icpt, 3.0, 1e-12);
+  for (int i = 0; i < 9; i++)
+    v[i] = i == 4 ? 1.0 : NAN;
+  g_assert_false (vm_linear_fit (v, 9, &slope, &icpt, &used));
+  g_assert_cmpint (used, ==, 1);
+
+  /* Frame change of two frames: one byte off by 255 in n bytes. */
+  uint8_t a[10] = { 0 }, b[10] = { 0 };
+  b[3] = 255;
+  b[4] = 10;
+  g_assert_cmpfloat_with_epsilon (vm_mean_abs_diff (a, b, 10), 26.5, 1e-12);
+  g_assert_cmpfloat (vm_mean_abs_diff (a, a, 10), ==, 0.0);
+  g_free (video);
+}
+
+static void
+test_metrics_boundaries (void)
+{
+  gboolean bnd[257], edges[257];
+
+  g_assert_cmpint (vm_latent_first_frame (0), ==, 0);
+  g_assert_cmpint (vm_latent_first_frame (1), ==, 1);
+  g_assert_cmpint (vm_latent_first_frame (4), ==, 13);
+  /* P 3, C 1, 65 latent frames: blocks start at latent 4, 7, ..., 64
+   * (engine.h: C + b P), i.e. frames 13, 25, ..., 253: 21 boundaries. */
+  g_assert_cmpint (vm_dualparal_boundaries (3, 1, 257, bnd), ==, 21);
+  g_assert_true (bnd[13] && bnd[25] && bnd[253]);
+  g_assert_false (bnd[0] || bnd[1] || bnd[12] || bnd[14] || bnd[256]);
+  int count = 0;
+  for (int i = 0; i < 257; i++)
+    if (bnd[i]) {
+      g_assert_cmpint (i % 4, ==, 1); /* always a latent edge */
+      g_assert_cmpint ((i + 3) / 4, ==, 1 + 3 * ++count);
+    }
+  /* P 10, C 5 (the engine's defaults): latent 15, 25, ... */
+  g_assert_cmpint (vm_dualparal_boundaries (10, 5, 257, bnd), ==, 5);
+  g_assert_true (bnd[57] && bnd[97] && bnd[217]);
+  /* Clips of 33 frames joined: 33, 66, ..., 231. */
+  g_assert_cmpint (vm_clip_boundaries (33, 257, bnd), ==, 7);
+  g_assert_true (bnd[33] && bnd[231] && !bnd[0] && !bnd[32]);
+  /* Latent edges of one run, and of 33-frame clips joined. */
+  vm_latent_edges (257, 0, edges);
+  g_assert_true (edges[1] && edges[5] && edges[253] && !edges[0] && !edges[2] && !edges[4]);
+  vm_latent_edges (257, 33, edges);
+  g_assert_true (edges[1] && edges[29] && edges[33] && edges[34] && edges[38] && !edges[37]);
+}
+
+static void
+test_metrics_seams (void)
+{
+  const int n = 65, W = 128, H = 64;
+  gboolean bnd[65], edges[65];
+  double red[3], change[65], cx[65], cy[65], jump[65];
+  vm_colour_stats stats[65];
+  vm_pair_split s;
+
+  vm_colour_by_name ("red", red);
+  g_assert_cmpint (vm_dualparal_boundaries (3, 1, n, bnd), ==, 5);
+  vm_latent_edges (n, 0, edges);
+
+  /* Smooth motion: boundaries look like the rest (ratios 1 within the
+   * pixel grid's jitter: 0.8 .. 1.25). */
+  uint8_t *video = moving_disc_video (n, W, H, 10.0, 30.0, 1.0, 0.0, NULL, 0.0);
+  vm_frame_changes (video, n, W, H, change);
+  g_assert_true (isnan (change[0]));
+  vm_colour_stats_video (video, n, W, H, red, COLOUR_RADIUS, CENTROID_MIN_PIXELS, stats);
+  vm_centroid_track (stats, n, cx, cy);
+  vm_centroid_jumps (cx, cy, n, jump);
+  vm_pair_split_compute (change, bnd, edges, n, &s);
+  g_assert_cmpint (s.n_boundary, ==, 5);
+  g_assert_cmpint (s.n_inside, ==, 16 - 5);
+  g_assert_cmpfloat (s.ratio, >, 0.8);
+  g_assert_cmpfloat (s.ratio, <, 1.25);
+  vm_pair_split_compute (jump, bnd, NULL, n, &s);
+  g_assert_cmpint (s.n_boundary + s.n_inside, ==, n - 1);
+  g_assert_cmpfloat (fabs (s.inside_mean - 1.0), <, 0.05);
+  g_assert_cmpfloat (s.ratio, >, 0.8);
+  g_assert_cmpfloat (s.ratio, <, 1.25);
+  g_free (video);
+
+  /* A 12 px teleport at every boundary of a disc moving 0.5 px/frame (it
+   * stays inside the frame): both ratios far above 2. */
+  video = moving_disc_video (n, W, H, 10.0, 30.0, 0.5, 0.0, bnd, 12.0);
+  vm_frame_changes (video, n, W, H, change);
+  vm_colour_stats_video (video, n, W, H, red, COLOUR_RADIUS, CENTROID_MIN_PIXELS, stats);
+  vm_centroid_track (stats, n, cx, cy);
+  vm_centroid_jumps (cx, cy, n, jump);
+  vm_pair_split_compute (change, bnd, edges, n, &s);
+  g_assert_cmpfloat (s.ratio, >, 3.0);
+  vm_pair_split_compute (jump, bnd, NULL, n, &s);
+  g_assert_cmpfloat (fabs (s.boundary_mean - 12.5), <, 0.3);
+  g_assert_cmpfloat (s.ratio, >, 10.0);
+  g_free (video);
+
+  /* The split's arithmetic on known values; NAN is skipped. */
+  double v[8] = { NAN, 1.0, 2.0, 10.0, 3.0, NAN, 4.0, 12.0 };
+  gboolean b[8] = { FALSE, FALSE, FALSE, TRUE, FALSE, TRUE, FALSE, TRUE };
+  gboolean only[8] = { TRUE, TRUE, FALSE, TRUE, TRUE, TRUE, TRUE, TRUE };
+  vm_pair_split_compute (v, b, NULL, 8, &s);
+  g_assert_cmpint (s.n_boundary, ==, 2);
+  g_assert_cmpint (s.n_inside, ==, 4);
+  g_assert_cmpfloat (s.boundary_mean, ==, 11.0);
+  g_assert_cmpfloat (s.boundary_max, ==, 12.0);
+  g_assert_cmpfloat (s.inside_mean, ==, 2.5);
+  g_assert_cmpfloat (s.inside_median, ==, 2.5);
+  g_assert_cmpfloat (s.inside_max, ==, 4.0);
+  g_assert_cmpfloat_with_epsilon (s.ratio, 4.4, 1e-12);
+  vm_pair_split_compute (v, b, only, 8, &s);
+  g_assert_cmpint (s.n_inside, ==, 3);
+  g_assert_cmpfloat (s.inside_median, ==, 3.0);
+  b[3] = b[7] = FALSE;
+  vm_pair_split_compute (v, b, NULL, 8, &s);
+  g_assert_cmpint (s.n_boundary, ==, 0);
+  g_assert_true (isnan (s.ratio) && isnan (s.boundary_mean));
+}
+
+/* ------------------------------------------------------------ the model */
+
+static void
+test_native_size (void)
+{
+  GError *err = NULL;
+  dp_generator_params p;
+  dp_generator_params_init (&p);
+  p.model_dir = model_dir;
+  p.prompt = "a red ball bouncing";
+  p.num_frames = 5;
+  p.steps = 1;
+  dp_generator *gen = dp_generator_new (&p, &err);
+  g_assert_no_error (err);
+  int w = 0, h = 0;
+  dp_generator_get_size (gen, &w, &h);
+  /* model_index.json "_dualparal" must carry the model's size: without it
+   * the generator falls back to Wan's 832 x 480 (generator.h). */
+  g_assert_cmpint (w, ==, MODEL_SIZE);
+  g_assert_cmpint (h, ==, MODEL_SIZE);
+  g_assert_cmpint (dp_generator_fps (gen), ==, MODEL_FPS);
+  dp_generator_free (gen);
+}
+
+typedef struct {
+  const char *prompt;
+  const char *colour;
+  int axis; /* 0: x, 1: y */
+  int sign; /* +1: right / down (image y grows downwards), -1: left / up */
+} prompt_case;
+
+/* The caption grammar of tools/shapes_dataset.py (caption_for). */
+static const prompt_case prompt_cases[] = {
+  { "a red ball moving to the right", "red", 0, +1 },
+  { "a blue square moving to the left", "blue", 0, -1 },
+  { "a green ball moving down", "green", 1, +1 },
+};
+
+static void
+test_prompt (gconstpointer data)
+{
+  const prompt_case *pc = data;
+  double colour[3], seconds;
+  g_assert_true (vm_colour_by_name (pc->colour, colour));
+
+  uint8_t *video = generate (DP_ENGINE_CLASSIC, pc->prompt, PROMPT_FRAMES, PROMPT_SEED, 0, 0, &seconds);
+  const int n = PROMPT_FRAMES;
+  vm_colour_stats stats[PROMPT_FRAMES];
+  double cx[PROMPT_FRAMES], cy[PROMPT_FRAMES], slope[2] = { NAN, NAN };
+  vm_colour_stats_video (video, n, MODEL_SIZE, MODEL_SIZE, colour, COLOUR_RADIUS, CENTROID_MIN_PIXELS, stats);
+  vm_centroid_track (stats, n, cx, cy);
+  double frac = 0.0, frac_min = 1.0;
+  int tracked = 0;
+  for (int t = 0; t < n; t++) {
+    frac += stats[t].fraction / n;
+    frac_min = MIN (frac_min, stats[t].fraction);
+    tracked += isfinite (cx[t]);
+  }
+  vm_linear_fit (cx, n, &slope[0], NULL, NULL);
+  vm_linear_fit (cy, n, &slope[1], NULL, NULL);
+  g_test_message ("\"%s\": %.1f s; %s fraction mean %.4f min %.4f; centroid in %d/%d frames; "
+                  "slope x %+.2f y %+.2f px/frame",
+                  pc->prompt, seconds, pc->colour, frac, frac_min, tracked, n, slope[0], slope[1]);
+
+  g_assert_cmpfloat (frac, >=, PROMPT_MIN_FRACTION_MEAN);
+  g_assert_cmpfloat (tracked, >=, PROMPT_MIN_TRACKED_SHARE * n);
+  const double along = pc->sign * slope[pc->axis], across = fabs (slope[1 - pc->axis]);
+  g_assert_cmpfloat (along, >=, PROMPT_MIN_SLOPE);
+  g_assert_cmpfloat (along, >=, PROMPT_MIN_AXIS_RATIO * across);
+  g_free (video);
+}
+
+static void
+test_long_video (void)
+{
+  const int n = LONG_FRAMES;
+  double colour[3], seconds;
+  g_assert_true (vm_colour_by_name (vm_colour_in_text (LONG_PROMPT), colour));
+
+  uint8_t *video = generate (DP_ENGINE_DUALPARAL, LONG_PROMPT, n, LONG_SEED, LONG_BLOCK_FRAMES,
+                             LONG_CONTEXT_FRAMES, &seconds);
+  gboolean *bnd = g_new (gboolean, n), *edges = g_new (gboolean, n);
+  vm_colour_stats *stats = g_new (vm_colour_stats, n);
+  double *cx = g_new (double, n), *cy = g_new (double, n);
+  double *change = g_new (double, n), *jump = g_new (double, n);
+
+  int n_bnd = vm_dualparal_boundaries (LONG_BLOCK_FRAMES, LONG_CONTEXT_FRAMES, n, bnd);
+  g_assert_cmpint (n_bnd, ==, 21);
+  vm_latent_edges (n, 0, edges);
+  vm_frame_changes (video, n, MODEL_SIZE, MODEL_SIZE, change);
+  vm_colour_stats_video (video, n, MODEL_SIZE, MODEL_SIZE, colour, COLOUR_RADIUS, CENTROID_MIN_PIXELS, stats);
+  vm_centroid_track (stats, n, cx, cy);
+  vm_centroid_jumps (cx, cy, n, jump);
+  int tracked = 0;
+  double frac = 0.0;
+  for (int t = 0; t < n; t++) {
+    tracked += isfinite (cx[t]);
+    frac += stats[t].fraction / n;
+  }
+
+  vm_pair_split ch_edges, ch_all, jp;
+  vm_pair_split_compute (change, bnd, edges, n, &ch_edges);
+  vm_pair_split_compute (change, bnd, NULL, n, &ch_all);
+  vm_pair_split_compute (jump, bnd, NULL, n, &jp);
+  g_test_message ("\"%s\", DualParal P %d C %d, %d frames: %.1f s; fraction mean %.4f; centroid in %d/%d "
+                  "frames", LONG_PROMPT, LONG_BLOCK_FRAMES, LONG_CONTEXT_FRAMES, n, seconds, frac, tracked, n);
+  g_test_message ("frame change: boundary %.3f (max %.3f) | inside latent edges %.3f -> ratio %.2f | "
+                  "all inside %.3f -> ratio %.2f", ch_edges.boundary_mean, ch_edges.boundary_max,
+                  ch_edges.inside_mean, ch_edges.ratio, ch_all.inside_mean, ch_all.ratio);
+  g_test_message ("centroid jump: boundary %.2f px (max %.2f, n %d) | inside %.2f px (median %.2f, max "
+                  "%.2f, n %d) -> ratio %.2f", jp.boundary_mean, jp.boundary_max, jp.n_boundary,
+                  jp.inside_mean, jp.inside_median, jp.inside_max, jp.n_inside, jp.ratio);
+
+  g_assert_cmpfloat (tracked, >=, LONG_MIN_TRACKED_SHARE * n);
+  g_assert_cmpfloat (ch_edges.ratio, <=, LONG_MAX_CHANGE_RATIO);
+  g_assert_cmpfloat (ch_all.ratio, <=, LONG_MAX_CHANGE_RATIO_ALL);
+  /* Most boundaries must have a centroid on both sides to judge the track. */
+  g_assert_cmpint (jp.n_boundary, >=, n_bnd * 3 / 4);
+  g_assert_cmpfloat (jp.ratio, <=, LONG_MAX_JUMP_RATIO);
+
+  g_free (bnd);
+  g_free (edges);
+  g_free (stats);
+  g_free (cx);
+  g_free (cy);
+  g_free (change);
+  g_free (jump);
+  g_free (video);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+
+  model_dir = g_getenv ("DP_SHAPES_MODEL_DIR");
+  char *index = model_dir ? g_build_filename (model_dir, "model_index.json", NULL) : NULL;
+  gboolean have_model = index && g_file_test (index, G_FILE_TEST_IS_REGULAR);
+  g_free (index);
+
+  g_test_add_func ("/model/metrics/colour", test_metrics_colour);
+  g_test_add_func ("/model/metrics/motion", test_metrics_motion);
+  g_test_add_func ("/model/metrics/boundaries", test_metrics_boundaries);
+  g_test_add_func ("/model/metrics/seams", test_metrics_seams);
+  if (have_model) {
+    g_test_add_func ("/model/native-size", test_native_size);
+    for (size_t i = 0; i < G_N_ELEMENTS (prompt_cases); i++) {
+      char *name = g_strdup_printf ("/model/prompt/%s-%s", prompt_cases[i].colour,
+                                    prompt_cases[i].axis == 0 ? (prompt_cases[i].sign > 0 ? "right" : "left")
+                                                              : (prompt_cases[i].sign > 0 ? "down" : "up"));
+      g_test_add_data_func (name, &prompt_cases[i], test_prompt);
+      g_free (name);
+    }
+    g_test_add_func ("/model/long-video", test_long_video);
+  }
+  int status = g_test_run ();
+  if (status == 0 && !have_model) {
+    /* 77 is meson's "skipped": the measures passed, the model is not there. */
+    g_printerr ("SKIP: no model_index.json in %s (DP_SHAPES_MODEL_DIR); only the measures ran\n",
+                model_dir ? model_dir : "(unset)");
+    return 77;
+  }
+  return status;
+}

@@ -1,0 +1,678 @@
+#!/usr/bin/env python3
+"""Trains models/shapes-tiny: a small Wan2.1-architecture text-to-video model on
+procedural moving-shape clips (tools/shapes_dataset.py), in the diffusers layout
+that WanPipeline.from_pretrained and the C loader read.
+
+Stages (one process, seeded; see docs/model-card-shapes-tiny.md):
+  1. tokenizer/: sentencepiece unigram model trained on every caption the
+     generator can write (T5 ids: pad 0, eos 1, unk 2, no bos), plus the
+     transformers T5Tokenizer files (tokenizer.json, tokenizer_config.json).
+  2. text_encoder/: a tiny umT5 encoder (UMT5EncoderModel), random and frozen.
+     Every caption (and the empty prompt) is encoded once, exactly as
+     WanPipeline._get_t5_prompt_embeds does (padding to --text-len, rows after
+     the real tokens zero).
+  3. vae/: AutoencoderKLWan (Wan2.1 structure, base_dim 12) trained on
+     reconstruction of the posterior mean (L1 + L2 on frames, pixels off the
+     background colour weighted 5x, tiny KL) on 48x48 crops (half of them
+     around the shape) of single frames (half of the steps, batch doubled)
+     and 9-frame clips, through the same causal chunked encode and
+     frame-by-frame decode the pipeline uses; latents_mean / latents_std are
+     then measured on encoded full 33-frame clips and written into
+     vae/config.json.
+  4. transformer/: WanTransformer3DModel trained with flow matching on the
+     normalised latents (z - mean) / std: x_t = (1 - s) x0 + s eps, target
+     eps - x0, s drawn uniformly then shifted by --flow-shift (what the
+     scheduler uses at inference).  The caption is replaced by the empty prompt
+     10% of the time (classifier-free guidance).  Windows of 5 latent frames are
+     cut from 9-latent (33-frame) clips, at the clip start half of the time and
+     anywhere otherwise, so the model also knows mid-video windows (what
+     block-wise long-video generation feeds it).  EMA weights are saved.
+  5. scheduler/ (UniPCMultistepScheduler, flow prediction) and model_index.json.
+
+A wall-clock budget (--minutes) caps everything: the VAE gets --vae-frac of it,
+the DiT the rest less 4 minutes for the final checks; the model directory is
+written after the VAE stage and every --save-every minutes, so a stopped run
+still leaves a usable model.  Step counts (--vae-steps, --dit-steps) set the
+work; the learning rate anneals by step or by elapsed share of the stage's
+budget, whichever is further, so on a busy machine a stage stops early but
+annealed.  The log says how many steps each stage really ran.  All random
+draws are seeded (numpy Generator for the clips, torch for init and noise);
+runs are repeatable up to torch's CPU kernels and where the budget cuts.
+
+    nice -n 19 python3 tools/train_shapes_model.py --out models/shapes-tiny --minutes 60
+    python3 tools/train_shapes_model.py --out models/shapes-tiny --check-only
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import shapes_dataset as sd  # noqa: E402
+
+SIZE = 128          # frame height and width (pixels)
+CLIP_FRAMES = 33    # frames per encoded training clip (9 latent frames)
+WINDOW_LATENTS = 5  # latent frames per DiT training window (17 video frames)
+Z_DIM = 16
+
+VAE_CONFIG = dict(base_dim=12, z_dim=Z_DIM, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                  attn_scales=[], temperal_downsample=[False, True, True], dropout=0.0)
+TEXT_CONFIG = dict(d_model=64, d_kv=32, num_heads=2, d_ff=128, num_layers=2,
+                   relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                   feed_forward_proj="gated-gelu", dense_act_fn="gelu_new", dropout_rate=0.0,
+                   layer_norm_epsilon=1e-6, initializer_factor=1.0, is_encoder_decoder=False,
+                   use_cache=False, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+                   decoder_start_token_id=0)
+DIT_CONFIG = dict(patch_size=[1, 2, 2], num_attention_heads=4, attention_head_dim=32,
+                  in_channels=Z_DIM, out_channels=Z_DIM, text_dim=TEXT_CONFIG["d_model"],
+                  freq_dim=256, ffn_dim=512, num_layers=4, cross_attn_norm=True,
+                  qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None,
+                  added_kv_proj_dim=None, rope_max_seq_len=1024)
+
+LOG = None
+DEVICE = torch.device("cpu")
+
+
+def log(msg):
+    line = "[%7.1fs] %s" % (time.time() - START, msg)
+    print(line, flush=True)
+    if LOG is not None:
+        LOG.write(line + "\n")
+        LOG.flush()
+
+
+START = time.time()
+
+
+# --------------------------------------------------------------------------
+# Tokenizer and text encoder
+
+
+def build_tokenizer(tok_dir, vocab_size):
+    import sentencepiece as spm
+    from transformers import AutoTokenizer, T5Tokenizer
+
+    os.makedirs(tok_dir, exist_ok=True)
+    captions = sd.all_captions()
+    # The captions alone leave the unigram trainer at character-sized pieces
+    # (651 sentences over 23 words); each word repeated on its own line makes
+    # whole words the likely pieces, so a caption is about 12 tokens.
+    words = sorted({w for c in captions for w in c.split()})
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "corpus.txt"), "w", encoding="utf-8") as f:
+            f.write("\n".join(captions + words * 50) + "\n")
+        cwd = os.getcwd()
+        os.chdir(tmp)  # the model records its input path: keep it relative
+        try:
+            spm.SentencePieceTrainer.train(
+                input="corpus.txt", model_prefix="spiece", vocab_size=vocab_size,
+                model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                character_coverage=1.0, num_threads=1, shuffle_input_sentence=False,
+                hard_vocab_limit=False, minloglevel=2)
+        finally:
+            os.chdir(cwd)
+        spm_dir = os.path.join(tmp, "spm")
+        os.makedirs(spm_dir)
+        shutil.copy(os.path.join(tmp, "spiece.model"), spm_dir)
+        T5Tokenizer.from_pretrained(spm_dir, extra_ids=0).save_pretrained(tok_dir)
+        shutil.copy(os.path.join(tmp, "spiece.model"), tok_dir)
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(tok_dir, "spiece.model"))
+    assert (sp.pad_id(), sp.eos_id(), sp.unk_id()) == (0, 1, 2)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    assert len(tokenizer) == sp.vocab_size(), (len(tokenizer), sp.vocab_size())
+    # The C tokenizer reads spiece.model: it must give the ids the pipeline's
+    # tokenizer gives, for every caption.
+    for c in captions:
+        hf = tokenizer(c, add_special_tokens=True).input_ids
+        assert hf == sp.encode(c) + [1], (c, hf, sp.encode(c))
+        assert 2 not in hf, c
+    return tokenizer, sp.vocab_size()
+
+
+def build_text_encoder(te_dir, vocab_size, seed):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    cfg = UMT5Config(vocab_size=vocab_size, **TEXT_CONFIG)
+    model = UMT5EncoderModel(cfg).eval()
+    # transformers' T5 init: embeddings N(0, factor), attention/ffn scaled
+    # normals; keep it, it is seeded.  Frozen: no training.
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.save_pretrained(te_dir, safe_serialization=True)
+    return model
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts, text_len):
+    """WanPipeline._get_t5_prompt_embeds, kept trimmed: returns a list of
+    [seq_len, d] tensors (the real tokens, EOS included); padding to text_len
+    with zero rows happens per batch."""
+    try:
+        from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+    except (ImportError, RuntimeError):
+        # Same cleaning (the pipeline module can fail to import where an
+        # incompatible peft is installed); ftfy is not used for our ASCII.
+        import html
+        import re
+
+        def prompt_clean(text):
+            return re.sub(r"\s+", " ", html.unescape(html.unescape(text)).strip()).strip()
+
+    out = []
+    for i in range(0, len(prompts), 64):
+        chunk = [prompt_clean(p) for p in prompts[i:i + 64]]
+        t = tokenizer(chunk, padding="max_length", max_length=text_len, truncation=True,
+                      add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        h = text_encoder(t.input_ids, t.attention_mask).last_hidden_state.float()
+        lens = t.attention_mask.gt(0).sum(dim=1)
+        out += [h[j, :lens[j]].clone() for j in range(len(chunk))]
+    return out
+
+
+def pad_context(rows, text_len):
+    ctx = torch.zeros(len(rows), text_len, rows[0].shape[1])
+    for i, r in enumerate(rows):
+        ctx[i, :r.shape[0]] = r
+    return ctx
+
+
+# --------------------------------------------------------------------------
+# VAE
+
+
+def vae_encode_mu_logvar(vae, x):
+    h = vae._encode(x)  # causal, chunked exactly as AutoencoderKLWan.encode
+    mu, logvar = torch.chunk(h, 2, dim=1)
+    return mu, torch.clamp(logvar, -30.0, 20.0)
+
+
+def vae_decode_unclamped(vae, z):
+    """AutoencoderKLWan._decode without the final clamp (so the loss keeps its
+    gradient where the decoder overshoots)."""
+    vae.clear_cache()
+    x = vae.post_quant_conv(z)
+    outs = []
+    for i in range(z.shape[2]):
+        vae._conv_idx = [0]
+        outs.append(vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map,
+                                feat_idx=vae._conv_idx, first_chunk=(i == 0)))
+    vae.clear_cache()
+    return torch.cat(outs, 2)
+
+
+def vae_batch(rng, batch, frames, crop):
+    """Random clips, cropped to crop x crop around the shape (with jitter) so
+    that most of the pixels the loss sees are near an edge."""
+    xs = []
+    for _ in range(batch):
+        v, _, _ = sd.make_clip(rng, frames, SIZE)
+        if crop < SIZE:
+            # Locate the shape roughly: the pixels farthest from the median.
+            mid = v[:, frames // 2]
+            dev = np.abs(mid - np.median(mid.reshape(3, -1), axis=1)[:, None, None]).sum(0)
+            yy, xx = np.nonzero(dev > 0.3)
+            if len(yy) and rng.random() < 0.5:
+                cy, cx = yy.mean(), xx.mean()
+            else:
+                cy, cx = rng.uniform(0, SIZE), rng.uniform(0, SIZE)
+            cy += rng.uniform(-crop / 4, crop / 4)
+            cx += rng.uniform(-crop / 4, crop / 4)
+            y0 = int(np.clip(cy - crop / 2, 0, SIZE - crop))
+            x0 = int(np.clip(cx - crop / 2, 0, SIZE - crop))
+            v = v[:, :, y0:y0 + crop, x0:x0 + crop]
+        xs.append(torch.from_numpy(np.ascontiguousarray(v)))
+    return torch.stack(xs)
+
+
+def schedule(step, steps, warmup, t_start, deadline):
+    """Linear warmup, then cosine from 1 to 0.1.  Progress is the step
+    fraction or the elapsed share of the stage's time budget, whichever is
+    further, so that a run slowed down by a busy machine still anneals before
+    its deadline (on an idle machine the step count decides)."""
+    prog = max(step / steps, (time.time() - t_start) / max(deadline - t_start, 1e-6))
+    prog = min(prog, 1.0)
+    return min(1.0, step / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog)))
+
+
+def train_vae(vae, args, deadline, rng):
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, betas=(0.9, 0.99),
+                            weight_decay=0.0)
+    steps = args.vae_steps
+    t0 = time.time()
+    hist = []
+    step = 0
+    for step in range(1, steps + 1):
+        lr = args.vae_lr * schedule(step, steps, 50, t0, deadline)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        # Single frames (the first-chunk path; cheap, and the VAE needs
+        # many steps before it reproduces colours at all) and 9-frame clips
+        # for the causal temporal path (cached frames).
+        if rng.random() < args.vae_image_frac:
+            x = vae_batch(rng, 2 * args.vae_batch, 1, args.vae_crop).to(DEVICE)
+        else:
+            x = vae_batch(rng, args.vae_batch, args.vae_frames, args.vae_crop).to(DEVICE)
+        mu, logvar = vae_encode_mu_logvar(vae, x)
+        # Decode the posterior mean (what the DiT is trained on).  Sampling
+        # z ~ N(mu, exp(logvar)) from the start drowns the latent in unit noise
+        # (logvar starts near 0, mu near 0.2) and stalls the decoder for
+        # hundreds of steps; the tiny KL term only keeps the scale in check.
+        y = vae_decode_unclamped(vae, mu)
+        # Pixels away from the clip's background colour weigh 5x: with plain
+        # L1/L2 the decoder sits for hundreds of steps on the "mean colour"
+        # plateau, since the shape is a small share of the pixels.
+        bg = x.flatten(2).median(dim=2).values[:, :, None, None, None]
+        w = 1.0 + 4.0 * ((x - bg).abs().sum(1, keepdim=True) > 0.1).float()
+        l1 = (y - x).abs().mean()
+        l2 = ((y - x) ** 2).mean()
+        wl = ((y - x).abs() * w).mean() / w.mean() + (((y - x) ** 2) * w).mean() / w.mean()
+        kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).mean()
+        loss = wl + args.vae_kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        hist.append((l1.item(), l2.item(), kl.item()))
+        if step % 100 == 0 or step == steps:
+            h = np.mean(hist[-100:], axis=0)
+            log("vae step %d/%d  l1 %.4f  l2 %.5f  kl %.3f  lr %.2e  (%.2f s/step)"
+                % (step, steps, h[0], h[1], h[2], lr, (time.time() - t0) / step))
+        if time.time() > deadline:
+            log("vae: time budget reached at step %d" % step)
+            break
+    vae.eval()
+    h = np.mean(hist[-50:], axis=0)
+    return step, dict(l1=float(h[0]), l2=float(h[1]), kl=float(h[2]))
+
+
+@torch.no_grad()
+def vae_eval(vae, seed, n=4):
+    """Reconstruction error of full 128x128, 17-frame clips through the
+    pipeline's own encode / decode (decode clamps to [-1, 1])."""
+    rng = np.random.default_rng(seed)
+    x = torch.stack([torch.from_numpy(sd.make_clip(rng, 17, SIZE)[0]) for _ in range(n)]).to(DEVICE)
+    mu = vae.encode(x).latent_dist.mode()
+    y = vae.decode(mu).sample
+    return float((y - x).abs().mean()), float(((y - x) ** 2).mean())
+
+
+@torch.no_grad()
+def encode_clip_latents(vae, rng, n, text_index):
+    """n fresh 33-frame clips -> (latents [n, 16, 9, 16, 16] (posterior mean),
+    caption indices [n])."""
+    xs, caps = [], []
+    for _ in range(n):
+        v, cap, _ = sd.make_clip(rng, CLIP_FRAMES, SIZE)
+        xs.append(torch.from_numpy(v))
+        caps.append(text_index[cap])
+    mu, _ = vae_encode_mu_logvar(vae, torch.stack(xs).to(DEVICE))
+    return mu, torch.tensor(caps)
+
+
+# --------------------------------------------------------------------------
+# DiT
+
+
+def shift_sigma(s, shift):
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def train_dit(dit, bank, bank_caps, mean, std, ctx_rows, empty_idx, args, deadline,
+              rng, refresh, save_cb):
+    dit.train()
+    ema = [p.detach().clone() for p in dit.parameters()]
+    opt = torch.optim.AdamW(dit.parameters(), lr=args.dit_lr, betas=(0.9, 0.99),
+                            weight_decay=0.01)
+    gen = torch.Generator().manual_seed(args.seed + 7)
+    steps = args.dit_steps
+    t0 = time.time()
+    last_save = time.time()
+    hist = []
+    step = 0
+    n_bank = bank.shape[0]
+    for step in range(1, steps + 1):
+        lr = args.dit_lr * schedule(step, steps, 200, t0, deadline)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.from_numpy(rng.integers(0, n_bank, args.dit_batch))
+        lat = []
+        for i in idx.tolist():
+            off = 0 if rng.random() < 0.5 else int(rng.integers(0, bank.shape[2] - WINDOW_LATENTS + 1))
+            lat.append(bank[i, :, off:off + WINDOW_LATENTS])
+        x0 = (torch.stack(lat) - mean) / std
+        caps = bank_caps[idx].tolist()
+        caps = [empty_idx if rng.random() < args.cfg_drop else c for c in caps]
+        ctx = pad_context([ctx_rows[c] for c in caps], args.text_len).to(DEVICE)
+        u = torch.rand(args.dit_batch, generator=gen)
+        sig = shift_sigma(u, args.flow_shift).to(DEVICE)
+        eps = torch.randn(x0.shape, generator=gen).to(DEVICE)
+        s5 = sig.view(-1, 1, 1, 1, 1)
+        xt = (1 - s5) * x0 + s5 * eps
+        # Timesteps as the scheduler passes them: sigma * 1000.
+        pred = dit(hidden_states=xt, timestep=sig * 1000.0, encoder_hidden_states=ctx,
+                   return_dict=False)[0]
+        loss = F.mse_loss(pred, eps - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema, dit.parameters()):
+                e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+        hist.append(loss.item())
+        if args.refresh_every and step % args.refresh_every == 0:
+            refresh()
+        if step % 50 == 0 or step == steps:
+            log("dit step %d/%d  loss %.4f  lr %.2e  (%.2f s/step)"
+                % (step, steps, float(np.mean(hist[-50:])), lr, (time.time() - t0) / step))
+        if time.time() - last_save > args.save_every * 60:
+            save_cb(ema, step, float(np.mean(hist[-200:])))
+            last_save = time.time()
+        if time.time() > deadline:
+            log("dit: time budget reached at step %d" % step)
+            break
+    dit.eval()
+    return step, float(np.mean(hist[-200:])), ema
+
+
+def write_dit(dit, ema, out_dir):
+    saved = [p.detach().clone() for p in dit.parameters()]
+    with torch.no_grad():
+        for p, e in zip(dit.parameters(), ema):
+            p.copy_(e)
+    dit.to("cpu").save_pretrained(os.path.join(out_dir, "transformer"), safe_serialization=True)
+    dit.to(DEVICE)
+    with torch.no_grad():
+        for p, s in zip(dit.parameters(), saved):
+            p.copy_(s)
+
+
+def write_scheduler_and_index(out_dir, args):
+    from diffusers import UniPCMultistepScheduler
+
+    sched = UniPCMultistepScheduler(
+        num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True,
+        flow_shift=args.flow_shift, solver_order=2, solver_type="bh2", predict_x0=True,
+        lower_order_final=True, final_sigmas_type="zero", timestep_spacing="linspace")
+    sched.save_pretrained(os.path.join(out_dir, "scheduler"))
+    index = {
+        "_class_name": "WanPipeline",
+        "_diffusers_version": __import__("diffusers").__version__,
+        "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+        "text_encoder": ["transformers", "UMT5EncoderModel"],
+        "tokenizer": ["transformers", "T5Tokenizer"],
+        "transformer": ["diffusers", "WanTransformer3DModel"],
+        "transformer_2": [None, None],
+        "vae": ["diffusers", "AutoencoderKLWan"],
+        "boundary_ratio": None,
+        "expand_timesteps": False,
+    }
+    with open(os.path.join(out_dir, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+        f.write("\n")
+
+
+# --------------------------------------------------------------------------
+# Checks on generated videos
+
+
+def colour_track(frames, colour, thresh=0.3):
+    """frames: [T, H, W, 3] in [0, 1].  Pixels within `thresh` (Euclidean, RGB
+    in [0, 1]) of the palette colour: per-frame fraction and centroid (x, y)."""
+    ref = np.array(sd.COLOURS[colour], np.float32)
+    d = np.sqrt(((frames - ref) ** 2).sum(-1))
+    m = d < thresh
+    frac = m.mean(axis=(1, 2))
+    T, H, W = m.shape
+    ys, xs = np.mgrid[0:H, 0:W]
+    cen = np.full((T, 2), np.nan)
+    for t in range(T):
+        if m[t].sum() >= 8:
+            cen[t] = (xs[m[t]].mean(), ys[m[t]].mean())
+    return frac, cen
+
+
+def judge(spec, frac, cen):
+    """Did the video show the named colour, and did it move as named?"""
+    res = dict(colour_fraction_mean=float(frac.mean()),
+               colour_fraction_min=float(frac.min()))
+    ok_col = frac.min() > 0.002  # at least ~33 of 16384 pixels in every frame
+    good = ~np.isnan(cen[:, 0])
+    res["frames_with_colour"] = int(good.sum())
+    if good.sum() < 2:
+        res.update(ok=False, why="colour not found")
+        return res
+    c = cen[good]
+    d = np.diff(c, axis=0)
+    # Median step: robust to a wrap-around jump.
+    med = np.median(d, axis=0)
+    res["median_step_px"] = [float(med[0]), float(med[1])]
+    res["net_move_px"] = [float(c[-1, 0] - c[0, 0]), float(c[-1, 1] - c[0, 1])]
+    path = float(np.sqrt((d ** 2).sum(1)).sum())
+    res["path_px"] = path
+    m = spec["motion"]
+    axis = {"right": (0, 1), "left": (0, -1), "down": (1, 1), "up": (1, -1)}
+    if m in axis:
+        a, sgn = axis[m]
+        ok_mot = sgn * med[a] > 0.5 and abs(med[a]) > abs(med[1 - a])
+    elif m == "grow":
+        res["fraction_ratio_last_first"] = float(frac[-1] / max(frac[0], 1e-6))
+        ok_mot = frac[-1] > 1.5 * frac[0]
+    else:  # bouncing, circling: it moves
+        ok_mot = path > 20.0
+    res.update(ok=bool(ok_col and ok_mot), colour_ok=bool(ok_col), motion_ok=bool(ok_mot))
+    return res
+
+
+CHECK_PROMPTS = [
+    dict(colour="red", shape="ball", motion="right", background=None),
+    dict(colour="blue", shape="square", motion="left", background="yellow"),
+    dict(colour="green", shape="triangle", motion="down", background=None),
+    dict(colour="yellow", shape="ball", motion="up", background="gray"),
+    dict(colour="white", shape="square", motion="circle", background=None),
+    dict(colour="red", shape="square", motion="bounce", background="gradient"),
+]
+
+
+def run_checks(out_dir, frames, steps, guidance, seed, png_dir=None):
+    from diffusers import WanPipeline
+
+    try:
+        import accelerate  # noqa: F401
+        pipe = WanPipeline.from_pretrained(out_dir)
+    except ImportError:
+        # diffusers 0.42 refuses to load any Wan transformer without
+        # accelerate (its fp32-kept modules need low_cpu_mem_usage).  All our
+        # weights are fp32, so loading without that special case is the same.
+        from diffusers import WanTransformer3DModel
+        keep = WanTransformer3DModel._keep_in_fp32_modules
+        WanTransformer3DModel._keep_in_fp32_modules = None
+        try:
+            pipe = WanPipeline.from_pretrained(out_dir)
+        finally:
+            WanTransformer3DModel._keep_in_fp32_modules = keep
+        log("note: accelerate missing; loaded without diffusers' fp32-kept-modules path")
+    pipe.set_progress_bar_config(disable=True)
+    results = []
+    for k, spec in enumerate(CHECK_PROMPTS):
+        prompt = sd.caption_for(spec["colour"], spec["shape"], spec["motion"], spec["background"])
+        t0 = time.time()
+        video = pipe(prompt, height=SIZE, width=SIZE, num_frames=frames,
+                     num_inference_steps=steps, guidance_scale=guidance,
+                     generator=torch.Generator().manual_seed(seed + k),
+                     output_type="np").frames[0]
+        dt = time.time() - t0
+        frac, cen = colour_track(video, spec["colour"])
+        r = judge(spec, frac, cen)
+        r.update(prompt=prompt, seconds=round(dt, 1))
+        results.append(r)
+        log("check %-55s ok=%s  colour %.3f (min %.3f)  median step %s px/frame  net %s px  path %.0f px"
+            % ('"%s"' % prompt, r["ok"], r["colour_fraction_mean"], r["colour_fraction_min"],
+               np.round(r.get("median_step_px", [np.nan, np.nan]), 2).tolist(),
+               np.round(r.get("net_move_px", [np.nan, np.nan]), 1).tolist(),
+               r.get("path_px", float("nan"))))
+        if png_dir:
+            from PIL import Image
+            os.makedirs(png_dir, exist_ok=True)
+            strip = np.concatenate(list(video[::2]), axis=1)
+            Image.fromarray((strip * 255).round().clip(0, 255).astype(np.uint8)).save(
+                os.path.join(png_dir, "sample_%d.png" % k))
+    return results
+
+
+# --------------------------------------------------------------------------
+
+
+def main():
+    global LOG
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="models/shapes-tiny")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget, all stages")
+    ap.add_argument("--vae-frac", type=float, default=0.45, help="share of the budget for the VAE")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent")
+    ap.add_argument("--text-len", type=int, default=512)
+    ap.add_argument("--vocab-size", type=int, default=64)
+    ap.add_argument("--vae-steps", type=int, default=3000)
+    ap.add_argument("--vae-batch", type=int, default=3)
+    ap.add_argument("--vae-frames", type=int, default=9)
+    ap.add_argument("--vae-crop", type=int, default=48)
+    ap.add_argument("--vae-image-frac", type=float, default=0.5,
+                    help="share of VAE steps on single frames (batch doubled)")
+    ap.add_argument("--vae-lr", type=float, default=3e-4)
+    ap.add_argument("--vae-kl", type=float, default=1e-6)
+    ap.add_argument("--bank", type=int, default=96, help="encoded clips kept for the DiT")
+    ap.add_argument("--refresh-every", type=int, default=16,
+                    help="DiT steps between replacing one bank clip by a fresh one (0: never)")
+    ap.add_argument("--dit-steps", type=int, default=6000)
+    ap.add_argument("--dit-batch", type=int, default=8)
+    ap.add_argument("--dit-lr", type=float, default=5e-4)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--cfg-drop", type=float, default=0.1)
+    ap.add_argument("--flow-shift", type=float, default=2.0)
+    ap.add_argument("--save-every", type=float, default=5.0, help="minutes between DiT saves")
+    ap.add_argument("--check-frames", type=int, default=17)
+    ap.add_argument("--check-steps", type=int, default=20)
+    ap.add_argument("--check-guidance", type=float, default=5.0)
+    ap.add_argument("--check-png", default=None, help="folder for sample PNG strips")
+    ap.add_argument("--check-only", action="store_true")
+    ap.add_argument("--skip-check", action="store_true")
+    args = ap.parse_args()
+
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    LOG = open(os.path.join(out, "training_log.txt"), "a" if args.check_only else "w")
+
+    if args.check_only:
+        res = run_checks(out, args.check_frames, args.check_steps, args.check_guidance,
+                         args.seed, args.check_png)
+        with open(os.path.join(out, "checks.json"), "w") as f:
+            json.dump(res, f, indent=1)
+        return
+
+    log("command: %s" % " ".join([os.path.basename(sys.executable)] + sys.argv))
+    log("machine: %s, %s, %d cpus, torch %s (%d threads)"
+        % (platform.node(), platform.processor() or platform.machine(), os.cpu_count(),
+           torch.__version__, torch.get_num_threads()))
+    deadline_all = START + args.minutes * 60
+    deadline_vae = START + args.minutes * args.vae_frac * 60
+    rng = np.random.default_rng(args.seed)
+
+    # 1-2. Tokenizer and frozen text encoder.
+    from transformers import UMT5EncoderModel  # noqa: F401
+    tokenizer, vocab = build_tokenizer(os.path.join(out, "tokenizer"), args.vocab_size)
+    te = build_text_encoder(os.path.join(out, "text_encoder"), vocab, args.seed + 1)
+    prompts = sd.all_captions() + [""]
+    ctx_rows = encode_prompts(tokenizer, te, prompts, args.text_len)
+    text_index = {p: i for i, p in enumerate(prompts)}
+    empty_idx = text_index[""]
+    log("tokenizer: %d pieces; %d captions, longest %d tokens (EOS included); text_len %d"
+        % (vocab, len(prompts) - 1, max(r.shape[0] for r in ctx_rows), args.text_len))
+
+    # 3. VAE.
+    from diffusers import AutoencoderKLWan
+    torch.manual_seed(args.seed + 2)
+    vae = AutoencoderKLWan(**VAE_CONFIG).to(DEVICE)
+    log("vae: %.2f M parameters" % (sum(p.numel() for p in vae.parameters()) / 1e6))
+    vae_steps, vae_loss = train_vae(vae, args, deadline_vae, rng)
+    l1, l2 = vae_eval(vae, args.seed + 3)
+    log("vae done: %d steps; train l1 %.4f l2 %.5f; full-clip eval (128x128x17, clamped) l1 %.4f l2 %.5f psnr %.1f dB"
+        % (vae_steps, vae_loss["l1"], vae_loss["l2"], l1, l2, 10 * math.log10(4.0 / l2)))
+
+    # Latent statistics on encoded full clips (posterior means).
+    bank, bank_caps = [], []
+    t0 = time.time()
+    for i in range(0, args.bank, 8):
+        z, c = encode_clip_latents(vae, rng, min(8, args.bank - i), text_index)
+        bank.append(z)
+        bank_caps.append(c)
+    bank = torch.cat(bank)
+    bank_caps = torch.cat(bank_caps)
+    mean = bank.mean(dim=(0, 2, 3, 4)).cpu()
+    std = bank.std(dim=(0, 2, 3, 4)).cpu()
+    log("latent bank: %d clips [16, %d, %d, %d] in %.0f s; mean %s; std %s"
+        % (bank.shape[0], bank.shape[2], bank.shape[3], bank.shape[4], time.time() - t0,
+           np.round(mean.numpy(), 3).tolist(), np.round(std.numpy(), 3).tolist()))
+    vae.register_to_config(latents_mean=[round(float(v), 5) for v in mean],
+                           latents_std=[round(float(v), 5) for v in std])
+    vae.to("cpu").save_pretrained(os.path.join(out, "vae"), safe_serialization=True)
+    vae.to(DEVICE)
+    write_scheduler_and_index(out, args)
+    mean5 = mean.view(1, -1, 1, 1, 1).to(DEVICE)
+    std5 = std.view(1, -1, 1, 1, 1).to(DEVICE)
+
+    # 4. DiT.
+    from diffusers import WanTransformer3DModel
+    torch.manual_seed(args.seed + 4)
+    dit = WanTransformer3DModel(**DIT_CONFIG).to(DEVICE)
+    log("dit: %.2f M parameters" % (sum(p.numel() for p in dit.parameters()) / 1e6))
+    refresh_rng = np.random.default_rng(args.seed + 5)
+
+    def refresh():
+        z, c = encode_clip_latents(vae, refresh_rng, 1, text_index)
+        j = int(refresh_rng.integers(0, bank.shape[0]))
+        bank[j] = z[0]
+        bank_caps[j] = c[0]
+
+    def save_cb(ema, step, loss):
+        write_dit(dit, ema, out)
+        log("saved transformer (EMA) at step %d, loss %.4f" % (step, loss))
+
+    dit_steps, dit_loss, ema = train_dit(dit, bank, bank_caps, mean5, std5, ctx_rows, empty_idx,
+                                         args, deadline_all - 240, rng, refresh, save_cb)
+    write_dit(dit, ema, out)
+    log("dit done: %d steps; final loss (mean of last 200 steps) %.4f" % (dit_steps, dit_loss))
+    log("summary: vae_steps %d vae_l1 %.4f vae_l2 %.5f eval_l1 %.4f eval_l2 %.5f | dit_steps %d dit_loss %.4f | wall %.1f min"
+        % (vae_steps, vae_loss["l1"], vae_loss["l2"], l1, l2, dit_steps, dit_loss,
+           (time.time() - START) / 60))
+    log("reproduce: nice -n 19 python3 tools/train_shapes_model.py --out %s --seed %d --vae-steps %d --dit-steps %d --minutes 10000"
+        % (out, args.seed, vae_steps, dit_steps))
+
+    if not args.skip_check:
+        res = run_checks(out, args.check_frames, args.check_steps, args.check_guidance,
+                         args.seed, args.check_png)
+        with open(os.path.join(out, "checks.json"), "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
