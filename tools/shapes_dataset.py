@@ -197,17 +197,17 @@ def make_clip(rng, frames=17, size=128, spec=None):
         bg = a[:, None, None] * (1 - ramp2[None]) + b[:, None, None] * ramp2[None]
     else:
         bg = np.broadcast_to(background_rgb(background)[:, None, None],
-                                                  (3, size, size)).astype(np.float32)
+                             (3, size, size)).astype(np.float32)
 
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     alpha = _shape_alpha(shape, xs, ys, cx.astype(np.float32),
-                                              cy.astype(np.float32), r)  # [T, H, W]
+                         cy.astype(np.float32), r)  # [T, H, W]
     fg = np.array(COLOURS[colour], np.float32)
     video = bg[:, None] * (1 - alpha[None]) + fg[:, None, None, None] * alpha[None]
     video = video * 2.0 - 1.0
     caption = caption_for(colour, shape, motion, background)
     return (video.astype(np.float32), caption,
-                    dict(colour=colour, shape=shape, motion=motion, background=background))
+            dict(colour=colour, shape=shape, motion=motion, background=background))
 
 
 def _contact_sheet(path, n=8, frames=17, size=128, seed=0):

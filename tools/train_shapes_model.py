@@ -419,6 +419,9 @@ def write_scheduler_and_index(out_dir, args):
         "vae": ["diffusers", "AutoencoderKLWan"],
         "boundary_ratio": None,
         "expand_timesteps": False,
+        # Read by the C generator (core/src/generator.c): the model's native
+        # size, text length and frame rate.  diffusers ignores "_" keys.
+        "_dualparal": {"width": SIZE, "height": SIZE, "text_len": args.text_len, "fps": sd.FPS},
     }
     with open(os.path.join(out_dir, "model_index.json"), "w") as f:
         json.dump(index, f, indent=2)
