@@ -91,9 +91,9 @@ typedef enum {
 #define DP_CUDA_ATTN_DEFAULT DP_CUDA_ATTN_W4_R32
 
 /* Selects the kernel for later attention calls (a value out of range
- * selects the device's default: DP_CUDA_ATTN_DEFAULT, or DP_CUDA_ATTN_WGMMA
- * on Hopper once that kernel is enabled by default (cuda_backend.c) or with
- * DP_CUDA_ATTENTION=wgmma in the environment). */
+ * selects the device's default: DP_CUDA_ATTN_WGMMA on Hopper, else
+ * DP_CUDA_ATTN_DEFAULT; DP_CUDA_ATTENTION=mma in the environment makes the
+ * mma.sync kernel the default everywhere). */
 void dp_cuda_backend_set_attention_variant (dp_backend *be, dp_cuda_attention_variant variant);
 /* The device's default variant (what a new backend starts with). */
 dp_cuda_attention_variant dp_cuda_backend_default_attention_variant (dp_backend *be);

@@ -166,7 +166,9 @@ test_vae (void)
   g_snprintf (what, sizeof what, "VAE decode [16, %" G_GINT64_FORMAT ", %" G_GINT64_FORMAT ", %" G_GINT64_FORMAT
               "] -> %" G_GINT64_FORMAT " frames (video)", latent.shape[1], latent.shape[2], latent.shape[3],
               cpu.frames);
-  check_close (what, gpu.video, cpu.video, n, 1e-2);
+  /* PyTorch's own bf16 decode of this model lands 2.7-2.9e-2 from its F32
+   * decode (tools/bf16_sensitivity.py); ours measured 1.5e-2 on an H200. */
+  check_close (what, gpu.video, cpu.video, n, 3e-2);
   int64_t off = 0, far = 0;
   for (int64_t i = 0; i < n; i++) {
     int d = abs ((int) gpu.rgb[i] - (int) cpu.rgb[i]);
@@ -227,7 +229,12 @@ test_umt5 (void)
     char what[96];
     g_snprintf (what, sizeof what, "umT5 \"%s\": %d tokens of %d", json_object_get_string_member (o, "name"), nc,
                 text_len);
-    check_close (what, og.data, oc.data, (int64_t) nc * d_model, 1e-2);
+    /* This tiny random umT5 is very sensitive to bf16: PyTorch's bf16 run
+     * lands 1.8e-2 to 8.1e-2 from its F32 run depending on the prompt, and
+     * rounding only the weights to bf16 already moves it 0.9e-2 to 6.0e-2
+     * (tools/bf16_sensitivity.py); the GPU path (bf16 weights and
+     * activations, F32 residual) must stay within PyTorch's range. */
+    check_close (what, og.data, oc.data, (int64_t) nc * d_model, 1e-1);
     const float *tail = (const float *) og.data + (size_t) nc * d_model;
     for (size_t i = 0; i < (size_t) (text_len - nc) * d_model; i++)
       g_assert_cmpfloat (tail[i], ==, 0.0f);

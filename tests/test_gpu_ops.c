@@ -576,7 +576,7 @@ run_attention (fixture *f, const attn_case *c)
   dp_attn_params p = { .scale = c->scale ? c->scale : 1.0f / sqrtf (c->d), .key_len = c->key_len };
 
   dp_tensor cq = cpu_tensor (4, qs, q), ck = cpu_tensor (4, ks, k), cv = cpu_tensor (4, ks, v);
-  dp_tensor co = cpu_tensor (4, qs, NULL), cb = cpu_tensor (3, bs, bias ? bias : q);
+  dp_tensor co = cpu_tensor (4, qs, NULL), cb = c->bias ? cpu_tensor (3, bs, bias) : (dp_tensor) { 0 };
   p.bias = c->bias ? &cb : NULL;
   f->cpu->ops->attention (f->cpu, &co, &cq, &ck, &cv, &p);
 

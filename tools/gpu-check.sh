@@ -9,16 +9,16 @@
 # BUILD_DIR must hold tests/test_gpu_ops, tests/test_gpu_models, tests/test_gpu_engine and
 # tools/dualparal-bench built with -Dcuda=enabled (copies of just these four,
 # stripped, are enough).  Libraries the machine lacks (GLib, json-glib, OpenBLAS...)
-# may be put in .device/lib; cuBLASLt is looked up in the CUDA toolkit and in
-# Python's nvidia packages.  The PyTorch anchor runs when
+# may be put in .device/lib; cuBLASLt and NCCL are looked up in the CUDA toolkit
+# and in Python's nvidia packages.  The PyTorch anchor runs when
 # .bench/pytorch_wan_anchor.py (a copy of ../shared/bench/) is present.
 # Logs go to $OUT (default ./out/gpu-check).  Skip parts with
 # GPU_CHECK_SKIP="tests ops dit anchor" (any subset); GPU_CHECK_DIT_ARGS adds
 # options to the DiT benchmark (default "--compare-attn": the wgmma and the
 # mma.sync attention kernels in one model load); GPU_CHECK_SANITIZE=1 also
 # runs part of the tests under compute-sanitizer's memcheck;
-# GPU_CHECK_COMPILE=SECONDS also runs the anchor with --compile --frames 8+2
-# under that time limit (torch.compile of 30 blocks takes minutes).
+# GPU_CHECK_COMPILE=SECONDS also runs the anchor with --compile at the three
+# shapes under that time limit (torch.compile of 30 blocks takes minutes).
 # Each GPU test case runs in a process of its own, so one failure does not
 # hide the results of the others.
 set -u
@@ -37,6 +37,12 @@ done
 if ! echo "$libdirs" | grep -q cuda; then
   lt=$(find /usr/local /opt /usr/lib /root -name 'libcublasLt.so.13*' 2>/dev/null | head -1)
   [ -n "$lt" ] && libdirs=$libdirs:$(dirname "$lt")
+fi
+# NCCL (the engine's multi-GPU transport): the toolkit's, else the one a
+# Python package (nvidia-nccl) brings.
+if ! ls ${libdirs//:/\/libnccl.so.2 }/libnccl.so.2 >/dev/null 2>&1; then
+  nccl=$(find /usr/local /opt /usr/lib /root -name 'libnccl.so.2*' 2>/dev/null | head -1)
+  [ -n "$nccl" ] && libdirs=$libdirs:$(dirname "$nccl")
 fi
 export LD_LIBRARY_PATH=$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export DP_TEST_DATA=$PWD/tests/data
@@ -89,9 +95,9 @@ if ! skip anchor && [ -f .bench/pytorch_wan_anchor.py ]; then
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if ! skip anchor && [ -n "${GPU_CHECK_COMPILE:-}" ] && [ -f .bench/pytorch_wan_anchor.py ]; then
-  echo "== PyTorch anchor (torch.compile, 8+2, limit ${GPU_CHECK_COMPILE} s)"
+  echo "== PyTorch anchor (torch.compile, limit ${GPU_CHECK_COMPILE} s)"
   PYTHONUNBUFFERED=1 timeout "$GPU_CHECK_COMPILE" python3 .bench/pytorch_wan_anchor.py --model 1.3b --compile \
-    --frames 8+2 2>&1 | tail -n 20 | tee "$OUT/anchor-compile.log"
+    --frames 21 --frames 8+2 --frames 4+2 2>&1 | tail -n 20 | tee "$OUT/anchor-compile.log"
   echo "anchor --compile exit ${PIPESTATUS[0]} (124: time limit)"
 fi
 echo "== gpu-check exit $status"
