@@ -349,19 +349,19 @@ run_modulate (fixture *f, dp_dtype xdt, dp_dtype ydt, int64_t D)
 }
 
 static void
-run_rms (fixture *f, dp_dtype dt, gboolean weight, gboolean inplace)
+run_rms (fixture *f, dp_dtype dt, dp_dtype wdt, gboolean weight, gboolean inplace)
 {
   const int64_t xs[3] = { 2, 33, 1536 }, vs[1] = { 1536 };
   const int64_t n = count (3, xs);
-  float *x = rand_vec (n, -2.0f, 2.0f, dt), *w = rand_vec (1536, 0.5f, 1.5f, dt);
+  float *x = rand_vec (n, -2.0f, 2.0f, dt), *w = rand_vec (1536, 0.5f, 1.5f, wdt);
   dp_tensor cx = cpu_tensor (3, xs, x), cw = cpu_tensor (1, vs, w), cy = cpu_tensor (3, xs, NULL);
   f->cpu->ops->rms_norm (f->cpu, &cy, &cx, weight ? &cw : NULL, 1e-6f);
-  dp_tensor gx = gpu_tensor (f->gpu, dt, 3, xs, x), gw = gpu_tensor (f->gpu, dt, 1, vs, w);
+  dp_tensor gx = gpu_tensor (f->gpu, dt, 3, xs, x), gw = gpu_tensor (f->gpu, wdt, 1, vs, w);
   dp_tensor gy = inplace ? gx : gpu_out (f->gpu, dt, 3, xs);
   f->gpu->ops->rms_norm (f->gpu, &gy, &gx, weight ? &gw : NULL, 1e-6f);
   char what[128];
-  g_snprintf (what, sizeof what, "rms_norm %s%s%s", dp_dtype_name (dt), weight ? " weight" : "",
-              inplace ? " in place" : "");
+  g_snprintf (what, sizeof what, "rms_norm %s%s%s%s", dp_dtype_name (dt), weight ? " weight " : "",
+              weight ? dp_dtype_name (wdt) : "", inplace ? " in place" : "");
   check_gpu (f, what, &gy, &cy, tol_for (dt));
   if (!inplace)
     dp_backend_tensor_free (f->gpu, &gy);
@@ -384,12 +384,18 @@ test_norms (void)
   run_layer_norm (&f, DP_F32, DP_F32, TRUE, FALSE);
   run_layer_norm (&f, DP_BF16, DP_BF16, FALSE, FALSE);
   run_layer_norm (&f, DP_F32, DP_F32, FALSE, TRUE);
+  /* D a multiple of 4 up to 6144 with F32 parameters takes the vector
+   * kernel (1536: 1.3B, 5120: 14B); 30, 6148 and BF16 weights the generic. */
   run_modulate (&f, DP_F32, DP_BF16, 1536);
+  run_modulate (&f, DP_F32, DP_BF16, 5120);
+  run_modulate (&f, DP_F32, DP_BF16, 6148);
+  run_modulate (&f, DP_F32, DP_BF16, 30);
   run_modulate (&f, DP_F32, DP_F32, 96);
   run_modulate (&f, DP_BF16, DP_BF16, 40);
-  run_rms (&f, DP_BF16, TRUE, TRUE);
-  run_rms (&f, DP_F32, TRUE, FALSE);
-  run_rms (&f, DP_F32, FALSE, TRUE);
+  run_rms (&f, DP_BF16, DP_F32, TRUE, TRUE); /* the model's q / k norm */
+  run_rms (&f, DP_BF16, DP_BF16, TRUE, TRUE);
+  run_rms (&f, DP_F32, DP_F32, TRUE, FALSE);
+  run_rms (&f, DP_F32, DP_F32, FALSE, TRUE);
   fx_done (&f);
 }
 
@@ -427,6 +433,7 @@ test_rope (void)
   run_rope (&f, DP_F32, 128, NULL);
   run_rope (&f, DP_F32, 32, pos_b);
   run_rope (&f, DP_BF16, 24, NULL);
+  run_rope (&f, DP_BF16, 20, pos_b); /* d / 2 not a multiple of 4: the scalar kernel */
   fx_done (&f);
 }
 

@@ -235,9 +235,9 @@ bench_ops (dp_backend *be, int reps)
     job jl = { .kind = JOB_LN_MOD, .y = &act3, .x = &res, .w = &shift, .b = &scale };
     failures += !report (be, "layer_norm_modulate f32 -> bf16 [2, 32760, 1536]", time_job (be, &jl, 2, reps), 0,
                          6.0 * M * D);
-    dp_tensor nw = random_device (be, DP_BF16, 1, bs, 1.0f);
+    dp_tensor nw = random_device (be, DP_F32, 1, bs, 1.0f); /* F32, as the model's norm_q / norm_k */
     job jr = { .kind = JOB_RMS, .y = &act3, .x = &act3, .w = &nw };
-    failures += !report (be, "rms_norm bf16 in place [2, 32760, 1536]", time_job (be, &jr, 2, reps), 0, 4.0 * M * D);
+    failures += !report (be, "rms_norm bf16 in place, f32 weight [2, 32760, 1536]", time_job (be, &jr, 2, reps), 0, 4.0 * M * D);
     dp_tensor act4 = dp_tensor_view (y.data, DP_BF16, 4, q4);
     job jp = { .kind = JOB_ROPE, .y = &act4, .grid = { .frames = 21, .height = 30, .width = 52, .theta = 10000.0f } };
     failures += !report (be, "rope_3d bf16 in place [2, 32760, 12, 128]", time_job (be, &jp, 2, reps), 0, 4.0 * M * D);

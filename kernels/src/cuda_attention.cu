@@ -627,12 +627,6 @@ attention_generic_kernel (void *o, int odt, const void *q, int qdt, const void *
 
 /* ---- entry --------------------------------------------------------------- */
 
-static bool
-aligned16 (const void *p)
-{
-  return ((uintptr_t) p & 15) == 0;
-}
-
 extern "C" void
 dp_cuda_attention (dp_backend *be, dp_tensor *o, const dp_tensor *q, const dp_tensor *k, const dp_tensor *v,
                    const dp_attn_params *p)
@@ -685,8 +679,8 @@ dp_cuda_attention (dp_backend *be, dp_tensor *o, const dp_tensor *q, const dp_te
   }
 
   const bool fast = q->dtype == DP_BF16 && k->dtype == DP_BF16 && v->dtype == DP_BF16 && o->dtype == DP_BF16
-                    && d % 8 == 0 && d <= 128 && aligned16 (q->data) && aligned16 (k->data)
-                    && aligned16 (v->data) && aligned16 (o->data);
+                    && d % 8 == 0 && d <= 128 && dp_aligned (q->data, 16) && dp_aligned (k->data, 16)
+                    && dp_aligned (v->data, 16) && dp_aligned (o->data, 16);
   if (fast) {
     flash_params fp;
     fp.q = (const __nv_bfloat16 *) q->data;

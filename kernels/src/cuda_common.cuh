@@ -53,6 +53,53 @@ dp_act_f (float x, int act)
   return act == DP_ACT_GELU_TANH ? dp_gelu_tanh_f (x) : act == DP_ACT_SILU ? dp_silu_f (x) : x;
 }
 
+/* Four consecutive elements as floats, one vector access (16 bytes of F32,
+ * 8 of BF16): p must be aligned to four elements. */
+__device__ __forceinline__ void
+dp_ld4 (const float *p, float v[4])
+{
+  const float4 t = *(const float4 *) p;
+  v[0] = t.x;
+  v[1] = t.y;
+  v[2] = t.z;
+  v[3] = t.w;
+}
+
+__device__ __forceinline__ void
+dp_ld4 (const __nv_bfloat16 *p, float v[4])
+{
+  const uint2 t = *(const uint2 *) p;
+  const float2 a = __bfloat1622float2 (*(const __nv_bfloat162 *) &t.x);
+  const float2 b = __bfloat1622float2 (*(const __nv_bfloat162 *) &t.y);
+  v[0] = a.x;
+  v[1] = a.y;
+  v[2] = b.x;
+  v[3] = b.y;
+}
+
+__device__ __forceinline__ void
+dp_st4 (float *p, const float v[4])
+{
+  *(float4 *) p = make_float4 (v[0], v[1], v[2], v[3]);
+}
+
+__device__ __forceinline__ void
+dp_st4 (__nv_bfloat16 *p, const float v[4])
+{
+  __nv_bfloat162 a = __floats2bfloat162_rn (v[0], v[1]), b = __floats2bfloat162_rn (v[2], v[3]);
+  uint2 t;
+  t.x = *(const uint32_t *) &a;
+  t.y = *(const uint32_t *) &b;
+  *(uint2 *) p = t;
+}
+
+/* Whether p is aligned to n bytes. */
+__host__ __device__ __forceinline__ bool
+dp_aligned (const void *p, unsigned n)
+{
+  return ((uintptr_t) p & (n - 1)) == 0;
+}
+
 #define DP_GRID_STRIDE(i, n) \
   for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
        i += (int64_t) gridDim.x * blockDim.x)

@@ -2,8 +2,13 @@
  *
  * One block per row, FP32 statistics (two passes: mean, then the variance
  * of x - mean, like the CPU backend, so no cancellation on offset data).
- * The row is re-read from L1/L2 for the second and third passes; a row of
- * the 1.3B / 14B model is 6 / 20 KB of F32. */
+ *
+ * Fast path (the model's case: x and y F32 or BF16, parameters F32, D a
+ * multiple of 4 up to 6144, aligned rows): 128 threads per row, each
+ * holding its share of the row in registers after one vector read, so x is
+ * read from memory once.  Anything else runs the generic kernel, which
+ * re-reads the row from L1/L2 for its second and third passes (measured
+ * 1.3-1.5 TB/s on an H200 against a 4.2 TB/s copy ceiling). */
 #include "cuda_common.cuh"
 
 enum { MODE_LN, MODE_LN_MODULATE, MODE_RMS };
@@ -48,6 +53,109 @@ norm_kernel (void *y, int ydt, const void *x, int xdt, const void *w, int wdt, c
     }
     dp_st (y, ydt, off + c, v);
   }
+}
+
+enum { VEC_THREADS = 128, VEC_MAX = 12 }; /* rows up to 4 * 128 * 12 = 6144 */
+
+/* MODE_LN_MODULATE: w = shift, b = scale, both [B, D] F32.  Otherwise w and
+ * b are [D] F32 or NULL. */
+template <int MODE, typename TX, typename TY>
+__global__ void __launch_bounds__ (VEC_THREADS)
+norm_vec_kernel (TY *y, const TX *x, const float *w, const float *b, int D, int64_t rows_per_batch, float eps)
+{
+  __shared__ float shm[32];
+  const int64_t row = blockIdx.x;
+  const TX *xr = x + row * D;
+  TY *yr = y + row * D;
+  const int nv = D / 4;
+  float v[VEC_MAX][4];
+  float s = 0.0f;
+#pragma unroll
+  for (int k = 0; k < VEC_MAX; k++) {
+    const int i = threadIdx.x + k * VEC_THREADS;
+    if (i < nv) {
+      dp_ld4 (xr + 4 * i, v[k]);
+#pragma unroll
+      for (int j = 0; j < 4; j++)
+        s += MODE == MODE_RMS ? v[k][j] * v[k][j] : v[k][j];
+    }
+  }
+  s = dp_block_sum (s, shm);
+  float mean = 0.0f, rstd;
+  if (MODE == MODE_RMS) {
+    rstd = rsqrtf (s / (float) D + eps);
+  } else {
+    mean = s / (float) D;
+    float q = 0.0f;
+#pragma unroll
+    for (int k = 0; k < VEC_MAX; k++)
+      if (threadIdx.x + k * VEC_THREADS < nv)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+          q += (v[k][j] - mean) * (v[k][j] - mean);
+    q = dp_block_sum (q, shm);
+    rstd = rsqrtf (q / (float) D + eps);
+  }
+  const int64_t mod_off = MODE == MODE_LN_MODULATE ? (row / rows_per_batch) * D : 0;
+#pragma unroll
+  for (int k = 0; k < VEC_MAX; k++) {
+    const int i = threadIdx.x + k * VEC_THREADS;
+    if (i < nv) {
+      float o[4], pw[4], pb[4];
+      if (w)
+        dp_ld4 (w + mod_off + 4 * i, pw);
+      if (b)
+        dp_ld4 (b + mod_off + 4 * i, pb);
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        o[j] = (v[k][j] - mean) * rstd;
+        if (MODE == MODE_LN_MODULATE) {
+          o[j] = o[j] * (1.0f + pb[j]) + pw[j];
+        } else {
+          if (w)
+            o[j] *= pw[j];
+          if (MODE == MODE_LN && b)
+            o[j] += pb[j];
+        }
+      }
+      dp_st4 (yr + 4 * i, o);
+    }
+  }
+}
+
+template <int MODE, typename TX, typename TY>
+static void
+launch_vec (dp_backend *be, void *y, const void *x, const dp_tensor *w, const dp_tensor *b, int64_t D, int64_t rows,
+            int64_t rows_per_batch, float eps)
+{
+  norm_vec_kernel<MODE, TX, TY><<<(unsigned) rows, VEC_THREADS, 0, dp_cuda_of (be)->stream>>> (
+    (TY *) y, (const TX *) x, w ? (const float *) w->data : NULL, b ? (const float *) b->data : NULL, (int) D,
+    rows_per_batch, eps);
+}
+
+/* Runs the fast path when the tensors allow it; FALSE: use the generic one. */
+template <int MODE>
+static bool
+norm_vec (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *w, const dp_tensor *b, int64_t D,
+          int64_t rows, int64_t rows_per_batch, float eps)
+{
+  if (D % 4 != 0 || D > 4 * VEC_THREADS * VEC_MAX || !dp_aligned (x->data, 16) || !dp_aligned (y->data, 16))
+    return false;
+  for (const dp_tensor *p : { w, b })
+    if (p && (p->dtype != DP_F32 || !dp_aligned (p->data, 16)))
+      return false;
+  const bool xf = x->dtype == DP_F32, xb = x->dtype == DP_BF16, yf = y->dtype == DP_F32, yb = y->dtype == DP_BF16;
+  if (xf && yb)
+    launch_vec<MODE, float, __nv_bfloat16> (be, y->data, x->data, w, b, D, rows, rows_per_batch, eps);
+  else if (xb && yb)
+    launch_vec<MODE, __nv_bfloat16, __nv_bfloat16> (be, y->data, x->data, w, b, D, rows, rows_per_batch, eps);
+  else if (xf && yf)
+    launch_vec<MODE, float, float> (be, y->data, x->data, w, b, D, rows, rows_per_batch, eps);
+  else if (xb && yf)
+    launch_vec<MODE, __nv_bfloat16, float> (be, y->data, x->data, w, b, D, rows, rows_per_batch, eps);
+  else
+    return false;
+  return true;
 }
 
 static unsigned
@@ -97,6 +205,10 @@ dp_cuda_layer_norm (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_t
   int64_t D = dp_tensor_cols (x), rows = dp_tensor_rows (x);
   if (!vector_ok (be, op, w, "w", D) || !vector_ok (be, op, b, "b", D) || rows == 0 || D == 0)
     return;
+  if (norm_vec<MODE_LN> (be, y, x, w, b, D, rows, 1, eps)) {
+    dp_cuda_launched (be, op);
+    return;
+  }
   unsigned t = threads_for (D);
   norm_kernel<MODE_LN><<<(unsigned) rows, t, 0, dp_cuda_of (be)->stream>>> (
     y->data, y->dtype, x->data, x->dtype, w ? w->data : NULL, w ? w->dtype : DP_F32, b ? b->data : NULL,
@@ -121,6 +233,10 @@ dp_cuda_layer_norm_modulate (dp_backend *be, dp_tensor *y, const dp_tensor *x, c
   }
   if (rows == 0 || D == 0)
     return;
+  if (norm_vec<MODE_LN_MODULATE> (be, y, x, shift, scale, D, rows, rows / B, eps)) {
+    dp_cuda_launched (be, op);
+    return;
+  }
   norm_kernel<MODE_LN_MODULATE><<<(unsigned) rows, threads_for (D), 0, dp_cuda_of (be)->stream>>> (
     y->data, y->dtype, x->data, x->dtype, shift->data, shift->dtype, scale->data, scale->dtype, D, rows / B, eps);
   dp_cuda_launched (be, op);
@@ -135,6 +251,10 @@ dp_cuda_rms_norm (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_ten
   int64_t D = dp_tensor_cols (x), rows = dp_tensor_rows (x);
   if (!vector_ok (be, op, w, "w", D) || rows == 0 || D == 0)
     return;
+  if (norm_vec<MODE_RMS> (be, y, x, w, NULL, D, rows, 1, eps)) {
+    dp_cuda_launched (be, op);
+    return;
+  }
   norm_kernel<MODE_RMS><<<(unsigned) rows, threads_for (D), 0, dp_cuda_of (be)->stream>>> (
     y->data, y->dtype, x->data, x->dtype, w ? w->data : NULL, w ? w->dtype : DP_F32, NULL, DP_F32, D, 1, eps);
   dp_cuda_launched (be, op);

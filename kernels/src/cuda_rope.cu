@@ -37,6 +37,44 @@ rope_kernel (void *x, int xdt, const float2 *table, int64_t n_pairs, int L, int 
   }
 }
 
+/* Fast path: one thread per 4 consecutive pairs of a head (8 elements, two
+ * vector accesses), so the index arithmetic is shared by 4 pairs and the
+ * accesses are 8 / 16 bytes wide (the scalar kernel above reached 0.95 TB/s
+ * on an H200).  half_d % 4 == 0 and x aligned to 8 elements. */
+template <typename T>
+__global__ void
+rope_vec_kernel (T *x, const float2 *table, int64_t n_groups, int L, int H, int half_d, int Hh, int W, int t_pairs,
+                 int h_pairs, int frames, int height)
+{
+  const int groups_per_vec = half_d / 4;
+  DP_GRID_STRIDE (g, n_groups) {
+    const int p0 = (int) (g % groups_per_vec) * 4;
+    const int64_t vec = g / groups_per_vec;
+    const int l = (int) ((vec / H) % L);
+    const int w = l % W, h = (l / W) % Hh, f = l / (W * Hh);
+    T *e = x + vec * 2 * half_d + 2 * p0;
+    float v[8];
+    dp_ld4 (e, v);
+    dp_ld4 (e + 4, v + 4);
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const int p = p0 + j;
+      float2 cs;
+      if (p < t_pairs)
+        cs = table[f * t_pairs + p];
+      else if (p < t_pairs + h_pairs)
+        cs = table[frames * t_pairs + h * h_pairs + (p - t_pairs)];
+      else
+        cs = table[frames * t_pairs + height * h_pairs + w * (half_d - t_pairs - h_pairs) + (p - t_pairs - h_pairs)];
+      const float a = v[2 * j], b = v[2 * j + 1];
+      v[2 * j] = a * cs.x - b * cs.y;
+      v[2 * j + 1] = a * cs.y + b * cs.x;
+    }
+    dp_st4 (e, v);
+    dp_st4 (e + 4, v + 4);
+  }
+}
+
 static void
 entry_clear (dp_cuda_rope_table *t)
 {
@@ -165,6 +203,21 @@ dp_cuda_rope_3d (dp_backend *be, dp_tensor *x, const dp_rope_grid *grid)
     return;
   int tp, hp, wp;
   parts (d, &tp, &hp, &wp);
+  const int half_d = d / 2;
+  if (half_d % 4 == 0 && (x->dtype == DP_BF16 || x->dtype == DP_F32)
+      && dp_aligned (x->data, 8 * dp_dtype_size (x->dtype))) {
+    const int64_t n_groups = n_pairs / 4;
+    if (x->dtype == DP_BF16)
+      rope_vec_kernel<<<dp_cuda_grid (be, n_groups, 256), 256, 0, dp_cuda_of (be)->stream>>> (
+        (__nv_bfloat16 *) x->data, table, n_groups, (int) L, (int) x->shape[2], half_d, grid->height, grid->width, tp,
+        hp, grid->frames, grid->height);
+    else
+      rope_vec_kernel<<<dp_cuda_grid (be, n_groups, 256), 256, 0, dp_cuda_of (be)->stream>>> (
+        (float *) x->data, table, n_groups, (int) L, (int) x->shape[2], half_d, grid->height, grid->width, tp, hp,
+        grid->frames, grid->height);
+    dp_cuda_launched (be, op);
+    return;
+  }
   rope_kernel<<<dp_cuda_grid (be, n_pairs, 256), 256, 0, dp_cuda_of (be)->stream>>> (
     x->data, x->dtype, table, n_pairs, (int) L, (int) x->shape[2], d / 2, grid->height, grid->width, tp, hp,
     grid->frames, grid->height);
