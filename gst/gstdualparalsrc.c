@@ -155,7 +155,8 @@ gst_dual_paral_engine_get_type (void)
   static gsize type = 0;
   static const GEnumValue values[] = {
     { GST_DUAL_PARAL_ENGINE_AUTO,
-      "DualParal for endless video or several devices, classic otherwise", "auto" },
+      "DualParal for endless video, several devices or a video longer than the model's "
+      "window, classic otherwise", "auto" },
     { GST_DUAL_PARAL_ENGINE_CLASSIC,
       "Whole video denoised at once on one device", "classic" },
     { GST_DUAL_PARAL_ENGINE_DUALPARAL,
@@ -217,9 +218,7 @@ engine_for (const Settings *s)
       return DP_ENGINE_DUALPARAL;
     case GST_DUAL_PARAL_ENGINE_AUTO:
     default:
-      /* Only the DualParal engine runs these; the classic one refuses them. */
-      return s->num_frames == -1 || strchr (s->devices, ',') != NULL ? DP_ENGINE_DUALPARAL
-                                                                     : DP_ENGINE_CLASSIC;
+      return DP_ENGINE_AUTO; /* the generator decides, knowing the model */
   }
 }
 
@@ -314,6 +313,12 @@ create_generator (GstDualParalSrc *self, gint width, gint height, GError **error
   if (self->generator == NULL)
     return FALSE;
   dp_generator_set_step_callback (self->generator, on_step, self);
+  {
+    int block = 0, context = 0;
+    dp_engine_kind engine = dp_generator_engine (self->generator, &block, &context);
+    GST_INFO_OBJECT (self, "engine: %s (block frames %d, context frames %d; 0: the engine's default)",
+                     engine == DP_ENGINE_DUALPARAL ? "dualparal" : "classic", block, context);
+  }
 
   GST_OBJECT_LOCK (self);
   self->gen_fps = dp_generator_fps (self->generator);
@@ -1234,18 +1239,18 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
   g_object_class_install_property (gobject_class, PROP_ENGINE,
       g_param_spec_enum ("engine", "Engine",
           "How frames are denoised: the whole video at once (classic) or block by block, "
-          "pipelined over the devices (dualparal); auto picks dualparal for endless video or "
-          "several devices",
+          "pipelined over the devices (dualparal); auto picks dualparal for endless video, "
+          "several devices, or a video longer than the window the model names",
           GST_TYPE_DUAL_PARAL_ENGINE, DEFAULT_ENGINE, SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_BLOCK_FRAMES,
       g_param_spec_int ("block-frames", "Block frames",
           "DualParal engine: latent frames per block (P), each 4 video frames; "
-          "0: the engine's default (10)",
+          "0: the model's (model_index.json \"_dualparal\"), else the engine's default (10)",
           0, 4096, CLAMP (d->block_frames, 0, 4096), SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_CONTEXT_FRAMES,
       g_param_spec_int ("context-frames", "Context frames",
           "DualParal engine: latent frames a block sees of each neighbour (C), at most "
-          "block-frames; 0: the engine's default (5, or block-frames when smaller)",
+          "block-frames; 0: the model's, else the engine's default (5, or block-frames when smaller)",
           0, 4096, CLAMP (d->context_frames, 0, 4096), SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_DEVICES,
       g_param_spec_string ("devices", "Devices",

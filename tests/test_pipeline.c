@@ -702,6 +702,7 @@ typedef enum {
   BROKEN_INDEX_CLASS,
   BROKEN_INDEX_WAN22,
   BROKEN_HINT,
+  BROKEN_HINT_BLOCK,
   BROKEN_NO_VAE,
   BROKEN_NO_TEXT_ENCODER,
   BROKEN_NO_SPIECE,
@@ -727,6 +728,7 @@ static const broken_case broken_cases[] = {
   { BROKEN_INDEX_CLASS, DP_ERROR_UNSUPPORTED, "WanImageToVideoPipeline" },
   { BROKEN_INDEX_WAN22, DP_ERROR_UNSUPPORTED, "boundary_ratio" },
   { BROKEN_HINT, DP_ERROR_FORMAT, "\"text_len\"" },
+  { BROKEN_HINT_BLOCK, DP_ERROR_FORMAT, "\"block_frames\"" },
   { BROKEN_NO_VAE, DP_ERROR_MISSING, "vae/" },
   { BROKEN_NO_TEXT_ENCODER, DP_ERROR_MISSING, "text_encoder/" },
   { BROKEN_NO_SPIECE, DP_ERROR_MISSING, "spiece.model" },
@@ -776,6 +778,10 @@ test_bad_models (void)
       case BROKEN_HINT:
         path = IN ("model_index.json");
         edit_file (path, "\"text_len\": 32", "\"text_len\": \"32\"");
+        break;
+      case BROKEN_HINT_BLOCK:
+        path = IN ("model_index.json");
+        edit_file (path, "\"text_len\": 32", "\"text_len\": 32, \"block_frames\": 0");
         break;
       case BROKEN_NO_VAE:
         path = IN ("vae");
@@ -848,6 +854,63 @@ test_bad_models (void)
   golden_close (&g);
 }
 
+/* DP_ENGINE_AUTO: classic for a short video on one device, DualParal for
+ * endless video, for several devices, when P or C is asked for, and for a
+ * video longer than the window model_index.json names (block_frames P,
+ * context_frames C), whose P and C it then uses; the caller's P and C win. */
+static void
+test_auto_engine (void)
+{
+  golden_data g;
+  golden_open (&g);
+  char *tmp = dp_test_make_tmp_dir ("dp-pipeline-XXXXXX");
+  char *dir = g_build_filename (tmp, "model", NULL);
+  dp_test_copy_tree (g.model_dir, dir);
+  char *index = g_build_filename (dir, "model_index.json", NULL);
+  /* P 1, C 1: a window of 3 latent frames, 9 video frames. */
+  edit_file (index, "\"text_len\": 32", "\"text_len\": 32, \"block_frames\": 1, \"context_frames\": 1");
+
+  const struct {
+    gboolean hinted;
+    int frames;
+    const char *devices;
+    int block, context; /* asked for */
+    dp_engine_kind want;
+    int want_block, want_context;
+  } cases[] = {
+    { FALSE, 9, "cpu", 0, 0, DP_ENGINE_CLASSIC, 0, 0 },
+    { FALSE, -1, "cpu", 0, 0, DP_ENGINE_DUALPARAL, 0, 0 },
+    { FALSE, 9, "cpu,cpu", 0, 0, DP_ENGINE_DUALPARAL, 0, 0 },
+    { TRUE, 9, "cpu", 0, 0, DP_ENGINE_CLASSIC, 0, 0 },       /* within the window */
+    { TRUE, 13, "cpu", 0, 0, DP_ENGINE_DUALPARAL, 1, 1 },    /* 4 latent frames > 3 */
+    { TRUE, 13, "cpu", 2, 1, DP_ENGINE_DUALPARAL, 2, 1 },    /* the caller's P and C */
+    { FALSE, 9, "cpu", 2, 0, DP_ENGINE_DUALPARAL, 2, 0 },    /* asking for blocks */
+  };
+  for (size_t i = 0; i < G_N_ELEMENTS (cases); i++) {
+    dp_generator_params p;
+    golden_params (&g, &p);
+    p.model_dir = cases[i].hinted ? dir : g.model_dir;
+    p.engine = DP_ENGINE_AUTO;
+    p.num_frames = cases[i].frames;
+    p.devices = cases[i].devices;
+    p.block_frames = cases[i].block;
+    p.context_frames = cases[i].context;
+    dp_generator *gen = generator_new_ok (&p);
+    int block = -1, context = -1;
+    g_test_message ("auto engine case %zu", i);
+    g_assert_cmpint (dp_generator_engine (gen, &block, &context), ==, cases[i].want);
+    g_assert_cmpint (block, ==, cases[i].want_block);
+    g_assert_cmpint (context, ==, cases[i].want_context);
+    dp_generator_free (gen);
+  }
+  dp_test_remove_tree (dir);
+  g_rmdir (tmp);
+  g_free (index);
+  g_free (dir);
+  g_free (tmp);
+  golden_close (&g);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -862,5 +925,6 @@ main (int argc, char **argv)
   g_test_add_func ("/pipeline/cancel/callback", test_callback_stop);
   g_test_add_func ("/pipeline/bad-settings", test_bad_settings);
   g_test_add_func ("/pipeline/bad-models", test_bad_models);
+  g_test_add_func ("/pipeline/auto-engine", test_auto_engine);
   return g_test_run ();
 }

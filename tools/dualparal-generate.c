@@ -86,8 +86,9 @@ static GOptionEntry entries[] = {
     "Also write frame-000000.png, ... into DIR (created if needed)", "DIR" },
   { "quiet", 'q', 0, G_OPTION_ARG_NONE, &opt_quiet, "No progress on stderr", NULL },
   { "engine", 'e', 0, G_OPTION_ARG_STRING, &opt_engine,
-    "classic (default: the whole video at once) or dualparal (block-wise pipelined denoising over "
-    "stages; --frames -1 makes endless video)", "NAME" },
+    "auto (default: dualparal for endless video, several stages or a video longer than the model's "
+    "window, classic otherwise), classic (the whole video at once) or dualparal (block-wise "
+    "pipelined denoising over stages; --frames -1 makes endless video)", "NAME" },
   { "stages", 0, 0, G_OPTION_ARG_INT, &opt_stages,
     "DualParal: pipeline stages, one device each: --device cpu repeated N times, or GPUs K..K+N-1 "
     "for --device K / cuda:K (default: one stage per --device entry)", "N" },
@@ -327,16 +328,19 @@ static gboolean
 engine_options (dp_generator_params *params, char **devices_out)
 {
   *devices_out = NULL;
-  if (opt_engine == NULL || strcmp (opt_engine, "classic") == 0)
+  const gboolean block_options = opt_stages || opt_block_frames || opt_context_frames;
+  if (opt_engine == NULL || strcmp (opt_engine, "auto") == 0)
+    params->engine = DP_ENGINE_AUTO; /* stages or blocks asked for make it DualParal */
+  else if (strcmp (opt_engine, "classic") == 0)
     params->engine = DP_ENGINE_CLASSIC;
   else if (strcmp (opt_engine, "dualparal") == 0)
     params->engine = DP_ENGINE_DUALPARAL;
   else {
-    fail ("--engine '%s': use classic or dualparal", opt_engine);
+    fail ("--engine '%s': use auto, classic or dualparal", opt_engine);
     return FALSE;
   }
-  if (params->engine != DP_ENGINE_DUALPARAL && (opt_stages || opt_block_frames || opt_context_frames)) {
-    fail ("--stages, --block-frames and --context-frames need --engine dualparal");
+  if (params->engine == DP_ENGINE_CLASSIC && block_options) {
+    fail ("--stages, --block-frames and --context-frames: not with --engine classic");
     return FALSE;
   }
   if (opt_stages < 0 || opt_block_frames < 0 || opt_context_frames < 0) {
@@ -492,7 +496,7 @@ main (int argc, char **argv)
                 ", text length %d, %s engine\n", PROG, st.width, st.height, frames,
                 dp_generator_fps (gen), params.steps, dp_sampler_kind_name (params.sampler),
                 params.guidance_scale, params.seed, dp_generator_text_len (gen),
-                params.engine == DP_ENGINE_DUALPARAL ? "DualParal" : "classic");
+                dp_generator_engine (gen, NULL, NULL) == DP_ENGINE_DUALPARAL ? "DualParal" : "classic");
     dp_generator_set_step_callback (gen, on_step, NULL);
   }
 

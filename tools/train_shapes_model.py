@@ -39,7 +39,7 @@ annealed.  The log says how many steps each stage really ran.  All random
 draws are seeded (numpy Generator for the clips, torch for init and noise);
 runs are repeatable up to torch's CPU kernels and where the budget cuts.
 
-    nice -n 19 python3 tools/train_shapes_model.py --out models/shapes-tiny --minutes 60
+    nice -n 19 python3 tools/train_shapes_model.py --out models/shapes-tiny
     python3 tools/train_shapes_model.py --out models/shapes-tiny --check-only
 """
 
@@ -191,6 +191,20 @@ def pad_context(rows, text_len):
 # VAE
 
 
+def he_init_convs(model):
+    """He-normal weights, zero biases for every convolution.  PyTorch's
+    default (uniform, gain 1/sqrt(3)) shrinks the signal at each of the
+    VAE's ~30 convolutions; the per-pixel RMS norms rescale it, but the
+    decoder then sits for hundreds of steps on a near-constant output
+    (measured: a fixed batch of 16 crops reached 13 dB after 120 steps with
+    the default init, 20 dB with this one)."""
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+
+
 def vae_encode_mu_logvar(vae, x):
     h = vae._encode(x)  # causal, chunked exactly as AutoencoderKLWan.encode
     mu, logvar = torch.chunk(h, 2, dim=1)
@@ -261,7 +275,7 @@ def train_vae(vae, args, deadline, rng):
         # many steps before it reproduces colours at all) and 9-frame clips
         # for the causal temporal path (cached frames).
         if rng.random() < args.vae_image_frac:
-            x = vae_batch(rng, 2 * args.vae_batch, 1, args.vae_crop).to(DEVICE)
+            x = vae_batch(rng, args.vae_image_batch, 1, args.vae_image_crop).to(DEVICE)
         else:
             x = vae_batch(rng, args.vae_batch, args.vae_frames, args.vae_crop).to(DEVICE)
         mu, logvar = vae_encode_mu_logvar(vae, x)
@@ -282,7 +296,9 @@ def train_vae(vae, args, deadline, rng):
         loss = wl + args.vae_kl * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        # Loose clip: only against the rare spikes (the gradient norm sits
+        # near 0.1-0.7); a clip at 1.0 with the default init stalled run 5.
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 5.0)
         opt.step()
         hist.append((l1.item(), l2.item(), kl.item()))
         if step % 100 == 0 or step == steps:
@@ -421,7 +437,10 @@ def write_scheduler_and_index(out_dir, args):
         "expand_timesteps": False,
         # Read by the C generator (core/src/generator.c): the model's native
         # size, text length and frame rate.  diffusers ignores "_" keys.
-        "_dualparal": {"width": SIZE, "height": SIZE, "text_len": args.text_len, "fps": sd.FPS},
+        # block_frames / context_frames: the DualParal P and C whose window
+        # (C + P + C latent frames) is the DiT's training window.
+        "_dualparal": {"width": SIZE, "height": SIZE, "text_len": args.text_len, "fps": sd.FPS,
+                       "block_frames": WINDOW_LATENTS - 2, "context_frames": 1},
     }
     with open(os.path.join(out_dir, "model_index.json"), "w") as f:
         json.dump(index, f, indent=2)
@@ -544,8 +563,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="models/shapes-tiny")
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget, all stages")
-    ap.add_argument("--vae-frac", type=float, default=0.45, help="share of the budget for the VAE")
+    ap.add_argument("--minutes", type=float, default=85.0, help="wall-clock budget, all stages")
+    ap.add_argument("--vae-frac", type=float, default=0.33, help="share of the budget for the VAE")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent")
     ap.add_argument("--text-len", type=int, default=512)
@@ -553,15 +572,17 @@ def main():
     ap.add_argument("--vae-steps", type=int, default=3000)
     ap.add_argument("--vae-batch", type=int, default=3)
     ap.add_argument("--vae-frames", type=int, default=9)
-    ap.add_argument("--vae-crop", type=int, default=48)
+    ap.add_argument("--vae-crop", type=int, default=48, help="crop size of the clips")
+    ap.add_argument("--vae-image-batch", type=int, default=16)
+    ap.add_argument("--vae-image-crop", type=int, default=32)
     ap.add_argument("--vae-image-frac", type=float, default=0.5,
                     help="share of VAE steps on single frames (batch doubled)")
-    ap.add_argument("--vae-lr", type=float, default=3e-4)
+    ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--vae-kl", type=float, default=1e-6)
-    ap.add_argument("--bank", type=int, default=96, help="encoded clips kept for the DiT")
-    ap.add_argument("--refresh-every", type=int, default=16,
+    ap.add_argument("--bank", type=int, default=128, help="encoded clips kept for the DiT")
+    ap.add_argument("--refresh-every", type=int, default=32,
                     help="DiT steps between replacing one bank clip by a fresh one (0: never)")
-    ap.add_argument("--dit-steps", type=int, default=6000)
+    ap.add_argument("--dit-steps", type=int, default=7000)
     ap.add_argument("--dit-batch", type=int, default=8)
     ap.add_argument("--dit-lr", type=float, default=5e-4)
     ap.add_argument("--ema", type=float, default=0.999)
@@ -614,7 +635,9 @@ def main():
     # 3. VAE.
     from diffusers import AutoencoderKLWan
     torch.manual_seed(args.seed + 2)
-    vae = AutoencoderKLWan(**VAE_CONFIG).to(DEVICE)
+    vae = AutoencoderKLWan(**VAE_CONFIG)
+    he_init_convs(vae)
+    vae.to(DEVICE)
     log("vae: %.2f M parameters" % (sum(p.numel() for p in vae.parameters()) / 1e6))
     vae_steps, vae_loss = train_vae(vae, args, deadline_vae, rng)
     l1, l2 = vae_eval(vae, args.seed + 3)

@@ -24,6 +24,9 @@ struct dp_generator {
   int num_frames;
   int text_len;
   int fps;
+  dp_engine_kind engine;            /* never DP_ENGINE_AUTO */
+  int block_frames, context_frames; /* 0: the engine's defaults */
+  int model_window;                 /* latent frames of the model's window (C + P + C), 0: none named */
   double guidance;
   uint64_t seed;
   int channels, latent_frames, latent_height, latent_width;
@@ -49,6 +52,7 @@ struct dp_generator {
 /* What model_index.json says beyond diffusers (0: not given). */
 typedef struct {
   int width, height, text_len, fps;
+  int block_frames, context_frames; /* DualParal P and C suited to the model's training window */
 } model_hints;
 
 void
@@ -97,11 +101,11 @@ check_params (const dp_generator_params *p, GError **error)
     g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "The negative prompt is not valid UTF-8 text");
     return FALSE;
   }
-  if (p->engine != DP_ENGINE_CLASSIC && p->engine != DP_ENGINE_DUALPARAL) {
+  if (p->engine != DP_ENGINE_CLASSIC && p->engine != DP_ENGINE_DUALPARAL && p->engine != DP_ENGINE_AUTO) {
     g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "Unknown engine %d", (int) p->engine);
     return FALSE;
   }
-  if (p->num_frames == -1 && p->engine != DP_ENGINE_DUALPARAL) {
+  if (p->num_frames == -1 && p->engine == DP_ENGINE_CLASSIC) {
     g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "Endless video (num_frames -1) needs the "
                  "DualParal engine; give a frame count 4k+1 for the classic engine");
     return FALSE;
@@ -147,6 +151,12 @@ check_params (const dp_generator_params *p, GError **error)
     return FALSE;
   }
   return TRUE;
+}
+
+static gboolean
+several_devices (const char *devices)
+{
+  return devices != NULL && strchr (devices, ',') != NULL;
 }
 
 /* "cpu", "cuda", "cuda:N" or "N" -> a backend spec; a list of several
@@ -305,7 +315,9 @@ read_model_index (const char *model_dir, model_hints *hints, GError **error)
     if (!hint_int (h, path, "width", 16, 16384, &hints->width, error)
         || !hint_int (h, path, "height", 16, 16384, &hints->height, error)
         || !hint_int (h, path, "text_len", 1, DP_GENERATOR_MAX_TEXT_LEN, &hints->text_len, error)
-        || !hint_int (h, path, "fps", 1, 1000, &hints->fps, error))
+        || !hint_int (h, path, "fps", 1, 1000, &hints->fps, error)
+        || !hint_int (h, path, "block_frames", 1, 4096, &hints->block_frames, error)
+        || !hint_int (h, path, "context_frames", 1, 4096, &hints->context_frames, error))
       goto out;
     if ((hints->width == 0) != (hints->height == 0)) {
       g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: \"_dualparal\" gives only one of width "
@@ -369,7 +381,7 @@ load_dualparal (dp_generator *gen, const dp_generator_params *p, const dp_sample
   }
   dp_dualparal_config c = {
     .model_dir = gen->model_dir, .devices = p->devices, .be0 = gen->be,
-    .block_frames = p->block_frames, .context_frames = p->context_frames,
+    .block_frames = gen->block_frames, .context_frames = gen->context_frames,
     .latent_frames = gen->latent_frames, .latent_height = gen->latent_height,
     .latent_width = gen->latent_width, .settings = settings, .steps = p->steps,
     .guidance = gen->guidance, .seed = gen->seed,
@@ -479,7 +491,15 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
     gen->latent_frames = gen->num_frames == -1 ? -1 : (gen->num_frames - 1) / ts + 1;
     gen->latent_height = gen->height / vc->spatial_scale;
     gen->latent_width = gen->width / vc->spatial_scale;
-    if (p->engine == DP_ENGINE_CLASSIC && gen->latent_frames > wc->rope_max_seq_len) {
+    if (gen->engine == DP_ENGINE_AUTO) {
+      /* Asking for blocks is asking for the DualParal engine. */
+      gen->engine = gen->num_frames == -1 || several_devices (p->devices) || p->block_frames > 0
+                        || p->context_frames > 0
+                        || (gen->model_window > 0 && gen->latent_frames > gen->model_window)
+                        || gen->latent_frames > wc->rope_max_seq_len
+                      ? DP_ENGINE_DUALPARAL : DP_ENGINE_CLASSIC;
+    }
+    if (gen->engine == DP_ENGINE_CLASSIC && gen->latent_frames > wc->rope_max_seq_len) {
       g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "num_frames %d is too many for the classic "
                    "engine: %d latent frames, the transformer's positions end at %d (at most %d "
                    "frames)", gen->num_frames, gen->latent_frames, wc->rope_max_seq_len,
@@ -489,7 +509,7 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
   }
 
   /* The big parts. */
-  if (p->engine == DP_ENGINE_DUALPARAL) {
+  if (gen->engine == DP_ENGINE_DUALPARAL) {
     g_clear_pointer (&sched, dp_schedule_free);
     return load_dualparal (gen, p, &settings, error);
   }
@@ -561,7 +581,7 @@ dp_generator_new (const dp_generator_params *p, GError **error)
 
   if (!check_params (p, error))
     return NULL;
-  device = parse_devices (p->devices, p->engine == DP_ENGINE_DUALPARAL, error);
+  device = parse_devices (p->devices, p->engine != DP_ENGINE_CLASSIC, error);
   if (device == NULL)
     return NULL;
   if (!g_file_test (p->model_dir, G_FILE_TEST_IS_DIR)) {
@@ -581,6 +601,7 @@ dp_generator_new (const dp_generator_params *p, GError **error)
   gen->prompt = g_strdup (p->prompt);
   gen->negative_prompt = g_strdup (p->negative_prompt ? p->negative_prompt : "");
   gen->num_frames = p->num_frames;
+  gen->engine = p->engine; /* DP_ENGINE_AUTO is resolved in load_parts */
   gen->guidance = p->guidance_scale;
   gen->seed = p->seed;
   if (p->width > 0) {
@@ -596,6 +617,12 @@ dp_generator_new (const dp_generator_params *p, GError **error)
   gen->text_len = p->text_len > 0 ? p->text_len
                   : hints.text_len > 0 ? hints.text_len : DP_GENERATOR_DEFAULT_TEXT_LEN;
   gen->fps = hints.fps > 0 ? hints.fps : DP_GENERATOR_DEFAULT_FPS;
+  /* A small model trained on short windows gives its own P and C; the
+   * caller's values win, the engine's defaults come last. */
+  gen->block_frames = p->block_frames > 0 ? p->block_frames : hints.block_frames;
+  gen->context_frames = p->context_frames > 0 ? p->context_frames : hints.context_frames;
+  if (hints.block_frames > 0 && hints.context_frames > 0)
+    gen->model_window = 2 * hints.context_frames + hints.block_frames;
 
   if (!load_parts (gen, p, error)) {
     dp_generator_free (gen);
@@ -651,6 +678,16 @@ int64_t
 dp_generator_num_frames (const dp_generator *gen)
 {
   return gen->num_frames;
+}
+
+dp_engine_kind
+dp_generator_engine (const dp_generator *gen, int *block_frames, int *context_frames)
+{
+  if (block_frames)
+    *block_frames = gen->engine == DP_ENGINE_DUALPARAL ? gen->block_frames : 0;
+  if (context_frames)
+    *context_frames = gen->engine == DP_ENGINE_DUALPARAL ? gen->context_frames : 0;
+  return gen->engine;
 }
 
 int

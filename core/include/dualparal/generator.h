@@ -29,6 +29,10 @@
  *   (the zero padding too, as diffusers does), so it changes the result and
  *   must equal the max_sequence_length a diffusers run used to match it.
  * - Frame rate: "_dualparal" fps, else 16 (Wan2.1).
+ * - DualParal block and context frames (block_frames / context_frames = 0):
+ *   "_dualparal" block_frames / context_frames, else the engine's defaults.
+ *   A model trained on short windows names a P and C whose window
+ *   (C + P + C latent frames) stays within what it has seen.
  *
  * Threads: one thread runs dp_generator_run() at a time (a second concurrent
  * call fails with DP_ERROR_INVALID); the callbacks run on that thread.
@@ -57,6 +61,12 @@ G_BEGIN_DECLS
 typedef enum {
   DP_ENGINE_CLASSIC = 0,   /* the whole video denoised at once on one device */
   DP_ENGINE_DUALPARAL = 1, /* block-wise pipelined denoising over stages (docs/algorithm.md) */
+  /* DualParal for endless video, for several devices, when block_frames or
+   * context_frames is given, and for a video longer than the window the
+   * model names (model_index.json "_dualparal" block_frames P and
+   * context_frames C: more than C + P + C latent frames) or than the
+   * transformer's positions; classic otherwise.  dp_generator_engine() says which was picked. */
+  DP_ENGINE_AUTO = 2,
 } dp_engine_kind;
 
 /* Settings.  dp_generator_params_init() fills the defaults noted here.  The
@@ -76,8 +86,9 @@ typedef struct {
   uint64_t seed;               /* default 0 */
   dp_sampler_kind sampler;     /* default UniPC */
   dp_engine_kind engine;       /* default classic */
-  int block_frames;            /* DualParal P (latent frames per block); 0 = engine default (10) */
-  int context_frames;          /* DualParal C; 0 = engine default (5, at most P) */
+  int block_frames;            /* DualParal P (latent frames per block); 0 = the model's
+                                  (model_index.json "_dualparal"), else the engine default (10) */
+  int context_frames;          /* DualParal C; 0 = the model's, else the engine default (5, at most P) */
   const char *devices;         /* "cpu" (default), "cuda" / "cuda:N" / "N" (one GPU), or a
                                 * comma-separated list, one DualParal stage each: "0,1,2,3"
                                 * (several GPUs) or "cpu,cpu" (DualParal engine only) */
@@ -133,6 +144,9 @@ int dp_generator_fps (const dp_generator *gen);
 int64_t dp_generator_num_frames (const dp_generator *gen);
 /* The text length the prompts are encoded to (see above). */
 int dp_generator_text_len (const dp_generator *gen);
+/* The engine that runs (DP_ENGINE_AUTO resolved), and for the DualParal
+ * engine the block and context frames asked for (0: the engine's defaults). */
+dp_engine_kind dp_generator_engine (const dp_generator *gen, int *block_frames, int *context_frames);
 
 /* Sets (cb NULL: clears) the per-step progress callback.  Not while running. */
 void dp_generator_set_step_callback (dp_generator *gen, dp_step_cb cb, void *user_data);
