@@ -12,132 +12,10 @@
  */
 #include "dualparal/safetensors.h"
 #include "dualparal/wan_dit.h"
+#include "random_wan_dit.h"
 
-#include <glib/gstdio.h>
-#include <math.h>
 #include <stdio.h>
 #include <string.h>
-
-typedef struct {
-  int dim, heads, layers, ffn, text_dim, freq_dim, channels;
-} model_size;
-
-/* ------------------------------------------------------------ random model */
-
-typedef struct {
-  GString *header;
-  GByteArray *data;
-  GRand *rng;
-} st_writer;
-
-/* A tensor of uniform values with the variance of N(0, std^2), plus mean. */
-static void
-add_tensor (st_writer *w, const char *name, int ndim, const int64_t *shape, float std, float mean)
-{
-  int64_t n = 1;
-  g_string_append_printf (w->header, "%s\"%s\":{\"dtype\":\"F32\",\"shape\":[", w->header->len > 1 ? "," : "", name);
-  for (int i = 0; i < ndim; i++) {
-    n *= shape[i];
-    g_string_append_printf (w->header, i ? ",%" G_GINT64_FORMAT : "%" G_GINT64_FORMAT, shape[i]);
-  }
-  g_string_append_printf (w->header, "],\"data_offsets\":[%u,%" G_GINT64_FORMAT "]}", w->data->len,
-                          (int64_t) w->data->len + n * 4);
-  float a = std * sqrtf (3.0f);
-  guint off = w->data->len;
-  g_byte_array_set_size (w->data, off + (guint) (n * 4));
-  float *v = (float *) (w->data->data + off);
-  for (int64_t i = 0; i < n; i++)
-    v[i] = mean + (float) g_rand_double_range (w->rng, -a, a);
-}
-
-static void
-add_linear (st_writer *w, const char *prefix, int64_t out, int64_t in)
-{
-  char name[160];
-  g_snprintf (name, sizeof name, "%s.weight", prefix);
-  add_tensor (w, name, 2, (int64_t[]){ out, in }, 1.0f / sqrtf ((float) in), 0.0f);
-  g_snprintf (name, sizeof name, "%s.bias", prefix);
-  add_tensor (w, name, 1, (int64_t[]){ out }, 0.1f, 0.0f);
-}
-
-static gboolean
-write_random_model (const char *dir, const model_size *m, GError **error)
-{
-  const int64_t D = m->dim;
-  st_writer w = { g_string_new ("{"), g_byte_array_new (), g_rand_new_with_seed (1) };
-  char name[160];
-  add_tensor (&w, "patch_embedding.weight", 5, (int64_t[]){ D, m->channels, 1, 2, 2 },
-              1.0f / sqrtf (4.0f * m->channels), 0.0f);
-  add_tensor (&w, "patch_embedding.bias", 1, (int64_t[]){ D }, 0.1f, 0.0f);
-  add_linear (&w, "condition_embedder.time_embedder.linear_1", D, m->freq_dim);
-  add_linear (&w, "condition_embedder.time_embedder.linear_2", D, D);
-  add_linear (&w, "condition_embedder.time_proj", 6 * D, D);
-  add_linear (&w, "condition_embedder.text_embedder.linear_1", D, m->text_dim);
-  add_linear (&w, "condition_embedder.text_embedder.linear_2", D, D);
-  for (int n = 0; n < m->layers; n++) {
-    static const char *lin[] = { "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
-                                 "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0" };
-    static const char *norms[] = { "attn1.norm_q.weight", "attn1.norm_k.weight", "attn2.norm_q.weight",
-                                   "attn2.norm_k.weight", "norm2.weight" };
-    g_snprintf (name, sizeof name, "blocks.%d.scale_shift_table", n);
-    add_tensor (&w, name, 3, (int64_t[]){ 1, 6, D }, 0.3f, 0.0f);
-    for (guint i = 0; i < G_N_ELEMENTS (lin); i++) {
-      g_snprintf (name, sizeof name, "blocks.%d.%s", n, lin[i]);
-      add_linear (&w, name, D, D);
-    }
-    for (guint i = 0; i < G_N_ELEMENTS (norms); i++) {
-      g_snprintf (name, sizeof name, "blocks.%d.%s", n, norms[i]);
-      add_tensor (&w, name, 1, (int64_t[]){ D }, 0.2f, 1.0f);
-    }
-    g_snprintf (name, sizeof name, "blocks.%d.norm2.bias", n);
-    add_tensor (&w, name, 1, (int64_t[]){ D }, 0.1f, 0.0f);
-    g_snprintf (name, sizeof name, "blocks.%d.ffn.net.0.proj", n);
-    add_linear (&w, name, m->ffn, D);
-    g_snprintf (name, sizeof name, "blocks.%d.ffn.net.2", n);
-    add_linear (&w, name, D, m->ffn);
-  }
-  add_tensor (&w, "scale_shift_table", 3, (int64_t[]){ 1, 2, D }, 0.3f, 0.0f);
-  add_linear (&w, "proj_out", 4 * m->channels, D);
-  g_string_append_c (w.header, '}');
-  while (w.header->len % 8)
-    g_string_append_c (w.header, ' ');
-
-  uint64_t hl = GUINT64_TO_LE ((uint64_t) w.header->len);
-  GByteArray *file = g_byte_array_new ();
-  g_byte_array_append (file, (const guint8 *) &hl, 8);
-  g_byte_array_append (file, (const guint8 *) w.header->str, (guint) w.header->len);
-  g_byte_array_append (file, w.data->data, w.data->len);
-  char *st_path = g_build_filename (dir, "diffusion_pytorch_model.safetensors", NULL);
-  char *cfg_path = g_build_filename (dir, "config.json", NULL);
-  char *cfg = g_strdup_printf (
-      "{\"_class_name\": \"WanTransformer3DModel\", \"patch_size\": [1, 2, 2], \"num_attention_heads\": %d,"
-      " \"attention_head_dim\": %d, \"in_channels\": %d, \"out_channels\": %d, \"text_dim\": %d,"
-      " \"freq_dim\": %d, \"ffn_dim\": %d, \"num_layers\": %d, \"cross_attn_norm\": true,"
-      " \"qk_norm\": \"rms_norm_across_heads\", \"eps\": 1e-06, \"rope_max_seq_len\": 1024}\n",
-      m->heads, m->dim / m->heads, m->channels, m->channels, m->text_dim, m->freq_dim, m->ffn, m->layers);
-  gboolean ok = g_file_set_contents (st_path, (const char *) file->data, file->len, error) &&
-                g_file_set_contents (cfg_path, cfg, -1, error);
-  g_free (cfg);
-  g_free (cfg_path);
-  g_free (st_path);
-  g_byte_array_unref (file);
-  g_byte_array_unref (w.data);
-  g_string_free (w.header, TRUE);
-  g_rand_free (w.rng);
-  return ok;
-}
-
-static void
-remove_model (const char *dir)
-{
-  const char *files[] = { "diffusion_pytorch_model.safetensors", "config.json" };
-  for (guint i = 0; i < G_N_ELEMENTS (files); i++) {
-    char *p = g_build_filename (dir, files[i], NULL);
-    g_unlink (p);
-    g_free (p);
-  }
-  g_rmdir (dir);
-}
 
 /* ------------------------------------------------------------ bench */
 
@@ -154,7 +32,7 @@ random_host (GRand *rng, int ndim, const int64_t *shape)
 int
 main (int argc, char **argv)
 {
-  model_size m = { .dim = 256, .heads = 4, .layers = 4, .ffn = 1024, .text_dim = 512, .freq_dim = 256, .channels = 16 };
+  random_wan_dit_size m = { .dim = 256, .heads = 4, .layers = 4, .ffn = 1024, .text_dim = 512, .freq_dim = 256, .channels = 16 };
   int frames = 5, height = 16, width = 24, text_len = 64, iters = 5;
   double guidance = 5.0;
   char *model = NULL;
@@ -191,7 +69,7 @@ main (int argc, char **argv)
   const char *dir = model;
   if (!dir) {
     tmp = g_dir_make_tmp ("dualparal-bench-XXXXXX", &err);
-    if (!tmp || !write_random_model (tmp, &m, &err)) {
+    if (!tmp || !random_wan_dit_write (tmp, &m, DP_F32, 1, &err)) {
       g_printerr ("cannot write the random model: %s\n", err->message);
       return 1;
     }
@@ -262,7 +140,7 @@ out:
   dp_backend_free (be);
   g_rand_free (rng);
   if (tmp)
-    remove_model (tmp);
+    random_wan_dit_remove (tmp);
   g_free (tmp);
   g_free (model);
   return rc;

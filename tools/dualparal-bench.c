@@ -16,9 +16,8 @@
  */
 #include "dualparal/wan_dit.h"
 #include "cuda_backend.h"
+#include "random_wan_dit.h"
 
-#include <errno.h>
-#include <glib/gstdio.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -287,156 +286,6 @@ bench_ops (dp_backend *be, int reps)
 
 /* ------------------------------------------------------------ DiT */
 
-typedef struct {
-  FILE *f;
-  GString *header;
-  uint64_t offset;
-  gboolean writing; /* second pass: data */
-  GError **error;
-  gboolean ok;
-} st_writer;
-
-/* Pass 1 records the header entry, pass 2 streams random BF16 data. */
-static void
-st_tensor (st_writer *w, const char *name, int ndim, const int64_t *shape, float amp, float mean)
-{
-  int64_t n = 1;
-  for (int i = 0; i < ndim; i++)
-    n *= shape[i];
-  if (!w->writing) {
-    g_string_append_printf (w->header, "%s\"%s\":{\"dtype\":\"BF16\",\"shape\":[", w->header->len > 1 ? "," : "",
-                            name);
-    for (int i = 0; i < ndim; i++)
-      g_string_append_printf (w->header, i ? ",%" G_GINT64_FORMAT : "%" G_GINT64_FORMAT, shape[i]);
-    g_string_append_printf (w->header, "],\"data_offsets\":[%" G_GUINT64_FORMAT ",%" G_GUINT64_FORMAT "]}",
-                            w->offset, w->offset + (uint64_t) n * 2);
-    w->offset += (uint64_t) n * 2;
-    return;
-  }
-  if (!w->ok)
-    return;
-  const int64_t chunk = 1 << 20;
-  uint16_t *buf = g_new (uint16_t, chunk);
-  for (int64_t i = 0; i < n && w->ok; i += chunk) {
-    int64_t m = MIN (chunk, n - i);
-    fill_random (buf, DP_BF16, m, amp, mean);
-    if (fwrite (buf, 2, (size_t) m, w->f) != (size_t) m) {
-      g_set_error (w->error, DP_ERROR, DP_ERROR_IO, "cannot write the random model: %s", g_strerror (errno));
-      w->ok = FALSE;
-    }
-  }
-  g_free (buf);
-}
-
-static void
-st_linear (st_writer *w, const char *prefix, int64_t out, int64_t in)
-{
-  char name[160];
-  g_snprintf (name, sizeof name, "%s.weight", prefix);
-  st_tensor (w, name, 2, (int64_t[]){ out, in }, sqrtf (3.0f / in), 0.0f);
-  g_snprintf (name, sizeof name, "%s.bias", prefix);
-  st_tensor (w, name, 1, (int64_t[]){ out }, 0.1f, 0.0f);
-}
-
-typedef struct {
-  int dim, heads, ffn, layers, text_dim, freq_dim, channels;
-} model_size;
-
-static void
-st_model (st_writer *w, const model_size *m)
-{
-  const int64_t D = m->dim;
-  char name[160];
-  st_tensor (w, "patch_embedding.weight", 5, (int64_t[]){ D, m->channels, 1, 2, 2 }, sqrtf (3.0f / (4 * m->channels)),
-             0.0f);
-  st_tensor (w, "patch_embedding.bias", 1, (int64_t[]){ D }, 0.1f, 0.0f);
-  st_linear (w, "condition_embedder.time_embedder.linear_1", D, m->freq_dim);
-  st_linear (w, "condition_embedder.time_embedder.linear_2", D, D);
-  st_linear (w, "condition_embedder.time_proj", 6 * D, D);
-  st_linear (w, "condition_embedder.text_embedder.linear_1", D, m->text_dim);
-  st_linear (w, "condition_embedder.text_embedder.linear_2", D, D);
-  for (int n = 0; n < m->layers; n++) {
-    static const char *lin[] = { "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
-                                 "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0" };
-    static const char *norms[] = { "attn1.norm_q.weight", "attn1.norm_k.weight", "attn2.norm_q.weight",
-                                   "attn2.norm_k.weight", "norm2.weight" };
-    g_snprintf (name, sizeof name, "blocks.%d.scale_shift_table", n);
-    st_tensor (w, name, 3, (int64_t[]){ 1, 6, D }, 0.5f, 0.0f);
-    for (guint i = 0; i < G_N_ELEMENTS (lin); i++) {
-      g_snprintf (name, sizeof name, "blocks.%d.%s", n, lin[i]);
-      st_linear (w, name, D, D);
-    }
-    for (guint i = 0; i < G_N_ELEMENTS (norms); i++) {
-      g_snprintf (name, sizeof name, "blocks.%d.%s", n, norms[i]);
-      st_tensor (w, name, 1, (int64_t[]){ D }, 0.3f, 1.0f);
-    }
-    g_snprintf (name, sizeof name, "blocks.%d.norm2.bias", n);
-    st_tensor (w, name, 1, (int64_t[]){ D }, 0.1f, 0.0f);
-    g_snprintf (name, sizeof name, "blocks.%d.ffn.net.0.proj", n);
-    st_linear (w, name, m->ffn, D);
-    g_snprintf (name, sizeof name, "blocks.%d.ffn.net.2", n);
-    st_linear (w, name, D, m->ffn);
-  }
-  st_tensor (w, "scale_shift_table", 3, (int64_t[]){ 1, 2, D }, 0.5f, 0.0f);
-  st_linear (w, "proj_out", 4 * m->channels, D);
-}
-
-static gboolean
-write_random_model (const char *dir, const model_size *m, GError **error)
-{
-  st_writer w = { .header = g_string_new ("{"), .error = error, .ok = TRUE };
-  st_model (&w, m);
-  g_string_append_c (w.header, '}');
-  while (w.header->len % 8)
-    g_string_append_c (w.header, ' ');
-  char *path = g_build_filename (dir, "diffusion_pytorch_model.safetensors", NULL);
-  w.f = fopen (path, "wb");
-  if (!w.f) {
-    g_set_error (error, DP_ERROR, DP_ERROR_IO, "cannot create %s: %s", path, g_strerror (errno));
-    w.ok = FALSE;
-  } else {
-    uint64_t hl = GUINT64_TO_LE ((uint64_t) w.header->len);
-    if (fwrite (&hl, 8, 1, w.f) != 1 || fwrite (w.header->str, 1, w.header->len, w.f) != w.header->len) {
-      g_set_error (error, DP_ERROR, DP_ERROR_IO, "cannot write %s", path);
-      w.ok = FALSE;
-    }
-    w.writing = TRUE;
-    if (w.ok)
-      st_model (&w, m);
-    if (fclose (w.f) != 0 && w.ok) {
-      g_set_error (error, DP_ERROR, DP_ERROR_IO, "cannot write %s", path);
-      w.ok = FALSE;
-    }
-  }
-  g_free (path);
-  g_string_free (w.header, TRUE);
-  if (!w.ok)
-    return FALSE;
-  char *cfg_path = g_build_filename (dir, "config.json", NULL);
-  char *cfg = g_strdup_printf (
-    "{\"_class_name\": \"WanTransformer3DModel\", \"patch_size\": [1, 2, 2], \"num_attention_heads\": %d,"
-    " \"attention_head_dim\": %d, \"in_channels\": %d, \"out_channels\": %d, \"text_dim\": %d,"
-    " \"freq_dim\": %d, \"ffn_dim\": %d, \"num_layers\": %d, \"cross_attn_norm\": true,"
-    " \"qk_norm\": \"rms_norm_across_heads\", \"eps\": 1e-06, \"rope_max_seq_len\": 1024}\n",
-    m->heads, m->dim / m->heads, m->channels, m->channels, m->text_dim, m->freq_dim, m->ffn, m->layers);
-  gboolean ok = g_file_set_contents (cfg_path, cfg, -1, error);
-  g_free (cfg);
-  g_free (cfg_path);
-  return ok;
-}
-
-static void
-remove_model (const char *dir)
-{
-  const char *files[] = { "diffusion_pytorch_model.safetensors", "config.json" };
-  for (guint i = 0; i < G_N_ELEMENTS (files); i++) {
-    char *p = g_build_filename (dir, files[i], NULL);
-    g_unlink (p);
-    g_free (p);
-  }
-  g_rmdir (dir);
-}
-
 static dp_tensor
 random_host (int ndim, const int64_t *shape, float amp)
 {
@@ -450,7 +299,7 @@ random_host (int ndim, const int64_t *shape, float amp)
 static int
 bench_dit (dp_backend *be, int reps, int layers, int height, int width, const int *variants, int n_variants)
 {
-  const model_size m = { .dim = 1536, .heads = 12, .ffn = 8960, .layers = layers, .text_dim = 4096,
+  const random_wan_dit_size m = { .dim = 1536, .heads = 12, .ffn = 8960, .layers = layers, .text_dim = 4096,
                          .freq_dim = 256, .channels = 16 };
   const int B = 2, text_len = 512, tpf = (height / 2) * (width / 2);
   GError *err = NULL;
@@ -460,7 +309,7 @@ bench_dit (dp_backend *be, int reps, int layers, int height, int width, const in
 
   gint64 t0 = g_get_monotonic_time ();
   char *dir = g_dir_make_tmp ("dualparal-bench-XXXXXX", &err);
-  if (!dir || !write_random_model (dir, &m, &err))
+  if (!dir || !random_wan_dit_write (dir, &m, DP_BF16, 1, &err))
     goto out;
   double write_s = (g_get_monotonic_time () - t0) / 1e6;
   t0 = g_get_monotonic_time ();
@@ -557,7 +406,7 @@ out:
   dp_tensor_free (&context);
   dp_wan_dit_free (dit);
   if (dir)
-    remove_model (dir);
+    random_wan_dit_remove (dir);
   g_free (dir);
   return rc;
 }

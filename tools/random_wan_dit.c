@@ -1,0 +1,170 @@
+/* Random Wan2.1 transformer checkpoints for the benchmarks (random_wan_dit.h). */
+#include "random_wan_dit.h"
+
+#include "dualparal/backend.h"
+
+#include <errno.h>
+#include <glib/gstdio.h>
+#include <math.h>
+#include <stdio.h>
+
+/* Two passes over the same tensor list: the first builds the header, the
+ * second streams the data. */
+typedef struct {
+  FILE *f;
+  GString *header;
+  uint64_t offset;
+  dp_dtype dtype;
+  GRand *rng;
+  gboolean writing;
+  GError **error;
+  gboolean ok;
+} writer;
+
+/* Uniform in [mean - amp, mean + amp). */
+static void
+add_tensor (writer *w, const char *name, int ndim, const int64_t *shape, float amp, float mean)
+{
+  const size_t esize = dp_dtype_size (w->dtype);
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++)
+    n *= shape[i];
+  if (!w->writing) {
+    g_string_append_printf (w->header, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", w->header->len > 1 ? "," : "", name,
+                            w->dtype == DP_F32 ? "F32" : "BF16");
+    for (int i = 0; i < ndim; i++)
+      g_string_append_printf (w->header, i ? ",%" G_GINT64_FORMAT : "%" G_GINT64_FORMAT, shape[i]);
+    g_string_append_printf (w->header, "],\"data_offsets\":[%" G_GUINT64_FORMAT ",%" G_GUINT64_FORMAT "]}",
+                            w->offset, w->offset + (uint64_t) n * esize);
+    w->offset += (uint64_t) n * esize;
+    return;
+  }
+  if (!w->ok)
+    return;
+  const int64_t chunk = 1 << 20;
+  float *values = g_new (float, chunk);
+  void *out = w->dtype == DP_F32 ? (void *) values : g_malloc ((size_t) chunk * esize);
+  for (int64_t i = 0; i < n && w->ok; i += chunk) {
+    const int64_t m = MIN (chunk, n - i);
+    for (int64_t j = 0; j < m; j++)
+      values[j] = mean + (float) g_rand_double_range (w->rng, -amp, amp);
+    if (out != values)
+      dp_convert (out, w->dtype, values, DP_F32, (size_t) m);
+    if (fwrite (out, esize, (size_t) m, w->f) != (size_t) m) {
+      g_set_error (w->error, DP_ERROR, DP_ERROR_IO, "cannot write the random model: %s", g_strerror (errno));
+      w->ok = FALSE;
+    }
+  }
+  if (out != values)
+    g_free (out);
+  g_free (values);
+}
+
+static void
+add_linear (writer *w, const char *prefix, int64_t out, int64_t in)
+{
+  char name[160];
+  g_snprintf (name, sizeof name, "%s.weight", prefix);
+  add_tensor (w, name, 2, (int64_t[]){ out, in }, sqrtf (3.0f / (float) in), 0.0f);
+  g_snprintf (name, sizeof name, "%s.bias", prefix);
+  add_tensor (w, name, 1, (int64_t[]){ out }, 0.1f, 0.0f);
+}
+
+/* Every tensor of WanTransformer3DModel (text-to-video), in one order. */
+static void
+add_model (writer *w, const random_wan_dit_size *m)
+{
+  const int64_t D = m->dim;
+  char name[160];
+  add_tensor (w, "patch_embedding.weight", 5, (int64_t[]){ D, m->channels, 1, 2, 2 },
+              sqrtf (3.0f / (4.0f * (float) m->channels)), 0.0f);
+  add_tensor (w, "patch_embedding.bias", 1, (int64_t[]){ D }, 0.1f, 0.0f);
+  add_linear (w, "condition_embedder.time_embedder.linear_1", D, m->freq_dim);
+  add_linear (w, "condition_embedder.time_embedder.linear_2", D, D);
+  add_linear (w, "condition_embedder.time_proj", 6 * D, D);
+  add_linear (w, "condition_embedder.text_embedder.linear_1", D, m->text_dim);
+  add_linear (w, "condition_embedder.text_embedder.linear_2", D, D);
+  for (int n = 0; n < m->layers; n++) {
+    static const char *lin[] = { "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+                                 "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0" };
+    static const char *norms[] = { "attn1.norm_q.weight", "attn1.norm_k.weight", "attn2.norm_q.weight",
+                                   "attn2.norm_k.weight", "norm2.weight" };
+    g_snprintf (name, sizeof name, "blocks.%d.scale_shift_table", n);
+    add_tensor (w, name, 3, (int64_t[]){ 1, 6, D }, 0.5f, 0.0f);
+    for (guint i = 0; i < G_N_ELEMENTS (lin); i++) {
+      g_snprintf (name, sizeof name, "blocks.%d.%s", n, lin[i]);
+      add_linear (w, name, D, D);
+    }
+    for (guint i = 0; i < G_N_ELEMENTS (norms); i++) {
+      g_snprintf (name, sizeof name, "blocks.%d.%s", n, norms[i]);
+      add_tensor (w, name, 1, (int64_t[]){ D }, 0.3f, 1.0f);
+    }
+    g_snprintf (name, sizeof name, "blocks.%d.norm2.bias", n);
+    add_tensor (w, name, 1, (int64_t[]){ D }, 0.1f, 0.0f);
+    g_snprintf (name, sizeof name, "blocks.%d.ffn.net.0.proj", n);
+    add_linear (w, name, m->ffn, D);
+    g_snprintf (name, sizeof name, "blocks.%d.ffn.net.2", n);
+    add_linear (w, name, D, m->ffn);
+  }
+  add_tensor (w, "scale_shift_table", 3, (int64_t[]){ 1, 2, D }, 0.5f, 0.0f);
+  add_linear (w, "proj_out", 4 * m->channels, D);
+}
+
+gboolean
+random_wan_dit_write (const char *dir, const random_wan_dit_size *m, dp_dtype dtype, guint32 seed, GError **error)
+{
+  g_return_val_if_fail (dtype == DP_F32 || dtype == DP_BF16, FALSE);
+  writer w = { .header = g_string_new ("{"), .dtype = dtype, .rng = g_rand_new_with_seed (seed), .error = error,
+               .ok = TRUE };
+  add_model (&w, m);
+  g_string_append_c (w.header, '}');
+  while (w.header->len % 8)
+    g_string_append_c (w.header, ' ');
+  char *path = g_build_filename (dir, "diffusion_pytorch_model.safetensors", NULL);
+  w.f = fopen (path, "wb");
+  if (!w.f) {
+    g_set_error (error, DP_ERROR, DP_ERROR_IO, "cannot create %s: %s", path, g_strerror (errno));
+    w.ok = FALSE;
+  } else {
+    uint64_t hl = GUINT64_TO_LE ((uint64_t) w.header->len);
+    if (fwrite (&hl, 8, 1, w.f) != 1 || fwrite (w.header->str, 1, w.header->len, w.f) != w.header->len) {
+      g_set_error (error, DP_ERROR, DP_ERROR_IO, "cannot write %s", path);
+      w.ok = FALSE;
+    }
+    w.writing = TRUE;
+    if (w.ok)
+      add_model (&w, m);
+    if (fclose (w.f) != 0 && w.ok) {
+      g_set_error (error, DP_ERROR, DP_ERROR_IO, "cannot write %s", path);
+      w.ok = FALSE;
+    }
+  }
+  g_free (path);
+  g_string_free (w.header, TRUE);
+  g_rand_free (w.rng);
+  if (!w.ok)
+    return FALSE;
+  char *cfg_path = g_build_filename (dir, "config.json", NULL);
+  char *cfg = g_strdup_printf (
+    "{\"_class_name\": \"WanTransformer3DModel\", \"patch_size\": [1, 2, 2], \"num_attention_heads\": %d,"
+    " \"attention_head_dim\": %d, \"in_channels\": %d, \"out_channels\": %d, \"text_dim\": %d,"
+    " \"freq_dim\": %d, \"ffn_dim\": %d, \"num_layers\": %d, \"cross_attn_norm\": true,"
+    " \"qk_norm\": \"rms_norm_across_heads\", \"eps\": 1e-06, \"rope_max_seq_len\": 1024}\n",
+    m->heads, m->dim / m->heads, m->channels, m->channels, m->text_dim, m->freq_dim, m->ffn, m->layers);
+  gboolean ok = g_file_set_contents (cfg_path, cfg, -1, error);
+  g_free (cfg);
+  g_free (cfg_path);
+  return ok;
+}
+
+void
+random_wan_dit_remove (const char *dir)
+{
+  const char *files[] = { "diffusion_pytorch_model.safetensors", "config.json" };
+  for (guint i = 0; i < G_N_ELEMENTS (files); i++) {
+    char *p = g_build_filename (dir, files[i], NULL);
+    g_unlink (p);
+    g_free (p);
+  }
+  g_rmdir (dir);
+}
