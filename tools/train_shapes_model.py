@@ -11,14 +11,14 @@ Stages (one process, seeded; see docs/model-card-shapes-tiny.md):
      Every caption (and the empty prompt) is encoded once, exactly as
      WanPipeline._get_t5_prompt_embeds does (padding to --text-len, rows after
      the real tokens zero).
-  3. vae/: AutoencoderKLWan (Wan2.1 structure, base_dim 12) trained on
-     reconstruction of the posterior mean (L1 + L2 on frames, pixels off the
-     background colour weighted 5x, tiny KL) on 48x48 crops (half of them
-     around the shape) of single frames (half of the steps, batch doubled)
-     and 9-frame clips, through the same causal chunked encode and
-     frame-by-frame decode the pipeline uses; latents_mean / latents_std are
-     then measured on encoded full 33-frame clips and written into
-     vae/config.json.
+  3. vae/: AutoencoderKLWan (Wan2.1 structure, base_dim 12, He-initialised
+     convolutions) trained on reconstruction of the posterior mean (L1 + L2
+     on frames, pixels off the background colour weighted 5x, tiny KL): half
+     of the steps on batches of 16 single-frame 32x32 crops, half on 9-frame
+     48x48 clips (crops around the shape half of the time), through the same
+     causal chunked encode and frame-by-frame decode the pipeline uses;
+     latents_mean / latents_std are then measured on encoded full 33-frame
+     clips and written into vae/config.json.
   4. transformer/: WanTransformer3DModel trained with flow matching on the
      normalised latents (z - mean) / std: x_t = (1 - s) x0 + s eps, target
      eps - x0, s drawn uniformly then shifted by --flow-shift (what the
@@ -27,17 +27,23 @@ Stages (one process, seeded; see docs/model-card-shapes-tiny.md):
      cut from 9-latent (33-frame) clips, at the clip start half of the time and
      anywhere otherwise, so the model also knows mid-video windows (what
      block-wise long-video generation feeds it).  EMA weights are saved.
-  5. scheduler/ (UniPCMultistepScheduler, flow prediction) and model_index.json.
+  5. vae/ again: the decoder alone (encoder frozen, so the DiT's latents stay
+     valid) on 17-frame clips, so that colours hold over longer decodes.
+  6. scheduler/ (UniPCMultistepScheduler, flow prediction) and model_index.json
+     (with "_dualparal": size, text length, frame rate, and the DualParal P
+     and C whose window is the DiT's training window).
 
 A wall-clock budget (--minutes) caps everything: the VAE gets --vae-frac of it,
-the DiT the rest less 4 minutes for the final checks; the model directory is
-written after the VAE stage and every --save-every minutes, so a stopped run
-still leaves a usable model.  Step counts (--vae-steps, --dit-steps) set the
-work; the learning rate anneals by step or by elapsed share of the stage's
-budget, whichever is further, so on a busy machine a stage stops early but
-annealed.  The log says how many steps each stage really ran.  All random
-draws are seeded (numpy Generator for the clips, torch for init and noise);
-runs are repeatable up to torch's CPU kernels and where the budget cuts.
+the decoder stage --dec-frac, the DiT the rest less 4 minutes for the final
+checks; the model directory is written after the VAE stage and every
+--save-every minutes, so a stopped run still leaves a usable model.  Step
+counts (--vae-steps, --dit-steps, --dec-steps) set the work; the learning rate
+anneals by step or by elapsed share of the stage's budget, whichever is
+further, so on a busy machine a stage stops early but annealed.  The log says
+how many steps each stage really ran.  All random draws are seeded (numpy
+Generator for the clips, torch for init and noise); runs are repeatable up to
+torch's kernels and where the budget cuts.  --dit-only and --decoder-only run
+one stage on the model already in --out (for example the DiT on a lent GPU).
 
     nice -n 19 python3 tools/train_shapes_model.py --out models/shapes-tiny
     python3 tools/train_shapes_model.py --out models/shapes-tiny --check-only
@@ -284,16 +290,10 @@ def train_vae(vae, args, deadline, rng):
         # (logvar starts near 0, mu near 0.2) and stalls the decoder for
         # hundreds of steps; the tiny KL term only keeps the scale in check.
         y = vae_decode_unclamped(vae, mu)
-        # Pixels away from the clip's background colour weigh 5x: with plain
-        # L1/L2 the decoder sits for hundreds of steps on the "mean colour"
-        # plateau, since the shape is a small share of the pixels.
-        bg = x.flatten(2).median(dim=2).values[:, :, None, None, None]
-        w = 1.0 + 4.0 * ((x - bg).abs().sum(1, keepdim=True) > 0.1).float()
         l1 = (y - x).abs().mean()
         l2 = ((y - x) ** 2).mean()
-        wl = ((y - x).abs() * w).mean() / w.mean() + (((y - x) ** 2) * w).mean() / w.mean()
         kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).mean()
-        loss = wl + args.vae_kl * kl
+        loss = weighted_recon_loss(y, x) + args.vae_kl * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         # Loose clip: only against the rare spikes (the gradient norm sits
@@ -311,6 +311,58 @@ def train_vae(vae, args, deadline, rng):
     vae.eval()
     h = np.mean(hist[-50:], axis=0)
     return step, dict(l1=float(h[0]), l2=float(h[1]), kl=float(h[2]))
+
+
+def weighted_recon_loss(y, x):
+    """L1 + L2 with pixels away from the clip's background colour weighted
+    5x: with plain L1/L2 the decoder sits for hundreds of steps on the "mean
+    colour" plateau, since the shape is a small share of the pixels."""
+    bg = x.flatten(2).median(dim=2).values[:, :, None, None, None]
+    w = 1.0 + 4.0 * ((x - bg).abs().sum(1, keepdim=True) > 0.1).float()
+    return ((y - x).abs() * w).mean() / w.mean() + (((y - x) ** 2) * w).mean() / w.mean()
+
+
+def finetune_decoder(vae, args, deadline, rng):
+    """Decoder (and post_quant_conv) only, on longer clips, the encoder
+    frozen so that the latents, and a DiT trained on them, stay valid.  The
+    joint stage sees 9-frame clips (3 latent frames); decoding more latent
+    frames than that, the causal cache let the colours drift from the
+    fourth latent frame on (background hue, trails).  Clips of
+    --dec-frames frames teach the decoder the longer recursion."""
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    vae.train()
+    opt = torch.optim.AdamW(params, lr=args.dec_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    t0 = time.time()
+    hist = []
+    step = 0
+    for step in range(1, args.dec_steps + 1):
+        lr = args.dec_lr * schedule(step, args.dec_steps, 20, t0, deadline)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = vae_batch(rng, args.dec_batch, args.dec_frames, args.vae_crop).to(DEVICE)
+        with torch.no_grad():
+            mu, _ = vae_encode_mu_logvar(vae, x)
+        y = vae_decode_unclamped(vae, mu)
+        loss = weighted_recon_loss(y, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        hist.append(((y - x) ** 2).mean().item())
+        if step % 50 == 0 or step == args.dec_steps:
+            log("decoder step %d/%d  l2 %.5f  lr %.2e  (%.2f s/step)"
+                % (step, args.dec_steps, float(np.mean(hist[-50:])), lr, (time.time() - t0) / step))
+        if time.time() > deadline:
+            log("decoder: time budget reached at step %d" % step)
+            break
+    for p in vae.parameters():
+        p.requires_grad_(True)
+    vae.eval()
+    return step
 
 
 @torch.no_grad()
@@ -528,11 +580,13 @@ def run_checks(out_dir, frames, steps, guidance, seed, png_dir=None):
             WanTransformer3DModel._keep_in_fp32_modules = keep
         log("note: accelerate missing; loaded without diffusers' fp32-kept-modules path")
     pipe.set_progress_bar_config(disable=True)
+    with open(os.path.join(out_dir, "model_index.json")) as f:
+        text_len = json.load(f)["_dualparal"]["text_len"]
     results = []
     for k, spec in enumerate(CHECK_PROMPTS):
         prompt = sd.caption_for(spec["colour"], spec["shape"], spec["motion"], spec["background"])
         t0 = time.time()
-        video = pipe(prompt, height=SIZE, width=SIZE, num_frames=frames,
+        video = pipe(prompt, height=SIZE, width=SIZE, num_frames=frames, max_sequence_length=text_len,
                      num_inference_steps=steps, guidance_scale=guidance,
                      generator=torch.Generator().manual_seed(seed + k),
                      output_type="np").frames[0]
@@ -558,6 +612,21 @@ def run_checks(out_dir, frames, steps, guidance, seed, png_dir=None):
 # --------------------------------------------------------------------------
 
 
+def decoder_stage(vae, args, deadline, out):
+    """Runs finetune_decoder with its own random stream, evaluates on full
+    clips and saves vae/ (config, latents_mean / latents_std included)."""
+    l1, l2 = vae_eval(vae, args.seed + 3)
+    log("decoder stage: before, full-clip eval (128x128x17, clamped) l1 %.4f l2 %.5f psnr %.1f dB"
+        % (l1, l2, 10 * math.log10(4.0 / l2)))
+    steps = finetune_decoder(vae, args, deadline, np.random.default_rng(args.seed + 6))
+    l1, l2 = vae_eval(vae, args.seed + 3)
+    log("decoder done: %d steps; full-clip eval (128x128x17, clamped) l1 %.4f l2 %.5f psnr %.1f dB"
+        % (steps, l1, l2, 10 * math.log10(4.0 / l2)))
+    vae.to("cpu").save_pretrained(os.path.join(out, "vae"), safe_serialization=True)
+    vae.to(DEVICE)
+    return steps, l1, l2
+
+
 def main():
     global LOG
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -567,7 +636,8 @@ def main():
     ap.add_argument("--vae-frac", type=float, default=0.33, help="share of the budget for the VAE")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent")
-    ap.add_argument("--text-len", type=int, default=512)
+    ap.add_argument("--text-len", type=int, default=32,
+                    help="text rows the DiT attends to (captions are at most 17 tokens; 512 zero-padded rows dilute the cross-attention)")
     ap.add_argument("--vocab-size", type=int, default=64)
     ap.add_argument("--vae-steps", type=int, default=3000)
     ap.add_argument("--vae-batch", type=int, default=3)
@@ -579,8 +649,18 @@ def main():
                     help="share of VAE steps on single frames (batch doubled)")
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--vae-kl", type=float, default=1e-6)
-    ap.add_argument("--bank", type=int, default=128, help="encoded clips kept for the DiT")
-    ap.add_argument("--refresh-every", type=int, default=32,
+    ap.add_argument("--dec-frac", type=float, default=0.12,
+                    help="share of the budget for the decoder stage (after the DiT)")
+    ap.add_argument("--dec-steps", type=int, default=1500)
+    ap.add_argument("--dec-batch", type=int, default=2)
+    ap.add_argument("--dec-frames", type=int, default=17)
+    ap.add_argument("--dec-lr", type=float, default=3e-4)
+    ap.add_argument("--decoder-only", action="store_true",
+                    help="run only the decoder stage on the model in --out (budget: --minutes)")
+    ap.add_argument("--dit-only", action="store_true",
+                    help="train only the DiT, on the tokenizer, text encoder and VAE in --out")
+    ap.add_argument("--bank", type=int, default=1200, help="encoded clips kept for the DiT")
+    ap.add_argument("--refresh-every", type=int, default=16,
                     help="DiT steps between replacing one bank clip by a fresh one (0: never)")
     ap.add_argument("--dit-steps", type=int, default=7000)
     ap.add_argument("--dit-batch", type=int, default=8)
@@ -604,7 +684,7 @@ def main():
     torch.use_deterministic_algorithms(True, warn_only=True)
     out = args.out
     os.makedirs(out, exist_ok=True)
-    LOG = open(os.path.join(out, "training_log.txt"), "a" if args.check_only else "w")
+    LOG = open(os.path.join(out, "training_log.txt"), "a" if args.check_only or args.decoder_only else "w")
 
     if args.check_only:
         res = run_checks(out, args.check_frames, args.check_steps, args.check_guidance,
@@ -617,14 +697,24 @@ def main():
     log("machine: %s, %s, %d cpus, torch %s (%d threads)"
         % (platform.node(), platform.processor() or platform.machine(), os.cpu_count(),
            torch.__version__, torch.get_num_threads()))
+    if args.decoder_only:
+        from diffusers import AutoencoderKLWan
+        vae = AutoencoderKLWan.from_pretrained(os.path.join(out, "vae")).to(DEVICE)
+        decoder_stage(vae, args, START + args.minutes * 60, out)
+        return
     deadline_all = START + args.minutes * 60
     deadline_vae = START + args.minutes * args.vae_frac * 60
     rng = np.random.default_rng(args.seed)
 
     # 1-2. Tokenizer and frozen text encoder.
-    from transformers import UMT5EncoderModel  # noqa: F401
-    tokenizer, vocab = build_tokenizer(os.path.join(out, "tokenizer"), args.vocab_size)
-    te = build_text_encoder(os.path.join(out, "text_encoder"), vocab, args.seed + 1)
+    from transformers import AutoTokenizer, UMT5EncoderModel
+    if args.dit_only:
+        tokenizer = AutoTokenizer.from_pretrained(os.path.join(out, "tokenizer"))
+        te = UMT5EncoderModel.from_pretrained(os.path.join(out, "text_encoder")).eval()
+        vocab = len(tokenizer)
+    else:
+        tokenizer, vocab = build_tokenizer(os.path.join(out, "tokenizer"), args.vocab_size)
+        te = build_text_encoder(os.path.join(out, "text_encoder"), vocab, args.seed + 1)
     prompts = sd.all_captions() + [""]
     ctx_rows = encode_prompts(tokenizer, te, prompts, args.text_len)
     text_index = {p: i for i, p in enumerate(prompts)}
@@ -634,12 +724,17 @@ def main():
 
     # 3. VAE.
     from diffusers import AutoencoderKLWan
-    torch.manual_seed(args.seed + 2)
-    vae = AutoencoderKLWan(**VAE_CONFIG)
-    he_init_convs(vae)
-    vae.to(DEVICE)
-    log("vae: %.2f M parameters" % (sum(p.numel() for p in vae.parameters()) / 1e6))
-    vae_steps, vae_loss = train_vae(vae, args, deadline_vae, rng)
+    if args.dit_only:
+        vae = AutoencoderKLWan.from_pretrained(os.path.join(out, "vae")).to(DEVICE).eval()
+        vae_steps, vae_loss = 0, dict(l1=float("nan"), l2=float("nan"), kl=float("nan"))
+        deadline_vae = time.time()
+    else:
+        torch.manual_seed(args.seed + 2)
+        vae = AutoencoderKLWan(**VAE_CONFIG)
+        he_init_convs(vae)
+        vae.to(DEVICE)
+        log("vae: %.2f M parameters" % (sum(p.numel() for p in vae.parameters()) / 1e6))
+        vae_steps, vae_loss = train_vae(vae, args, deadline_vae, rng)
     l1, l2 = vae_eval(vae, args.seed + 3)
     log("vae done: %d steps; train l1 %.4f l2 %.5f; full-clip eval (128x128x17, clamped) l1 %.4f l2 %.5f psnr %.1f dB"
         % (vae_steps, vae_loss["l1"], vae_loss["l2"], l1, l2, 10 * math.log10(4.0 / l2)))
@@ -653,8 +748,12 @@ def main():
         bank_caps.append(c)
     bank = torch.cat(bank)
     bank_caps = torch.cat(bank_caps)
-    mean = bank.mean(dim=(0, 2, 3, 4)).cpu()
-    std = bank.std(dim=(0, 2, 3, 4)).cpu()
+    if args.dit_only:  # the statistics the VAE's config already holds
+        mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32)
+        std = torch.tensor(vae.config.latents_std, dtype=torch.float32)
+    else:
+        mean = bank.mean(dim=(0, 2, 3, 4)).cpu()
+        std = bank.std(dim=(0, 2, 3, 4)).cpu()
     log("latent bank: %d clips [16, %d, %d, %d] in %.0f s; mean %s; std %s"
         % (bank.shape[0], bank.shape[2], bank.shape[3], bank.shape[4], time.time() - t0,
            np.round(mean.numpy(), 3).tolist(), np.round(std.numpy(), 3).tolist()))
@@ -683,15 +782,24 @@ def main():
         write_dit(dit, ema, out)
         log("saved transformer (EMA) at step %d, loss %.4f" % (step, loss))
 
+    # The final checks get 4 minutes, the decoder stage its share; a DiT-only
+    # run (usually on a lent GPU, --skip-check) uses all of its budget.
+    deadline_dit = (deadline_all - 5 if args.dit_only
+                    else deadline_all - 240 - args.minutes * args.dec_frac * 60)
     dit_steps, dit_loss, ema = train_dit(dit, bank, bank_caps, mean5, std5, ctx_rows, empty_idx,
-                                         args, deadline_all - 240, rng, refresh, save_cb)
+                                         args, deadline_dit, rng, refresh, save_cb)
     write_dit(dit, ema, out)
     log("dit done: %d steps; final loss (mean of last 200 steps) %.4f" % (dit_steps, dit_loss))
-    log("summary: vae_steps %d vae_l1 %.4f vae_l2 %.5f eval_l1 %.4f eval_l2 %.5f | dit_steps %d dit_loss %.4f | wall %.1f min"
-        % (vae_steps, vae_loss["l1"], vae_loss["l2"], l1, l2, dit_steps, dit_loss,
+
+    # 5. Decoder on longer clips (encoder frozen: the DiT's latents stay valid).
+    dec_steps = 0
+    if not args.dit_only:
+        dec_steps, l1, l2 = decoder_stage(vae, args, deadline_all - 240, out)
+    log("summary: vae_steps %d vae_l1 %.4f vae_l2 %.5f | dit_steps %d dit_loss %.4f | decoder_steps %d eval_l1 %.4f eval_l2 %.5f | wall %.1f min"
+        % (vae_steps, vae_loss["l1"], vae_loss["l2"], dit_steps, dit_loss, dec_steps, l1, l2,
            (time.time() - START) / 60))
-    log("reproduce: nice -n 19 python3 tools/train_shapes_model.py --out %s --seed %d --vae-steps %d --dit-steps %d --minutes 10000"
-        % (out, args.seed, vae_steps, dit_steps))
+    log("reproduce: nice -n 19 python3 tools/train_shapes_model.py --out %s --seed %d --vae-steps %d --dit-steps %d --dec-steps %d --minutes 10000"
+        % (out, args.seed, vae_steps, dit_steps, dec_steps))
 
     if not args.skip_check:
         res = run_checks(out, args.check_frames, args.check_steps, args.check_guidance,
