@@ -7,10 +7,10 @@ Stages (one process, seeded; see docs/model-card-shapes-tiny.md):
   1. tokenizer/: sentencepiece unigram model trained on every caption the
      generator can write (T5 ids: pad 0, eos 1, unk 2, no bos), plus the
      transformers T5Tokenizer files (tokenizer.json, tokenizer_config.json).
-  2. text_encoder/: a tiny umT5 encoder (UMT5EncoderModel), random and frozen.
-     Every caption (and the empty prompt) is encoded once, exactly as
-     WanPipeline._get_t5_prompt_embeds does (padding to --text-len, rows after
-     the real tokens zero).
+  2. text_encoder/: a tiny umT5 encoder (UMT5EncoderModel), randomly
+     initialised here and trained with the DiT in stage 4.  Captions are
+     tokenized and encoded exactly as WanPipeline._get_t5_prompt_embeds does
+     (padding to --text-len, rows after the real tokens zero).
   3. vae/: AutoencoderKLWan (Wan2.1 structure, base_dim 12, He-initialised
      convolutions) trained on reconstruction of the posterior mean (L1 + L2
      on frames, pixels off the background colour weighted 5x, tiny KL): half
@@ -150,20 +150,16 @@ def build_text_encoder(te_dir, vocab_size, seed):
 
     torch.manual_seed(seed)
     cfg = UMT5Config(vocab_size=vocab_size, **TEXT_CONFIG)
-    model = UMT5EncoderModel(cfg).eval()
-    # transformers' T5 init: embeddings N(0, factor), attention/ffn scaled
-    # normals; keep it, it is seeded.  Frozen: no training.
-    for p in model.parameters():
-        p.requires_grad_(False)
+    # transformers' T5 init (embeddings N(0, factor), scaled normals
+    # elsewhere), seeded.  It is trained with the DiT (stage 4).
+    model = UMT5EncoderModel(cfg)
     model.save_pretrained(te_dir, safe_serialization=True)
     return model
 
 
-@torch.no_grad()
-def encode_prompts(tokenizer, text_encoder, prompts, text_len):
-    """WanPipeline._get_t5_prompt_embeds, kept trimmed: returns a list of
-    [seq_len, d] tensors (the real tokens, EOS included); padding to text_len
-    with zero rows happens per batch."""
+def tokenize_prompts(tokenizer, prompts, text_len):
+    """Token ids and attention masks [len(prompts), text_len], exactly as
+    WanPipeline._get_t5_prompt_embeds builds them."""
     try:
         from diffusers.pipelines.wan.pipeline_wan import prompt_clean
     except (ImportError, RuntimeError):
@@ -175,22 +171,17 @@ def encode_prompts(tokenizer, text_encoder, prompts, text_len):
         def prompt_clean(text):
             return re.sub(r"\s+", " ", html.unescape(html.unescape(text)).strip()).strip()
 
-    out = []
-    for i in range(0, len(prompts), 64):
-        chunk = [prompt_clean(p) for p in prompts[i:i + 64]]
-        t = tokenizer(chunk, padding="max_length", max_length=text_len, truncation=True,
-                      add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
-        h = text_encoder(t.input_ids, t.attention_mask).last_hidden_state.float()
-        lens = t.attention_mask.gt(0).sum(dim=1)
-        out += [h[j, :lens[j]].clone() for j in range(len(chunk))]
-    return out
+    t = tokenizer([prompt_clean(p) for p in prompts], padding="max_length", max_length=text_len,
+                  truncation=True, add_special_tokens=True, return_attention_mask=True,
+                  return_tensors="pt")
+    return t.input_ids, t.attention_mask
 
 
-def pad_context(rows, text_len):
-    ctx = torch.zeros(len(rows), text_len, rows[0].shape[1])
-    for i, r in enumerate(rows):
-        ctx[i, :r.shape[0]] = r
-    return ctx
+def encode_context(text_encoder, ids, mask):
+    """[B, text_len, d] text context as the pipeline hands it to the DiT: the
+    encoder's rows for the real tokens (EOS included), zero rows after them."""
+    h = text_encoder(ids, mask).last_hidden_state.float()
+    return h * mask.unsqueeze(-1).to(h.dtype)
 
 
 # --------------------------------------------------------------------------
@@ -397,12 +388,17 @@ def shift_sigma(s, shift):
     return shift * s / (1 + (shift - 1) * s)
 
 
-def train_dit(dit, bank, bank_caps, mean, std, ctx_rows, empty_idx, args, deadline,
+def train_dit(dit, te, bank, bank_caps, mean, std, ids, mask, empty_idx, args, deadline,
               rng, refresh, save_cb):
+    """Flow matching on the DiT and the text encoder together: a random text
+    encoder gives the cross-attention a bag of word vectors in which "a red
+    ball on a yellow background" and "a yellow ball on a red background" look
+    alike (run 9 swapped them); trained, it learns which colour goes where."""
     dit.train()
-    ema = [p.detach().clone() for p in dit.parameters()]
-    opt = torch.optim.AdamW(dit.parameters(), lr=args.dit_lr, betas=(0.9, 0.99),
-                            weight_decay=0.01)
+    te.train()
+    params = list(dit.parameters()) + list(te.parameters())
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=args.dit_lr, betas=(0.9, 0.99), weight_decay=0.01)
     gen = torch.Generator().manual_seed(args.seed + 7)
     steps = args.dit_steps
     t0 = time.time()
@@ -422,7 +418,8 @@ def train_dit(dit, bank, bank_caps, mean, std, ctx_rows, empty_idx, args, deadli
         x0 = (torch.stack(lat) - mean) / std
         caps = bank_caps[idx].tolist()
         caps = [empty_idx if rng.random() < args.cfg_drop else c for c in caps]
-        ctx = pad_context([ctx_rows[c] for c in caps], args.text_len).to(DEVICE)
+        caps = torch.tensor(caps)
+        ctx = encode_context(te, ids[caps].to(DEVICE), mask[caps].to(DEVICE))
         u = torch.rand(args.dit_batch, generator=gen)
         sig = shift_sigma(u, args.flow_shift).to(DEVICE)
         eps = torch.randn(x0.shape, generator=gen).to(DEVICE)
@@ -434,11 +431,11 @@ def train_dit(dit, bank, bank_caps, mean, std, ctx_rows, empty_idx, args, deadli
         loss = F.mse_loss(pred, eps - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for e, p in zip(ema, dit.parameters()):
+            for e, p in zip(ema, params):
                 e.mul_(decay).add_(p.detach(), alpha=1 - decay)
         hist.append(loss.item())
         if args.refresh_every and step % args.refresh_every == 0:
@@ -453,18 +450,23 @@ def train_dit(dit, bank, bank_caps, mean, std, ctx_rows, empty_idx, args, deadli
             log("dit: time budget reached at step %d" % step)
             break
     dit.eval()
+    te.eval()
     return step, float(np.mean(hist[-200:])), ema
 
 
-def write_dit(dit, ema, out_dir):
-    saved = [p.detach().clone() for p in dit.parameters()]
+def write_dit(dit, te, ema, out_dir):
+    """Saves the EMA weights of the DiT and the text encoder (ema: their
+    parameters in that order), keeping the training weights in the modules."""
+    params = list(dit.parameters()) + list(te.parameters())
+    saved = [p.detach().clone() for p in params]
     with torch.no_grad():
-        for p, e in zip(dit.parameters(), ema):
+        for p, e in zip(params, ema):
             p.copy_(e)
-    dit.to("cpu").save_pretrained(os.path.join(out_dir, "transformer"), safe_serialization=True)
-    dit.to(DEVICE)
+    for module, sub in ((dit, "transformer"), (te, "text_encoder")):
+        module.to("cpu").save_pretrained(os.path.join(out_dir, sub), safe_serialization=True)
+        module.to(DEVICE)
     with torch.no_grad():
-        for p, s in zip(dit.parameters(), saved):
+        for p, s in zip(params, saved):
             p.copy_(s)
 
 
@@ -609,6 +611,61 @@ def run_checks(out_dir, frames, steps, guidance, seed, png_dir=None):
     return results
 
 
+@torch.no_grad()
+def diagnose(out_dir, seed, n=32):
+    """How much the DiT uses its text, without sampling.  (1) The flow-matching
+    loss on n fresh clips with their own captions, shuffled captions and the
+    empty prompt, at several sigma: a DiT that ignores its text scores the
+    three alike.  (2) At sigma 1 the ideal prediction of x0 is the mean clip
+    of the caption, so its decoded background must be the named one: the mean
+    RGB of the decoded one-step x0 of the frame border against the colour the
+    caption names (binding: "a blue square on a yellow background" must not
+    come out blue)."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import AutoTokenizer, UMT5EncoderModel
+    dit = WanTransformer3DModel.from_pretrained(os.path.join(out_dir, "transformer")).eval()
+    te = UMT5EncoderModel.from_pretrained(os.path.join(out_dir, "text_encoder")).eval()
+    vae = AutoencoderKLWan.from_pretrained(os.path.join(out_dir, "vae")).eval()
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(out_dir, "tokenizer"))
+    with open(os.path.join(out_dir, "model_index.json")) as f:
+        text_len = json.load(f)["_dualparal"]["text_len"]
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    clips, caps = zip(*[sd.make_clip(rng, 17, SIZE)[:2] for _ in range(n)])
+    x0 = (vae_encode_mu_logvar(vae, torch.from_numpy(np.stack(clips)))[0] - mean) / std
+    perm = torch.randperm(n, generator=gen).tolist()
+    ctx = {}
+    for name, prompts in (("own", list(caps)), ("shuffled", [caps[i] for i in perm]),
+                          ("empty", [""] * n)):
+        ctx[name] = encode_context(te, *tokenize_prompts(tokenizer, prompts, text_len))
+    for sig in (0.3, 0.6, 0.9, 1.0):
+        eps = torch.randn(x0.shape, generator=gen)
+        xt = (1 - sig) * x0 + sig * eps
+        losses = []
+        for name in ("own", "shuffled", "empty"):
+            v = dit(hidden_states=xt, timestep=torch.full((n,), sig * 1000.0),
+                    encoder_hidden_states=ctx[name], return_dict=False)[0]
+            losses.append("%s %.3f" % (name, float(((v - (eps - x0)) ** 2).mean())))
+        log("diagnose: sigma %.1f  loss with caption %s" % (sig, ", ".join(losses)))
+    specs = [(c, b) for c, b in (("blue", "yellow"), ("yellow", "blue"), ("green", "red"),
+                                 ("red", "green"), ("white", "gray"), ("red", None))]
+    prompts = [sd.caption_for(c, "square", "left", b) for c, b in specs]
+    c = encode_context(te, *tokenize_prompts(tokenizer, prompts, text_len))
+    eps = torch.randn(len(prompts), Z_DIM, 5, SIZE // 8, SIZE // 8, generator=gen)
+    v = dit(hidden_states=eps, timestep=torch.full((len(prompts),), 1000.0),
+            encoder_hidden_states=c, return_dict=False)[0]
+    video = (vae.decode((eps - v) * std + mean).sample.clamp(-1, 1) + 1) / 2
+    border = torch.ones(SIZE, SIZE, dtype=torch.bool)
+    border[12:-12, 12:-12] = False
+    for k, (prompt, (_, b)) in enumerate(zip(prompts, specs)):
+        got = video[k][:, :, border].mean(dim=(1, 2)).numpy()
+        want = sd.background_rgb(b) if b else np.zeros(3, np.float32)
+        log("diagnose: one-step mean at sigma 1, border RGB %s (named %s): %s"
+            % ([round(float(x), 2) for x in got], [round(float(x), 2) for x in want], prompt))
+
+
 # --------------------------------------------------------------------------
 
 
@@ -660,6 +717,8 @@ def main():
     ap.add_argument("--dit-only", action="store_true",
                     help="train only the DiT, on the tokenizer, text encoder and VAE in --out")
     ap.add_argument("--bank", type=int, default=1200, help="encoded clips kept for the DiT")
+    ap.add_argument("--bank-cache", default=None,
+                    help="file keeping the encoded bank between --dit-only runs on the same VAE")
     ap.add_argument("--refresh-every", type=int, default=16,
                     help="DiT steps between replacing one bank clip by a fresh one (0: never)")
     ap.add_argument("--dit-steps", type=int, default=7000)
@@ -674,6 +733,8 @@ def main():
     ap.add_argument("--check-guidance", type=float, default=5.0)
     ap.add_argument("--check-png", default=None, help="folder for sample PNG strips")
     ap.add_argument("--check-only", action="store_true")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="measure how much the DiT in --out uses its text (no sampling)")
     ap.add_argument("--skip-check", action="store_true")
     args = ap.parse_args()
 
@@ -684,13 +745,17 @@ def main():
     torch.use_deterministic_algorithms(True, warn_only=True)
     out = args.out
     os.makedirs(out, exist_ok=True)
-    LOG = open(os.path.join(out, "training_log.txt"), "a" if args.check_only or args.decoder_only else "w")
+    LOG = open(os.path.join(out, "training_log.txt"),
+               "a" if args.check_only or args.decoder_only or args.diagnose else "w")
 
     if args.check_only:
         res = run_checks(out, args.check_frames, args.check_steps, args.check_guidance,
                          args.seed, args.check_png)
         with open(os.path.join(out, "checks.json"), "w") as f:
             json.dump(res, f, indent=1)
+        return
+    if args.diagnose:
+        diagnose(out, args.seed)
         return
 
     log("command: %s" % " ".join([os.path.basename(sys.executable)] + sys.argv))
@@ -706,21 +771,22 @@ def main():
     deadline_vae = START + args.minutes * args.vae_frac * 60
     rng = np.random.default_rng(args.seed)
 
-    # 1-2. Tokenizer and frozen text encoder.
+    # 1-2. Tokenizer and text encoder (trained with the DiT).
     from transformers import AutoTokenizer, UMT5EncoderModel
     if args.dit_only:
         tokenizer = AutoTokenizer.from_pretrained(os.path.join(out, "tokenizer"))
-        te = UMT5EncoderModel.from_pretrained(os.path.join(out, "text_encoder")).eval()
+        te = UMT5EncoderModel.from_pretrained(os.path.join(out, "text_encoder"))
         vocab = len(tokenizer)
     else:
         tokenizer, vocab = build_tokenizer(os.path.join(out, "tokenizer"), args.vocab_size)
         te = build_text_encoder(os.path.join(out, "text_encoder"), vocab, args.seed + 1)
     prompts = sd.all_captions() + [""]
-    ctx_rows = encode_prompts(tokenizer, te, prompts, args.text_len)
+    ids, mask = tokenize_prompts(tokenizer, prompts, args.text_len)
+    te.to(DEVICE)
     text_index = {p: i for i, p in enumerate(prompts)}
     empty_idx = text_index[""]
     log("tokenizer: %d pieces; %d captions, longest %d tokens (EOS included); text_len %d"
-        % (vocab, len(prompts) - 1, max(r.shape[0] for r in ctx_rows), args.text_len))
+        % (vocab, len(prompts) - 1, int(mask.sum(1).max()), args.text_len))
 
     # 3. VAE.
     from diffusers import AutoencoderKLWan
@@ -740,14 +806,21 @@ def main():
         % (vae_steps, vae_loss["l1"], vae_loss["l2"], l1, l2, 10 * math.log10(4.0 / l2)))
 
     # Latent statistics on encoded full clips (posterior means).
-    bank, bank_caps = [], []
     t0 = time.time()
-    for i in range(0, args.bank, 8):
-        z, c = encode_clip_latents(vae, rng, min(8, args.bank - i), text_index)
-        bank.append(z)
-        bank_caps.append(c)
-    bank = torch.cat(bank)
-    bank_caps = torch.cat(bank_caps)
+    if args.bank_cache and os.path.exists(args.bank_cache):
+        bank, bank_caps = torch.load(args.bank_cache)
+        bank = bank[:args.bank].to(DEVICE)
+        bank_caps = bank_caps[:args.bank]
+    else:
+        bank, bank_caps = [], []
+        for i in range(0, args.bank, 8):
+            z, c = encode_clip_latents(vae, rng, min(8, args.bank - i), text_index)
+            bank.append(z)
+            bank_caps.append(c)
+        bank = torch.cat(bank)
+        bank_caps = torch.cat(bank_caps)
+        if args.bank_cache:
+            torch.save((bank.cpu(), bank_caps), args.bank_cache)
     if args.dit_only:  # the statistics the VAE's config already holds
         mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32)
         std = torch.tensor(vae.config.latents_std, dtype=torch.float32)
@@ -779,16 +852,16 @@ def main():
         bank_caps[j] = c[0]
 
     def save_cb(ema, step, loss):
-        write_dit(dit, ema, out)
+        write_dit(dit, te, ema, out)
         log("saved transformer (EMA) at step %d, loss %.4f" % (step, loss))
 
     # The final checks get 4 minutes, the decoder stage its share; a DiT-only
     # run (usually on a lent GPU, --skip-check) uses all of its budget.
     deadline_dit = (deadline_all - 5 if args.dit_only
                     else deadline_all - 240 - args.minutes * args.dec_frac * 60)
-    dit_steps, dit_loss, ema = train_dit(dit, bank, bank_caps, mean5, std5, ctx_rows, empty_idx,
+    dit_steps, dit_loss, ema = train_dit(dit, te, bank, bank_caps, mean5, std5, ids, mask, empty_idx,
                                          args, deadline_dit, rng, refresh, save_cb)
-    write_dit(dit, ema, out)
+    write_dit(dit, te, ema, out)
     log("dit done: %d steps; final loss (mean of last 200 steps) %.4f" % (dit_steps, dit_loss))
 
     # 5. Decoder on longer clips (encoder frozen: the DiT's latents stay valid).
