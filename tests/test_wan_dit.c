@@ -221,6 +221,76 @@ test_golden (gconstpointer data)
   golden_close (&g);
 }
 
+/* ------------------------------------------------------------ cancel */
+
+typedef struct {
+  int calls;     /* times the hook was asked */
+  int cancel_at; /* answer TRUE from this call on (1-based); 0: never */
+} cancel_probe;
+
+static gboolean
+probe_hook (gpointer data)
+{
+  cancel_probe *p = data;
+  p->calls++;
+  return p->cancel_at > 0 && p->calls >= p->cancel_at;
+}
+
+/* The hook is asked once per layer; a TRUE answer stops the forward with
+ * DP_ERROR_CANCELLED at once, and the model then runs as before. */
+static void
+test_cancel (void)
+{
+  golden g;
+  golden_open (&g, "tiny_a");
+  dp_wan_dit *dit = load ("tiny_a", 0, -1);
+  const dp_wan_config *c = dp_wan_dit_config (dit);
+  const int64_t F = g.latent.shape[1], n = dp_tensor_nelem (&g.out_guided);
+  g_assert_cmpint (c->num_layers, >=, 2);
+  set_context (dit, &g, 2);
+
+  cancel_probe never = { 0, 0 };
+  dp_wan_dit_set_cancel (dit, probe_hook, &never);
+  dp_tensor v = forward (dit, &g, NULL, &g.latent, g.guidance, F);
+  g_assert_cmpint (never.calls, ==, c->num_layers);
+  g_assert_cmpfloat (dp_test_rel_l2 (v.data, g.out_guided.data, n), <=, GOLDEN_TOL);
+  dp_tensor_free (&v);
+
+  /* Cancelled before the second layer: the first ran, nothing after it. */
+  cancel_probe second = { 0, 2 };
+  dp_wan_dit_set_cancel (dit, probe_hook, &second);
+  GError *err = NULL;
+  dp_tensor lat = upload (&g.latent);
+  dp_tensor vel = device_new (4, (int64_t[]){ c->out_channels, F, g.latent.shape[2], g.latent.shape[3] });
+  g_assert_false (dp_wan_dit_forward (dit, NULL, &lat, g.timestep, g.guidance, &vel, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_CANCELLED);
+  g_assert_cmpint (second.calls, ==, 2);
+  g_clear_error (&err);
+
+  /* run_layers stops the same way. */
+  second.calls = 0;
+  dp_tensor hidden = device_new (3, (int64_t[]){ 2, dp_wan_span_tokens (dit, &(dp_wan_span){ .frames = (int) F,
+                                                     .height = (int) g.latent.shape[2], .width = (int) g.latent.shape[3] }),
+                                                 c->dim });
+  dp_wan_span span;
+  dp_wan_span_init (&span, (int) F, (int) g.latent.shape[2], (int) g.latent.shape[3]);
+  g_assert_false (dp_wan_dit_run_layers (dit, &span, g.timestep, &hidden, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_CANCELLED);
+  g_clear_error (&err);
+  dp_backend_tensor_free (be, &hidden);
+  dp_backend_tensor_free (be, &lat);
+  dp_backend_tensor_free (be, &vel);
+
+  /* Hook removed: the same result as before the cancel. */
+  dp_wan_dit_set_cancel (dit, NULL, NULL);
+  v = forward (dit, &g, NULL, &g.latent, g.guidance, F);
+  g_assert_cmpfloat (dp_test_rel_l2 (v.data, g.out_guided.data, n), <=, GOLDEN_TOL);
+  dp_tensor_free (&v);
+  g_assert_cmpint (second.calls, ==, 2);
+  dp_wan_dit_free (dit);
+  golden_close (&g);
+}
+
 /* One stage per layer: the hidden states after the patch embedding and
  * after every block against diffusers' (cond run), so a failure says where. */
 static void
@@ -941,6 +1011,7 @@ main (int argc, char **argv)
   g_test_add_data_func ("/wan_dit/golden-layers/tiny_a", "tiny_a", test_golden_layers);
   g_test_add_data_func ("/wan_dit/golden-layers/tiny_b", "tiny_b", test_golden_layers);
   g_test_add_func ("/wan_dit/golden/f16-checkpoint", test_golden_f16);
+  g_test_add_func ("/wan_dit/cancel", test_cancel);
   g_test_add_func ("/wan_dit/stages", test_stages);
   g_test_add_data_func ("/wan_dit/cache/tiny_a", "tiny_a", test_cache);
   g_test_add_data_func ("/wan_dit/cache/tiny_b", "tiny_b", test_cache);

@@ -101,6 +101,14 @@ size_t dp_wan_dit_memory_bytes (const dp_wan_dit *dit);
  * (after norm_k) and V; sets the batch B for the later calls.  Required
  * before any other forward call, on every stage. */
 gboolean dp_wan_dit_set_context (dp_wan_dit *dit, const dp_tensor *context, GError **error);
+/* Cancellation inside a forward call: is_cancelled(data) is asked before
+ * every layer (from the calling thread; it must be cheap and thread-safe
+ * towards whoever cancels).  When it returns TRUE, dp_wan_dit_run_layers()
+ * and dp_wan_dit_forward() stop and fail with DP_ERROR_CANCELLED; hidden
+ * and velocity then hold partial results.  NULL removes the hook.  data is
+ * not owned and must outlive the calls. */
+void dp_wan_dit_set_cancel (dp_wan_dit *dit, gboolean (*is_cancelled) (gpointer data), gpointer data);
+
 /* B set by the last dp_wan_dit_set_context(), 0 before. */
 int dp_wan_dit_batch (const dp_wan_dit *dit);
 

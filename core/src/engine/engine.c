@@ -39,6 +39,13 @@ dp_engine_is_cancelled (dp_engine *e)
   return FALSE;
 }
 
+/* Asked by the stages' transformers before each layer. */
+static gboolean
+engine_cancel_hook (gpointer engine)
+{
+  return dp_engine_is_cancelled (engine);
+}
+
 void
 dp_engine_cancel (dp_engine *e)
 {
@@ -239,6 +246,7 @@ dp_engine_new (const char *transformer_dir, dp_backend *const *backends, int n_s
       return NULL;
     }
     st->model_bytes = dp_wan_dit_memory_bytes (st->dit);
+    dp_wan_dit_set_cancel (st->dit, engine_cancel_hook, e);
   }
   if (transport) {
     e->transport = transport;

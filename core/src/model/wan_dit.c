@@ -13,7 +13,8 @@ typedef struct {
   dp_wan_dit *dit;
   dp_backend *be;
   dp_arena *a;
-  gboolean measure; /* plan only: allocate, skip the backend calls */
+  gboolean measure;   /* plan only: allocate, skip the backend calls */
+  gboolean cancelled; /* the cancel hook fired: the rest of the plan is skipped */
 } wan_run;
 
 /* A backend call, skipped while measuring. */
@@ -335,6 +336,12 @@ plan_layers (wan_run *r, const span_geom *g, dp_tensor *h)
   dp_wan_dit *dit = r->dit;
   for (int i = 0; i < dit->n_layers; i++) {
     const wan_layer *ly = &dit->layers[i];
+    /* A layer of a large model takes seconds on a CPU: a cancel must not
+     * wait for the whole forward.  Measuring plans every layer. */
+    if (!r->measure && dit->is_cancelled && dit->is_cancelled (dit->cancel_data)) {
+      r->cancelled = TRUE;
+      return;
+    }
     size_t mark = dp_arena_mark (r->a);
     dp_tensor mod = modulation (r, &ly->sst, &dit->e0, 6, (int) h->shape[0]);
     self_attention (r, ly, i, g, &mod, h);
@@ -534,7 +541,7 @@ run_planned (dp_wan_dit *dit, plan_fn plan, gpointer data, GError **error)
 {
   dp_arena m;
   dp_arena_init_measure (&m);
-  wan_run r = { dit, dit->be, &m, TRUE };
+  wan_run r = { dit, dit->be, &m, TRUE, FALSE };
   plan (&r, data);
   if (!ensure_arena (dit, dp_arena_peak (&m), error))
     return FALSE;
@@ -542,6 +549,13 @@ run_planned (dp_wan_dit *dit, plan_fn plan, gpointer data, GError **error)
   r.a = &dit->arena;
   r.measure = FALSE;
   plan (&r, data);
+  if (r.cancelled) {
+    /* A backend failure before the cancel is the error worth reporting. */
+    if (!dp_backend_check (dit->be, error))
+      return FALSE;
+    g_set_error (error, DP_ERROR, DP_ERROR_CANCELLED, "wan_dit: cancelled between layers");
+    return FALSE;
+  }
   if (dit->arena.overflow) {
     dit->arena.overflow = FALSE;
     g_set_error (error, DP_ERROR, DP_ERROR_FAILED, "wan_dit: internal error: activation arena overflow");
@@ -551,6 +565,13 @@ run_planned (dp_wan_dit *dit, plan_fn plan, gpointer data, GError **error)
 }
 
 /* ------------------------------------------------------------ public */
+
+void
+dp_wan_dit_set_cancel (dp_wan_dit *dit, gboolean (*is_cancelled) (gpointer data), gpointer data)
+{
+  dit->is_cancelled = is_cancelled;
+  dit->cancel_data = data;
+}
 
 void
 dp_wan_span_init (dp_wan_span *span, int frames, int height, int width)
@@ -776,7 +797,8 @@ forward_plan (wan_run *r, gpointer data)
   dp_tensor hidden = ALLOC (r, DP_F32, r->dit->batch, j->g->L, r->dit->cfg.dim);
   plan_embed (r, j->latent, 0, &hidden);
   plan_layers (r, j->g, &hidden);
-  plan_head (r, j->g, j->guidance, &hidden, j->velocity);
+  if (!r->cancelled)
+    plan_head (r, j->g, j->guidance, &hidden, j->velocity);
 }
 
 gboolean

@@ -60,6 +60,9 @@ struct dp_wan_dit {
   int *seq_pos;
   int seq_pos_len;
 
+  gboolean (*is_cancelled) (gpointer data); /* dp_wan_dit_set_cancel(); NULL: never */
+  gpointer cancel_data;
+
   dp_arena arena;
   int64_t ffn_chunk_rows; /* FFN rows per GEMM pair (tests shrink it to cover the chunking) */
 };

@@ -15,6 +15,12 @@ cancelled (const dp_classic_job *job, const char *when, GError **error)
   return TRUE;
 }
 
+static gboolean
+cancel_hook (gpointer flag)
+{
+  return g_atomic_int_get ((const gint *) flag) != 0;
+}
+
 /* The DiT context: host F32 [B, text_len, d_model], entry 0 the prompt,
  * entry 1 (when guiding) the negative prompt. */
 static gboolean
@@ -212,9 +218,13 @@ dp_classic_run (const dp_classic_parts *parts, const dp_classic_job *job, GError
   if (job->trace && job->trace->step)
     trace_host = dp_tensor_new_host (DP_F32, 4, shape);
 
-  /* 3. Denoising. */
+  /* 3. Denoising; the transformer also asks for a cancel between layers. */
   dp_sampler_reset (parts->sampler);
-  if (!denoise (parts, job, (float) job->guidance, &x, &v, &trace_host, error))
+  if (job->cancel)
+    dp_wan_dit_set_cancel (parts->dit, cancel_hook, (gpointer) job->cancel);
+  ok = denoise (parts, job, (float) job->guidance, &x, &v, &trace_host, error);
+  dp_wan_dit_set_cancel (parts->dit, NULL, NULL);
+  if (!ok)
     goto out;
 
   /* 4. Decoding, delivered as it goes. */
