@@ -48,6 +48,7 @@
  * never the other way round. */
 #include "nccl_transport.h"
 #include "cuda_backend.h"
+#include "engine/req_queue.h"
 
 #include <cuda_runtime_api.h>
 #include <nccl.h>
@@ -76,6 +77,7 @@ typedef enum {
 typedef struct nccl_link nccl_link;
 
 struct dp_transport_req {
+  dp_req_node node; /* first: the link queues (req_queue.h), under lk->lock */
   int owner;        /* stage that posted it */
   gboolean is_send;
   int src, dst;
@@ -87,8 +89,8 @@ struct dp_transport_req {
   gint64 since_us;  /* when it was posted (QUEUED) or launched (ENQUEUED) */
   nccl_link *lk;
   cudaEvent_t ready, done; /* on the owner's GPU */
-  dp_transport_req *next;  /* link FIFO */
 };
+G_STATIC_ASSERT (G_STRUCT_OFFSET (dp_transport_req, node) == 0);
 
 struct nccl_link {
   int src, dst;     /* stages */
@@ -96,7 +98,7 @@ struct nccl_link {
   gboolean nccl;    /* dev[0] != dev[1] */
   GMutex lock;
   GCond cond;
-  dp_transport_req *send_head, *send_tail, *recv_head, *recv_tail;
+  dp_req_queues queues;
   cudaStream_t stream[2]; /* [0] src's GPU (NCCL links only), [1] dst's GPU */
   ncclComm_t comm[2];     /* NCCL links: rank 0 (src), rank 1 (dst) */
   void *probe[2];         /* PROBE_BYTES on each GPU for the connecting exchange */
@@ -390,57 +392,6 @@ link_get (nccl_priv *p, int src, int dst, GError **error)
 
 /* ------------------------------------------------------------ requests */
 
-static void
-fifo_push (dp_transport_req **head, dp_transport_req **tail, dp_transport_req *r)
-{
-  r->next = NULL;
-  if (*tail)
-    (*tail)->next = r;
-  else
-    *head = r;
-  *tail = r;
-}
-
-static dp_transport_req *
-fifo_pop (dp_transport_req **head, dp_transport_req **tail)
-{
-  dp_transport_req *r = *head;
-  if (r) {
-    *head = r->next;
-    if (!*head)
-      *tail = NULL;
-    r->next = NULL;
-  }
-  return r;
-}
-
-static void
-fifo_remove (dp_transport_req **head, dp_transport_req **tail, dp_transport_req *r)
-{
-  dp_transport_req *prev = NULL;
-  for (dp_transport_req *x = *head; x; prev = x, x = x->next) {
-    if (x != r)
-      continue;
-    if (prev)
-      prev->next = x->next;
-    else
-      *head = x->next;
-    if (*tail == x)
-      *tail = prev;
-    x->next = NULL;
-    return;
-  }
-}
-
-static void
-link_unqueue (nccl_link *lk, dp_transport_req *r)
-{
-  if (r->is_send)
-    fifo_remove (&lk->send_head, &lk->send_tail, r);
-  else
-    fifo_remove (&lk->recv_head, &lk->recv_tail, r);
-}
-
 static const char *
 size_str (size_t nbytes, char *buf, size_t size)
 {
@@ -583,14 +534,9 @@ post (dp_transport *t, gboolean is_send, int src, int dst, void *data, size_t nb
     g_mutex_lock (&lk->lock);
     r->state = REQ_QUEUED;
     r->since_us = g_get_monotonic_time ();
-    dp_transport_req *peer =
-      is_send ? fifo_pop (&lk->recv_head, &lk->recv_tail) : fifo_pop (&lk->send_head, &lk->send_tail);
+    dp_transport_req *peer = (dp_transport_req *) dp_req_match_or_queue (&lk->queues, &r->node, is_send);
     if (peer)
       launch_pair (p, lk, is_send ? r : peer, is_send ? peer : r);
-    else if (is_send)
-      fifo_push (&lk->send_head, &lk->send_tail, r);
-    else
-      fifo_push (&lk->recv_head, &lk->recv_tail, r);
     g_cond_broadcast (&lk->cond);
     g_mutex_unlock (&lk->lock);
   }
@@ -645,12 +591,12 @@ nccl_wait (dp_transport *t, dp_transport_req *r, GError **error)
     if (r->state == REQ_QUEUED) {
       /* Nothing on the GPU yet: leaving the FIFO is all it takes. */
       if (g_atomic_int_get (&p->cancelled)) {
-        link_unqueue (lk, r);
+        dp_req_unqueue (&lk->queues, &r->node, r->is_send);
         g_set_error (&err, DP_ERROR, DP_ERROR_CANCELLED, "transport nccl: cancelled");
         break;
       }
       if (timeout > 0 && now - r->since_us >= timeout) {
-        link_unqueue (lk, r);
+        dp_req_unqueue (&lk->queues, &r->node, r->is_send);
         char *why = g_strdup_printf ("stage %d never posted the matching %s (stuck or gone)",
                                      r->is_send ? r->dst : r->src, r->is_send ? "receive" : "send");
         set_wait_error (lk, r, &err, why, now);
@@ -702,7 +648,7 @@ nccl_wait (dp_transport *t, dp_transport_req *r, GError **error)
     g_cond_wait_until (&lk->cond, &lk->lock, now + POLL_ENQUEUED_US);
   }
   r->state = REQ_FREE;
-  r->next = NULL;
+  r->node.next = NULL;
   g_mutex_unlock (&lk->lock);
   if (ok) {
     g_mutex_lock (&p->lock);
@@ -759,7 +705,7 @@ nccl_reset (dp_transport *t)
     if (!lk)
       continue;
     g_mutex_lock (&lk->lock);
-    lk->send_head = lk->send_tail = lk->recv_head = lk->recv_tail = NULL;
+    lk->queues = (dp_req_queues){ { NULL, NULL }, { NULL, NULL } };
     gboolean abort = lk->failed || (lk->nccl && !link_comm_state (lk, NULL, NULL));
     if (!abort) {
       const gint64 grace = g_get_monotonic_time () + grace_us;
@@ -803,7 +749,7 @@ nccl_reset (dp_transport *t)
     g_clear_error (&r->error);
     r->state = REQ_FREE;
     r->in_use = FALSE;
-    r->next = NULL;
+    r->node.next = NULL;
     r->lk = NULL;
   }
   g_mutex_lock (&p->lock);

@@ -8,6 +8,7 @@
  * rendezvous, like NCCL, with one memcpy per message and no buffering.
  * Requests come from a fixed pool per stage: posting allocates nothing. */
 #include "dualparal/transport.h"
+#include "engine/req_queue.h"
 
 #include <string.h>
 
@@ -20,72 +21,26 @@ typedef enum {
 } req_state;
 
 struct dp_transport_req {
-  int owner; /* stage that posted it */
+  dp_req_node node; /* first: the link queues (req_queue.h) */
+  int owner;        /* stage that posted it */
   gboolean is_send;
   int src, dst;
   void *data;
   size_t nbytes;
   req_state state;
   GError *error; /* REQ_FAILED */
-  dp_transport_req *next; /* link FIFO */
 };
-
-typedef struct {
-  dp_transport_req *send_head, *send_tail;
-  dp_transport_req *recv_head, *recv_tail;
-} link_fifo;
+G_STATIC_ASSERT (G_STRUCT_OFFSET (dp_transport_req, node) == 0);
 
 typedef struct {
   GMutex lock;
   GCond cond;
   gboolean cancelled;
   int n;
-  link_fifo *links;        /* [src * n + dst] */
+  dp_req_queues *links;    /* [src * n + dst] */
   dp_transport_req *pool;  /* [stage * DP_TRANSPORT_MAX_PENDING + k] */
   uint64_t *sent, *received;
 } inproc;
-
-static void
-fifo_push (dp_transport_req **head, dp_transport_req **tail, dp_transport_req *r)
-{
-  r->next = NULL;
-  if (*tail)
-    (*tail)->next = r;
-  else
-    *head = r;
-  *tail = r;
-}
-
-static dp_transport_req *
-fifo_pop (dp_transport_req **head, dp_transport_req **tail)
-{
-  dp_transport_req *r = *head;
-  if (r) {
-    *head = r->next;
-    if (!*head)
-      *tail = NULL;
-    r->next = NULL;
-  }
-  return r;
-}
-
-static void
-fifo_remove (dp_transport_req **head, dp_transport_req **tail, dp_transport_req *r)
-{
-  dp_transport_req *prev = NULL;
-  for (dp_transport_req *x = *head; x; prev = x, x = x->next) {
-    if (x != r)
-      continue;
-    if (prev)
-      prev->next = x->next;
-    else
-      *head = x->next;
-    if (*tail == x)
-      *tail = prev;
-    x->next = NULL;
-    return;
-  }
-}
 
 static dp_transport_req *
 take_req (inproc *p, int owner)
@@ -103,7 +58,7 @@ release_req (dp_transport_req *r)
   g_clear_error (&r->error);
   r->state = REQ_FREE;
   r->data = NULL;
-  r->next = NULL;
+  r->node.next = NULL;
 }
 
 /* Called with the lock held for a matched pair; copies with the lock
@@ -159,15 +114,10 @@ post (dp_transport *t, gboolean is_send, int src, int dst, void *data, size_t nb
   r->data = data;
   r->nbytes = nbytes;
   r->state = REQ_QUEUED;
-  link_fifo *l = &p->links[src * p->n + dst];
   dp_transport_req *peer =
-    is_send ? fifo_pop (&l->recv_head, &l->recv_tail) : fifo_pop (&l->send_head, &l->send_tail);
+    (dp_transport_req *) dp_req_match_or_queue (&p->links[src * p->n + dst], &r->node, is_send);
   if (peer)
     complete_pair (p, is_send ? r : peer, is_send ? peer : r);
-  else if (is_send)
-    fifo_push (&l->send_head, &l->send_tail, r);
-  else
-    fifo_push (&l->recv_head, &l->recv_tail, r);
   g_mutex_unlock (&p->lock);
   return r;
 }
@@ -206,11 +156,7 @@ inproc_wait (dp_transport *t, dp_transport_req *r, GError **error)
     }
     if (r->state == REQ_QUEUED && p->cancelled) {
       /* Never matched: nobody else touches it once it leaves the FIFO. */
-      link_fifo *l = &p->links[r->src * p->n + r->dst];
-      if (r->is_send)
-        fifo_remove (&l->send_head, &l->send_tail, r);
-      else
-        fifo_remove (&l->recv_head, &l->recv_tail, r);
+      dp_req_unqueue (&p->links[r->src * p->n + r->dst], &r->node, r->is_send);
       g_set_error (error, DP_ERROR, DP_ERROR_CANCELLED, "transport inproc: cancelled");
       break;
     }
@@ -294,7 +240,7 @@ dp_transport_new_inproc (int n_stages, GError **error)
   g_mutex_init (&p->lock);
   g_cond_init (&p->cond);
   p->n = n_stages;
-  p->links = g_new0 (link_fifo, (size_t) n_stages * n_stages);
+  p->links = g_new0 (dp_req_queues, (size_t) n_stages * n_stages);
   p->pool = g_new0 (dp_transport_req, (size_t) n_stages * DP_TRANSPORT_MAX_PENDING);
   p->sent = g_new0 (uint64_t, n_stages);
   p->received = g_new0 (uint64_t, n_stages);
