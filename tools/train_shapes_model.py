@@ -66,7 +66,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import shapes_dataset as sd  # noqa: E402
 
-SIZE = 128          # frame height and width (pixels)
+SIZE = 128          # frame height and width (pixels); --size, or the model's when checking
 CLIP_FRAMES = 33    # frames per encoded training clip (9 latent frames)
 WINDOW_LATENTS = 5  # latent frames per DiT training window (17 video frames)
 Z_DIM = 16
@@ -525,7 +525,8 @@ def judge(spec, frac, cen):
     """Did the video show the named colour, and did it move as named?"""
     res = dict(colour_fraction_mean=float(frac.mean()),
                colour_fraction_min=float(frac.min()))
-    ok_col = frac.min() > 0.002  # at least ~33 of 16384 pixels in every frame
+    ok_col = frac.min() > 0.002  # at least ~33 of 16384 pixels (128 x 128) in every frame
+    px = SIZE / 128.0  # the clips' speeds and sizes scale with the frame
     good = ~np.isnan(cen[:, 0])
     res["frames_with_colour"] = int(good.sum())
     if good.sum() < 2:
@@ -543,12 +544,12 @@ def judge(spec, frac, cen):
     axis = {"right": (0, 1), "left": (0, -1), "down": (1, 1), "up": (1, -1)}
     if m in axis:
         a, sgn = axis[m]
-        ok_mot = sgn * med[a] > 0.5 and abs(med[a]) > abs(med[1 - a])
+        ok_mot = sgn * med[a] > 0.5 * px and abs(med[a]) > abs(med[1 - a])
     elif m == "grow":
         res["fraction_ratio_last_first"] = float(frac[-1] / max(frac[0], 1e-6))
         ok_mot = frac[-1] > 1.5 * frac[0]
     else:  # bouncing, circling: it moves
-        ok_mot = path > 20.0
+        ok_mot = path > 20.0 * px
     res.update(ok=bool(ok_col and ok_mot), colour_ok=bool(ok_col), motion_ok=bool(ok_mot))
     return res
 
@@ -673,25 +674,26 @@ def decoder_stage(vae, args, deadline, out):
     """Runs finetune_decoder with its own random stream, evaluates on full
     clips and saves vae/ (config, latents_mean / latents_std included)."""
     l1, l2 = vae_eval(vae, args.seed + 3)
-    log("decoder stage: before, full-clip eval (128x128x17, clamped) l1 %.4f l2 %.5f psnr %.1f dB"
-        % (l1, l2, 10 * math.log10(4.0 / l2)))
+    log("decoder stage: before, full-clip eval (%dx%dx17, clamped) l1 %.4f l2 %.5f psnr %.1f dB"
+        % (SIZE, SIZE, l1, l2, 10 * math.log10(4.0 / l2)))
     steps = finetune_decoder(vae, args, deadline, np.random.default_rng(args.seed + 6))
     l1, l2 = vae_eval(vae, args.seed + 3)
-    log("decoder done: %d steps; full-clip eval (128x128x17, clamped) l1 %.4f l2 %.5f psnr %.1f dB"
-        % (steps, l1, l2, 10 * math.log10(4.0 / l2)))
+    log("decoder done: %d steps; full-clip eval (%dx%dx17, clamped) l1 %.4f l2 %.5f psnr %.1f dB"
+        % (steps, SIZE, SIZE, l1, l2, 10 * math.log10(4.0 / l2)))
     vae.to("cpu").save_pretrained(os.path.join(out, "vae"), safe_serialization=True)
     vae.to(DEVICE)
     return steps, l1, l2
 
 
 def main():
-    global LOG
+    global LOG, SIZE
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="models/shapes-tiny")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--minutes", type=float, default=85.0, help="wall-clock budget, all stages")
     ap.add_argument("--vae-frac", type=float, default=0.33, help="share of the budget for the VAE")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--size", type=int, default=SIZE, help="frame height and width, a multiple of 16")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent")
     ap.add_argument("--text-len", type=int, default=32,
                     help="text rows the DiT attends to (captions are at most 17 tokens; 512 zero-padded rows dilute the cross-attention)")
@@ -716,6 +718,8 @@ def main():
                     help="run only the decoder stage on the model in --out (budget: --minutes)")
     ap.add_argument("--dit-only", action="store_true",
                     help="train only the DiT, on the tokenizer, text encoder and VAE in --out")
+    ap.add_argument("--dit-resume", action="store_true",
+                    help="with --dit-only: start from the transformer in --out instead of random weights")
     ap.add_argument("--bank", type=int, default=1200, help="encoded clips kept for the DiT")
     ap.add_argument("--bank-cache", default=None,
                     help="file keeping the encoded bank between --dit-only runs on the same VAE")
@@ -748,6 +752,11 @@ def main():
     LOG = open(os.path.join(out, "training_log.txt"),
                "a" if args.check_only or args.decoder_only or args.diagnose else "w")
 
+    if args.check_only or args.diagnose:
+        with open(os.path.join(out, "model_index.json")) as f:
+            SIZE = json.load(f)["_dualparal"]["width"]
+    else:
+        SIZE = args.size
     if args.check_only:
         res = run_checks(out, args.check_frames, args.check_steps, args.check_guidance,
                          args.seed, args.check_png)
@@ -802,8 +811,8 @@ def main():
         log("vae: %.2f M parameters" % (sum(p.numel() for p in vae.parameters()) / 1e6))
         vae_steps, vae_loss = train_vae(vae, args, deadline_vae, rng)
     l1, l2 = vae_eval(vae, args.seed + 3)
-    log("vae done: %d steps; train l1 %.4f l2 %.5f; full-clip eval (128x128x17, clamped) l1 %.4f l2 %.5f psnr %.1f dB"
-        % (vae_steps, vae_loss["l1"], vae_loss["l2"], l1, l2, 10 * math.log10(4.0 / l2)))
+    log("vae done: %d steps; train l1 %.4f l2 %.5f; full-clip eval (%dx%dx17, clamped) l1 %.4f l2 %.5f psnr %.1f dB"
+        % (vae_steps, vae_loss["l1"], vae_loss["l2"], SIZE, SIZE, l1, l2, 10 * math.log10(4.0 / l2)))
 
     # Latent statistics on encoded full clips (posterior means).
     t0 = time.time()
@@ -841,7 +850,10 @@ def main():
     # 4. DiT.
     from diffusers import WanTransformer3DModel
     torch.manual_seed(args.seed + 4)
-    dit = WanTransformer3DModel(**DIT_CONFIG).to(DEVICE)
+    if args.dit_resume:  # go on from the transformer already in --out
+        dit = WanTransformer3DModel.from_pretrained(os.path.join(out, "transformer")).to(DEVICE)
+    else:
+        dit = WanTransformer3DModel(**DIT_CONFIG).to(DEVICE)
     log("dit: %.2f M parameters" % (sum(p.numel() for p in dit.parameters()) / 1e6))
     refresh_rng = np.random.default_rng(args.seed + 5)
 
