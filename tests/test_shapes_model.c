@@ -35,8 +35,12 @@
 /* The model card's sampling settings (docs/model-card-shapes-tiny.md). */
 #define MODEL_STEPS 20
 #define MODEL_GUIDANCE 5.0
-#define MODEL_SIZE 128
 #define MODEL_FPS 16
+/* Frames are square, of the model's native size (model_index.json
+ * "_dualparal"); lengths in px below are for 128 x 128 and scale with it,
+ * as the training clips' sizes and speeds do (tools/shapes_dataset.py). */
+#define MODEL_MAX_SIZE 256
+#define PX(size) ((size) / 128.0)
 
 /* Colour matching: Euclidean RGB distance in [0, 1] units to the palette
  * colour of tools/shapes_dataset.py (the training script's own check uses
@@ -54,8 +58,8 @@
 #define PROMPT_MIN_FRACTION_MEAN 0.005
 /* Frames with a centroid (at least CENTROID_MIN_PIXELS matching pixels). */
 #define PROMPT_MIN_TRACKED_SHARE 0.9
-/* Slope of the centroid along the named axis, px/frame, signed the named
- * way; the training clips move 2 to 3.5 px/frame. */
+/* Slope of the centroid along the named axis, px/frame (at 128 x 128),
+ * signed the named way; the training clips move 2 to 3.5 px/frame. */
 #define PROMPT_MIN_SLOPE 0.5
 /* ... and the motion is along the named axis: |along| >= this x |across|. */
 #define PROMPT_MIN_AXIS_RATIO 2.0
@@ -106,17 +110,16 @@ collect_frames (const uint8_t *rgb, int n_frames, int64_t first_frame, const dp_
 }
 
 /* Generates n_frames frames of the model's native size; returns them
- * (g_free) and the seconds the run took. */
+ * (g_free), their size (square) and the seconds the run took. */
 static uint8_t *
 generate (dp_engine_kind engine, const char *prompt, int n_frames, uint64_t seed, int block_frames,
-          int context_frames, double *seconds)
+          int context_frames, int *size, double *seconds)
 {
   GError *err = NULL;
   dp_generator_params p;
   dp_generator_params_init (&p);
   p.model_dir = model_dir;
   p.prompt = prompt;
-  p.width = p.height = MODEL_SIZE;
   p.num_frames = n_frames;
   p.steps = MODEL_STEPS;
   p.guidance_scale = MODEL_GUIDANCE;
@@ -134,11 +137,10 @@ generate (dp_engine_kind engine, const char *prompt, int n_frames, uint64_t seed
   }
   int w = 0, h = 0;
   dp_generator_get_size (gen, &w, &h);
-  g_assert_cmpint (w, ==, MODEL_SIZE);
-  g_assert_cmpint (h, ==, MODEL_SIZE);
+  g_assert_cmpint (w, ==, h);
+  *size = w;
 
-  collector c = { .frame_bytes = (size_t) MODEL_SIZE * MODEL_SIZE * 3, .capacity = n_frames,
-                  .in_order = TRUE };
+  collector c = { .frame_bytes = (size_t) w * h * 3, .capacity = n_frames, .in_order = TRUE };
   c.video = g_malloc ((size_t) n_frames * c.frame_bytes);
   gboolean ok = dp_generator_run (gen, collect_frames, &c, &err);
   g_assert_no_error (err);
@@ -435,8 +437,8 @@ test_native_size (void)
   dp_generator_get_size (gen, &w, &h);
   /* model_index.json "_dualparal" must carry the model's size: without it
    * the generator falls back to Wan's 832 x 480 (generator.h). */
-  g_assert_cmpint (w, ==, MODEL_SIZE);
-  g_assert_cmpint (h, ==, MODEL_SIZE);
+  g_assert_cmpint (w, ==, h);
+  g_assert_cmpint (w, <=, MODEL_MAX_SIZE);
   g_assert_cmpint (dp_generator_fps (gen), ==, MODEL_FPS);
   dp_generator_free (gen);
 }
@@ -462,13 +464,14 @@ test_prompt (gconstpointer data)
   double colour[3], seconds;
   g_assert_true (vm_colour_by_name (pc->colour, colour));
 
-  uint8_t *video = generate (DP_ENGINE_CLASSIC, pc->prompt, PROMPT_FRAMES, PROMPT_SEED, 0, 0, &seconds);
+  int size = 0;
+  uint8_t *video = generate (DP_ENGINE_CLASSIC, pc->prompt, PROMPT_FRAMES, PROMPT_SEED, 0, 0, &size, &seconds);
   if (video == NULL)
     return;
   const int n = PROMPT_FRAMES;
   vm_colour_stats stats[PROMPT_FRAMES];
   double cx[PROMPT_FRAMES], cy[PROMPT_FRAMES], slope[2] = { NAN, NAN };
-  vm_colour_stats_video (video, n, MODEL_SIZE, MODEL_SIZE, colour, COLOUR_RADIUS, CENTROID_MIN_PIXELS, stats);
+  vm_colour_stats_video (video, n, size, size, colour, COLOUR_RADIUS, CENTROID_MIN_PIXELS, stats);
   vm_centroid_track (stats, n, cx, cy);
   double frac = 0.0, frac_min = 1.0;
   int tracked = 0;
@@ -486,7 +489,7 @@ test_prompt (gconstpointer data)
   g_assert_cmpfloat (frac, >=, PROMPT_MIN_FRACTION_MEAN);
   g_assert_cmpfloat (tracked, >=, PROMPT_MIN_TRACKED_SHARE * n);
   const double along = pc->sign * slope[pc->axis], across = fabs (slope[1 - pc->axis]);
-  g_assert_cmpfloat (along, >=, PROMPT_MIN_SLOPE);
+  g_assert_cmpfloat (along, >=, PROMPT_MIN_SLOPE * PX (size));
   g_assert_cmpfloat (along, >=, PROMPT_MIN_AXIS_RATIO * across);
   g_free (video);
 }
@@ -498,8 +501,9 @@ test_long_video (void)
   double colour[3], seconds;
   g_assert_true (vm_colour_by_name (vm_colour_in_text (LONG_PROMPT), colour));
 
+  int size = 0;
   uint8_t *video = generate (DP_ENGINE_DUALPARAL, LONG_PROMPT, n, LONG_SEED, LONG_BLOCK_FRAMES,
-                             LONG_CONTEXT_FRAMES, &seconds);
+                             LONG_CONTEXT_FRAMES, &size, &seconds);
   if (video == NULL)
     return;
   gboolean *bnd = g_new (gboolean, n), *edges = g_new (gboolean, n);
@@ -510,8 +514,8 @@ test_long_video (void)
   int n_bnd = vm_dualparal_boundaries (LONG_BLOCK_FRAMES, LONG_CONTEXT_FRAMES, n, bnd);
   g_assert_cmpint (n_bnd, ==, 21);
   vm_latent_edges (n, 0, edges);
-  vm_frame_changes (video, n, MODEL_SIZE, MODEL_SIZE, change);
-  vm_colour_stats_video (video, n, MODEL_SIZE, MODEL_SIZE, colour, COLOUR_RADIUS, CENTROID_MIN_PIXELS, stats);
+  vm_frame_changes (video, n, size, size, change);
+  vm_colour_stats_video (video, n, size, size, colour, COLOUR_RADIUS, CENTROID_MIN_PIXELS, stats);
   vm_centroid_track (stats, n, cx, cy);
   vm_centroid_jumps (cx, cy, n, jump);
   int tracked = 0;
