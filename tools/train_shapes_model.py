@@ -650,8 +650,8 @@ def diagnose(out_dir, seed, n=32):
                     encoder_hidden_states=ctx[name], return_dict=False)[0]
             losses.append("%s %.3f" % (name, float(((v - (eps - x0)) ** 2).mean())))
         log("diagnose: sigma %.1f  loss with caption %s" % (sig, ", ".join(losses)))
-    specs = [(c, b) for c, b in (("blue", "yellow"), ("yellow", "blue"), ("green", "red"),
-                                 ("red", "green"), ("white", "gray"), ("red", None))]
+    specs = [("blue", "yellow"), ("yellow", "blue"), ("green", "red"), ("red", "green"),
+             ("white", "gray"), ("red", None)]  # (shape colour, background)
     prompts = [sd.caption_for(c, "square", "left", b) for c, b in specs]
     c = encode_context(te, *tokenize_prompts(tokenizer, prompts, text_len))
     eps = torch.randn(len(prompts), Z_DIM, 5, SIZE // 8, SIZE // 8, generator=gen)
