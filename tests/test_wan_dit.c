@@ -269,11 +269,9 @@ test_cancel (void)
 
   /* run_layers stops the same way. */
   second.calls = 0;
-  dp_tensor hidden = device_new (3, (int64_t[]){ 2, dp_wan_span_tokens (dit, &(dp_wan_span){ .frames = (int) F,
-                                                     .height = (int) g.latent.shape[2], .width = (int) g.latent.shape[3] }),
-                                                 c->dim });
   dp_wan_span span;
   dp_wan_span_init (&span, (int) F, (int) g.latent.shape[2], (int) g.latent.shape[3]);
+  dp_tensor hidden = device_new (3, (int64_t[]){ 2, dp_wan_span_tokens (dit, &span), c->dim });
   g_assert_false (dp_wan_dit_run_layers (dit, &span, g.timestep, &hidden, &err));
   g_assert_error (err, DP_ERROR, DP_ERROR_CANCELLED);
   g_clear_error (&err);
