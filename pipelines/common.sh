@@ -9,6 +9,8 @@
 #   GUIDANCE guidance scale         SAMPLER   unipc | euler
 #   DEVICES  "cpu", "cuda:0" or "0,1,2,3"
 #   NEGATIVE negative prompt        EXTRA     more properties, e.g. "block-frames=4"
+#   SCALE_TO WxH: scale the frames for viewing (e.g. 256x256 for the
+#            embedded 64 x 64 model); the array `scale` holds those elements
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -44,5 +46,16 @@ src_props () {
   [ -n "${DEVICES:-}" ] && src+=("devices=$(quote "$DEVICES")")
   # shellcheck disable=SC2206 # EXTRA is a list of properties on purpose
   [ -n "${EXTRA:-}" ] && src+=($EXTRA)
+  scale=()
+  if [ -n "${SCALE_TO:-}" ]; then
+    if [[ ! $SCALE_TO =~ ^([0-9]+)x([0-9]+)$ ]]; then
+      echo "SCALE_TO must be WIDTHxHEIGHT, e.g. 256x256 (got '$SCALE_TO')" >&2
+      exit 2
+    fi
+    # Nearest neighbour keeps a small model's pixels sharp; the videoconvert
+    # lets the script's own caps filter follow (two filters cannot touch).
+    scale=(! videoscale method=nearest-neighbour
+           ! "video/x-raw,width=${BASH_REMATCH[1]},height=${BASH_REMATCH[2]}" ! videoconvert)
+  fi
   return 0
 }

@@ -13,4 +13,4 @@ source "$(dirname "$0")/common.sh"
 prompt=${1:?usage: $0 PROMPT}
 src_props "$prompt" 81
 
-exec gst-launch-1.0 "${src[@]}" ! queue ! videoconvert ! "${SINK:-autovideosink}" sync="${SYNC:-true}"
+exec gst-launch-1.0 "${src[@]}" "${scale[@]}" ! queue ! videoconvert ! "${SINK:-autovideosink}" sync="${SYNC:-true}"

@@ -12,5 +12,5 @@ prompt=${1:?usage: $0 PROMPT [OUT.mp4]}
 out=${2:-dualparal.mp4}
 src_props "$prompt" 81
 
-exec gst-launch-1.0 -e "${src[@]}" \
+exec gst-launch-1.0 -e "${src[@]}" "${scale[@]}" \
   ! video/x-raw,format=I420 ! x264enc ! mp4mux ! filesink location="$(quote "$out")"
