@@ -66,7 +66,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import shapes_dataset as sd  # noqa: E402
 
-SIZE = 128          # frame height and width (pixels); --size, or the model's when checking
+SIZE = 64           # frame height and width (pixels); --size, or the model's when checking
 CLIP_FRAMES = 33    # frames per encoded training clip (9 latent frames)
 WINDOW_LATENTS = 5  # latent frames per DiT training window (17 video frames)
 Z_DIM = 16
@@ -406,6 +406,10 @@ def train_dit(dit, te, bank, bank_caps, mean, std, ids, mask, empty_idx, args, d
     hist = []
     step = 0
     n_bank = bank.shape[0]
+    # torch.compile fuses the many small elementwise ops around the GEMMs
+    # (1.28x per step at batch 32, 64 x 64, on the 2-core VM); the module
+    # keeps its parameters, so EMA and saving see the same tensors.
+    forward = torch.compile(dit) if args.compile else dit
     for step in range(1, steps + 1):
         lr = args.dit_lr * schedule(step, steps, 200, t0, deadline)
         for g in opt.param_groups:
@@ -420,14 +424,28 @@ def train_dit(dit, te, bank, bank_caps, mean, std, ids, mask, empty_idx, args, d
         caps = [empty_idx if rng.random() < args.cfg_drop else c for c in caps]
         caps = torch.tensor(caps)
         ctx = encode_context(te, ids[caps].to(DEVICE), mask[caps].to(DEVICE))
-        u = torch.rand(args.dit_batch, generator=gen)
-        sig = shift_sigma(u, args.flow_shift).to(DEVICE)
         eps = torch.randn(x0.shape, generator=gen).to(DEVICE)
-        s5 = sig.view(-1, 1, 1, 1, 1)
+        if torch.rand(1, generator=gen).item() < args.frame_sigma_share:
+            # One sigma per latent frame, given to the DiT per token: from a
+            # clearer frame the model must place the object in the noisier
+            # ones, which only the caption's motion words tell (with one
+            # sigma for all frames, motion barely enters the loss: --diagnose).
+            # Block-wise DualParal also shows the DiT cached frames of other
+            # noise levels.
+            u = torch.rand(args.dit_batch, WINDOW_LATENTS, generator=gen)
+            sig_f = shift_sigma(u, args.flow_shift).to(DEVICE)
+            s5 = sig_f.view(args.dit_batch, 1, WINDOW_LATENTS, 1, 1)
+            patch = DIT_CONFIG["patch_size"]
+            tokens = x0.shape[3] * x0.shape[4] // (patch[1] * patch[2])
+            timestep = sig_f.repeat_interleave(tokens, dim=1) * 1000.0  # [batch, seq]
+        else:
+            sig = shift_sigma(torch.rand(args.dit_batch, generator=gen), args.flow_shift).to(DEVICE)
+            s5 = sig.view(-1, 1, 1, 1, 1)
+            timestep = sig * 1000.0
         xt = (1 - s5) * x0 + s5 * eps
         # Timesteps as the scheduler passes them: sigma * 1000.
-        pred = dit(hidden_states=xt, timestep=sig * 1000.0, encoder_hidden_states=ctx,
-                   return_dict=False)[0]
+        pred = forward(hidden_states=xt, timestep=timestep, encoder_hidden_states=ctx,
+                       return_dict=False)[0]
         loss = F.mse_loss(pred, eps - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -635,6 +653,7 @@ def diagnose(out_dir, seed, n=32):
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     clips, caps = zip(*[sd.make_clip(rng, 17, SIZE)[:2] for _ in range(n)])
+    torch.set_grad_enabled(False)
     x0 = (vae_encode_mu_logvar(vae, torch.from_numpy(np.stack(clips)))[0] - mean) / std
     perm = torch.randperm(n, generator=gen).tolist()
     ctx = {}
@@ -650,6 +669,27 @@ def diagnose(out_dir, seed, n=32):
                     encoder_hidden_states=ctx[name], return_dict=False)[0]
             losses.append("%s %.3f" % (name, float(((v - (eps - x0)) ** 2).mean())))
         log("diagnose: sigma %.1f  loss with caption %s" % (sig, ", ".join(losses)))
+    # (1b) Motion: straight-moving clips with their caption and with the
+    # opposite direction named; a DiT that ignores the motion words scores
+    # both alike.
+    opposite = {"right": "left", "left": "right", "up": "down", "down": "up"}
+    specs = [dict(motion=m) for m in opposite for _ in range(n // 4)]
+    clips, caps, got = zip(*[sd.make_clip(rng, 17, SIZE, spec) for spec in specs])
+    flipped = [sd.caption_for(g["colour"], g["shape"], opposite[g["motion"]], g["background"])
+               for g in got]
+    x0m = (vae_encode_mu_logvar(vae, torch.from_numpy(np.stack(clips)))[0] - mean) / std
+    cm = {name: encode_context(te, *tokenize_prompts(tokenizer, list(p), text_len))
+          for name, p in (("own", caps), ("opposite", flipped))}
+    for sig in (0.3, 0.6, 0.9):
+        eps = torch.randn(x0m.shape, generator=gen)
+        xt = (1 - sig) * x0m + sig * eps
+        losses = []
+        for name in ("own", "opposite"):
+            v = dit(hidden_states=xt, timestep=torch.full((len(specs),), sig * 1000.0),
+                    encoder_hidden_states=cm[name], return_dict=False)[0]
+            losses.append("%s %.3f" % (name, float(((v - (eps - x0m)) ** 2).mean())))
+        log("diagnose: sigma %.1f  straight motion, loss with direction %s"
+            % (sig, ", ".join(losses)))
     specs = [("blue", "yellow"), ("yellow", "blue"), ("green", "red"), ("red", "green"),
              ("white", "gray"), ("red", None)]  # (shape colour, background)
     prompts = [sd.caption_for(c, "square", "left", b) for c, b in specs]
@@ -691,7 +731,7 @@ def main():
     ap.add_argument("--out", default="models/shapes-tiny")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--minutes", type=float, default=85.0, help="wall-clock budget, all stages")
-    ap.add_argument("--vae-frac", type=float, default=0.33, help="share of the budget for the VAE")
+    ap.add_argument("--vae-frac", type=float, default=0.25, help="share of the budget for the VAE")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, default=SIZE, help="frame height and width, a multiple of 16")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent")
@@ -708,7 +748,7 @@ def main():
                     help="share of VAE steps on single frames (batch doubled)")
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--vae-kl", type=float, default=1e-6)
-    ap.add_argument("--dec-frac", type=float, default=0.12,
+    ap.add_argument("--dec-frac", type=float, default=0.08,
                     help="share of the budget for the decoder stage (after the DiT)")
     ap.add_argument("--dec-steps", type=int, default=1500)
     ap.add_argument("--dec-batch", type=int, default=2)
@@ -720,14 +760,18 @@ def main():
                     help="train only the DiT, on the tokenizer, text encoder and VAE in --out")
     ap.add_argument("--dit-resume", action="store_true",
                     help="with --dit-only: start from the transformer in --out instead of random weights")
-    ap.add_argument("--bank", type=int, default=1200, help="encoded clips kept for the DiT")
+    ap.add_argument("--bank", type=int, default=1600, help="encoded clips kept for the DiT")
     ap.add_argument("--bank-cache", default=None,
                     help="file keeping the encoded bank between --dit-only runs on the same VAE")
     ap.add_argument("--refresh-every", type=int, default=16,
                     help="DiT steps between replacing one bank clip by a fresh one (0: never)")
-    ap.add_argument("--dit-steps", type=int, default=7000)
-    ap.add_argument("--dit-batch", type=int, default=8)
-    ap.add_argument("--dit-lr", type=float, default=5e-4)
+    ap.add_argument("--dit-steps", type=int, default=20000)
+    ap.add_argument("--dit-batch", type=int, default=32)
+    ap.add_argument("--dit-lr", type=float, default=1e-3)
+    ap.add_argument("--frame-sigma-share", type=float, default=0.5,
+                    help="share of DiT batches with one noise level per latent frame")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                    help="torch.compile the DiT for training (needs a C compiler)")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--cfg-drop", type=float, default=0.1)
     ap.add_argument("--flow-shift", type=float, default=2.0)
