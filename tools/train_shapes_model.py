@@ -22,7 +22,9 @@ Stages (one process, seeded; see docs/model-card-shapes-tiny.md):
   4. transformer/: WanTransformer3DModel trained with flow matching on the
      normalised latents (z - mean) / std: x_t = (1 - s) x0 + s eps, target
      eps - x0, s drawn uniformly then shifted by --flow-shift (what the
-     scheduler uses at inference).  The caption is replaced by the empty prompt
+     scheduler uses at inference); in --frame-sigma-share of the batches
+     each latent frame gets its own s (per-token timesteps), which teaches
+     the motion words (see train_dit).  The caption is replaced by the empty prompt
      10% of the time (classifier-free guidance).  Windows of 5 latent frames are
      cut from 9-latent (33-frame) clips, at the clip start half of the time and
      anywhere otherwise, so the model also knows mid-video windows (what
@@ -32,6 +34,9 @@ Stages (one process, seeded; see docs/model-card-shapes-tiny.md):
   6. scheduler/ (UniPCMultistepScheduler, flow prediction) and model_index.json
      (with "_dualparal": size, text length, frame rate, and the DualParal P
      and C whose window is the DiT's training window).
+
+Frames are 64 x 64 by default (--size; 128 x 128 costs four times as much
+per DiT sample, too much for this CPU budget).
 
 A wall-clock budget (--minutes) caps everything: the VAE gets --vae-frac of it,
 the decoder stage --dec-frac, the DiT the rest less 4 minutes for the final
