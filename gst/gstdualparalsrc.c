@@ -593,12 +593,28 @@ static GstCaps *
 gst_dual_paral_src_fixate (GstBaseSrc *bsrc, GstCaps *caps)
 {
   GstDualParalSrc *self = GST_DUAL_PARAL_SRC (bsrc);
+  GstCaps *native, *preferred;
   GstStructure *s;
   gint width = FALLBACK_WIDTH, height = FALLBACK_HEIGHT, fps = FALLBACK_FPS;
 
   if (self->generator != NULL) {
     dp_generator_get_size (self->generator, &width, &height);
     fps = dp_generator_fps (self->generator);
+  }
+
+  /* Prefer the native size wherever downstream can take it, even when it
+   * lists another size first: a videoscale passes its output size up as its
+   * first choice, and generating at that size instead costs far more (16x
+   * the tokens for 64 x 64 shown at 256 x 256). */
+  native = gst_caps_new_simple ("video/x-raw", "width", G_TYPE_INT, width,
+      "height", G_TYPE_INT, height, NULL);
+  preferred = gst_caps_intersect_full (caps, native, GST_CAPS_INTERSECT_FIRST);
+  gst_caps_unref (native);
+  if (!gst_caps_is_empty (preferred)) {
+    gst_caps_unref (caps);
+    caps = preferred;
+  } else {
+    gst_caps_unref (preferred);
   }
 
   caps = gst_caps_truncate (gst_caps_make_writable (caps));

@@ -898,6 +898,55 @@ test_mp4_round_trip (void)
   g_free (dir);
 }
 
+static GstPadProbeReturn
+note_caps_size (GstPad *pad, GstPadProbeInfo *info, gpointer user_data)
+{
+  GstEvent *event = GST_PAD_PROBE_INFO_EVENT (info);
+  gint *size = user_data;
+
+  if (GST_EVENT_TYPE (event) == GST_EVENT_CAPS) {
+    GstCaps *caps;
+    GstStructure *s;
+
+    gst_event_parse_caps (event, &caps);
+    s = gst_caps_get_structure (caps, 0);
+    g_assert_true (gst_structure_get_int (s, "width", &size[0]));
+    g_assert_true (gst_structure_get_int (s, "height", &size[1]));
+  }
+  return GST_PAD_PROBE_OK;
+}
+
+/* A videoscale to twice the size downstream (pipelines' SCALE_TO): the
+ * element still generates at its native size and videoscale scales, instead
+ * of the model running at the size videoscale lists first. */
+static void
+test_native_size_through_videoscale (void)
+{
+  GError *error = NULL;
+  GstElement *pipeline, *src;
+  GstPad *pad;
+  gchar *desc;
+  gint size[2] = { 0, 0 };
+
+  if (!require_model () || !ensure_reference ())
+    return;
+  desc = g_strdup_printf ("dualparalsrc name=src ! videoscale ! video/x-raw,width=%d,height=%d "
+                          "! fakesink", 2 * reference.width, 2 * reference.height);
+  pipeline = gst_parse_launch (desc, &error);
+  g_assert_no_error (error);
+  src = gst_bin_get_by_name (GST_BIN (pipeline), "src");
+  configure (src, TEST_FRAMES);
+  pad = gst_element_get_static_pad (src, "src");
+  gst_pad_add_probe (pad, GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM, note_caps_size, size, NULL);
+  gst_object_unref (pad);
+  gst_object_unref (src);
+  assert_no_error (run_to_end (pipeline, NULL, NULL));
+  gst_object_unref (pipeline);
+  g_free (desc);
+  g_assert_cmpint (size[0], ==, reference.width);
+  g_assert_cmpint (size[1], ==, reference.height);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -918,6 +967,8 @@ main (int argc, char **argv)
     g_free (path);
   }
   g_test_add_func ("/dualparalsrc/timestamps-eos", test_timestamps_and_eos);
+  g_test_add_func ("/dualparalsrc/native-size-through-videoscale",
+                   test_native_size_through_videoscale);
   g_test_add_func ("/dualparalsrc/endless", test_endless);
   g_test_add_func ("/dualparalsrc/auto-engine-devices", test_auto_engine_devices);
   g_test_add_func ("/dualparalsrc/backpressure", test_backpressure);
