@@ -7,7 +7,7 @@
  *
  * /model/metrics/...: tests/video_metrics.c on synthetic frames with known
  *   answers (colour mask, centroid, slope, frame change, boundaries, splits).
- * /model/native/size: the model directory says its own size (128 x 128)
+ * /model/native/size: the model directory says its own size (64 x 64 for the default recipe)
  *   and frame rate, so the element and dualparal-generate use it by default.
  * /model/prompt/...: for prompts naming a colour and a motion, classic
  *   engine on the CPU, native size, PROMPT_FRAMES frames, the model card's

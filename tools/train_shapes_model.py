@@ -665,15 +665,19 @@ def diagnose(out_dir, seed, n=32):
     for name, prompts in (("own", list(caps)), ("shuffled", [caps[i] for i in perm]),
                           ("empty", [""] * n)):
         ctx[name] = encode_context(te, *tokenize_prompts(tokenizer, prompts, text_len))
+    def losses(clean, contexts, sig):
+        """Flow-matching loss at one sigma, the same noise for each context."""
+        eps = torch.randn(clean.shape, generator=gen)
+        xt = (1 - sig) * clean + sig * eps
+        out = []
+        for name, c in contexts.items():
+            v = dit(hidden_states=xt, timestep=torch.full((clean.shape[0],), sig * 1000.0),
+                    encoder_hidden_states=c, return_dict=False)[0]
+            out.append("%s %.3f" % (name, float(((v - (eps - clean)) ** 2).mean())))
+        return ", ".join(out)
+
     for sig in (0.3, 0.6, 0.9, 1.0):
-        eps = torch.randn(x0.shape, generator=gen)
-        xt = (1 - sig) * x0 + sig * eps
-        losses = []
-        for name in ("own", "shuffled", "empty"):
-            v = dit(hidden_states=xt, timestep=torch.full((n,), sig * 1000.0),
-                    encoder_hidden_states=ctx[name], return_dict=False)[0]
-            losses.append("%s %.3f" % (name, float(((v - (eps - x0)) ** 2).mean())))
-        log("diagnose: sigma %.1f  loss with caption %s" % (sig, ", ".join(losses)))
+        log("diagnose: sigma %.1f  loss with caption %s" % (sig, losses(x0, ctx, sig)))
     # (1b) Motion: straight-moving clips with their caption and with the
     # opposite direction named; a DiT that ignores the motion words scores
     # both alike.
@@ -686,15 +690,8 @@ def diagnose(out_dir, seed, n=32):
     cm = {name: encode_context(te, *tokenize_prompts(tokenizer, list(p), text_len))
           for name, p in (("own", caps), ("opposite", flipped))}
     for sig in (0.3, 0.6, 0.9):
-        eps = torch.randn(x0m.shape, generator=gen)
-        xt = (1 - sig) * x0m + sig * eps
-        losses = []
-        for name in ("own", "opposite"):
-            v = dit(hidden_states=xt, timestep=torch.full((len(specs),), sig * 1000.0),
-                    encoder_hidden_states=cm[name], return_dict=False)[0]
-            losses.append("%s %.3f" % (name, float(((v - (eps - x0m)) ** 2).mean())))
         log("diagnose: sigma %.1f  straight motion, loss with direction %s"
-            % (sig, ", ".join(losses)))
+            % (sig, losses(x0m, cm, sig)))
     specs = [("blue", "yellow"), ("yellow", "blue"), ("green", "red"), ("red", "green"),
              ("white", "gray"), ("red", None)]  # (shape colour, background)
     prompts = [sd.caption_for(c, "square", "left", b) for c, b in specs]
