@@ -48,9 +48,13 @@
 #define COLOUR_RADIUS 0.3
 #define CENTROID_MIN_PIXELS 8
 
-/* Prompt checks: 17 frames = 5 latent frames, the DiT's training window. */
+/* Prompt checks: 17 frames = 5 latent frames, the DiT's training window.
+ * Each prompt runs with PROMPT_SEEDS seeds (1, 2, ...); a tiny model misses
+ * now and then, so at least PROMPT_MIN_PASSING of them must pass every
+ * check below (all seeds' figures reach the log). */
 #define PROMPT_FRAMES 17
-#define PROMPT_SEED 1
+#define PROMPT_SEEDS 4
+#define PROMPT_MIN_PASSING 3
 
 /* The colour's mean pixel fraction over the frames; a ball of the training
  * radii (10 to 17 px of 128) covers 2 to 5.5 %.  Measured: see the table in
@@ -457,22 +461,22 @@ static const prompt_case prompt_cases[] = {
   { "a green ball moving down", "green", 1, +1 },
 };
 
-static void
-test_prompt (gconstpointer data)
+/* One seed of a prompt case: logs its figures, returns whether it passed
+ * every check. */
+static gboolean
+prompt_seed_passes (const prompt_case *pc, const double colour[3], uint64_t seed)
 {
-  const prompt_case *pc = data;
-  double colour[3], seconds;
-  g_assert_true (vm_colour_by_name (pc->colour, colour));
-
   int size = 0;
-  uint8_t *video = generate (DP_ENGINE_CLASSIC, pc->prompt, PROMPT_FRAMES, PROMPT_SEED, 0, 0, &size, &seconds);
+  double seconds;
+  uint8_t *video = generate (DP_ENGINE_CLASSIC, pc->prompt, PROMPT_FRAMES, seed, 0, 0, &size, &seconds);
   if (video == NULL)
-    return;
+    return FALSE;
   const int n = PROMPT_FRAMES;
   vm_colour_stats stats[PROMPT_FRAMES];
   double cx[PROMPT_FRAMES], cy[PROMPT_FRAMES], slope[2] = { NAN, NAN };
   vm_colour_stats_video (video, n, size, size, colour, COLOUR_RADIUS, CENTROID_MIN_PIXELS, stats);
   vm_centroid_track (stats, n, cx, cy);
+  g_free (video);
   double frac = 0.0, frac_min = 1.0;
   int tracked = 0;
   for (int t = 0; t < n; t++) {
@@ -482,16 +486,26 @@ test_prompt (gconstpointer data)
   }
   vm_linear_fit (cx, n, &slope[0], NULL, NULL);
   vm_linear_fit (cy, n, &slope[1], NULL, NULL);
-  g_test_message ("\"%s\": %.1f s; %s fraction mean %.4f min %.4f; centroid in %d/%d frames; "
-                  "slope x %+.2f y %+.2f px/frame",
-                  pc->prompt, seconds, pc->colour, frac, frac_min, tracked, n, slope[0], slope[1]);
-
-  g_assert_cmpfloat (frac, >=, PROMPT_MIN_FRACTION_MEAN);
-  g_assert_cmpfloat (tracked, >=, PROMPT_MIN_TRACKED_SHARE * n);
   const double along = pc->sign * slope[pc->axis], across = fabs (slope[1 - pc->axis]);
-  g_assert_cmpfloat (along, >=, PROMPT_MIN_SLOPE * PX (size));
-  g_assert_cmpfloat (along, >=, PROMPT_MIN_AXIS_RATIO * across);
-  g_free (video);
+  /* NaN slopes (no track) fail the comparisons. */
+  gboolean pass = frac >= PROMPT_MIN_FRACTION_MEAN && tracked >= PROMPT_MIN_TRACKED_SHARE * n &&
+                  along >= PROMPT_MIN_SLOPE * PX (size) && along >= PROMPT_MIN_AXIS_RATIO * across;
+  g_test_message ("\"%s\" seed %" G_GUINT64_FORMAT ": %.1f s; %s fraction mean %.4f min %.4f; centroid in "
+                  "%d/%d frames; slope x %+.2f y %+.2f px/frame -> %s", pc->prompt, seed, seconds, pc->colour,
+                  frac, frac_min, tracked, n, slope[0], slope[1], pass ? "pass" : "FAIL");
+  return pass;
+}
+
+static void
+test_prompt (gconstpointer data)
+{
+  const prompt_case *pc = data;
+  double colour[3];
+  g_assert_true (vm_colour_by_name (pc->colour, colour));
+  int passing = 0;
+  for (uint64_t seed = 1; seed <= PROMPT_SEEDS; seed++)
+    passing += prompt_seed_passes (pc, colour, seed);
+  g_assert_cmpint (passing, >=, PROMPT_MIN_PASSING);
 }
 
 static void

@@ -12,10 +12,12 @@ Stages (one process, seeded; see docs/model-card-shapes-tiny.md):
      tokenized and encoded exactly as WanPipeline._get_t5_prompt_embeds does
      (padding to --text-len, rows after the real tokens zero).
   3. vae/: AutoencoderKLWan (Wan2.1 structure, base_dim 12, He-initialised
-     convolutions) trained on reconstruction of the posterior mean (L1 + L2
-     on frames, pixels off the background colour weighted 5x, tiny KL): half
-     of the steps on batches of 16 single-frame 32x32 crops, half on 9-frame
-     48x48 clips (crops around the shape half of the time), through the same
+     convolutions, inflated in time: it starts as a per-frame autoencoder,
+     see inflate_time) trained on reconstruction (L1 + L2 on frames, pixels
+     off the background colour weighted 5x, tiny KL) of the posterior mean
+     plus a little noise (--vae-latent-noise, see noisy_latent): half of the
+     steps on batches of 16 single-frame 32x32 crops, half on 17-frame 32x32
+     clips (crops around the shape half of the time), through the same
      causal chunked encode and frame-by-frame decode the pipeline uses;
      latents_mean / latents_std are then measured on encoded full 33-frame
      clips and written into vae/config.json.
@@ -30,7 +32,8 @@ Stages (one process, seeded; see docs/model-card-shapes-tiny.md):
      anywhere otherwise, so the model also knows mid-video windows (what
      block-wise long-video generation feeds it).  EMA weights are saved.
   5. vae/ again: the decoder alone (encoder frozen, so the DiT's latents stay
-     valid) on 17-frame clips, so that colours hold over longer decodes.
+     valid) on 17-frame clips, half of them 8 latent frames into a longer
+     clip, so that colours hold over long decodes.
   6. scheduler/ (UniPCMultistepScheduler, flow prediction) and model_index.json
      (with "_dualparal": size, text length, frame rate, and the DualParal P
      and C whose window is the DiT's training window).
@@ -207,22 +210,58 @@ def he_init_convs(model):
                 torch.nn.init.zeros_(m.bias)
 
 
+@torch.no_grad()
+def inflate_time(vae):
+    """Starts the VAE as a per-frame image autoencoder: every causal 3 x 3 x 3
+    convolution keeps only its current-frame tap (He-scaled for a 3 x 3
+    kernel), the encoder's time downsampling picks one frame of each pair and
+    the decoder's time upsampling copies the frame into both of its outputs
+    (the identity inits of Wan2.1's own Resample code).  From random time
+    taps, the 4-frame chunks after the first frame learn hue last: after 21
+    minutes red and green came out the same orange from frame 8 on, while
+    the single-frame first chunk had them right.  Inflated, every chunk
+    starts with what the first-frame path learns, and the time taps learn
+    the motion on top."""
+    for name, m in vae.named_modules():
+        if not isinstance(m, torch.nn.Conv3d) or m.kernel_size[0] != 3:
+            continue
+        w = m.weight
+        if name.endswith("time_conv"):
+            eye = torch.eye(w.shape[1], dtype=w.dtype)
+            w.zero_()
+            if w.shape[0] == 2 * w.shape[1]:  # upsample3d: two frames out
+                w[:w.shape[1], :, 2, 0, 0] = eye
+                w[w.shape[1]:, :, 2, 0, 0] = eye
+            else:  # downsample3d, stride 2 over [previous, x0, x1]
+                w[:, :, 1, 0, 0] = eye
+        else:  # causal padding puts the current frame at tap 2
+            w[:, :, :2] = 0.0
+            w[:, :, 2] *= math.sqrt(3.0)
+        if m.bias is not None:
+            m.bias.zero_()
+
+
 def vae_encode_mu_logvar(vae, x):
     h = vae._encode(x)  # causal, chunked exactly as AutoencoderKLWan.encode
     mu, logvar = torch.chunk(h, 2, dim=1)
     return mu, torch.clamp(logvar, -30.0, 20.0)
 
 
-def vae_decode_unclamped(vae, z):
+def vae_decode_unclamped(vae, z, warm=0):
     """AutoencoderKLWan._decode without the final clamp (so the loss keeps its
-    gradient where the decoder overshoots)."""
+    gradient where the decoder overshoots).  The first `warm` latent frames
+    only fill the causal caches (no gradient, output dropped): the frames
+    returned, of latent frames warm.., are those of video frame
+    4 * warm - 3 on (frame 0 when warm is 0)."""
     vae.clear_cache()
-    x = vae.post_quant_conv(z)
     outs = []
     for i in range(z.shape[2]):
         vae._conv_idx = [0]
-        outs.append(vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map,
-                                feat_idx=vae._conv_idx, first_chunk=(i == 0)))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and i >= warm):
+            y = vae.decoder(vae.post_quant_conv(z[:, :, i:i + 1]), feat_cache=vae._feat_map,
+                            feat_idx=vae._conv_idx, first_chunk=(i == 0))
+        if i >= warm:
+            outs.append(y)
     vae.clear_cache()
     return torch.cat(outs, 2)
 
@@ -285,7 +324,7 @@ def train_vae(vae, args, deadline, rng):
         # z ~ N(mu, exp(logvar)) from the start drowns the latent in unit noise
         # (logvar starts near 0, mu near 0.2) and stalls the decoder for
         # hundreds of steps; the tiny KL term only keeps the scale in check.
-        y = vae_decode_unclamped(vae, mu)
+        y = vae_decode_unclamped(vae, noisy_latent(mu, args.vae_latent_noise * min(1.0, step / 300)))
         l1 = (y - x).abs().mean()
         l2 = ((y - x) ** 2).mean()
         kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).mean()
@@ -309,6 +348,18 @@ def train_vae(vae, args, deadline, rng):
     return step, dict(l1=float(h[0]), l2=float(h[1]), kl=float(h[2]))
 
 
+def noisy_latent(mu, rel):
+    """mu plus Gaussian noise of rel x each channel's spread over the batch
+    (detached, so the encoder cannot outgrow it by scaling up).  A decoder
+    trained on this must not depend on latent differences smaller than the
+    noise, so the encoder spreads what matters (the hue of a small shape)
+    over directions of the latent that the DiT's loss sees."""
+    if rel <= 0:
+        return mu
+    spread = mu.detach().transpose(0, 1).flatten(1).std(dim=1).view(1, -1, 1, 1, 1)
+    return mu + rel * spread * torch.randn_like(mu)
+
+
 def weighted_recon_loss(y, x):
     """L1 + L2 with pixels away from the clip's background colour weighted
     5x: with plain L1/L2 the decoder sits for hundreds of steps on the "mean
@@ -323,8 +374,12 @@ def finetune_decoder(vae, args, deadline, rng):
     frozen so that the latents, and a DiT trained on them, stay valid.  The
     joint stage sees 9-frame clips (3 latent frames); decoding more latent
     frames than that, the causal cache let the colours drift from the
-    fourth latent frame on (background hue, trails).  Clips of
-    --dec-frames frames teach the decoder the longer recursion."""
+    fourth latent frame on (background hue, trails), and one trained on
+    17-frame clips loses red and green after about 17 frames (the causal
+    caches carry a latent frame's influence 40 frames on).  So half of the
+    steps decode --dec-frames frames from the start, the other half the same
+    number of frames after --dec-warm latent frames decoded without gradient
+    (cheap), which puts them deep into a long video."""
     for p in vae.parameters():
         p.requires_grad_(False)
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
@@ -339,10 +394,12 @@ def finetune_decoder(vae, args, deadline, rng):
         lr = args.dec_lr * schedule(step, args.dec_steps, 20, t0, deadline)
         for g in opt.param_groups:
             g["lr"] = lr
-        x = vae_batch(rng, args.dec_batch, args.dec_frames, args.vae_crop).to(DEVICE)
+        warm = 0 if rng.random() < 0.5 else args.dec_warm
+        x = vae_batch(rng, args.dec_batch, args.dec_frames + 4 * warm, args.dec_crop).to(DEVICE)
         with torch.no_grad():
             mu, _ = vae_encode_mu_logvar(vae, x)
-        y = vae_decode_unclamped(vae, mu)
+        y = vae_decode_unclamped(vae, noisy_latent(mu, args.vae_latent_noise), warm)
+        x = x[:, :, x.shape[2] - y.shape[2]:]
         loss = weighted_recon_loss(y, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -362,14 +419,31 @@ def finetune_decoder(vae, args, deadline, rng):
 
 
 @torch.no_grad()
-def vae_eval(vae, seed, n=4):
-    """Reconstruction error of full 128x128, 17-frame clips through the
-    pipeline's own encode / decode (decode clamps to [-1, 1])."""
+def vae_eval(vae, seed, n=4, frames=17):
+    """Reconstruction error of full-size clips through the pipeline's own
+    encode / decode (decode clamps to [-1, 1])."""
     rng = np.random.default_rng(seed)
-    x = torch.stack([torch.from_numpy(sd.make_clip(rng, 17, SIZE)[0]) for _ in range(n)]).to(DEVICE)
+    x = torch.stack([torch.from_numpy(sd.make_clip(rng, frames, SIZE)[0]) for _ in range(n)]).to(DEVICE)
     mu = vae.encode(x).latent_dist.mode()
     y = vae.decode(mu).sample
     return float((y - x).abs().mean()), float(((y - x) ** 2).mean())
+
+
+@torch.no_grad()
+def vae_colour_kept(vae, seed, frames=65):
+    """Share of the shape's pixels (within 0.1 of its palette colour) that
+    the reconstruction keeps within 0.3 of it (the checks' colour test),
+    per shape colour, on one bouncing shape per colour on black."""
+    kept = {}
+    for k, colour in enumerate(sd.COLOURS):
+        rng = np.random.default_rng(seed + k)
+        v = sd.make_clip(rng, frames, SIZE, dict(colour=colour, motion="bounce", background=None))[0]
+        x = torch.from_numpy(v)[None].to(DEVICE)
+        y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        ref = torch.tensor(sd.COLOURS[colour], device=DEVICE).view(1, 3, 1, 1, 1) * 2 - 1
+        shape = ((x - ref).norm(dim=1) < 0.2)  # 0.1 in [0, 1] units
+        kept[colour] = float(((y - ref).norm(dim=1) < 0.6)[shape].float().mean())
+    return kept
 
 
 @torch.no_grad()
@@ -692,6 +766,19 @@ def diagnose(out_dir, seed, n=32):
     for sig in (0.3, 0.6, 0.9):
         log("diagnose: sigma %.1f  straight motion, loss with direction %s"
             % (sig, losses(x0m, cm, sig)))
+    # (1c) Colour: clips of each shape colour with their caption and with
+    # the shape colour swapped (red <-> green, blue <-> yellow, white -> red),
+    # per colour: a DiT that cannot tell two colours apart scores both alike.
+    swap = {"red": "green", "green": "red", "blue": "yellow", "yellow": "blue", "white": "red"}
+    for colour, other in swap.items():
+        got = [sd.make_clip(rng, 17, SIZE, dict(colour=colour, background=None)) for _ in range(n // 4)]
+        clips, caps, specs = zip(*got)
+        swapped = [sd.caption_for(other, g["shape"], g["motion"], None) for g in specs]
+        x0c = (vae_encode_mu_logvar(vae, torch.from_numpy(np.stack(clips)))[0] - mean) / std
+        cc = {name: encode_context(te, *tokenize_prompts(tokenizer, list(p), text_len))
+              for name, p in (("own", caps), ("swapped", swapped))}
+        log("diagnose: sigma 0.8  %s shapes on black, loss with colour %s"
+            % (colour, losses(x0c, cc, 0.8)))
     specs = [("blue", "yellow"), ("yellow", "blue"), ("green", "red"), ("red", "green"),
              ("white", "gray"), ("red", None)]  # (shape colour, background)
     prompts = [sd.caption_for(c, "square", "left", b) for c, b in specs]
@@ -715,13 +802,20 @@ def diagnose(out_dir, seed, n=32):
 def decoder_stage(vae, args, deadline, out):
     """Runs finetune_decoder with its own random stream, evaluates on full
     clips and saves vae/ (config, latents_mean / latents_std included)."""
-    l1, l2 = vae_eval(vae, args.seed + 3)
-    log("decoder stage: before, full-clip eval (%dx%dx17, clamped) l1 %.4f l2 %.5f psnr %.1f dB"
-        % (SIZE, SIZE, l1, l2, 10 * math.log10(4.0 / l2)))
+    def evaluate(when):
+        l2_long = vae_eval(vae, args.seed + 3, n=2, frames=65)[1]
+        l1, l2 = vae_eval(vae, args.seed + 3)
+        kept = vae_colour_kept(vae, args.seed + 3)
+        log("decoder stage: %s, full-clip eval (%dx%dx17, clamped) l1 %.4f l2 %.5f psnr %.1f dB; "
+            "65 frames: psnr %.1f dB, shape colour kept %s"
+            % (when, SIZE, SIZE, l1, l2, 10 * math.log10(4.0 / l2), 10 * math.log10(4.0 / l2_long),
+               " ".join("%s %.2f" % kv for kv in kept.items())))
+        return l1, l2
+
+    evaluate("before")
     steps = finetune_decoder(vae, args, deadline, np.random.default_rng(args.seed + 6))
-    l1, l2 = vae_eval(vae, args.seed + 3)
-    log("decoder done: %d steps; full-clip eval (%dx%dx17, clamped) l1 %.4f l2 %.5f psnr %.1f dB"
-        % (steps, SIZE, SIZE, l1, l2, 10 * math.log10(4.0 / l2)))
+    log("decoder done: %d steps" % steps)
+    l1, l2 = evaluate("after")
     vae.to("cpu").save_pretrained(os.path.join(out, "vae"), safe_serialization=True)
     vae.to(DEVICE)
     return steps, l1, l2
@@ -742,19 +836,24 @@ def main():
     ap.add_argument("--vocab-size", type=int, default=64)
     ap.add_argument("--vae-steps", type=int, default=3000)
     ap.add_argument("--vae-batch", type=int, default=3)
-    ap.add_argument("--vae-frames", type=int, default=9)
-    ap.add_argument("--vae-crop", type=int, default=48, help="crop size of the clips")
+    ap.add_argument("--vae-frames", type=int, default=17)
+    ap.add_argument("--vae-crop", type=int, default=32, help="crop size of the clips")
     ap.add_argument("--vae-image-batch", type=int, default=16)
     ap.add_argument("--vae-image-crop", type=int, default=32)
     ap.add_argument("--vae-image-frac", type=float, default=0.5,
                     help="share of VAE steps on single frames (batch doubled)")
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--vae-kl", type=float, default=1e-6)
+    ap.add_argument("--vae-latent-noise", type=float, default=0.15,
+                    help="noise added to the latent before decoding, x each channel's spread")
     ap.add_argument("--dec-frac", type=float, default=0.08,
                     help="share of the budget for the decoder stage (after the DiT)")
     ap.add_argument("--dec-steps", type=int, default=1500)
     ap.add_argument("--dec-batch", type=int, default=2)
-    ap.add_argument("--dec-frames", type=int, default=17)
+    ap.add_argument("--dec-frames", type=int, default=17, help="frames decoded with gradient, 4k+1")
+    ap.add_argument("--dec-warm", type=int, default=8,
+                    help="latent frames decoded before them without gradient, in half of the steps")
+    ap.add_argument("--dec-crop", type=int, default=32, help="crop size of the decoder stage's clips")
     ap.add_argument("--dec-lr", type=float, default=3e-4)
     ap.add_argument("--decoder-only", action="store_true",
                     help="run only the decoder stage on the model in --out (budget: --minutes)")
@@ -853,12 +952,15 @@ def main():
         torch.manual_seed(args.seed + 2)
         vae = AutoencoderKLWan(**VAE_CONFIG)
         he_init_convs(vae)
+        inflate_time(vae)
         vae.to(DEVICE)
         log("vae: %.2f M parameters" % (sum(p.numel() for p in vae.parameters()) / 1e6))
         vae_steps, vae_loss = train_vae(vae, args, deadline_vae, rng)
     l1, l2 = vae_eval(vae, args.seed + 3)
-    log("vae done: %d steps; train l1 %.4f l2 %.5f; full-clip eval (%dx%dx17, clamped) l1 %.4f l2 %.5f psnr %.1f dB"
-        % (vae_steps, vae_loss["l1"], vae_loss["l2"], SIZE, SIZE, l1, l2, 10 * math.log10(4.0 / l2)))
+    log("vae done: %d steps; train l1 %.4f l2 %.5f; full-clip eval (%dx%dx17, clamped) l1 %.4f l2 %.5f psnr %.1f dB; "
+        "shape colour kept over 65 frames: %s"
+        % (vae_steps, vae_loss["l1"], vae_loss["l2"], SIZE, SIZE, l1, l2, 10 * math.log10(4.0 / l2),
+           " ".join("%s %.2f" % kv for kv in vae_colour_kept(vae, args.seed + 3).items())))
 
     # Latent statistics on encoded full clips (posterior means).
     t0 = time.time()
