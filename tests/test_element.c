@@ -947,6 +947,50 @@ test_native_size_through_videoscale (void)
   g_assert_cmpint (size[1], ==, reference.height);
 }
 
+/* No model property: the embedded default model (DP_DEFAULT_MODEL_DIR from
+ * tests/meson.build, the element's build-time default).  The element runs it
+ * at its native size and frame rate; skipped while it is not shipped. */
+static void
+test_default_model (void)
+{
+  const gchar *dir = g_getenv ("DP_DEFAULT_MODEL_DIR");
+  GError *error = NULL;
+  GstElement *pipeline, *src, *sink;
+  GstPad *pad;
+  gchar *index, *model = NULL;
+  gint size[2] = { 0, 0 };
+  guint buffers = 0;
+
+  index = g_build_filename (dir ? dir : "", "model_index.json", NULL);
+  if (dir == NULL || !g_file_test (index, G_FILE_TEST_IS_REGULAR)) {
+    g_test_skip_printf ("no embedded model at %s", dir ? dir : "(DP_DEFAULT_MODEL_DIR unset)");
+    g_free (index);
+    return;
+  }
+  g_free (index);
+  pipeline = gst_parse_launch ("dualparalsrc name=src prompt=\"a red ball moving to the right\" "
+                               "num-frames=17 steps=4 devices=cpu ! fakesink name=sink "
+                               "signal-handoffs=true", &error);
+  g_assert_no_error (error);
+  src = gst_bin_get_by_name (GST_BIN (pipeline), "src");
+  g_object_get (src, "model", &model, NULL);
+  g_assert_cmpstr (model, ==, dir);
+  pad = gst_element_get_static_pad (src, "src");
+  gst_pad_add_probe (pad, GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM, note_caps_size, size, NULL);
+  gst_object_unref (pad);
+  gst_object_unref (src);
+  sink = gst_bin_get_by_name (GST_BIN (pipeline), "sink");
+  g_signal_connect (sink, "handoff", G_CALLBACK (count_buffer), &buffers);
+  gst_object_unref (sink);
+  assert_no_error (run_to_end (pipeline, NULL, NULL));
+  gst_object_unref (pipeline);
+  /* The shipped model's native size (model_index.json "_dualparal"). */
+  g_assert_cmpint (size[0], ==, 64);
+  g_assert_cmpint (size[1], ==, 64);
+  g_assert_cmpuint (buffers, ==, 17);
+  g_free (model);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -979,6 +1023,7 @@ main (int argc, char **argv)
   g_test_add_func ("/dualparalsrc/progress", test_progress_messages);
   g_test_add_func ("/dualparalsrc/live-latency", test_live_latency);
   g_test_add_func ("/dualparalsrc/mp4", test_mp4_round_trip);
+  g_test_add_func ("/dualparalsrc/default-model", test_default_model);
 
   result = g_test_run ();
   g_free (reference.rgb);

@@ -11,8 +11,9 @@
  *   and frame rate, so the element and dualparal-generate use it by default.
  * /model/prompt/...: for prompts naming a colour and a motion, classic
  *   engine on the CPU, native size, PROMPT_FRAMES frames, the model card's
- *   steps and guidance: the frames hold that colour and its centroid moves
- *   the named way (least-squares slope over the frames).
+ *   steps and guidance, PROMPT_SEEDS seeds: the frames hold that colour and
+ *   its centroid moves the named way (least-squares slope over the frames)
+ *   for at least PROMPT_MIN_PASSING of the seeds.
  * /model/long/dualparal: LONG_FRAMES frames made block-wise by the DualParal
  *   engine: the change between frames across block boundaries stays within
  *   a factor of the change inside blocks, and so do the colour centroid's
