@@ -838,6 +838,21 @@ count_buffer (GstElement *sink, GstBuffer *buffer, GstPad *pad, gpointer user_da
   (*(guint *) user_data)++;
 }
 
+/* Runs the pipeline to EOS with no error; returns how many buffers reached
+ * its "fakesink name=sink signal-handoffs=true".  Takes the pipeline. */
+static guint
+run_counting_buffers (GstElement *pipeline)
+{
+  GstElement *sink = gst_bin_get_by_name (GST_BIN (pipeline), "sink");
+  guint buffers = 0;
+
+  g_signal_connect (sink, "handoff", G_CALLBACK (count_buffer), &buffers);
+  gst_object_unref (sink);
+  assert_no_error (run_to_end (pipeline, NULL, NULL));
+  gst_object_unref (pipeline);
+  return buffers;
+}
+
 /* pipelines/mp4.sh's pipeline with the tiny model; the file must decode
  * back (decodebin picks what is installed: avdec_h264 or openh264dec) to
  * exactly the frames generated. */
@@ -846,9 +861,9 @@ test_mp4_round_trip (void)
 {
   const gchar *needed[] = { "x264enc", "mp4mux", "qtdemux", "h264parse" };
   GError *error = NULL;
-  GstElement *pipeline, *src, *sink;
+  GstElement *pipeline, *src;
   gchar *dir, *path, *desc;
-  guint i, decoded = 0;
+  guint i;
 
   if (!require_model ())
     return;
@@ -884,12 +899,7 @@ test_mp4_round_trip (void)
                           "signal-handoffs=true", path);
   pipeline = gst_parse_launch (desc, &error);
   g_assert_no_error (error);
-  sink = gst_bin_get_by_name (GST_BIN (pipeline), "sink");
-  g_signal_connect (sink, "handoff", G_CALLBACK (count_buffer), &decoded);
-  gst_object_unref (sink);
-  assert_no_error (run_to_end (pipeline, NULL, NULL));
-  gst_object_unref (pipeline);
-  g_assert_cmpuint (decoded, ==, TEST_FRAMES);
+  g_assert_cmpuint (run_counting_buffers (pipeline), ==, TEST_FRAMES);
 
   g_unlink (path);
   g_rmdir (dir);
@@ -955,11 +965,10 @@ test_default_model (void)
 {
   const gchar *dir = g_getenv ("DP_DEFAULT_MODEL_DIR");
   GError *error = NULL;
-  GstElement *pipeline, *src, *sink;
+  GstElement *pipeline, *src;
   GstPad *pad;
   gchar *index, *model = NULL;
   gint size[2] = { 0, 0 };
-  guint buffers = 0;
 
   index = g_build_filename (dir ? dir : "", "model_index.json", NULL);
   if (dir == NULL || !g_file_test (index, G_FILE_TEST_IS_REGULAR)) {
@@ -979,15 +988,10 @@ test_default_model (void)
   gst_pad_add_probe (pad, GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM, note_caps_size, size, NULL);
   gst_object_unref (pad);
   gst_object_unref (src);
-  sink = gst_bin_get_by_name (GST_BIN (pipeline), "sink");
-  g_signal_connect (sink, "handoff", G_CALLBACK (count_buffer), &buffers);
-  gst_object_unref (sink);
-  assert_no_error (run_to_end (pipeline, NULL, NULL));
-  gst_object_unref (pipeline);
+  g_assert_cmpuint (run_counting_buffers (pipeline), ==, 17);
   /* The shipped model's native size (model_index.json "_dualparal"). */
   g_assert_cmpint (size[0], ==, 64);
   g_assert_cmpint (size[1], ==, 64);
-  g_assert_cmpuint (buffers, ==, 17);
   g_free (model);
 }
 
