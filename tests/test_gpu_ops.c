@@ -284,6 +284,62 @@ test_linear (void)
   fx_done (&f);
 }
 
+/* x += gate (a w^T + bias) in one GEMM against the CPU's linear + gated_add. */
+static void
+run_linear_gated_add (fixture *f, int64_t M, int64_t K, int64_t N, gboolean with_bias, gboolean with_gate,
+                      dp_dtype bdt)
+{
+  const int64_t as[2] = { M, K }, ws[2] = { N, K }, vs[1] = { N }, gs[2] = { 1, N }, xs[2] = { M, N };
+  float *a = rand_vec (M * K, -1.0f, 1.0f, DP_BF16);
+  float *w = rand_vec (N * K, -1.0f / sqrtf (K), 1.0f / sqrtf (K), DP_BF16);
+  float *b = rand_vec (N, -0.5f, 0.5f, bdt), *g = rand_vec (N, -1.5f, 1.5f, DP_F32);
+  float *x = rand_vec (M * N, -3.0f, 3.0f, DP_F32);
+
+  dp_tensor ca = cpu_tensor (2, as, a), cw = cpu_tensor (2, ws, w), cb = cpu_tensor (1, vs, b);
+  dp_tensor cg = cpu_tensor (2, gs, g), cx = cpu_tensor (2, xs, x), cy = cpu_tensor (2, xs, NULL);
+  f->cpu->ops->linear (f->cpu, &cy, &ca, &cw, with_bias ? &cb : NULL, DP_ACT_NONE);
+  f->cpu->ops->gated_add (f->cpu, &cx, &cy, with_gate ? &cg : NULL);
+
+  dp_tensor ga = gpu_tensor (f->gpu, DP_BF16, 2, as, a), gw = gpu_tensor (f->gpu, DP_BF16, 2, ws, w);
+  dp_tensor gb = gpu_tensor (f->gpu, bdt, 1, vs, b), gg = gpu_tensor (f->gpu, DP_F32, 1, vs, g);
+  dp_tensor gx = gpu_tensor (f->gpu, DP_F32, 2, xs, x);
+  f->gpu->ops->linear_gated_add (f->gpu, &gx, &ga, &gw, with_bias ? &gb : NULL, with_gate ? &gg : NULL);
+
+  char what[128];
+  g_snprintf (what, sizeof what, "linear_gated_add %" G_GINT64_FORMAT "x%" G_GINT64_FORMAT "x%" G_GINT64_FORMAT
+              "%s%s%s", M, K, N, with_bias ? " bias " : "", with_bias ? dp_dtype_name (bdt) : "",
+              with_gate ? " gate" : "");
+  /* The gated weights are rounded to BF16 once more: within BF16 tolerance
+   * of the branch, far tighter on the sum with x. */
+  check_gpu (f, what, &gx, &cx, 5e-3);
+
+  dp_tensor *all[] = { &ga, &gw, &gb, &gg, &gx };
+  for (unsigned i = 0; i < G_N_ELEMENTS (all); i++)
+    dp_backend_tensor_free (f->gpu, all[i]);
+  dp_tensor *host[] = { &ca, &cw, &cb, &cg, &cx, &cy };
+  for (unsigned i = 0; i < G_N_ELEMENTS (host); i++)
+    dp_tensor_free (host[i]);
+  g_free (a);
+  g_free (w);
+  g_free (b);
+  g_free (g);
+  g_free (x);
+}
+
+static void
+test_linear_gated_add (void)
+{
+  NEED_GPU ();
+  fixture f;
+  fx_init (&f);
+  for (int bias = 0; bias < 2; bias++)
+    for (int gate = 0; gate < 2; gate++)
+      run_linear_gated_add (&f, 77, 96, 40, bias, gate, DP_F32);
+  run_linear_gated_add (&f, 300, 256, 520, TRUE, TRUE, DP_BF16); /* a BF16 bias: converted */
+  run_linear_gated_add (&f, 9, 33, 24, TRUE, TRUE, DP_F32);      /* odd K: one weight per thread */
+  fx_done (&f);
+}
+
 /* ---- norms ---------------------------------------------------------------- */
 
 static void
@@ -434,6 +490,47 @@ test_rope (void)
   run_rope (&f, DP_F32, 32, pos_b);
   run_rope (&f, DP_BF16, 24, NULL);
   run_rope (&f, DP_BF16, 20, pos_b); /* d / 2 not a multiple of 4: the scalar kernel */
+  fx_done (&f);
+}
+
+/* Wan's q / k norm + RoPE in one pass against the CPU's rms_norm + rope_3d. */
+static void
+run_rms_rope (fixture *f, dp_dtype dt, int heads, int d, gboolean weight, const int *frame_pos)
+{
+  dp_rope_grid grid = { .frames = 3, .height = 4, .width = 5, .frame_pos = frame_pos, .theta = 10000.0f };
+  const int64_t D = (int64_t) heads * d, xs[4] = { 2, 60, heads, d }, rs[3] = { 2, 60, D }, vs[1] = { D };
+  const int64_t n = count (4, xs);
+  float *x = rand_vec (n, -2.0f, 2.0f, dt), *w = rand_vec (D, 0.5f, 1.5f, DP_F32);
+  dp_tensor cx = cpu_tensor (4, xs, x), cw = cpu_tensor (1, vs, w);
+  dp_tensor cx3 = dp_tensor_view (cx.data, DP_F32, 3, rs);
+  f->cpu->ops->rms_norm (f->cpu, &cx3, &cx3, weight ? &cw : NULL, 1e-6f);
+  f->cpu->ops->rope_3d (f->cpu, &cx, &grid);
+  dp_tensor gx = gpu_tensor (f->gpu, dt, 4, xs, x), gw = gpu_tensor (f->gpu, DP_F32, 1, vs, w);
+  f->gpu->ops->rms_norm_rope_3d (f->gpu, &gx, weight ? &gw : NULL, 1e-6f, &grid);
+  char what[128];
+  g_snprintf (what, sizeof what, "rms_norm_rope_3d %s %d heads x %d%s frames at %d", dp_dtype_name (dt), heads, d,
+              weight ? " weight" : "", frame_pos ? frame_pos[0] : 0);
+  check_gpu (f, what, &gx, &cx, tol_for (dt));
+  dp_backend_tensor_free (f->gpu, &gx);
+  dp_backend_tensor_free (f->gpu, &gw);
+  dp_tensor_free (&cx);
+  dp_tensor_free (&cw);
+  g_free (x);
+  g_free (w);
+}
+
+static void
+test_rms_rope (void)
+{
+  NEED_GPU ();
+  fixture f;
+  fx_init (&f);
+  const int pos[3] = { 5, 6, 7 };
+  run_rms_rope (&f, DP_BF16, 12, 128, TRUE, pos); /* Wan2.1-1.3B's heads */
+  run_rms_rope (&f, DP_BF16, 3, 128, TRUE, NULL);
+  run_rms_rope (&f, DP_F32, 2, 24, FALSE, pos);
+  run_rms_rope (&f, DP_BF16, 4, 20, TRUE, pos);  /* d / 2 even, not a multiple of 4 */
+  run_rms_rope (&f, DP_BF16, 3, 18, TRUE, NULL); /* d / 2 odd: rms_norm, then rope_3d */
   fx_done (&f);
 }
 
@@ -1024,8 +1121,10 @@ main (int argc, char **argv)
   rng = g_rand_new_with_seed ((guint32) g_get_real_time ()); /* fresh inputs every run */
   g_test_add_func ("/gpu/copy", test_copy);
   g_test_add_func ("/gpu/linear", test_linear);
+  g_test_add_func ("/gpu/linear_gated_add", test_linear_gated_add);
   g_test_add_func ("/gpu/norms", test_norms);
   g_test_add_func ("/gpu/rope", test_rope);
+  g_test_add_func ("/gpu/rms_norm_rope", test_rms_rope);
   g_test_add_func ("/gpu/elementwise", test_elementwise);
   g_test_add_func ("/gpu/layouts", test_layouts);
   g_test_add_func ("/gpu/attention", test_attention);

@@ -107,7 +107,8 @@ cmp_double (const void *a, const void *b)
 
 /* ------------------------------------------------------------ op jobs */
 
-typedef enum { JOB_LINEAR, JOB_COPY, JOB_ATTN, JOB_LN_MOD, JOB_RMS, JOB_ROPE, JOB_GATED_ADD } job_kind;
+typedef enum { JOB_LINEAR, JOB_COPY, JOB_ATTN, JOB_LN_MOD, JOB_RMS, JOB_ROPE, JOB_RMS_ROPE, JOB_GATED_ADD,
+               JOB_LINEAR_GATED_ADD } job_kind;
 
 typedef struct {
   job_kind kind;
@@ -127,7 +128,9 @@ job_run (dp_backend *be, const job *j)
     case JOB_LN_MOD: be->ops->layer_norm_modulate (be, j->y, j->x, j->w, j->b, 1e-6f); break;
     case JOB_RMS: be->ops->rms_norm (be, j->y, j->x, j->w, 1e-6f); break;
     case JOB_ROPE: be->ops->rope_3d (be, j->y, &j->grid); break;
+    case JOB_RMS_ROPE: be->ops->rms_norm_rope_3d (be, j->y, j->w, 1e-6f, &j->grid); break;
     case JOB_GATED_ADD: be->ops->gated_add (be, j->y, j->x, j->g); break;
+    case JOB_LINEAR_GATED_ADD: be->ops->linear_gated_add (be, j->y, j->x, j->w, j->b, j->g); break;
   }
 }
 
@@ -240,9 +243,19 @@ bench_ops (dp_backend *be, int reps)
     dp_tensor act4 = dp_tensor_view (y.data, DP_BF16, 4, q4);
     job jp = { .kind = JOB_ROPE, .y = &act4, .grid = { .frames = 21, .height = 30, .width = 52, .theta = 10000.0f } };
     failures += !report (be, "rope_3d bf16 in place [2, 32760, 12, 128]", time_job (be, &jp, 2, reps), 0, 4.0 * M * D);
+    job jpr = { .kind = JOB_RMS_ROPE, .y = &act4, .w = &nw, .grid = jp.grid };
+    failures += !report (be, "rms_norm_rope_3d bf16 in place [2, 32760, 12, 128]", time_job (be, &jpr, 2, reps), 0,
+                         4.0 * M * D);
     job jg = { .kind = JOB_GATED_ADD, .y = &res, .x = &act3, .g = &shift };
     failures += !report (be, "gated_add f32 += f32 gate * bf16 [2, 32760, 1536]", time_job (be, &jg, 2, reps), 0,
                          10.0 * M * D);
+    /* The FFN's second GEMM with the gated residual add in its epilogue:
+     * against "linear ... +bias" plus gated_add above. */
+    const int64_t r2[2] = { M, D };
+    dp_tensor res2 = dp_tensor_view (res.data, DP_F32, 2, r2), gate1 = dp_tensor_view (shift.data, DP_F32, 1, bs);
+    job jlg = { .kind = JOB_LINEAR_GATED_ADD, .y = &res2, .x = &h, .w = &w2, .b = &b, .g = &gate1 };
+    g_snprintf (what, sizeof what, "linear_gated_add f32 += gate (%" G_GINT64_FORMAT "x%" G_GINT64_FORMAT "x%" G_GINT64_FORMAT " +bias)", M, F, D);
+    failures += !report (be, what, time_job (be, &jlg, 2, reps), 2.0 * M * D * F, 0);
     dp_tensor *all[] = { &x, &w, &w1, &w2, &b, &b1, &y, &h, &res, &shift, &scale, &nw };
     for (guint i = 0; i < G_N_ELEMENTS (all); i++)
       dp_backend_tensor_free (be, all[i]);
@@ -294,11 +307,22 @@ random_host (int ndim, const int64_t *shape, float amp)
   return t;
 }
 
-/* variants: attention kernels to time each case with (-1: the backend's
- * current one); n_variants >= 1. */
+/* One way of running the DiT: an attention kernel (-1: the backend's
+ * current one) and whether the backend's fused ops (linear_gated_add,
+ * rms_norm_rope_3d) are hidden, so the model runs the separate ops. */
+typedef struct {
+  int attn_variant;
+  gboolean unfused;
+} dit_config;
+
+/* Times each case in each of the n_configs (>= 1) configurations. */
 static int
-bench_dit (dp_backend *be, int reps, int layers, int height, int width, const int *variants, int n_variants)
+bench_dit (dp_backend *be, int reps, int layers, int height, int width, const dit_config *configs, int n_configs)
 {
+  const dp_backend_ops *fused_ops = be->ops;
+  dp_backend_ops unfused_ops = *be->ops;
+  unfused_ops.linear_gated_add = NULL;
+  unfused_ops.rms_norm_rope_3d = NULL;
   const random_wan_dit_size m = { .dim = 1536, .heads = 12, .ffn = 8960, .layers = layers, .text_dim = 4096,
                          .freq_dim = 256, .channels = 16 };
   const int B = 2, text_len = 512, tpf = (height / 2) * (width / 2);
@@ -353,12 +377,13 @@ bench_dit (dp_backend *be, int reps, int layers, int height, int width, const in
     dp_tensor vel = dp_backend_tensor_new (be, DP_F32, 4, vel_s);
     double *ms = g_new (double, reps);
     gboolean ok = TRUE;
-    for (int vi = 0; ok && vi < n_variants; vi++) {
+    for (int vi = 0; ok && vi < n_configs; vi++) {
       static const char *vnames[] = { "mma 4w x16", "mma 8w x16", "mma 4w x32", "wgmma" };
       const char *vname = "cpu";
+      be->ops = configs[vi].unfused ? &unfused_ops : fused_ops;
       if (!be->host_memory) {
-        if (variants[vi] >= 0)
-          dp_cuda_backend_set_attention_variant (be, (dp_cuda_attention_variant) variants[vi]);
+        if (configs[vi].attn_variant >= 0)
+          dp_cuda_backend_set_attention_variant (be, (dp_cuda_attention_variant) configs[vi].attn_variant);
         dp_cuda_backend_reset_peak (be);
       }
       ok = dp_wan_dit_forward (dit, &span, &lat, 999.0f, 5.0f, &vel, &err) && be->ops->sync (be, &err);
@@ -378,9 +403,10 @@ bench_dit (dp_backend *be, int reps, int layers, int height, int width, const in
         double med = ms[reps / 2];
         double lq = (double) frames * tpf, lk = lq + (double) C * tpf, D = m.dim;
         double flop = (double) B * m.layers * (2 * lq * (8 * D * D + 2 * D * m.ffn) + 4 * lq * lk * D + 4 * lq * 512 * D);
-        printf ("{\"case\": \"%s\", \"attention\": \"%s\", \"q_tokens\": %.0f, \"kv_tokens\": %.0f, "
-                "\"layers\": %d, \"ms\": %.2f, \"tflops\": %.1f, \"peak_gib\": %.2f}\n",
-                cases[ci].name, vname, lq, lk, m.layers, med, flop / med / 1e9,
+        printf ("{\"case\": \"%s\", \"attention\": \"%s\", \"fused\": %s, \"q_tokens\": %.0f, "
+                "\"kv_tokens\": %.0f, \"layers\": %d, \"ms\": %.2f, \"tflops\": %.1f, \"peak_gib\": %.2f}\n",
+                cases[ci].name, vname, be->ops == fused_ops && fused_ops->linear_gated_add ? "true" : "false", lq, lk,
+                m.layers, med, flop / med / 1e9,
                 be->host_memory ? 0.0 : dp_cuda_backend_peak_bytes (be) / 1073741824.0);
         fflush (stdout);
       } else {
@@ -388,6 +414,7 @@ bench_dit (dp_backend *be, int reps, int layers, int height, int width, const in
       }
     }
     g_free (ms);
+    be->ops = fused_ops;
     dp_backend_tensor_free (be, &lat);
     dp_backend_tensor_free (be, &vel);
     if (ek.data)
@@ -416,7 +443,7 @@ main (int argc, char **argv)
 {
   gboolean ops = FALSE, dit = FALSE;
   int reps = 7, dit_reps = 3, layers = 30, height = 60, width = 104, variant = -1;
-  gboolean compare_attn = FALSE;
+  gboolean compare_attn = FALSE, compare_fused = FALSE;
   char *device = NULL;
   GOptionEntry entries[] = {
     { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "Backend (default cuda:0)", "cuda:N" },
@@ -430,6 +457,9 @@ main (int argc, char **argv)
       "(default: the backend's)", "N" },
     { "compare-attn", 0, 0, G_OPTION_ARG_NONE, &compare_attn,
       "--dit: time each case with the wgmma kernel and with variant 2 (one model load)", NULL },
+    { "compare-fused", 0, 0, G_OPTION_ARG_NONE, &compare_fused,
+      "--dit: time each case with the fused ops (projection + gated residual, q / k norm + RoPE) and without",
+      NULL },
     { "height", 0, 0, G_OPTION_ARG_INT, &height, "DiT latent height (default 60: 480 pixels)", "N" },
     { "width", 0, 0, G_OPTION_ARG_INT, &width, "DiT latent width (default 104: 832 pixels)", "N" },
     { NULL },
@@ -464,19 +494,24 @@ main (int argc, char **argv)
   if (ops)
     failures += bench_ops (be, reps);
   if (dit) {
-    int variants[2] = { variant, -1 }, n_variants = 1;
+    dit_config configs[4] = { { variant, FALSE } };
+    int n_configs = 1;
     if (be->host_memory) {
-      variants[0] = -1;
-    } else if (compare_attn) {
-      variants[0] = DP_CUDA_ATTN_WGMMA;
-      variants[1] = DP_CUDA_ATTN_W4_R32;
-      n_variants = 2;
-      printf ("# dit: attention variants 3 (wgmma) and 2 (mma.sync 4w x32)\n");
+      configs[0].attn_variant = -1;
+    } else if (compare_attn || compare_fused) {
+      n_configs = 0;
+      configs[n_configs++] = (dit_config){ DP_CUDA_ATTN_WGMMA, FALSE };
+      if (compare_fused)
+        configs[n_configs++] = (dit_config){ DP_CUDA_ATTN_WGMMA, TRUE };
+      if (compare_attn)
+        configs[n_configs++] = (dit_config){ DP_CUDA_ATTN_W4_R32, FALSE };
+      printf ("# dit: wgmma attention%s%s\n", compare_fused ? "; again without the fused ops" : "",
+              compare_attn ? "; again with attention variant 2 (mma.sync 4w x32)" : "");
     } else {
       printf ("# dit: flash-attention variant %d (-1: the backend's default, %d)\n", variant,
               dp_cuda_backend_default_attention_variant (be));
     }
-    failures += bench_dit (be, dit_reps, layers, height, width, variants, n_variants);
+    failures += bench_dit (be, dit_reps, layers, height, width, configs, n_configs);
   }
   dp_backend_free (be);
   g_free (device);

@@ -14,8 +14,9 @@
 # .bench/pytorch_wan_anchor.py (a copy of ../shared/bench/) is present.
 # Logs go to $OUT (default ./out/gpu-check).  Skip parts with
 # GPU_CHECK_SKIP="tests ops dit anchor" (any subset); GPU_CHECK_DIT_ARGS adds
-# options to the DiT benchmark (default "--compare-attn": the wgmma and the
-# mma.sync attention kernels in one model load); GPU_CHECK_SANITIZE=1 also
+# options to the DiT benchmark (default "--compare-fused": with and without
+# the fused ops, one model load; "--compare-attn" adds the mma.sync attention
+# kernel); GPU_CHECK_SANITIZE=1 also
 # runs part of the tests under compute-sanitizer's memcheck;
 # GPU_CHECK_COMPILE=SECONDS also runs the anchor with --compile at the three
 # shapes under that time limit (torch.compile of 30 blocks takes minutes).
@@ -85,7 +86,7 @@ if ! skip ops; then
 fi
 if ! skip dit; then
   echo "== DiT forward (ours)"
-  timeout 120 "$BUILD/tools/dualparal-bench" --dit ${GPU_CHECK_DIT_ARGS:---compare-attn} 2>&1 | tee "$OUT/bench-dit.log"
+  timeout 120 "$BUILD/tools/dualparal-bench" --dit ${GPU_CHECK_DIT_ARGS:---compare-fused} 2>&1 | tee "$OUT/bench-dit.log"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if ! skip anchor && [ -f .bench/pytorch_wan_anchor.py ]; then

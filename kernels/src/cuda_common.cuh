@@ -123,4 +123,27 @@ dp_block_sum (float v, float *shm)
   return v;
 }
 
+/* cos / sin of pair p (of a head) of token l in the grid of ra. */
+__device__ __forceinline__ float2
+dp_rope_angle (const dp_cuda_rope_args &ra, int l, int p)
+{
+  const int w = l % ra.width, h = (l / ra.width) % ra.height, f = l / (ra.width * ra.height);
+  if (p < ra.t_pairs)
+    return ra.table[f * ra.t_pairs + p];
+  const int base = ra.frames * ra.t_pairs;
+  if (p < ra.t_pairs + ra.h_pairs)
+    return ra.table[base + h * ra.h_pairs + (p - ra.t_pairs)];
+  const int w_pairs = ra.half_d - ra.t_pairs - ra.h_pairs;
+  return ra.table[base + ra.height * ra.h_pairs + w * w_pairs + (p - ra.t_pairs - ra.h_pairs)];
+}
+
+/* Rotates the pair v[0], v[1] by the angle whose cos / sin is cs. */
+__device__ __forceinline__ void
+dp_rope_rotate (float2 cs, float *v)
+{
+  const float a = v[0], b = v[1];
+  v[0] = a * cs.x - b * cs.y;
+  v[1] = a * cs.y + b * cs.x;
+}
+
 #endif

@@ -99,7 +99,7 @@ dp_cuda_conv3d (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tenso
     /* Column-major: y^T[P, Cout] (ld P) = col^T[np, K] (col row-major [K, np] = col-major [np, K], ld np)
      * x w^T (w row-major [Cout, K] = col-major [K, Cout], ld K). */
     dp_cuda_gemm (be, FALSE, FALSE, np, Cout, K, col, np, wa, K, DP_BF16, (uint8_t *) y->data + p0 * ysize, P,
-                  y->dtype, NULL, FALSE);
+                  y->dtype, NULL, FALSE, FALSE);
   }
   if (bias)
     dp_cuda_add_row_bias (be, y->data, y->dtype, bias->data, bias->dtype, Cout, P);

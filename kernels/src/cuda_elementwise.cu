@@ -96,6 +96,52 @@ dp_cuda_silu_raw (dp_backend *be, void *y, dp_dtype ydt, const void *x, dp_dtype
   dp_cuda_launched (be, "silu kernel");
 }
 
+/* w_out[n, k] = w[n, k] * gate[n] (BF16) and, when bias_out is given,
+ * bias_out[n] = bias[n] * gate[n] (F32): the gate of a residual branch
+ * folded into its output projection (dp_cuda_linear_gated_add).  PAIR:
+ * two elements per thread (K even and 4-byte aligned rows: every model). */
+template <int PAIR>
+__global__ void
+gate_weights_kernel (__nv_bfloat16 *w_out, float *bias_out, const __nv_bfloat16 *w, const void *bias, int bdt,
+                     const float *gate, int64_t N, int64_t K)
+{
+  const int64_t per_row = PAIR ? K / 2 : K;
+  DP_GRID_STRIDE (i, N * per_row) {
+    int64_t n = i / per_row, j = i % per_row;
+    float g = gate[n];
+    if (PAIR) {
+      float2 f = __bfloat1622float2 (((const __nv_bfloat162 *) w)[i]);
+      ((__nv_bfloat162 *) w_out)[i] = __floats2bfloat162_rn (f.x * g, f.y * g);
+    } else {
+      w_out[i] = __float2bfloat16 (__bfloat162float (w[i]) * g);
+    }
+    if (j == 0 && bias_out)
+      bias_out[n] = dp_ld (bias, bdt, n) * g;
+  }
+}
+
+extern "C" void
+dp_cuda_gate_weights_raw (dp_backend *be, void *w_out, float *bias_out, const void *w, const void *bias,
+                          dp_dtype bias_dtype, const float *gate, int64_t N, int64_t K)
+{
+  if (dp_backend_failed (be) || N <= 0 || K <= 0)
+    return;
+  if (!bias)
+    bias_out = NULL;
+  __nv_bfloat16 *wo = (__nv_bfloat16 *) w_out;
+  const __nv_bfloat16 *wi = (const __nv_bfloat16 *) w;
+  cudaStream_t s = stream_of (be);
+  if ((K & 1) == 0 && ((uintptr_t) w % 4) == 0 && ((uintptr_t) w_out % 4) == 0) {
+    int64_t n = N * (K / 2);
+    gate_weights_kernel<1><<<dp_cuda_grid (be, n, THREADS), THREADS, 0, s>>> (wo, bias_out, wi, bias, bias_dtype,
+                                                                              gate, N, K);
+  } else {
+    gate_weights_kernel<0><<<dp_cuda_grid (be, N * K, THREADS), THREADS, 0, s>>> (wo, bias_out, wi, bias,
+                                                                                  bias_dtype, gate, N, K);
+  }
+  dp_cuda_launched (be, "gate_weights kernel");
+}
+
 static void
 activation (dp_backend *be, const char *op, dp_tensor *y, const dp_tensor *x, int act)
 {

@@ -126,7 +126,7 @@ fail:
 gboolean
 dp_cuda_gemm (dp_backend *be, gboolean trans_a, gboolean trans_b, int64_t m, int64_t n, int64_t k, const void *a,
               int64_t lda, const void *b, int64_t ldb, dp_dtype ab_dtype, void *d, int64_t ldd, dp_dtype d_dtype,
-              const void *bias, gboolean gelu)
+              const void *bias, gboolean gelu, gboolean accumulate)
 {
   dp_cuda *c = dp_cuda_of (be);
   if (dp_backend_failed (be))
@@ -161,7 +161,9 @@ dp_cuda_gemm (dp_backend *be, gboolean trans_a, gboolean trans_b, int64_t m, int
                                                                  sizeof bias),
                              "cublasLt BIAS_POINTER"))
     return FALSE;
-  float alpha = 1.0f, beta = 0.0f;
+  /* accumulate: D = A B + bias + D (C and D are the same matrix, which
+   * cuBLASLt allows in place when their layouts match). */
+  float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   return dp_cublas_ok (be, cublasLtMatmul (c->lt, p->desc, &alpha, a, p->a, b, p->b, &beta, d, p->d, d, p->d,
                                            &p->algo, c->lt_workspace, c->lt_workspace_size, c->stream),
                        "cublasLtMatmul");
@@ -227,8 +229,60 @@ dp_cuda_linear (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tenso
   /* Row-major y[M, N] = x[M, K] w[N, K]^T is column-major
    * y^T[N, M] = (w as col-major [K, N])^T (x as col-major [K, M]). */
   if (!dp_cuda_gemm (be, TRUE, FALSE, N, M, K, wa, K, xa, K, DP_BF16, y->data, N, y->dtype, ba,
-                     act == DP_ACT_GELU_TANH))
+                     act == DP_ACT_GELU_TANH, FALSE))
     return;
   if (act == DP_ACT_SILU)
     dp_cuda_silu_raw (be, y->data, y->dtype, y->data, y->dtype, M * N);
+}
+
+/* x += gate * (a w^T + bias) as one GEMM accumulating into the F32 rows of x:
+ * the gate (one value per output column) is folded into a scaled copy of the
+ * weight rows and the bias, so the branch output never makes a round trip
+ * through memory (saving the gated_add pass: at Wan2.1-1.3B block shapes a
+ * read of x, of the branch and a write of x, per projection).  Rounding the
+ * scaled weights to BF16 costs what rounding the branch output did. */
+void
+dp_cuda_linear_gated_add (dp_backend *be, dp_tensor *x, const dp_tensor *a, const dp_tensor *w,
+                          const dp_tensor *bias, const dp_tensor *gate)
+{
+  const char *op = "linear_gated_add";
+  if (!dp_cuda_check (be, op, x, "x") || !dp_cuda_check (be, op, a, "a") || !dp_cuda_check (be, op, w, "w")
+      || (bias && !dp_cuda_check (be, op, bias, "bias")) || (gate && !dp_cuda_check (be, op, gate, "gate")))
+    return;
+  int64_t K = dp_tensor_cols (a), M = dp_tensor_rows (a), N = w->ndim == 2 ? w->shape[0] : -1;
+  if (w->ndim != 2 || w->shape[1] != K || dp_tensor_cols (x) != N || dp_tensor_rows (x) != M
+      || (bias && dp_tensor_nelem (bias) != N) || (gate && dp_tensor_nelem (gate) != N)) {
+    char sx[64], sa[64], sw[64];
+    dp_backend_fail (be, DP_ERROR_SHAPE, "linear_gated_add: x %s, a %s, w %s (bias, gate [N]) do not fit "
+                     "x += gate (a w^T + bias)", dp_shape_str (x, sx, sizeof sx), dp_shape_str (a, sa, sizeof sa),
+                     dp_shape_str (w, sw, sizeof sw));
+    return;
+  }
+  if (x->dtype != DP_F32 || a->dtype != DP_BF16 || w->dtype != DP_BF16 || (gate && gate->dtype != DP_F32)) {
+    dp_backend_fail (be, DP_ERROR_UNSUPPORTED, "linear_gated_add: needs F32 x and gate, BF16 a and w (got %s, %s, %s)",
+                     dp_dtype_name (x->dtype), dp_dtype_name (a->dtype), dp_dtype_name (w->dtype));
+    return;
+  }
+  if (M == 0 || N == 0)
+    return;
+  /* Scratch: the gated weights (BF16 [N, K]) and the gated or converted F32 bias. */
+  size_t need_w = gate ? SCRATCH_ALIGN ((size_t) N * K * 2) : 0;
+  size_t need_b = bias && (gate || bias->dtype != DP_F32 || ((uintptr_t) bias->data & 15))
+                    ? SCRATCH_ALIGN ((size_t) N * sizeof (float)) : 0;
+  const void *wa = w->data, *ba = bias ? bias->data : NULL;
+  if (need_w + need_b) {
+    uint8_t *s = dp_cuda_scratch (be, need_w + need_b);
+    if (!s)
+      return;
+    if (gate) {
+      dp_cuda_gate_weights_raw (be, s, need_b ? (float *) (s + need_w) : NULL, w->data,
+                                bias ? bias->data : NULL, bias ? bias->dtype : DP_F32, gate->data, N, K);
+      wa = s;
+    } else {
+      dp_cuda_convert (be, s, DP_F32, bias->data, bias->dtype, N);
+    }
+    if (need_b)
+      ba = s + need_w;
+  }
+  dp_cuda_gemm (be, TRUE, FALSE, N, M, K, wa, K, a->data, K, DP_BF16, x->data, N, DP_F32, ba, FALSE, TRUE);
 }

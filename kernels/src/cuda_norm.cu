@@ -11,7 +11,8 @@
  * 1.3-1.5 TB/s on an H200 against a 4.2 TB/s copy ceiling). */
 #include "cuda_common.cuh"
 
-enum { MODE_LN, MODE_LN_MODULATE, MODE_RMS };
+/* MODE_RMS_ROPE: RMSNorm, then the 3D RoPE of the row's token (q / k). */
+enum { MODE_LN, MODE_LN_MODULATE, MODE_RMS, MODE_RMS_ROPE };
 
 template <int MODE>
 __global__ void
@@ -61,8 +62,10 @@ enum { VEC_THREADS = 128, VEC_MAX = 12 }; /* rows up to 4 * 128 * 12 = 6144 */
  * b are [D] F32 or NULL. */
 template <int MODE, typename TX, typename TY>
 __global__ void __launch_bounds__ (VEC_THREADS)
-norm_vec_kernel (TY *y, const TX *x, const float *w, const float *b, int D, int64_t rows_per_batch, float eps)
+norm_vec_kernel (TY *y, const TX *x, const float *w, const float *b, int D, int64_t rows_per_batch, float eps,
+                 dp_cuda_rope_args ra)
 {
+  constexpr bool RMS = MODE == MODE_RMS || MODE == MODE_RMS_ROPE;
   __shared__ float shm[32];
   const int64_t row = blockIdx.x;
   const TX *xr = x + row * D;
@@ -77,12 +80,12 @@ norm_vec_kernel (TY *y, const TX *x, const float *w, const float *b, int D, int6
       dp_ld4 (xr + 4 * i, v[k]);
 #pragma unroll
       for (int j = 0; j < 4; j++)
-        s += MODE == MODE_RMS ? v[k][j] * v[k][j] : v[k][j];
+        s += RMS ? v[k][j] * v[k][j] : v[k][j];
     }
   }
   s = dp_block_sum (s, shm);
   float mean = 0.0f, rstd;
-  if (MODE == MODE_RMS) {
+  if (RMS) {
     rstd = rsqrtf (s / (float) D + eps);
   } else {
     mean = s / (float) D;
@@ -118,6 +121,12 @@ norm_vec_kernel (TY *y, const TX *x, const float *w, const float *b, int D, int6
             o[j] += pb[j];
         }
       }
+      if (MODE == MODE_RMS_ROPE) {
+        /* 4 elements never straddle a head (d % 4 == 0): pairs p, p + 1. */
+        const int l = (int) (row % ra.L), p = (4 * i % (2 * ra.half_d)) / 2;
+        dp_rope_rotate (dp_rope_angle (ra, l, p), o);
+        dp_rope_rotate (dp_rope_angle (ra, l, p + 1), o + 2);
+      }
       dp_st4 (yr + 4 * i, o);
     }
   }
@@ -126,18 +135,18 @@ norm_vec_kernel (TY *y, const TX *x, const float *w, const float *b, int D, int6
 template <int MODE, typename TX, typename TY>
 static void
 launch_vec (dp_backend *be, void *y, const void *x, const dp_tensor *w, const dp_tensor *b, int64_t D, int64_t rows,
-            int64_t rows_per_batch, float eps)
+            int64_t rows_per_batch, float eps, const dp_cuda_rope_args &ra)
 {
   norm_vec_kernel<MODE, TX, TY><<<(unsigned) rows, VEC_THREADS, 0, dp_cuda_of (be)->stream>>> (
     (TY *) y, (const TX *) x, w ? (const float *) w->data : NULL, b ? (const float *) b->data : NULL, (int) D,
-    rows_per_batch, eps);
+    rows_per_batch, eps, ra);
 }
 
 /* Runs the fast path when the tensors allow it; FALSE: use the generic one. */
 template <int MODE>
 static bool
 norm_vec (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *w, const dp_tensor *b, int64_t D,
-          int64_t rows, int64_t rows_per_batch, float eps)
+          int64_t rows, int64_t rows_per_batch, float eps, const dp_cuda_rope_args &ra = dp_cuda_rope_args ())
 {
   if (D % 4 != 0 || D > 4 * VEC_THREADS * VEC_MAX || !dp_aligned (x->data, 16) || !dp_aligned (y->data, 16))
     return false;
@@ -146,13 +155,13 @@ norm_vec (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *w, 
       return false;
   const bool xf = x->dtype == DP_F32, xb = x->dtype == DP_BF16, yf = y->dtype == DP_F32, yb = y->dtype == DP_BF16;
   if (xf && yb)
-    launch_vec<MODE, float, __nv_bfloat16> (be, y->data, x->data, w, b, D, rows, rows_per_batch, eps);
+    launch_vec<MODE, float, __nv_bfloat16> (be, y->data, x->data, w, b, D, rows, rows_per_batch, eps, ra);
   else if (xb && yb)
-    launch_vec<MODE, __nv_bfloat16, __nv_bfloat16> (be, y->data, x->data, w, b, D, rows, rows_per_batch, eps);
+    launch_vec<MODE, __nv_bfloat16, __nv_bfloat16> (be, y->data, x->data, w, b, D, rows, rows_per_batch, eps, ra);
   else if (xf && yf)
-    launch_vec<MODE, float, float> (be, y->data, x->data, w, b, D, rows, rows_per_batch, eps);
+    launch_vec<MODE, float, float> (be, y->data, x->data, w, b, D, rows, rows_per_batch, eps, ra);
   else if (xb && yf)
-    launch_vec<MODE, __nv_bfloat16, float> (be, y->data, x->data, w, b, D, rows, rows_per_batch, eps);
+    launch_vec<MODE, __nv_bfloat16, float> (be, y->data, x->data, w, b, D, rows, rows_per_batch, eps, ra);
   else
     return false;
   return true;
@@ -310,4 +319,32 @@ dp_cuda_channel_rms_norm (dp_backend *be, dp_tensor *y, const dp_tensor *x, cons
     y->data, y->dtype, x->data, x->dtype, gamma ? gamma->data : NULL, gamma ? gamma->dtype : DP_F32, C, L, eps,
     sqrtf ((float) C), (int) act);
   dp_cuda_launched (be, op);
+}
+
+/* RMSNorm over each token's H * d values (Wan's q / k norm spans the heads),
+ * then the 3D RoPE, in one pass: the row is rotated while it sits in
+ * registers.  Tensors the vector kernel cannot take run the two ops. */
+extern "C" void
+dp_cuda_rms_norm_rope_3d (dp_backend *be, dp_tensor *x, const dp_tensor *w, float eps, const dp_rope_grid *grid)
+{
+  const char *op = "rms_norm_rope_3d";
+  dp_cuda_rope_args ra;
+  if (!dp_cuda_check (be, op, x, "x") || !dp_cuda_rope_prepare (be, op, x, grid, &ra))
+    return;
+  const int64_t D = x->shape[2] * x->shape[3], rows = x->shape[0] * x->shape[1];
+  if (!vector_ok (be, op, w, "w", D) || rows == 0 || D == 0)
+    return;
+  if (rows > G_MAXINT32) {
+    dp_backend_fail (be, DP_ERROR_UNSUPPORTED, "%s: more than 2^31 rows", op);
+    return;
+  }
+  if (ra.half_d % 2 == 0 && (x->dtype == DP_BF16 || x->dtype == DP_F32)
+      && norm_vec<MODE_RMS_ROPE> (be, x, x, w, NULL, D, rows, 1, eps, ra)) {
+    dp_cuda_launched (be, op);
+    return;
+  }
+  const int64_t shape2[2] = { rows, D };
+  dp_tensor x2 = dp_tensor_view (x->data, x->dtype, 2, shape2);
+  dp_cuda_rms_norm (be, &x2, &x2, w, eps);
+  dp_cuda_rope_3d (be, x, grid);
 }

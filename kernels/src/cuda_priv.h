@@ -30,6 +30,16 @@ typedef struct {
 
 #define DP_CUDA_ROPE_CACHE 4
 
+/* What a kernel needs to rotate the rows of x [B, L, heads, 2 half_d] for
+ * one grid: the angle table (device, from the cache above) and the grid's
+ * sizes; pairs [0, t_pairs) of a head turn with the frame position, the
+ * next h_pairs with the row, the rest with the column. */
+typedef struct {
+  const float2 *table;
+  int L, heads, half_d, t_pairs, h_pairs;
+  int frames, height, width;
+} dp_cuda_rope_args;
+
 typedef struct {
   int device;
   char name[32];
@@ -97,6 +107,9 @@ void dp_cuda_fill_raw (dp_backend *be, void *dst, dp_dtype dt, float value, int6
 /* y[r, c] += bias[r] for y [rows, cols] (conv3d bias per output channel). */
 void dp_cuda_add_row_bias (dp_backend *be, void *y, dp_dtype ydt, const void *bias,
                            dp_dtype bdt, int64_t rows, int64_t cols);
+void dp_cuda_gate_weights_raw (dp_backend *be, void *w_out, float *bias_out, const void *w,
+                               const void *bias, dp_dtype bias_dtype, const float *gate, int64_t N,
+                               int64_t K);
 void dp_cuda_silu_raw (dp_backend *be, void *y, dp_dtype ydt, const void *x, dp_dtype xdt,
                        int64_t n);
 
@@ -125,10 +138,12 @@ void dp_cuda_transpose (dp_backend *be, dp_tensor *y, const dp_tensor *x);
 gboolean dp_cuda_gemm (dp_backend *be, gboolean trans_a, gboolean trans_b, int64_t m, int64_t n,
                        int64_t k, const void *a, int64_t lda, const void *b, int64_t ldb,
                        dp_dtype ab_dtype, void *d, int64_t ldd, dp_dtype d_dtype,
-                       const void *bias, gboolean gelu);
+                       const void *bias, gboolean gelu, gboolean accumulate);
 void dp_cuda_gemm_plans_free (dp_backend *be);
 void dp_cuda_linear (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *w,
                      const dp_tensor *bias, dp_act act);
+void dp_cuda_linear_gated_add (dp_backend *be, dp_tensor *x, const dp_tensor *a, const dp_tensor *w,
+                               const dp_tensor *bias, const dp_tensor *gate);
 
 /* ---- cuda_norm.cu ------------------------------------------------------- */
 void dp_cuda_layer_norm (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *w,
@@ -142,6 +157,12 @@ void dp_cuda_channel_rms_norm (dp_backend *be, dp_tensor *y, const dp_tensor *x,
 
 /* ---- cuda_rope.cu ------------------------------------------------------- */
 void dp_cuda_rope_3d (dp_backend *be, dp_tensor *x, const dp_rope_grid *grid);
+/* Checks x [B, L, H, d] against the grid and fills ra (uploading the angle
+ * table on a cache miss); FALSE with the backend error set on failure. */
+gboolean dp_cuda_rope_prepare (dp_backend *be, const char *op, const dp_tensor *x, const dp_rope_grid *grid,
+                               dp_cuda_rope_args *ra);
+void dp_cuda_rms_norm_rope_3d (dp_backend *be, dp_tensor *x, const dp_tensor *w, float eps,
+                               const dp_rope_grid *grid);
 void dp_cuda_rope_cache_free (dp_backend *be);
 
 /* ---- cuda_attention.cu -------------------------------------------------- */

@@ -13,25 +13,14 @@
 
 /* One thread per rotated pair. */
 __global__ void
-rope_kernel (void *x, int xdt, const float2 *table, int64_t n_pairs, int L, int H, int half_d, int Hh, int W,
-             int t_pairs, int h_pairs, int frames, int height)
+rope_kernel (void *x, int xdt, dp_cuda_rope_args ra, int64_t n_pairs)
 {
   DP_GRID_STRIDE (i, n_pairs) {
-    int p = (int) (i % half_d);
-    int64_t vec = i / half_d;
-    int l = (int) ((vec / H) % L);
-    int w = l % W, h = (l / W) % Hh, f = l / (W * Hh);
-    float2 cs;
-    if (p < t_pairs)
-      cs = table[f * t_pairs + p];
-    else if (p < t_pairs + h_pairs)
-      cs = table[frames * t_pairs + h * h_pairs + (p - t_pairs)];
-    else {
-      int w_pairs = half_d - t_pairs - h_pairs;
-      cs = table[frames * t_pairs + height * h_pairs + w * w_pairs + (p - t_pairs - h_pairs)];
-    }
-    int64_t e = vec * 2 * half_d + 2 * p;
-    float a = dp_ld (x, xdt, e), b = dp_ld (x, xdt, e + 1);
+    const int p = (int) (i % ra.half_d);
+    const int64_t vec = i / ra.half_d;
+    const float2 cs = dp_rope_angle (ra, (int) ((vec / ra.heads) % ra.L), p);
+    const int64_t e = vec * 2 * ra.half_d + 2 * p;
+    const float a = dp_ld (x, xdt, e), b = dp_ld (x, xdt, e + 1);
     dp_st (x, xdt, e, a * cs.x - b * cs.y);
     dp_st (x, xdt, e + 1, a * cs.y + b * cs.x);
   }
@@ -43,33 +32,20 @@ rope_kernel (void *x, int xdt, const float2 *table, int64_t n_pairs, int L, int 
  * on an H200).  half_d % 4 == 0 and x aligned to 8 elements. */
 template <typename T>
 __global__ void
-rope_vec_kernel (T *x, const float2 *table, int64_t n_groups, int L, int H, int half_d, int Hh, int W, int t_pairs,
-                 int h_pairs, int frames, int height)
+rope_vec_kernel (T *x, dp_cuda_rope_args ra, int64_t n_groups)
 {
-  const int groups_per_vec = half_d / 4;
+  const int groups_per_vec = ra.half_d / 4;
   DP_GRID_STRIDE (g, n_groups) {
     const int p0 = (int) (g % groups_per_vec) * 4;
     const int64_t vec = g / groups_per_vec;
-    const int l = (int) ((vec / H) % L);
-    const int w = l % W, h = (l / W) % Hh, f = l / (W * Hh);
-    T *e = x + vec * 2 * half_d + 2 * p0;
+    const int l = (int) ((vec / ra.heads) % ra.L);
+    T *e = x + vec * 2 * ra.half_d + 2 * p0;
     float v[8];
     dp_ld4 (e, v);
     dp_ld4 (e + 4, v + 4);
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
-      const int p = p0 + j;
-      float2 cs;
-      if (p < t_pairs)
-        cs = table[f * t_pairs + p];
-      else if (p < t_pairs + h_pairs)
-        cs = table[frames * t_pairs + h * h_pairs + (p - t_pairs)];
-      else
-        cs = table[frames * t_pairs + height * h_pairs + w * (half_d - t_pairs - h_pairs) + (p - t_pairs - h_pairs)];
-      const float a = v[2 * j], b = v[2 * j + 1];
-      v[2 * j] = a * cs.x - b * cs.y;
-      v[2 * j + 1] = a * cs.y + b * cs.x;
-    }
+    for (int j = 0; j < 4; j++)
+      dp_rope_rotate (dp_rope_angle (ra, l, p0 + j), v + 2 * j);
     dp_st4 (e, v);
     dp_st4 (e + 4, v + 4);
   }
@@ -168,26 +144,21 @@ table_for (dp_backend *be, const dp_rope_grid *g, const int *pos, int d)
   return t->table;
 }
 
-extern "C" void
-dp_cuda_rope_3d (dp_backend *be, dp_tensor *x, const dp_rope_grid *grid)
+extern "C" gboolean
+dp_cuda_rope_prepare (dp_backend *be, const char *op, const dp_tensor *x, const dp_rope_grid *grid,
+                      dp_cuda_rope_args *ra)
 {
-  const char *op = "rope_3d";
-  if (!dp_cuda_check (be, op, x, "x"))
-    return;
   if (!grid || grid->frames < 0 || grid->height < 0 || grid->width < 0 || !(grid->theta > 0.0f)) {
     dp_backend_fail (be, DP_ERROR_INVALID, "%s: bad grid", op);
-    return;
+    return FALSE;
   }
   int64_t L = (int64_t) grid->frames * grid->height * grid->width;
   if (x->ndim != 4 || x->shape[1] != L || x->shape[3] % 2 != 0) {
     char sx[64];
     dp_backend_fail (be, DP_ERROR_SHAPE, "%s: x %s is not [B, %d*%d*%d, H, d] with an even d", op,
                      dp_shape_str (x, sx, sizeof sx), grid->frames, grid->height, grid->width);
-    return;
+    return FALSE;
   }
-  int64_t n_pairs = dp_tensor_nelem (x) / 2;
-  if (n_pairs == 0)
-    return;
   int d = (int) x->shape[3];
   int *seq = NULL;
   const int *pos = grid->frame_pos;
@@ -197,29 +168,39 @@ dp_cuda_rope_3d (dp_backend *be, dp_tensor *x, const dp_rope_grid *grid)
       seq[f] = f;
     pos = seq;
   }
-  const float2 *table = table_for (be, grid, pos, d);
+  ra->table = dp_tensor_nelem (x) > 0 ? table_for (be, grid, pos, d) : NULL;
   g_free (seq);
-  if (!table)
+  int wp;
+  parts (d, &ra->t_pairs, &ra->h_pairs, &wp);
+  ra->L = (int) L;
+  ra->heads = (int) x->shape[2];
+  ra->half_d = d / 2;
+  ra->frames = grid->frames;
+  ra->height = grid->height;
+  ra->width = grid->width;
+  return ra->table != NULL || dp_tensor_nelem (x) == 0;
+}
+
+extern "C" void
+dp_cuda_rope_3d (dp_backend *be, dp_tensor *x, const dp_rope_grid *grid)
+{
+  const char *op = "rope_3d";
+  dp_cuda_rope_args ra;
+  if (!dp_cuda_check (be, op, x, "x") || !dp_cuda_rope_prepare (be, op, x, grid, &ra))
     return;
-  int tp, hp, wp;
-  parts (d, &tp, &hp, &wp);
-  const int half_d = d / 2;
-  if (half_d % 4 == 0 && (x->dtype == DP_BF16 || x->dtype == DP_F32)
+  int64_t n_pairs = dp_tensor_nelem (x) / 2;
+  if (n_pairs == 0)
+    return;
+  cudaStream_t s = dp_cuda_of (be)->stream;
+  if (ra.half_d % 4 == 0 && (x->dtype == DP_BF16 || x->dtype == DP_F32)
       && dp_aligned (x->data, 8 * dp_dtype_size (x->dtype))) {
     const int64_t n_groups = n_pairs / 4;
     if (x->dtype == DP_BF16)
-      rope_vec_kernel<<<dp_cuda_grid (be, n_groups, 256), 256, 0, dp_cuda_of (be)->stream>>> (
-        (__nv_bfloat16 *) x->data, table, n_groups, (int) L, (int) x->shape[2], half_d, grid->height, grid->width, tp,
-        hp, grid->frames, grid->height);
+      rope_vec_kernel<<<dp_cuda_grid (be, n_groups, 256), 256, 0, s>>> ((__nv_bfloat16 *) x->data, ra, n_groups);
     else
-      rope_vec_kernel<<<dp_cuda_grid (be, n_groups, 256), 256, 0, dp_cuda_of (be)->stream>>> (
-        (float *) x->data, table, n_groups, (int) L, (int) x->shape[2], half_d, grid->height, grid->width, tp, hp,
-        grid->frames, grid->height);
-    dp_cuda_launched (be, op);
-    return;
+      rope_vec_kernel<<<dp_cuda_grid (be, n_groups, 256), 256, 0, s>>> ((float *) x->data, ra, n_groups);
+  } else {
+    rope_kernel<<<dp_cuda_grid (be, n_pairs, 256), 256, 0, s>>> (x->data, x->dtype, ra, n_pairs);
   }
-  rope_kernel<<<dp_cuda_grid (be, n_pairs, 256), 256, 0, dp_cuda_of (be)->stream>>> (
-    x->data, x->dtype, table, n_pairs, (int) L, (int) x->shape[2], d / 2, grid->height, grid->width, tp, hp,
-    grid->frames, grid->height);
   dp_cuda_launched (be, op);
 }

@@ -117,6 +117,12 @@ typedef struct {
                     float eps);
   /* In place on x [B, L, H, d] with L = frames * height * width. */
   void (*rope_3d) (dp_backend *be, dp_tensor *x, const dp_rope_grid *grid);
+  /* Optional (NULL: callers run rms_norm, then rope_3d): Wan's q / k norm
+   * and RoPE in one pass, in place on x [B, L, H, d]: each token's H * d
+   * values are RMS-normalised together (times w [H * d] F32, or NULL), then
+   * rotated as rope_3d does. */
+  void (*rms_norm_rope_3d) (dp_backend *be, dp_tensor *x, const dp_tensor *w, float eps,
+                            const dp_rope_grid *grid);
   /* Element-wise activations; y may alias x. */
   void (*gelu_tanh) (dp_backend *be, dp_tensor *y, const dp_tensor *x);
   void (*silu) (dp_backend *be, dp_tensor *y, const dp_tensor *x);
@@ -134,6 +140,13 @@ typedef struct {
                  const dp_tensor *b);
   /* x += gate * y: x and y [B, L, D], gate F32 [B, D] or NULL (plain residual add). */
   void (*gated_add) (dp_backend *be, dp_tensor *x, const dp_tensor *y, const dp_tensor *gate);
+  /* Optional (NULL: callers run linear, then gated_add): the projection
+   * that ends a residual branch, in one pass over x,
+   *   x += gate * (a w^T + bias):
+   * x F32 [M, N] (rows), a [M, K], w [N, K], bias [N] or NULL, gate F32
+   * [N] (one gate for every row) or NULL (plain residual add). */
+  void (*linear_gated_add) (dp_backend *be, dp_tensor *x, const dp_tensor *a, const dp_tensor *w,
+                            const dp_tensor *bias, const dp_tensor *gate);
   /* Patch rearrangement of a latent video for the DiT:
    * x [C, F, H, W] -> tokens [(F/pt)(H/ph)(W/pw), C*pt*ph*pw], token order
    * (f, h, w) row-major, column (c, kt, kh, kw) row-major (= Conv3d weight

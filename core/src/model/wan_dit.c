@@ -208,6 +208,42 @@ copy_cache_rows (wan_run *r, dp_tensor *kv, int64_t row0, const dp_tensor *cache
   }
 }
 
+/* x = RoPE (RMSNorm (x) * w) in place, x [B, L, D] with L the grid's
+ * tokens: one pass where the backend fuses the two. */
+static void
+norm_rope (wan_run *r, dp_tensor *x, const dp_tensor *w, const dp_rope_grid *grid)
+{
+  const dp_wan_config *c = &r->dit->cfg;
+  dp_tensor x4 = heads_view (x, c->num_heads);
+  if (r->be->ops->rms_norm_rope_3d) {
+    OP (r, rms_norm_rope_3d, &x4, w, c->eps, grid);
+    return;
+  }
+  OP (r, rms_norm, x, x, w, c->eps);
+  OP (r, rope_3d, &x4, grid);
+}
+
+/* h += gate * (x w^T + bias), the projection that closes a residual
+ * branch: h F32 [B, L, D], x [B, L, K], gate F32 [B, D] or NULL.  Backends
+ * with linear_gated_add do it in one pass per batch entry (each has its own
+ * gate); the others go through y [B, L, D], a buffer of the caller's. */
+static void
+project_residual (wan_run *r, dp_tensor *h, const dp_tensor *x, const dp_tensor *w, const dp_tensor *bias,
+                  const dp_tensor *gate, dp_tensor *y)
+{
+  if (!r->be->ops->linear_gated_add) {
+    OP (r, linear, y, x, w, bias, DP_ACT_NONE);
+    OP (r, gated_add, h, y, gate);
+    return;
+  }
+  const int64_t B = gate ? h->shape[0] : 1, L = gate ? h->shape[1] : dp_tensor_rows (h);
+  for (int64_t b = 0; b < B; b++) {
+    dp_tensor hb = rows_view (h, b * L, L, TRUE), xb = rows_view (x, b * L, L, TRUE);
+    dp_tensor gb = gate ? rows_view (gate, b, 1, TRUE) : (dp_tensor){ 0 };
+    OP (r, linear_gated_add, &hb, &xb, w, bias, gate ? &gb : NULL);
+  }
+}
+
 static void
 self_attention (wan_run *r, const wan_layer *ly, int li, const span_geom *g, const dp_tensor *mod,
                 dp_tensor *h)
@@ -225,7 +261,6 @@ self_attention (wan_run *r, const wan_layer *ly, int li, const span_geom *g, con
 
   dp_tensor q = ALLOC (r, act, B, L, D);
   OP (r, linear, &q, &xn, &ly->q_w, &ly->q_b, DP_ACT_NONE);
-  OP (r, rms_norm, &q, &q, &ly->norm_q, c->eps);
 
   /* Keys and values: [own L | extra Le] per batch entry. */
   dp_tensor k = ALLOC (r, act, B, Lk, D);
@@ -251,29 +286,25 @@ self_attention (wan_run *r, const wan_layer *ly, int li, const span_geom *g, con
     copy_cache_rows (r, &k, g->x0, s->export_k, li, 0, g->Lx, FALSE);
     copy_cache_rows (r, &v, g->x0, s->export_v, li, 0, g->Lx, FALSE);
   }
-  OP (r, rms_norm, &k, &k, &ly->norm_k, c->eps);
-
-  dp_tensor q4 = heads_view (&q, c->num_heads);
-  OP (r, rope_3d, &q4, &g->own);
+  /* norm_k spans own and extra keys alike; RoPE turns each with its grid. */
+  norm_rope (r, &q, &ly->norm_q, &g->own);
   if (Le == 0) {
-    dp_tensor k4 = heads_view (&k, c->num_heads);
-    OP (r, rope_3d, &k4, &g->own);
+    norm_rope (r, &k, &ly->norm_k, &g->own);
   } else {
     for (int64_t b = 0; b < B; b++) {
       dp_tensor ko = batch_rows (&k, b, 0, L, FALSE), kx = batch_rows (&k, b, L, Le, FALSE);
-      dp_tensor ko4 = heads_view (&ko, c->num_heads), kx4 = heads_view (&kx, c->num_heads);
-      OP (r, rope_3d, &ko4, &g->own);
-      OP (r, rope_3d, &kx4, &g->extra);
+      norm_rope (r, &ko, &ly->norm_k, &g->own);
+      norm_rope (r, &kx, &ly->norm_k, &g->extra);
     }
   }
 
   dp_tensor o = ALLOC (r, act, B, L, D);
-  dp_tensor k4 = heads_view (&k, c->num_heads), v4 = heads_view (&v, c->num_heads), o4 = heads_view (&o, c->num_heads);
+  dp_tensor q4 = heads_view (&q, c->num_heads), k4 = heads_view (&k, c->num_heads);
+  dp_tensor v4 = heads_view (&v, c->num_heads), o4 = heads_view (&o, c->num_heads);
   dp_attn_params ap = { .scale = 1.0f / sqrtf ((float) c->head_dim), .key_len = 0, .bias = NULL };
   OP (r, attention, &o4, &q4, &k4, &v4, &ap);
-  /* q is dead: it takes the output projection */
-  OP (r, linear, &q, &o, &ly->o_w, &ly->o_b, DP_ACT_NONE);
-  OP (r, gated_add, h, &q, &gate);
+  /* q is dead: it takes the output projection where the backend needs a buffer */
+  project_residual (r, h, &o, &ly->o_w, &ly->o_b, &gate, &q);
   dp_arena_reset (r->a, mark);
 }
 
@@ -299,8 +330,7 @@ cross_attention (wan_run *r, const wan_layer *ly, int li, const span_geom *g, dp
   dp_tensor k4 = heads_view (&dit->cross_k[li], c->num_heads), v4 = heads_view (&dit->cross_v[li], c->num_heads);
   dp_attn_params ap = { .scale = 1.0f / sqrtf ((float) c->head_dim), .key_len = 0, .bias = NULL };
   OP (r, attention, &o4, &q4, &k4, &v4, &ap);
-  OP (r, linear, &xn, &o, &ly->co_w, &ly->co_b, DP_ACT_NONE);
-  OP (r, gated_add, h, &xn, NULL);
+  project_residual (r, h, &o, &ly->co_w, &ly->co_b, NULL, &xn);
   dp_arena_reset (r->a, mark);
 }
 
@@ -316,17 +346,21 @@ feed_forward (wan_run *r, const wan_layer *ly, const span_geom *g, const dp_tens
   dp_tensor shift = mod_chunk (mod, 3), scale = mod_chunk (mod, 4), gate = mod_chunk (mod, 5);
   dp_tensor xn = ALLOC (r, act, B, L, D);
   OP (r, layer_norm_modulate, &xn, h, &shift, &scale, c->eps);
-  /* GEMMs over all B * L rows, chunked; the gate per batch entry after */
-  const int64_t rows = B * L, chunk = MIN (rows, dit->ffn_chunk_rows);
+  /* The GEMM pair chunked over each batch entry's rows (the hidden
+   * activations of all rows at once would be large); the gate per entry. */
+  const int64_t chunk = MIN (L, dit->ffn_chunk_rows);
   dp_tensor f = ALLOC (r, act, chunk, c->ffn_dim);
-  dp_tensor y = ALLOC (r, act, B, L, D);
-  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-    int64_t n = MIN (chunk, rows - r0);
-    dp_tensor xr = rows_view (&xn, r0, n, TRUE), yr = rows_view (&y, r0, n, TRUE), fr = rows_view (&f, 0, n, TRUE);
-    OP (r, linear, &fr, &xr, &ly->ff1_w, &ly->ff1_b, DP_ACT_GELU_TANH);
-    OP (r, linear, &yr, &fr, &ly->ff2_w, &ly->ff2_b, DP_ACT_NONE);
+  dp_tensor y = r->be->ops->linear_gated_add ? (dp_tensor){ 0 } : ALLOC (r, act, 1, chunk, D);
+  for (int64_t b = 0; b < B; b++) {
+    dp_tensor gb = rows_view (&gate, b, 1, TRUE);
+    for (int64_t r0 = 0; r0 < L; r0 += chunk) {
+      int64_t n = MIN (chunk, L - r0);
+      dp_tensor xr = batch_rows (&xn, b, r0, n, TRUE), fr = rows_view (&f, 0, n, TRUE);
+      dp_tensor hr = batch_rows (h, b, r0, n, FALSE), yr = y.ndim ? rows_view (&y, 0, n, FALSE) : y;
+      OP (r, linear, &fr, &xr, &ly->ff1_w, &ly->ff1_b, DP_ACT_GELU_TANH);
+      project_residual (r, &hr, &fr, &ly->ff2_w, &ly->ff2_b, &gb, &yr);
+    }
   }
-  OP (r, gated_add, h, &y, &gate);
   dp_arena_reset (r->a, mark);
 }
 
