@@ -3,13 +3,14 @@
  * For q, k, v, o BF16 with head dim 128, no bias, scale > 0, on compute
  * capability 9.0; dp_cuda_attention() (cuda_attention.cu) picks it when the
  * attention variant is DP_CUDA_ATTN_WGMMA and falls back to the portable
- * mma.sync kernels otherwise.  Not yet the default (cuda_backend.c,
- * DP_CUDA_WGMMA_BY_DEFAULT): no device run has checked it so far.
+ * mma.sync kernels otherwise.  The default on compute capability 9.0
+ * (measured on an H200: 619-688 TFLOP/s at Wan2.1-1.3B shapes, see
+ * docs/performance.md).
  *
- * Status: compiled for sm_90a with no spills and 32 HGMMA instructions in
- * the SASS (nvcc 13.0, ptxas -v: 168 registers at entry, consumers grow to
- * 232 with setmaxnreg, producer 40); tests/test_gpu_ops.c
- * /gpu/attention_wgmma compares it with the CPU and the mma.sync kernel.
+ * Compiled for sm_90a with no spills and 32 HGMMA instructions in the SASS
+ * (nvcc 13.0, ptxas -v: 168 registers at entry, consumers grow to 232 with
+ * setmaxnreg, producer 40); tests/test_gpu_ops.c /gpu/attention_wgmma
+ * compares it with the CPU and the mma.sync kernel.
  *
  * Design (FlashAttention-3's structure, simplified):
  * - CTA = 3 warpgroups, 128 query rows of one (batch, head).  Warpgroup 0 is

@@ -123,18 +123,31 @@ dp_block_sum (float v, float *shm)
   return v;
 }
 
-/* cos / sin of pair p (of a head) of token l in the grid of ra. */
-__device__ __forceinline__ float2
-dp_rope_angle (const dp_cuda_rope_args &ra, int l, int p)
+/* Where token l's angles start in the table, for each of the three parts
+ * of a head's pairs (offsets already less the part's first pair index, so
+ * pair p reads table[offset + p]): found once per token, not per pair. */
+struct dp_rope_token {
+  int t_off, h_off, w_off;
+};
+
+__device__ __forceinline__ dp_rope_token
+dp_rope_token_of (const dp_cuda_rope_args &ra, int l)
 {
   const int w = l % ra.width, h = (l / ra.width) % ra.height, f = l / (ra.width * ra.height);
-  if (p < ra.t_pairs)
-    return ra.table[f * ra.t_pairs + p];
-  const int base = ra.frames * ra.t_pairs;
-  if (p < ra.t_pairs + ra.h_pairs)
-    return ra.table[base + h * ra.h_pairs + (p - ra.t_pairs)];
-  const int w_pairs = ra.half_d - ra.t_pairs - ra.h_pairs;
-  return ra.table[base + ra.height * ra.h_pairs + w * w_pairs + (p - ra.t_pairs - ra.h_pairs)];
+  const int w_pairs = ra.half_d - ra.t_pairs - ra.h_pairs, base_h = ra.frames * ra.t_pairs;
+  dp_rope_token t;
+  t.t_off = f * ra.t_pairs;
+  t.h_off = base_h + h * ra.h_pairs - ra.t_pairs;
+  t.w_off = base_h + ra.height * ra.h_pairs + w * w_pairs - ra.t_pairs - ra.h_pairs;
+  return t;
+}
+
+/* cos / sin of pair p (of a head) of the token. */
+__device__ __forceinline__ float2
+dp_rope_angle (const dp_cuda_rope_args &ra, const dp_rope_token &t, int p)
+{
+  const int off = p < ra.t_pairs ? t.t_off : p < ra.t_pairs + ra.h_pairs ? t.h_off : t.w_off;
+  return ra.table[off + p];
 }
 
 /* Rotates the pair v[0], v[1] by the angle whose cos / sin is cs. */

@@ -18,7 +18,7 @@ rope_kernel (void *x, int xdt, dp_cuda_rope_args ra, int64_t n_pairs)
   DP_GRID_STRIDE (i, n_pairs) {
     const int p = (int) (i % ra.half_d);
     const int64_t vec = i / ra.half_d;
-    const float2 cs = dp_rope_angle (ra, (int) ((vec / ra.heads) % ra.L), p);
+    const float2 cs = dp_rope_angle (ra, dp_rope_token_of (ra, (int) ((vec / ra.heads) % ra.L)), p);
     const int64_t e = vec * 2 * ra.half_d + 2 * p;
     const float a = dp_ld (x, xdt, e), b = dp_ld (x, xdt, e + 1);
     dp_st (x, xdt, e, a * cs.x - b * cs.y);
@@ -38,14 +38,14 @@ rope_vec_kernel (T *x, dp_cuda_rope_args ra, int64_t n_groups)
   DP_GRID_STRIDE (g, n_groups) {
     const int p0 = (int) (g % groups_per_vec) * 4;
     const int64_t vec = g / groups_per_vec;
-    const int l = (int) ((vec / ra.heads) % ra.L);
+    const dp_rope_token tok = dp_rope_token_of (ra, (int) ((vec / ra.heads) % ra.L));
     T *e = x + vec * 2 * ra.half_d + 2 * p0;
     float v[8];
     dp_ld4 (e, v);
     dp_ld4 (e + 4, v + 4);
 #pragma unroll
     for (int j = 0; j < 4; j++)
-      dp_rope_rotate (dp_rope_angle (ra, l, p0 + j), v + 2 * j);
+      dp_rope_rotate (dp_rope_angle (ra, tok, p0 + j), v + 2 * j);
     dp_st4 (e, v);
     dp_st4 (e + 4, v + 4);
   }
