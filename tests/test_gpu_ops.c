@@ -528,6 +528,7 @@ test_rms_rope (void)
   const int pos[3] = { 5, 6, 7 };
   run_rms_rope (&f, DP_BF16, 12, 128, TRUE, pos); /* Wan2.1-1.3B's heads */
   run_rms_rope (&f, DP_BF16, 3, 128, TRUE, NULL);
+  run_rms_rope (&f, DP_BF16, 40, 128, TRUE, pos); /* 14B: rows of 5120 take a block each */
   run_rms_rope (&f, DP_F32, 2, 24, FALSE, pos);
   run_rms_rope (&f, DP_BF16, 4, 20, TRUE, pos);  /* d / 2 even, not a multiple of 4 */
   run_rms_rope (&f, DP_BF16, 3, 18, TRUE, NULL); /* d / 2 odd: rms_norm, then rope_3d */
