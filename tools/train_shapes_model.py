@@ -25,8 +25,10 @@ Stages (one process, seeded; see docs/model-card-shapes-tiny.md):
      normalised latents (z - mean) / std: x_t = (1 - s) x0 + s eps, target
      eps - x0, s drawn uniformly then shifted by --flow-shift (what the
      scheduler uses at inference); in --frame-sigma-share of the batches
-     each latent frame gets its own s (per-token timesteps), which teaches
-     the motion words (see train_dit).  The caption is replaced by the empty prompt
+     each latent frame gets its own s (per-token timesteps), and in
+     --first-clean-share of those latent frame 0 is nearly clean while the
+     others are very noisy: where the object goes is then told by the
+     motion words alone, which is what teaches them (see train_dit).  The caption is replaced by the empty prompt
      10% of the time (classifier-free guidance).  Windows of 5 latent frames are
      cut from 9-latent (33-frame) clips, at the clip start half of the time and
      anywhere otherwise, so the model also knows mid-video windows (what
@@ -512,6 +514,13 @@ def train_dit(dit, te, bank, bank_caps, mean, std, ids, mask, empty_idx, args, d
             # Block-wise DualParal also shows the DiT cached frames of other
             # noise levels.
             u = torch.rand(args.dit_batch, WINDOW_LATENTS, generator=gen)
+            if torch.rand(1, generator=gen).item() < args.first_clean_share:
+                # Latent frame 0 nearly clean, the others very noisy: where
+                # the object goes next is then told by the motion words alone
+                # (with independent sigmas two readable frames show the way,
+                # so the words go unused).
+                u[:, 0] *= 0.15
+                u[:, 1:] = 0.7 + 0.3 * u[:, 1:]
             sig_f = shift_sigma(u, args.flow_shift).to(DEVICE)
             s5 = sig_f.view(args.dit_batch, 1, WINDOW_LATENTS, 1, 1)
             patch = DIT_CONFIG["patch_size"]
@@ -827,7 +836,7 @@ def main():
     ap.add_argument("--out", default="models/shapes-tiny")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--minutes", type=float, default=85.0, help="wall-clock budget, all stages")
-    ap.add_argument("--vae-frac", type=float, default=0.25, help="share of the budget for the VAE")
+    ap.add_argument("--vae-frac", type=float, default=0.15, help="share of the budget for the VAE")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, default=SIZE, help="frame height and width, a multiple of 16")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent")
@@ -861,7 +870,7 @@ def main():
                     help="train only the DiT, on the tokenizer, text encoder and VAE in --out")
     ap.add_argument("--dit-resume", action="store_true",
                     help="with --dit-only: start from the transformer in --out instead of random weights")
-    ap.add_argument("--bank", type=int, default=1600, help="encoded clips kept for the DiT")
+    ap.add_argument("--bank", type=int, default=1000, help="encoded clips kept for the DiT")
     ap.add_argument("--bank-cache", default=None,
                     help="file keeping the encoded bank between --dit-only runs on the same VAE")
     ap.add_argument("--refresh-every", type=int, default=16,
@@ -869,8 +878,10 @@ def main():
     ap.add_argument("--dit-steps", type=int, default=20000)
     ap.add_argument("--dit-batch", type=int, default=32)
     ap.add_argument("--dit-lr", type=float, default=1e-3)
-    ap.add_argument("--frame-sigma-share", type=float, default=0.5,
+    ap.add_argument("--frame-sigma-share", type=float, default=0.6,
                     help="share of DiT batches with one noise level per latent frame")
+    ap.add_argument("--first-clean-share", type=float, default=0.6,
+                    help="share of those batches with latent frame 0 nearly clean, the rest very noisy")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                     help="torch.compile the DiT for training (needs a C compiler)")
     ap.add_argument("--ema", type=float, default=0.999)
