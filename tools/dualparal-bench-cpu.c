@@ -12,7 +12,7 @@
  */
 #include "dualparal/safetensors.h"
 #include "dualparal/wan_dit.h"
-#include "random_wan_dit.h"
+#include "random_wan.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -140,7 +140,7 @@ out:
   dp_backend_free (be);
   g_rand_free (rng);
   if (tmp)
-    random_wan_dit_remove (tmp);
+    random_wan_remove (tmp);
   g_free (tmp);
   g_free (model);
   return rc;

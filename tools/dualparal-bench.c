@@ -14,9 +14,12 @@
  * same formula as ../shared/bench/pytorch_wan_anchor.py so that the TFLOP/s
  * figures compare:  B layers (2 Lq (8 D^2 + 2 D F) + 4 Lq Lk D + 4 Lq 512 D).
  */
+#include "dualparal/engine.h"
+#include "dualparal/sampler.h"
 #include "dualparal/wan_dit.h"
+#include "dualparal/wan_vae.h"
 #include "cuda_backend.h"
-#include "random_wan_dit.h"
+#include "random_wan.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -316,15 +319,18 @@ typedef struct {
 } dit_config;
 
 /* Times each case in each of the n_configs (>= 1) configurations. */
+static const random_wan_dit_size wan_1_3b = { .dim = 1536, .heads = 12, .ffn = 8960, .layers = 30, .text_dim = 4096,
+                                               .freq_dim = 256, .channels = 16 };
+
 static int
-bench_dit (dp_backend *be, int reps, int layers, int height, int width, const dit_config *configs, int n_configs)
+bench_dit (dp_backend *be, const char *dir, int reps, int height, int width, const dit_config *configs,
+           int n_configs)
 {
   const dp_backend_ops *fused_ops = be->ops;
   dp_backend_ops unfused_ops = *be->ops;
   unfused_ops.linear_gated_add = NULL;
   unfused_ops.rms_norm_rope_3d = NULL;
-  const random_wan_dit_size m = { .dim = 1536, .heads = 12, .ffn = 8960, .layers = layers, .text_dim = 4096,
-                         .freq_dim = 256, .channels = 16 };
+  const random_wan_dit_size m = wan_1_3b;
   const int B = 2, text_len = 512, tpf = (height / 2) * (width / 2);
   GError *err = NULL;
   int rc = 1;
@@ -332,17 +338,13 @@ bench_dit (dp_backend *be, int reps, int layers, int height, int width, const di
   dp_tensor context = { 0 };
 
   gint64 t0 = g_get_monotonic_time ();
-  char *dir = g_dir_make_tmp ("dualparal-bench-XXXXXX", &err);
-  if (!dir || !random_wan_dit_write (dir, &m, DP_BF16, 1, &err))
-    goto out;
-  double write_s = (g_get_monotonic_time () - t0) / 1e6;
-  t0 = g_get_monotonic_time ();
-  dit = dp_wan_dit_load (be, dir, 0, m.layers, &err);
+  dit = dp_wan_dit_load (be, dir, 0, -1, &err);
   if (!dit)
     goto out;
+  const int layers = dp_wan_dit_config (dit)->num_layers;
   double load_s = (g_get_monotonic_time () - t0) / 1e6;
-  printf ("# dit: Wan2.1-1.3B shapes, random BF16 weights (%d layers): written in %.1f s, loaded in %.1f s, "
-          "%.2f GiB on the device\n", m.layers, write_s, load_s, dp_wan_dit_memory_bytes (dit) / 1073741824.0);
+  printf ("# dit: Wan2.1-1.3B shapes, random BF16 weights (%d layers): loaded in %.1f s, %.2f GiB on the device\n",
+          layers, load_s, dp_wan_dit_memory_bytes (dit) / 1073741824.0);
   context = random_host (3, (int64_t[]){ B, text_len, m.text_dim }, 1.0f);
   if (!dp_wan_dit_set_context (dit, &context, &err))
     goto out;
@@ -362,7 +364,7 @@ bench_dit (dp_backend *be, int reps, int layers, int height, int width, const di
        * first C frames from the feature cache at C+P.. (keys only) */
       for (int i = 0; i < C; i++)
         extra_pos[i] = C + P + i;
-      const int64_t es[4] = { m.layers, B, (int64_t) C * tpf, m.dim };
+      const int64_t es[4] = { layers, B, (int64_t) C * tpf, m.dim };
       ek = random_device (be, be->act_dtype, 4, es, 2.0f);
       ev = random_device (be, be->act_dtype, 4, es, 2.0f);
       span.extra_frames = C;
@@ -402,11 +404,11 @@ bench_dit (dp_backend *be, int reps, int layers, int height, int width, const di
         qsort (ms, reps, sizeof *ms, cmp_double);
         double med = ms[reps / 2];
         double lq = (double) frames * tpf, lk = lq + (double) C * tpf, D = m.dim;
-        double flop = (double) B * m.layers * (2 * lq * (8 * D * D + 2 * D * m.ffn) + 4 * lq * lk * D + 4 * lq * 512 * D);
+        double flop = (double) B * layers * (2 * lq * (8 * D * D + 2 * D * m.ffn) + 4 * lq * lk * D + 4 * lq * 512 * D);
         printf ("{\"case\": \"%s\", \"attention\": \"%s\", \"fused\": %s, \"q_tokens\": %.0f, "
                 "\"kv_tokens\": %.0f, \"layers\": %d, \"ms\": %.2f, \"tflops\": %.1f, \"peak_gib\": %.2f}\n",
                 cases[ci].name, vname, be->ops == fused_ops && fused_ops->linear_gated_add ? "true" : "false", lq, lk,
-                m.layers, med, flop / med / 1e9,
+                layers, med, flop / med / 1e9,
                 be->host_memory ? 0.0 : dp_cuda_backend_peak_bytes (be) / 1073741824.0);
         fflush (stdout);
       } else {
@@ -432,23 +434,143 @@ out:
   g_clear_error (&err);
   dp_tensor_free (&context);
   dp_wan_dit_free (dit);
+  return rc;
+}
+
+/* ------------------------------------------------------------ VAE */
+
+static double
+now_s (void)
+{
+  return g_get_monotonic_time () / 1e6;
+}
+
+/* Wan2.1's VAE (random weights) decoding 81 frames at height x width (latent
+ * [16, 21, h, w]) in one call, after a 5-frame warm-up. */
+static int
+bench_vae (dp_backend *be, int height, int width)
+{
+  GError *err = NULL;
+  int rc = 1;
+  dp_wan_vae *vae = NULL;
+  uint8_t *rgb = NULL;
+  char *dir = g_dir_make_tmp ("dualparal-vae-XXXXXX", &err);
+  if (!dir || !random_wan_vae_write (dir, 2, &err) || !(vae = dp_wan_vae_load (be, dir, &err)))
+    goto out;
+  const int64_t F = 21, frames = dp_wan_vae_num_frames (vae, F);
+  const int64_t ls[4] = { 16, F, height, width }, warm_s[4] = { 16, 2, height, width };
+  dp_tensor lat = random_device (be, DP_F32, 4, ls, 1.0f), warm = random_device (be, DP_F32, 4, warm_s, 1.0f);
+  rgb = g_malloc ((size_t) frames * height * 8 * width * 8 * 3);
+  gboolean ok = dp_wan_vae_decode (vae, &warm, rgb, NULL, &err);
+  if (ok && !be->host_memory)
+    dp_cuda_backend_reset_peak (be);
+  double t0 = now_s ();
+  ok = ok && dp_wan_vae_decode (vae, &lat, rgb, NULL, &err);
+  double s = now_s () - t0;
+  dp_backend_tensor_free (be, &lat);
+  dp_backend_tensor_free (be, &warm);
+  if (!ok)
+    goto out;
+  printf ("{\"vae_decode\": \"Wan2.1 VAE, random F32 weights\", \"latent\": [16, %" G_GINT64_FORMAT ", %d, %d], "
+          "\"frames\": %" G_GINT64_FORMAT ", \"size\": \"%dx%d\", \"seconds\": %.3f, \"ms_per_frame\": %.2f, "
+          "\"peak_gib\": %.2f}\n", F, height, width, frames, width * 8, height * 8, s, 1000.0 * s / frames,
+          be->host_memory ? 0.0 : dp_cuda_backend_peak_bytes (be) / 1073741824.0);
+  rc = 0;
+out:
+  if (rc)
+    printf ("vae FAILED: %s\n", err ? err->message : "?");
+  g_clear_error (&err);
+  g_free (rgb);
+  dp_wan_vae_free (vae);
   if (dir)
-    random_wan_dit_remove (dir);
+    random_wan_remove (dir);
   g_free (dir);
+  return rc;
+}
+
+/* ------------------------------------------------------------ engine */
+
+static gboolean
+count_frames (const uint8_t *rgb, int n_frames, int64_t first_frame, void *user_data)
+{
+  (void) rgb;
+  (void) first_frame;
+  *(int64_t *) user_data += n_frames;
+  return TRUE;
+}
+
+/* A whole DualParal run on one GPU, one stage: the random 1.3B transformer
+ * in dit_dir, the random VAE decoding each finished block, guidance 5,
+ * 21 latent frames (81 video frames), blocks of P with C context frames. */
+static int
+bench_engine (dp_backend *be, const char *dit_dir, int height, int width, int P, int C, int steps)
+{
+  GError *err = NULL;
+  int rc = 1;
+  dp_engine *e = NULL;
+  dp_wan_vae *vae = NULL;
+  dp_tensor context = { 0 };
+  char *vae_dir = g_dir_make_tmp ("dualparal-vae-XXXXXX", &err);
+  if (!vae_dir || !random_wan_vae_write (vae_dir, 2, &err) || !(vae = dp_wan_vae_load (be, vae_dir, &err)))
+    goto out;
+  dp_sampler_settings ss;
+  dp_sampler_settings_init (&ss, DP_SAMPLER_UNIPC, 3.0);
+  dp_schedule *sched = dp_schedule_new (&ss, steps, &err);
+  if (!sched)
+    goto out;
+  dp_engine_params p = { .block_frames = P, .context_frames = C, .latent_frames = 21, .latent_height = height,
+                         .latent_width = width, .schedule = sched, .guidance = 5.0, .seed = 1,
+                         .noise_stream = DP_ENGINE_NOISE_STREAM };
+  e = dp_engine_new (dit_dir, &be, 1, NULL, &p, &err);
+  dp_schedule_free (sched);
+  if (!e)
+    goto out;
+  context = random_host (3, (int64_t[]){ 2, 512, 4096 }, 1.0f);
+  int64_t frames = 0;
+  dp_engine_output out = { .frames = count_frames, .user_data = &frames };
+  if (!be->host_memory)
+    dp_cuda_backend_reset_peak (be);
+  if (!dp_engine_run (e, &context, vae, &out, &err))
+    goto out;
+  dp_engine_stats st;
+  dp_engine_get_stats (e, &st);
+  printf ("{\"engine\": \"DualParal, 1 stage, random 1.3B DiT + Wan2.1 VAE\", \"P\": %d, \"C\": %d, \"steps\": %d, "
+          "\"frames\": %" G_GINT64_FORMAT ", \"size\": \"%dx%d\", \"passes\": %" G_GINT64_FORMAT ", \"seconds\": %.2f, "
+          "\"first_frames_s\": %.2f, \"frames_per_s\": %.2f, \"busy_s\": %.2f, \"idle_s\": %.2f, "
+          "\"peak_gib\": %.2f}\n", P, C, steps, frames, width * 8, height * 8, st.stage[0].passes, st.run_seconds,
+          st.first_frame_seconds, frames / st.run_seconds, st.stage[0].busy_seconds, st.stage[0].idle_seconds,
+          be->host_memory ? 0.0 : dp_cuda_backend_peak_bytes (be) / 1073741824.0);
+  rc = 0;
+out:
+  if (rc)
+    printf ("engine FAILED: %s\n", err ? err->message : "?");
+  g_clear_error (&err);
+  dp_tensor_free (&context);
+  dp_engine_free (e);
+  dp_wan_vae_free (vae);
+  if (vae_dir)
+    random_wan_remove (vae_dir);
+  g_free (vae_dir);
   return rc;
 }
 
 int
 main (int argc, char **argv)
 {
-  gboolean ops = FALSE, dit = FALSE;
-  int reps = 7, dit_reps = 3, layers = 30, height = 60, width = 104, variant = -1;
+  gboolean ops = FALSE, dit = FALSE, vae = FALSE, engine = FALSE;
+  int reps = 7, dit_reps = 3, layers = 30, height = 60, width = 104, variant = -1, steps = 10, block = 4, ctx = 2;
   gboolean compare_attn = FALSE, compare_fused = FALSE;
   char *device = NULL;
   GOptionEntry entries[] = {
     { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "Backend (default cuda:0)", "cuda:N" },
     { "ops", 0, 0, G_OPTION_ARG_NONE, &ops, "Ceilings, GEMMs, memory-bound ops and attention", NULL },
     { "dit", 0, 0, G_OPTION_ARG_NONE, &dit, "Guided DiT forward at Wan2.1-1.3B shapes", NULL },
+    { "vae", 0, 0, G_OPTION_ARG_NONE, &vae, "Wan2.1 VAE decode of 81 frames (random weights)", NULL },
+    { "engine", 0, 0, G_OPTION_ARG_NONE, &engine,
+      "A whole DualParal run, one stage: 81 frames, the random 1.3B DiT and the VAE", NULL },
+    { "steps", 0, 0, G_OPTION_ARG_INT, &steps, "--engine: sampler steps (default 10)", "N" },
+    { "block-frames", 0, 0, G_OPTION_ARG_INT, &block, "--engine: latent frames per block P (default 4)", "P" },
+    { "context-frames", 0, 0, G_OPTION_ARG_INT, &ctx, "--engine: context frames C (default 2)", "C" },
     { "repeat", 'n', 0, G_OPTION_ARG_INT, &reps, "Timed runs per op (default 7)", "N" },
     { "dit-repeat", 0, 0, G_OPTION_ARG_INT, &dit_reps, "Timed DiT forward passes per case (default 3)", "N" },
     { "layers", 0, 0, G_OPTION_ARG_INT, &layers, "DiT layers (default 30, the 1.3B model)", "N" },
@@ -472,14 +594,16 @@ main (int argc, char **argv)
     return 2;
   }
   g_option_context_free (octx);
-  if (!ops && !dit)
+  if (!ops && !dit && !vae && !engine)
     ops = TRUE;
-  if (reps < 1 || dit_reps < 1 || layers < 1 || height < 2 || width < 2 || height % 2 || width % 2) {
-    g_printerr ("--repeat, --dit-repeat and --layers must be positive, --height and --width even\n");
+  if (reps < 1 || dit_reps < 1 || layers < 1 || steps < 1 || block < 1 || ctx < 0 || height < 2 || width < 2
+      || height % 2 || width % 2) {
+    g_printerr ("--repeat, --dit-repeat, --layers, --steps and --block-frames must be positive, --context-frames "
+                "not negative, --height and --width even\n");
     return 2;
   }
-  if (device && !g_str_has_prefix (device, "cuda") && !(dit && !ops)) {
-    g_printerr ("--ops times the CUDA backend; --device cpu only runs --dit (to check the harness)\n");
+  if (device && !g_str_has_prefix (device, "cuda") && ops) {
+    g_printerr ("--ops times the CUDA backend; --device cpu runs the others (to check the harness)\n");
     return 2;
   }
   dp_backend *be = dp_backend_new (device ? device : "cuda", &err);
@@ -493,6 +617,24 @@ main (int argc, char **argv)
   int failures = 0;
   if (ops)
     failures += bench_ops (be, reps);
+  /* The random transformer, written once for --dit and --engine (2.8 GB in
+   * BF16 at 30 layers: gpu-check.sh points TMPDIR at /dev/shm). */
+  char *dit_dir = NULL;
+  if (dit || engine) {
+    random_wan_dit_size m = wan_1_3b;
+    m.layers = layers;
+    gint64 t0 = g_get_monotonic_time ();
+    dit_dir = g_dir_make_tmp ("dualparal-bench-XXXXXX", &err);
+    if (!dit_dir || !random_wan_dit_write (dit_dir, &m, DP_BF16, 1, &err)) {
+      printf ("writing the random transformer FAILED: %s\n", err ? err->message : "?");
+      g_clear_error (&err);
+      dit = engine = FALSE;
+      failures++;
+    } else {
+      printf ("# random Wan2.1-1.3B-shaped transformer (%d layers) written in %.1f s\n", layers,
+              (g_get_monotonic_time () - t0) / 1e6);
+    }
+  }
   if (dit) {
     dit_config configs[4] = { { variant, FALSE } };
     int n_configs = 1;
@@ -511,8 +653,15 @@ main (int argc, char **argv)
       printf ("# dit: flash-attention variant %d (-1: the backend's default, %d)\n", variant,
               dp_cuda_backend_default_attention_variant (be));
     }
-    failures += bench_dit (be, dit_reps, layers, height, width, configs, n_configs);
+    failures += bench_dit (be, dit_dir, dit_reps, height, width, configs, n_configs);
   }
+  if (vae)
+    failures += bench_vae (be, height, width);
+  if (engine)
+    failures += bench_engine (be, dit_dir, height, width, block, ctx, steps);
+  if (dit_dir)
+    random_wan_remove (dit_dir);
+  g_free (dit_dir);
   dp_backend_free (be);
   g_free (device);
   return failures ? 1 : 0;

@@ -14,9 +14,10 @@
 # .bench/pytorch_wan_anchor.py (a copy of ../shared/bench/) is present.
 # Logs go to $OUT (default ./out/gpu-check).  Skip parts with
 # GPU_CHECK_SKIP="tests ops dit anchor" (any subset); GPU_CHECK_DIT_ARGS adds
-# options to the DiT benchmark (default "--compare-fused": with and without
-# the fused ops, one model load; "--compare-attn" adds the mma.sync attention
-# kernel); GPU_CHECK_SANITIZE=1 also
+# the options of that benchmark call (default "--dit --compare-fused --vae
+# --engine": the DiT with and without the fused ops, one model load, the VAE
+# decode of 81 frames and a whole DualParal run; "--compare-attn" adds the
+# mma.sync attention kernel); GPU_CHECK_SANITIZE=1 also
 # runs part of the tests under compute-sanitizer's memcheck;
 # GPU_CHECK_COMPILE=SECONDS also runs the anchor with --compile at the three
 # shapes under that time limit (torch.compile of 30 blocks takes minutes).
@@ -85,8 +86,8 @@ if ! skip ops; then
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if ! skip dit; then
-  echo "== DiT forward (ours)"
-  timeout 120 "$BUILD/tools/dualparal-bench" --dit ${GPU_CHECK_DIT_ARGS:---compare-fused} 2>&1 | tee "$OUT/bench-dit.log"
+  echo "== DiT forward, VAE decode, a whole engine run (ours)"
+  timeout 240 "$BUILD/tools/dualparal-bench" ${GPU_CHECK_DIT_ARGS:---dit --compare-fused --vae --engine} 2>&1 | tee "$OUT/bench-dit.log"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if ! skip anchor && [ -f .bench/pytorch_wan_anchor.py ]; then

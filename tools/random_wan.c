@@ -1,5 +1,5 @@
-/* Random Wan2.1 transformer checkpoints for the benchmarks (random_wan_dit.h). */
-#include "random_wan_dit.h"
+/* Random Wan2.1 checkpoints for the benchmarks (random_wan.h). */
+#include "random_wan.h"
 
 #include "dualparal/backend.h"
 
@@ -70,10 +70,12 @@ add_linear (writer *w, const char *prefix, int64_t out, int64_t in)
   add_tensor (w, name, 1, (int64_t[]){ out }, 0.1f, 0.0f);
 }
 
-/* Every tensor of WanTransformer3DModel (text-to-video), in one order. */
+/* Every tensor of WanTransformer3DModel (text-to-video), in one order;
+ * model: a random_wan_dit_size. */
 static void
-add_model (writer *w, const random_wan_dit_size *m)
+add_dit (writer *w, const void *model)
 {
+  const random_wan_dit_size *m = model;
   const int64_t D = m->dim;
   char name[160];
   add_tensor (w, "patch_embedding.weight", 5, (int64_t[]){ D, m->channels, 1, 2, 2 },
@@ -110,13 +112,16 @@ add_model (writer *w, const random_wan_dit_size *m)
   add_linear (w, "proj_out", 4 * m->channels, D);
 }
 
-gboolean
-random_wan_dit_write (const char *dir, const random_wan_dit_size *m, dp_dtype dtype, guint32 seed, GError **error)
+typedef void (*add_fn) (writer *w, const void *model);
+
+/* Writes dir/diffusion_pytorch_model.safetensors: add() lists the tensors
+ * twice, once for the header, once streaming their values. */
+static gboolean
+write_safetensors (const char *dir, add_fn add, const void *model, dp_dtype dtype, guint32 seed, GError **error)
 {
-  g_return_val_if_fail (dtype == DP_F32 || dtype == DP_BF16, FALSE);
   writer w = { .header = g_string_new ("{"), .dtype = dtype, .rng = g_rand_new_with_seed (seed), .error = error,
                .ok = TRUE };
-  add_model (&w, m);
+  add (&w, model);
   g_string_append_c (w.header, '}');
   while (w.header->len % 8)
     g_string_append_c (w.header, ' ');
@@ -133,7 +138,7 @@ random_wan_dit_write (const char *dir, const random_wan_dit_size *m, dp_dtype dt
     }
     w.writing = TRUE;
     if (w.ok)
-      add_model (&w, m);
+      add (&w, model);
     if (fclose (w.f) != 0 && w.ok) {
       g_set_error (error, DP_ERROR, DP_ERROR_IO, "cannot write %s", path);
       w.ok = FALSE;
@@ -142,7 +147,14 @@ random_wan_dit_write (const char *dir, const random_wan_dit_size *m, dp_dtype dt
   g_free (path);
   g_string_free (w.header, TRUE);
   g_rand_free (w.rng);
-  if (!w.ok)
+  return w.ok;
+}
+
+gboolean
+random_wan_dit_write (const char *dir, const random_wan_dit_size *m, dp_dtype dtype, guint32 seed, GError **error)
+{
+  g_return_val_if_fail (dtype == DP_F32 || dtype == DP_BF16, FALSE);
+  if (!write_safetensors (dir, add_dit, m, dtype, seed, error))
     return FALSE;
   char *cfg_path = g_build_filename (dir, "config.json", NULL);
   char *cfg = g_strdup_printf (
@@ -157,8 +169,113 @@ random_wan_dit_write (const char *dir, const random_wan_dit_size *m, dp_dtype dt
   return ok;
 }
 
+/* ---- VAE ---------------------------------------------------------------- */
+
+enum { VAE_BASE = 96, VAE_Z = 16, VAE_LEVELS = 4, VAE_RES_BLOCKS = 2 };
+static const int vae_mult[VAE_LEVELS] = { 1, 2, 4, 4 };
+static const gboolean vae_time_up[VAE_LEVELS - 1] = { TRUE, TRUE, FALSE }; /* temperal_downsample reversed */
+
+/* A conv of cout x cin x (kt) x kh x kw (kt 0: a Conv2d weight) and its bias. */
+static void
+add_conv (writer *w, const char *prefix, int cout, int cin, int kt, int kh, int kw)
+{
+  char name[160];
+  const int fan_in = cin * MAX (kt, 1) * kh * kw;
+  g_snprintf (name, sizeof name, "%s.weight", prefix);
+  if (kt)
+    add_tensor (w, name, 5, (int64_t[]){ cout, cin, kt, kh, kw }, sqrtf (3.0f / (float) fan_in), 0.0f);
+  else
+    add_tensor (w, name, 4, (int64_t[]){ cout, cin, kh, kw }, sqrtf (3.0f / (float) fan_in), 0.0f);
+  g_snprintf (name, sizeof name, "%s.bias", prefix);
+  add_tensor (w, name, 1, (int64_t[]){ cout }, 0.05f, 0.0f);
+}
+
+static void
+add_gamma (writer *w, const char *prefix, int c, int ndim)
+{
+  char name[160];
+  g_snprintf (name, sizeof name, "%s.gamma", prefix);
+  add_tensor (w, name, ndim, (int64_t[]){ c, 1, 1, 1 }, 0.2f, 1.0f);
+}
+
+static void
+add_resnet (writer *w, const char *prefix, int cin, int cout)
+{
+  char name[160];
+  g_snprintf (name, sizeof name, "%s.norm1", prefix);
+  add_gamma (w, name, cin, 4);
+  g_snprintf (name, sizeof name, "%s.conv1", prefix);
+  add_conv (w, name, cout, cin, 3, 3, 3);
+  g_snprintf (name, sizeof name, "%s.norm2", prefix);
+  add_gamma (w, name, cout, 4);
+  g_snprintf (name, sizeof name, "%s.conv2", prefix);
+  add_conv (w, name, cout, cout, 3, 3, 3);
+  if (cin != cout) {
+    g_snprintf (name, sizeof name, "%s.conv_shortcut", prefix);
+    add_conv (w, name, cout, cin, 1, 1, 1);
+  }
+}
+
+/* The tensors of AutoencoderKLWan's decoder side, as core/src/model/wan_vae.c loads them. */
+static void
+add_vae (writer *w, const void *model)
+{
+  (void) model;
+  char name[160];
+  int dims[VAE_LEVELS + 1];
+  dims[0] = VAE_BASE * vae_mult[VAE_LEVELS - 1];
+  for (int k = 1; k <= VAE_LEVELS; k++)
+    dims[k] = VAE_BASE * vae_mult[VAE_LEVELS - k];
+  add_conv (w, "post_quant_conv", VAE_Z, VAE_Z, 1, 1, 1);
+  add_conv (w, "decoder.conv_in", dims[0], VAE_Z, 3, 3, 3);
+  add_resnet (w, "decoder.mid_block.resnets.0", dims[0], dims[0]);
+  add_gamma (w, "decoder.mid_block.attentions.0.norm", dims[0], 3);
+  add_conv (w, "decoder.mid_block.attentions.0.to_qkv", 3 * dims[0], dims[0], 0, 1, 1);
+  add_conv (w, "decoder.mid_block.attentions.0.proj", dims[0], dims[0], 0, 1, 1);
+  add_resnet (w, "decoder.mid_block.resnets.1", dims[0], dims[0]);
+  for (int i = 0; i < VAE_LEVELS; i++) {
+    const int in_dim = i == 0 ? dims[0] : dims[i] / 2, out_dim = dims[i + 1];
+    for (int j = 0; j <= VAE_RES_BLOCKS; j++) {
+      g_snprintf (name, sizeof name, "decoder.up_blocks.%d.resnets.%d", i, j);
+      add_resnet (w, name, j == 0 ? in_dim : out_dim, out_dim);
+    }
+    if (i == VAE_LEVELS - 1)
+      continue;
+    g_snprintf (name, sizeof name, "decoder.up_blocks.%d.upsamplers.0.resample.1", i);
+    add_conv (w, name, out_dim / 2, out_dim, 0, 3, 3);
+    if (vae_time_up[i]) {
+      g_snprintf (name, sizeof name, "decoder.up_blocks.%d.upsamplers.0.time_conv", i);
+      add_conv (w, name, 2 * out_dim, out_dim, 3, 1, 1);
+    }
+  }
+  add_gamma (w, "decoder.norm_out", dims[VAE_LEVELS], 4);
+  add_conv (w, "decoder.conv_out", 3, dims[VAE_LEVELS], 3, 3, 3);
+}
+
+gboolean
+random_wan_vae_write (const char *dir, guint32 seed, GError **error)
+{
+  if (!write_safetensors (dir, add_vae, NULL, DP_F32, seed, error))
+    return FALSE;
+  GString *cfg = g_string_new ("{\"_class_name\": \"AutoencoderKLWan\", \"base_dim\": 96, \"z_dim\": 16,"
+                               " \"dim_mult\": [1, 2, 4, 4], \"num_res_blocks\": 2, \"attn_scales\": [],"
+                               " \"temperal_downsample\": [false, true, true], \"dropout\": 0.0,"
+                               " \"latents_mean\": [");
+  for (int i = 0; i < VAE_Z; i++)
+    g_string_append (cfg, i ? ", 0.0" : "0.0");
+  g_string_append (cfg, "], \"latents_std\": [");
+  for (int i = 0; i < VAE_Z; i++)
+    g_string_append (cfg, i ? ", 1.0" : "1.0");
+  g_string_append (cfg, "]}\n");
+  char *path = g_build_filename (dir, "config.json", NULL);
+  gboolean ok = g_file_set_contents (path, cfg->str, -1, error);
+  g_free (path);
+  g_string_free (cfg, TRUE);
+  return ok;
+}
+
 void
-random_wan_dit_remove (const char *dir)
+random_wan_remove (const char *dir)
 {
   const char *files[] = { "diffusion_pytorch_model.safetensors", "config.json" };
   for (guint i = 0; i < G_N_ELEMENTS (files); i++) {
