@@ -104,23 +104,28 @@ dp_aligned (const void *p, unsigned n)
   for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
        i += (int64_t) gridDim.x * blockDim.x)
 
+/* Sum of v over the 32 lanes of a warp; every lane gets the result. */
+__device__ __forceinline__ float
+dp_warp_sum (float v)
+{
+  for (int o = 16; o > 0; o >>= 1)
+    v += __shfl_xor_sync (0xffffffffu, v, o);
+  return v;
+}
+
 /* Block-wide sum of v over blockDim.x threads (a multiple of 32, at most
  * 1024); every thread gets the result.  shm: 32 floats. */
 __device__ __forceinline__ float
 dp_block_sum (float v, float *shm)
 {
-  for (int o = 16; o > 0; o >>= 1)
-    v += __shfl_xor_sync (0xffffffffu, v, o);
+  v = dp_warp_sum (v);
   int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   __syncthreads (); /* shm may still be read by a previous call */
   if (lane == 0)
     shm[warp] = v;
   __syncthreads ();
   int nwarps = blockDim.x >> 5;
-  v = lane < nwarps ? shm[lane] : 0.0f;
-  for (int o = 16; o > 0; o >>= 1)
-    v += __shfl_xor_sync (0xffffffffu, v, o);
-  return v;
+  return dp_warp_sum (lane < nwarps ? shm[lane] : 0.0f);
 }
 
 /* Where token l's angles start in the table, for each of the three parts

@@ -1,14 +1,16 @@
-/* CUDA backend: LayerNorm (affine or not), LayerNorm + modulation, RMSNorm.
+/* CUDA backend: LayerNorm (affine or not), LayerNorm + modulation, RMSNorm,
+ * and RMSNorm + 3D RoPE (Wan's q / k).
  *
- * One block per row, FP32 statistics (two passes: mean, then the variance
- * of x - mean, like the CPU backend, so no cancellation on offset data).
+ * FP32 statistics (two passes: mean, then the variance of x - mean, like the
+ * CPU backend, so no cancellation on offset data).
  *
  * Fast path (the model's case: x and y F32 or BF16, parameters F32, D a
- * multiple of 4 up to 6144, aligned rows): 128 threads per row, each
- * holding its share of the row in registers after one vector read, so x is
- * read from memory once.  Anything else runs the generic kernel, which
- * re-reads the row from L1/L2 for its second and third passes (measured
- * 1.3-1.5 TB/s on an H200 against a 4.2 TB/s copy ceiling). */
+ * multiple of 4 up to 6144, aligned rows): a warp per row up to 1536 values,
+ * a 128-thread block per row beyond, each thread holding its share of the
+ * row in registers after one vector read, so x is read from memory once
+ * (3.7-3.9 TB/s on an H200).  Anything else runs the generic kernel, one
+ * block per row, which re-reads the row from L1/L2 for its second and third
+ * passes (1.3-1.5 TB/s, against a 4.2 TB/s copy ceiling). */
 #include "cuda_common.cuh"
 
 /* MODE_RMS_ROPE: RMSNorm, then the 3D RoPE of the row's token (q / k). */
@@ -63,14 +65,6 @@ norm_kernel (void *y, int ydt, const void *x, int xdt, const void *w, int wdt, c
  * (2.0-2.8 TB/s on an H200 whatever the bytes per element). */
 enum { VEC_THREADS = 128, VEC_MAX = 12 };
 
-__device__ __forceinline__ float
-warp_sum (float v)
-{
-  for (int o = 16; o > 0; o >>= 1)
-    v += __shfl_xor_sync (0xffffffffu, v, o);
-  return v;
-}
-
 /* MODE_LN_MODULATE: w = shift, b = scale, both [B, D] F32.  Otherwise w and
  * b are [D] F32 or NULL.  TPR: threads per row, 32 or VEC_THREADS. */
 template <int MODE, typename TX, typename TY, int TPR>
@@ -100,7 +94,7 @@ norm_vec_kernel (TY *y, const TX *x, const float *w, const float *b, int D, int6
         s += RMS ? v[k][j] * v[k][j] : v[k][j];
     }
   }
-  s = TPR == 32 ? warp_sum (s) : dp_block_sum (s, shm);
+  s = TPR == 32 ? dp_warp_sum (s) : dp_block_sum (s, shm);
   float mean = 0.0f, rstd;
   if (RMS) {
     rstd = rsqrtf (s / (float) D + eps);
@@ -113,7 +107,7 @@ norm_vec_kernel (TY *y, const TX *x, const float *w, const float *b, int D, int6
 #pragma unroll
         for (int j = 0; j < 4; j++)
           q += (v[k][j] - mean) * (v[k][j] - mean);
-    q = TPR == 32 ? warp_sum (q) : dp_block_sum (q, shm);
+    q = TPR == 32 ? dp_warp_sum (q) : dp_block_sum (q, shm);
     rstd = rsqrtf (q / (float) D + eps);
   }
   const int64_t mod_off = MODE == MODE_LN_MODULATE ? (row / rows_per_batch) * D : 0;
