@@ -108,6 +108,24 @@ cmp_double (const void *a, const void *b)
   return x < y ? -1 : x > y;
 }
 
+/* Peak device memory since the last reset, GiB (0 on the CPU). */
+static double
+peak_gib (dp_backend *be)
+{
+  return be->host_memory ? 0.0 : dp_cuda_backend_peak_bytes (be) / 1073741824.0;
+}
+
+/* Wan2.1's VAE with random weights, written to a fresh *dir (the caller
+ * removes it) and loaded on be; NULL with error set on failure. */
+static dp_wan_vae *
+random_vae_load (dp_backend *be, char **dir, GError **error)
+{
+  *dir = g_dir_make_tmp ("dualparal-vae-XXXXXX", error);
+  if (!*dir || !random_wan_vae_write (*dir, 2, error))
+    return NULL;
+  return dp_wan_vae_load (be, *dir, error);
+}
+
 /* ------------------------------------------------------------ op jobs */
 
 typedef enum { JOB_LINEAR, JOB_COPY, JOB_ATTN, JOB_LN_MOD, JOB_RMS, JOB_ROPE, JOB_RMS_ROPE, JOB_GATED_ADD,
@@ -409,7 +427,7 @@ bench_dit (dp_backend *be, const char *dir, int reps, int height, int width, con
                 "\"kv_tokens\": %.0f, \"layers\": %d, \"ms\": %.2f, \"tflops\": %.1f, \"peak_gib\": %.2f}\n",
                 cases[ci].name, vname, be->ops == fused_ops && fused_ops->linear_gated_add ? "true" : "false", lq, lk,
                 layers, med, flop / med / 1e9,
-                be->host_memory ? 0.0 : dp_cuda_backend_peak_bytes (be) / 1073741824.0);
+                peak_gib (be));
         fflush (stdout);
       } else {
         printf ("dit case %s FAILED: %s\n", cases[ci].name, err ? err->message : "?");
@@ -454,8 +472,8 @@ bench_vae (dp_backend *be, int height, int width)
   int rc = 1;
   dp_wan_vae *vae = NULL;
   uint8_t *rgb = NULL;
-  char *dir = g_dir_make_tmp ("dualparal-vae-XXXXXX", &err);
-  if (!dir || !random_wan_vae_write (dir, 2, &err) || !(vae = dp_wan_vae_load (be, dir, &err)))
+  char *dir = NULL;
+  if (!(vae = random_vae_load (be, &dir, &err)))
     goto out;
   const int64_t F = 21, frames = dp_wan_vae_num_frames (vae, F);
   const int64_t ls[4] = { 16, F, height, width }, warm_s[4] = { 16, 2, height, width };
@@ -474,7 +492,7 @@ bench_vae (dp_backend *be, int height, int width)
   printf ("{\"vae_decode\": \"Wan2.1 VAE, random F32 weights\", \"latent\": [16, %" G_GINT64_FORMAT ", %d, %d], "
           "\"frames\": %" G_GINT64_FORMAT ", \"size\": \"%dx%d\", \"seconds\": %.3f, \"ms_per_frame\": %.2f, "
           "\"peak_gib\": %.2f}\n", F, height, width, frames, width * 8, height * 8, s, 1000.0 * s / frames,
-          be->host_memory ? 0.0 : dp_cuda_backend_peak_bytes (be) / 1073741824.0);
+          peak_gib (be));
   rc = 0;
 out:
   if (rc)
@@ -510,8 +528,8 @@ bench_engine (dp_backend *be, const char *dit_dir, int height, int width, int P,
   dp_engine *e = NULL;
   dp_wan_vae *vae = NULL;
   dp_tensor context = { 0 };
-  char *vae_dir = g_dir_make_tmp ("dualparal-vae-XXXXXX", &err);
-  if (!vae_dir || !random_wan_vae_write (vae_dir, 2, &err) || !(vae = dp_wan_vae_load (be, vae_dir, &err)))
+  char *vae_dir = NULL;
+  if (!(vae = random_vae_load (be, &vae_dir, &err)))
     goto out;
   dp_sampler_settings ss;
   dp_sampler_settings_init (&ss, DP_SAMPLER_UNIPC, 3.0);
@@ -539,7 +557,7 @@ bench_engine (dp_backend *be, const char *dit_dir, int height, int width, int P,
           "\"first_frames_s\": %.2f, \"frames_per_s\": %.2f, \"busy_s\": %.2f, \"idle_s\": %.2f, "
           "\"peak_gib\": %.2f}\n", P, C, steps, frames, width * 8, height * 8, st.stage[0].passes, st.run_seconds,
           st.first_frame_seconds, frames / st.run_seconds, st.stage[0].busy_seconds, st.stage[0].idle_seconds,
-          be->host_memory ? 0.0 : dp_cuda_backend_peak_bytes (be) / 1073741824.0);
+          peak_gib (be));
   rc = 0;
 out:
   if (rc)
