@@ -20,9 +20,10 @@ rope_kernel (void *x, int xdt, dp_cuda_rope_args ra, int64_t n_pairs)
     const int64_t vec = i / ra.half_d;
     const float2 cs = dp_rope_angle (ra, dp_rope_token_of (ra, (int) ((vec / ra.heads) % ra.L)), p);
     const int64_t e = vec * 2 * ra.half_d + 2 * p;
-    const float a = dp_ld (x, xdt, e), b = dp_ld (x, xdt, e + 1);
-    dp_st (x, xdt, e, a * cs.x - b * cs.y);
-    dp_st (x, xdt, e + 1, a * cs.y + b * cs.x);
+    float v[2] = { dp_ld (x, xdt, e), dp_ld (x, xdt, e + 1) };
+    dp_rope_rotate (cs, v);
+    dp_st (x, xdt, e, v[0]);
+    dp_st (x, xdt, e + 1, v[1]);
   }
 }
 
