@@ -15,7 +15,8 @@ Stages (one process, seeded; see docs/model-card-shapes-tiny.md):
      convolutions, inflated in time: it starts as a per-frame autoencoder,
      see inflate_time) trained on reconstruction (L1 + L2 on frames, pixels
      off the background colour weighted 5x, tiny KL) of the posterior mean
-     plus a little noise (--vae-latent-noise, see noisy_latent): half of the
+     plus a little noise (--vae-latent-noise, see noisy_latent), and L1 on
+     the frame-to-frame changes (--vae-motion-weight, see frame_change_loss): half of the
      steps on batches of 16 single-frame 32x32 crops, half on 17-frame 32x32
      clips (crops around the shape half of the time), through the same
      causal chunked encode and frame-by-frame decode the pipeline uses;
@@ -28,7 +29,9 @@ Stages (one process, seeded; see docs/model-card-shapes-tiny.md):
      each latent frame gets its own s (per-token timesteps), and in
      --first-clean-share of those latent frame 0 is nearly clean while the
      others are very noisy: where the object goes is then told by the
-     motion words alone, which is what teaches them (see train_dit).  The caption is replaced by the empty prompt
+     motion words alone, which is what teaches them (see train_dit).  Latent
+     positions off the clip's background weigh up to 1 + --dit-object-weight
+     in the loss (see object_weighted_mse).  The caption is replaced by the empty prompt
      10% of the time (classifier-free guidance).  Windows of 5 latent frames are
      cut from 9-latent (33-frame) clips, at the clip start half of the time and
      anywhere otherwise, so the model also knows mid-video windows (what
@@ -330,7 +333,8 @@ def train_vae(vae, args, deadline, rng):
         l1 = (y - x).abs().mean()
         l2 = ((y - x) ** 2).mean()
         kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).mean()
-        loss = weighted_recon_loss(y, x) + args.vae_kl * kl
+        loss = (weighted_recon_loss(y, x) + args.vae_motion_weight * frame_change_loss(y, x)
+                + args.vae_kl * kl)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         # Loose clip: only against the rare spikes (the gradient norm sits
@@ -371,6 +375,20 @@ def weighted_recon_loss(y, x):
     return ((y - x).abs() * w).mean() / w.mean() + (((y - x) ** 2) * w).mean() / w.mean()
 
 
+def frame_change_loss(y, x):
+    """L1 between the frame-to-frame changes of the decoded and the original
+    clip, moving pixels weighted 5x.  Per-frame reconstruction lets the
+    decoder draw all four frames of a latent frame alike and move the object
+    at the latent frame's edge (run 20: change at those edges 3x the mean);
+    this term asks for the motion itself, frame by frame."""
+    if y.shape[2] < 2:
+        return y.new_zeros(())
+    dy, dx = y[:, :, 1:] - y[:, :, :-1], x[:, :, 1:] - x[:, :, :-1]
+    moving = ((dx.abs().sum(1, keepdim=True) > 0.1) | (dy.abs().sum(1, keepdim=True) > 0.1)).float()
+    w = 1.0 + 4.0 * moving
+    return ((dy - dx).abs() * w).mean() / w.mean()
+
+
 def finetune_decoder(vae, args, deadline, rng):
     """Decoder (and post_quant_conv) only, on longer clips, the encoder
     frozen so that the latents, and a DiT trained on them, stay valid.  The
@@ -402,7 +420,7 @@ def finetune_decoder(vae, args, deadline, rng):
             mu, _ = vae_encode_mu_logvar(vae, x)
         y = vae_decode_unclamped(vae, noisy_latent(mu, args.vae_latent_noise), warm)
         x = x[:, :, x.shape[2] - y.shape[2]:]
-        loss = weighted_recon_loss(y, x)
+        loss = weighted_recon_loss(y, x) + args.vae_motion_weight * frame_change_loss(y, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -467,6 +485,21 @@ def encode_clip_latents(vae, rng, n, text_index):
 
 def shift_sigma(s, shift):
     return shift * s / (1 + (shift - 1) * s)
+
+
+def object_weighted_mse(pred, target, x0, weight):
+    """MSE with latent positions that differ from the clip's background
+    weighted up to 1 + weight: the object covers one or two of the 16 tokens
+    of a 64 x 64 latent frame, so with a plain mean the loss is mostly
+    background and where the object is (its motion) is a small share of it.
+    The background is each channel's median over the window; a position's
+    weight grows with its distance from it, relative to the clip's largest."""
+    if weight <= 0:
+        return F.mse_loss(pred, target)
+    bg = x0.flatten(2).median(dim=2).values[:, :, None, None, None]
+    dev = (x0 - bg).abs().mean(dim=1, keepdim=True)
+    w = 1.0 + weight * dev / dev.flatten(1).amax(dim=1).clamp_min(1e-6).view(-1, 1, 1, 1, 1)
+    return (((pred - target) ** 2) * w).mean() / w.mean()
 
 
 def train_dit(dit, te, bank, bank_caps, mean, std, ids, mask, empty_idx, args, deadline,
@@ -534,7 +567,7 @@ def train_dit(dit, te, bank, bank_caps, mean, std, ids, mask, empty_idx, args, d
         # Timesteps as the scheduler passes them: sigma * 1000.
         pred = forward(hidden_states=xt, timestep=timestep, encoder_hidden_states=ctx,
                        return_dict=False)[0]
-        loss = F.mse_loss(pred, eps - x0)
+        loss = object_weighted_mse(pred, eps - x0, x0, args.dit_object_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -855,6 +888,8 @@ def main():
     ap.add_argument("--vae-kl", type=float, default=1e-6)
     ap.add_argument("--vae-latent-noise", type=float, default=0.15,
                     help="noise added to the latent before decoding, x each channel's spread")
+    ap.add_argument("--vae-motion-weight", type=float, default=1.0,
+                    help="weight of the frame-to-frame change loss (VAE and decoder stages)")
     ap.add_argument("--dec-frac", type=float, default=0.08,
                     help="share of the budget for the decoder stage (after the DiT)")
     ap.add_argument("--dec-steps", type=int, default=1500)
@@ -882,6 +917,8 @@ def main():
                     help="share of DiT batches with one noise level per latent frame")
     ap.add_argument("--first-clean-share", type=float, default=0.6,
                     help="share of those batches with latent frame 0 nearly clean, the rest very noisy")
+    ap.add_argument("--dit-object-weight", type=float, default=4.0,
+                    help="extra loss weight on latent positions off the background (0: plain MSE)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                     help="torch.compile the DiT for training (needs a C compiler)")
     ap.add_argument("--ema", type=float, default=0.999)
