@@ -16,8 +16,8 @@
  *   for at least PROMPT_MIN_PASSING of the seeds.
  * /model/long/dualparal: LONG_FRAMES frames made block-wise by the DualParal
  *   engine: the change between frames across block boundaries stays within
- *   a factor of the change inside blocks, and so do the colour centroid's
- *   jumps (the track is continuous).
+ *   a factor of the change across the latent-frame edges inside blocks, and
+ *   so do the colour centroid's jumps (the track is continuous).
  *
  * Every threshold is stated below with the measured value beside it; the
  * same figures come from tools/dualparal-seams (docs/model-card-shapes-tiny.md,
@@ -78,12 +78,19 @@
 #define LONG_SEED 1
 #define LONG_PROMPT "a red ball bouncing"
 /* Mean frame change at block boundaries over the mean change at the latent
- * edges inside blocks (like for like: every boundary is a latent edge). */
-#define LONG_MAX_CHANGE_RATIO 2.0
-/* Same, against every pair inside blocks. */
-#define LONG_MAX_CHANGE_RATIO_ALL 2.0
-/* Mean centroid jump at boundaries over the mean jump inside blocks. */
-#define LONG_MAX_JUMP_RATIO 2.0
+ * edges inside blocks.  Like for like: every boundary is a latent edge, and
+ * the tiny VAE draws the 4 frames of a latent frame nearly alike and moves
+ * the object at the latent edge (on real clips, encoded and decoded with no
+ * DiT and no blocks, the change at latent edges is about 4x that inside
+ * latent frames; docs/model-card-shapes-tiny.md), so a comparison with every
+ * inside pair measures the VAE's rhythm, not seams.  Measured (model card,
+ * "Long-video coherence"): DualParal about 1.0; independent clips joined end
+ * to end 2.3. */
+#define LONG_MAX_CHANGE_RATIO 1.5
+/* Mean centroid jump at boundaries over that at the latent edges inside
+ * blocks: the track goes on across boundaries as it does elsewhere.
+ * Measured: DualParal about 1.0; independent clips joined 2.7-3.3. */
+#define LONG_MAX_JUMP_RATIO 1.5
 /* Frames with a centroid: the track must exist to be continuous. */
 #define LONG_MIN_TRACKED_SHARE 0.9
 
@@ -396,6 +403,9 @@ test_metrics_seams (void)
   vm_pair_split_compute (jump, bnd, NULL, n, &s);
   g_assert_cmpfloat (fabs (s.boundary_mean - 12.5), <, 0.3);
   g_assert_cmpfloat (s.ratio, >, 10.0);
+  vm_pair_split_compute (jump, bnd, edges, n, &s);
+  g_assert_cmpint (s.n_inside, ==, 16 - 5);
+  g_assert_cmpfloat (s.ratio, >, 10.0);
   g_free (video);
 
   /* The split's arithmetic on known values; NAN is skipped. */
@@ -505,13 +515,31 @@ prompt_seed (const prompt_case *pc, uint64_t seed)
   return r;
 }
 
+/* Each seed of each case runs once: the colour and the direction tests
+ * read the same videos. */
+static prompt_result prompt_results[G_N_ELEMENTS (prompt_cases)][PROMPT_SEEDS];
+static gboolean prompt_done[G_N_ELEMENTS (prompt_cases)];
+
+static const prompt_result *
+prompt_case_results (const prompt_case *pc)
+{
+  const size_t i = (size_t) (pc - prompt_cases);
+  if (!prompt_done[i]) {
+    for (int s = 0; s < PROMPT_SEEDS; s++)
+      prompt_results[i][s] = prompt_seed (pc, (uint64_t) s + 1);
+    prompt_done[i] = TRUE;
+  }
+  return prompt_results[i];
+}
+
 /* /model/prompt/colour/...: the named colour, tracked in most frames. */
 static void
 test_prompt_colour (gconstpointer data)
 {
+  const prompt_result *r = prompt_case_results (data);
   int passing = 0;
-  for (uint64_t seed = 1; seed <= PROMPT_SEEDS; seed++)
-    passing += prompt_seed (data, seed).colour_ok;
+  for (int s = 0; s < PROMPT_SEEDS; s++)
+    passing += r[s].colour_ok;
   g_assert_cmpint (passing, >=, PROMPT_MIN_PASSING);
 }
 
@@ -519,11 +547,10 @@ test_prompt_colour (gconstpointer data)
 static void
 test_prompt_direction (gconstpointer data)
 {
+  const prompt_result *r = prompt_case_results (data);
   int passing = 0;
-  for (uint64_t seed = 1; seed <= PROMPT_SEEDS; seed++) {
-    prompt_result r = prompt_seed (data, seed);
-    passing += r.colour_ok && r.direction_ok;
-  }
+  for (int s = 0; s < PROMPT_SEEDS; s++)
+    passing += r[s].colour_ok && r[s].direction_ok;
   g_assert_cmpint (passing, >=, PROMPT_MIN_PASSING);
 }
 
@@ -558,25 +585,26 @@ test_long_video (void)
     frac += stats[t].fraction / n;
   }
 
-  vm_pair_split ch_edges, ch_all, jp;
+  vm_pair_split ch_edges, ch_all, jp_edges, jp_all;
   vm_pair_split_compute (change, bnd, edges, n, &ch_edges);
   vm_pair_split_compute (change, bnd, NULL, n, &ch_all);
-  vm_pair_split_compute (jump, bnd, NULL, n, &jp);
+  vm_pair_split_compute (jump, bnd, edges, n, &jp_edges);
+  vm_pair_split_compute (jump, bnd, NULL, n, &jp_all);
   g_test_message ("\"%s\", DualParal P %d C %d, %d frames: %.1f s; fraction mean %.4f; centroid in %d/%d "
                   "frames", LONG_PROMPT, LONG_BLOCK_FRAMES, LONG_CONTEXT_FRAMES, n, seconds, frac, tracked, n);
   g_test_message ("frame change: boundary %.3f (max %.3f) | inside latent edges %.3f -> ratio %.2f | "
                   "all inside %.3f -> ratio %.2f", ch_edges.boundary_mean, ch_edges.boundary_max,
                   ch_edges.inside_mean, ch_edges.ratio, ch_all.inside_mean, ch_all.ratio);
-  g_test_message ("centroid jump: boundary %.2f px (max %.2f, n %d) | inside %.2f px (median %.2f, max "
-                  "%.2f, n %d) -> ratio %.2f", jp.boundary_mean, jp.boundary_max, jp.n_boundary,
-                  jp.inside_mean, jp.inside_median, jp.inside_max, jp.n_inside, jp.ratio);
+  g_test_message ("centroid jump: boundary %.2f px (max %.2f, n %d) | inside latent edges %.2f px (max %.2f, "
+                  "n %d) -> ratio %.2f | all inside %.2f px (median %.2f) -> ratio %.2f", jp_edges.boundary_mean,
+                  jp_edges.boundary_max, jp_edges.n_boundary, jp_edges.inside_mean, jp_edges.inside_max,
+                  jp_edges.n_inside, jp_edges.ratio, jp_all.inside_mean, jp_all.inside_median, jp_all.ratio);
 
   g_assert_cmpfloat (tracked, >=, LONG_MIN_TRACKED_SHARE * n);
   g_assert_cmpfloat (ch_edges.ratio, <=, LONG_MAX_CHANGE_RATIO);
-  g_assert_cmpfloat (ch_all.ratio, <=, LONG_MAX_CHANGE_RATIO_ALL);
   /* Most boundaries must have a centroid on both sides to judge the track. */
-  g_assert_cmpint (jp.n_boundary, >=, n_bnd * 3 / 4);
-  g_assert_cmpfloat (jp.ratio, <=, LONG_MAX_JUMP_RATIO);
+  g_assert_cmpint (jp_edges.n_boundary, >=, n_bnd * 3 / 4);
+  g_assert_cmpfloat (jp_edges.ratio, <=, LONG_MAX_JUMP_RATIO);
 
   g_free (bnd);
   g_free (edges);

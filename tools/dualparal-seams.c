@@ -12,7 +12,7 @@
  * - the frame-to-frame change (mean absolute difference, 8-bit levels) at
  *   block boundaries against inside blocks (all inside pairs, and only the
  *   inside pairs that also cross latent frames, the like-for-like set);
- * - the centroid jump at boundaries against inside blocks.
+ * - the centroid jump at boundaries against inside blocks (the same two sets).
  *
  * Engines: dualparal (one block-wise run; a block b >= 1 starts at video
  * frame 4 (C + b P) - 3), naive (independent classic clips of --clip-frames
@@ -296,7 +296,9 @@ main (int argc, char **argv)
   vm_pair_split_compute (change, boundary, edges, n, &split);
   print_split ("frame change (levels), latent edges", &split);
   vm_pair_split_compute (jump, boundary, NULL, n, &split);
-  print_split ("centroid jump (px)", &split);
+  print_split ("centroid jump (px), all inside", &split);
+  vm_pair_split_compute (jump, boundary, edges, n, &split);
+  print_split ("centroid jump (px), latent edges", &split);
 
   int status = 0;
   if (opt_raw) {
