@@ -15,9 +15,13 @@
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 if ! gst-inspect-1.0 dualparalsrc >/dev/null 2>&1; then
-  for dir in "$here"/../build*/gst; do
-    if [ -e "$dir/libgstdualparal.so" ]; then
-      export GST_PLUGIN_PATH="$dir${GST_PLUGIN_PATH:+:$GST_PLUGIN_PATH}"
+  # build/ (tools/build.sh's) first; a plugin that does not load on its own
+  # (a sanitizer build, for instance) is passed over.
+  for dir in "$here"/../build/gst "$here"/../build?*/gst; do
+    plugin_path="$dir${GST_PLUGIN_PATH:+:$GST_PLUGIN_PATH}"
+    if [ -e "$dir/libgstdualparal.so" ] &&
+       GST_PLUGIN_PATH="$plugin_path" gst-inspect-1.0 dualparalsrc >/dev/null 2>&1; then
+      export GST_PLUGIN_PATH="$plugin_path"
       break
     fi
   done
