@@ -379,7 +379,8 @@ def frame_change_loss(y, x):
     """L1 between the frame-to-frame changes of the decoded and the original
     clip, moving pixels weighted 5x.  Per-frame reconstruction lets the
     decoder draw all four frames of a latent frame alike and move the object
-    at the latent frame's edge (run 20: change at those edges 3x the mean);
+    at the latent frame's edge (run 20's VAE on real clips: 6.1 levels of
+    change across latent edges, 1.5 inside, 1.2 everywhere in the original);
     this term asks for the motion itself, frame by frame."""
     if y.shape[2] < 2:
         return y.new_zeros(())
