@@ -81,15 +81,15 @@
  * edges inside blocks.  Like for like: every boundary is a latent edge, and
  * the tiny VAE draws the 4 frames of a latent frame nearly alike and moves
  * the object at the latent edge (on real clips, encoded and decoded with no
- * DiT and no blocks, the change at latent edges is about 4x that inside
+ * DiT and no blocks, the change at latent edges is 4-5x that inside
  * latent frames; docs/model-card-shapes-tiny.md), so a comparison with every
- * inside pair measures the VAE's rhythm, not seams.  Measured (model card,
- * "Long-video coherence"): DualParal about 1.0; independent clips joined end
- * to end 2.3. */
+ * inside pair measures the VAE's rhythm, not seams.  Measured on the
+ * shipped model (model card, "Long-video coherence"): DualParal 1.02;
+ * independent clips joined end to end 2.14-2.22. */
 #define LONG_MAX_CHANGE_RATIO 1.5
 /* Mean centroid jump at boundaries over that at the latent edges inside
  * blocks: the track goes on across boundaries as it does elsewhere.
- * Measured: DualParal about 1.0; independent clips joined 2.7-3.3. */
+ * Measured: DualParal 1.08; independent clips joined 2.07-2.21. */
 #define LONG_MAX_JUMP_RATIO 1.5
 /* Frames with a centroid: the track must exist to be continuous. */
 #define LONG_MIN_TRACKED_SHARE 0.9
