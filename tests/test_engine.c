@@ -1260,9 +1260,14 @@ test_generator (void)
   /* 17 frames = 5 latent frames in blocks of 2 + 1 context: [0, 3), [3, 5). */
   GByteArray *blocks1 = generate (DP_ENGINE_DUALPARAL, "cpu", 2, 1, 17, 0, &err);
   g_assert_no_error (err);
-  GByteArray *blocks3 = generate (DP_ENGINE_DUALPARAL, "cpu,cpu,cpu", 2, 1, 17, 0, &err);
+  GByteArray *blocks2 = generate (DP_ENGINE_DUALPARAL, "cpu,cpu", 2, 1, 17, 0, &err);
   g_assert_no_error (err);
-  g_assert_cmpmem (blocks3->data, blocks3->len, blocks1->data, blocks1->len);
+  g_assert_cmpmem (blocks2->data, blocks2->len, blocks1->data, blocks1->len);
+  /* More stages than the model's 2 layers: refused, not run with idle stages. */
+  g_assert_null (generate (DP_ENGINE_DUALPARAL, "cpu,cpu,cpu", 2, 1, 17, 0, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_assert_nonnull (strstr (err->message, "3 stages for a transformer of 2 layers"));
+  g_clear_error (&err);
   /* Endless: stopped by the consumer after 25 frames. */
   GByteArray *endless = generate (DP_ENGINE_DUALPARAL, "cpu,cpu", 1, 1, -1, 25, &err);
   g_assert_error (err, DP_ERROR, DP_ERROR_CANCELLED);
@@ -1272,7 +1277,7 @@ test_generator (void)
   g_assert_null (generate (DP_ENGINE_DUALPARAL, "cpu", 2, 3, 17, 0, &err));
   g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
   g_clear_error (&err);
-  for (GByteArray **a = (GByteArray *[]){ classic, one, two, blocks1, blocks3, endless, NULL }; *a; a++)
+  for (GByteArray **a = (GByteArray *[]){ classic, one, two, blocks1, blocks2, endless, NULL }; *a; a++)
     g_byte_array_unref (*a);
 }
 

@@ -911,6 +911,135 @@ test_auto_engine (void)
   golden_close (&g);
 }
 
+/* Sets every element of tensor `name` (F32 or F16) of a safetensors file to
+ * NaN, in place. */
+static void
+poison_tensor (const char *path, const char *name)
+{
+  GError *err = NULL;
+  gsize len;
+  char *data = dp_test_read_file (path, &len);
+  uint64_t header_len;
+  memcpy (&header_len, data, 8);
+  JsonParser *parser = json_parser_new ();
+  g_assert_true (json_parser_load_from_data (parser, data + 8, (gssize) header_len, &err));
+  g_assert_no_error (err);
+  JsonObject *t = json_object_get_object_member (json_node_get_object (json_parser_get_root (parser)), name);
+  g_assert_nonnull (t);
+  const char *dtype = json_object_get_string_member (t, "dtype");
+  JsonArray *off = json_object_get_array_member (t, "data_offsets");
+  char *begin = data + 8 + header_len + json_array_get_int_element (off, 0);
+  const char *end = data + 8 + header_len + json_array_get_int_element (off, 1);
+  if (g_str_equal (dtype, "F32")) {
+    for (float *x = (float *) begin; (char *) x < end; x++)
+      *x = NAN;
+  } else {
+    g_assert_cmpstr (dtype, ==, "F16");
+    for (uint16_t *x = (uint16_t *) begin; (char *) x < end; x++)
+      *x = 0x7e00; /* a quiet NaN */
+  }
+  g_assert_true (g_file_set_contents (path, data, (gssize) len, &err));
+  g_assert_no_error (err);
+  g_object_unref (parser);
+  g_free (data);
+}
+
+/* NaN weights end the run with DP_ERROR_NUMERIC naming where the NaN came
+ * from (issue 17: they gave exit 0 and a black video), in both engines. */
+static void
+test_nonfinite (void)
+{
+  static const struct {
+    const char *file, *tensor;
+    dp_engine_kind engine;
+    const char *needle;
+  } cases[] = {
+    { "transformer", "proj_out.bias", DP_ENGINE_CLASSIC, "the model produced NaN at step 1 of 3 (" },
+    { "transformer", "proj_out.bias", DP_ENGINE_DUALPARAL, "the model produced NaN at step 1 of 3 of block 0" },
+    { "vae", "decoder.conv_out.bias", DP_ENGINE_CLASSIC, "the VAE produced NaN decoding latent frame 0" },
+    { "vae", "decoder.conv_out.bias", DP_ENGINE_DUALPARAL, "the VAE produced NaN decoding latent frame 0" },
+  };
+  golden_data g;
+  golden_open (&g);
+  char *tmp = dp_test_make_tmp_dir ("dp-pipeline-XXXXXX");
+  char *dir = g_build_filename (tmp, "model", NULL);
+  for (size_t i = 0; i < G_N_ELEMENTS (cases); i++) {
+    dp_test_copy_tree (g.model_dir, dir);
+    char *file = g_build_filename (dir, cases[i].file, "diffusion_pytorch_model.safetensors", NULL);
+    poison_tensor (file, cases[i].tensor);
+    dp_generator_params p;
+    dp_generator_params_init (&p);
+    p.model_dir = dir;
+    p.prompt = "a red ball";
+    p.num_frames = 5;
+    p.steps = 3;
+    p.engine = cases[i].engine;
+    dp_generator *gen = generator_new_ok (&p);
+    sink s;
+    sink_init (&s, gen);
+    GError *err = NULL;
+    g_assert_false (dp_generator_run (gen, sink_frames, &s, &err));
+    g_test_message ("%s: %s", cases[i].tensor, err ? err->message : "(no error)");
+    g_assert_error (err, DP_ERROR, DP_ERROR_NUMERIC);
+    g_assert_nonnull (strstr (err->message, cases[i].needle));
+    g_assert_cmpint (s.frames, ==, 0);
+    g_clear_error (&err);
+    sink_clear (&s);
+    dp_generator_free (gen);
+    dp_test_remove_tree (dir);
+    g_free (file);
+  }
+  g_rmdir (tmp);
+  g_free (dir);
+  g_free (tmp);
+  golden_close (&g);
+}
+
+static void
+collect_warning (const char *message, void *data)
+{
+  g_ptr_array_add (data, g_strdup (message));
+}
+
+/* A prompt longer than the text length is cut, and the run says so. */
+static void
+test_truncation_warning (void)
+{
+  golden_data g;
+  golden_open (&g);
+  GString *longer = g_string_new ("a red ball");
+  for (int i = 0; i < 40; i++)
+    g_string_append (longer, " moving right");
+  const char *prompts[] = { "a red ball", longer->str };
+  for (int i = 0; i < 2; i++) {
+    dp_generator_params p;
+    dp_generator_params_init (&p);
+    p.model_dir = g.model_dir;
+    p.prompt = prompts[i];
+    p.num_frames = 1;
+    p.steps = 1;
+    dp_generator *gen = generator_new_ok (&p);
+    GPtrArray *warnings = g_ptr_array_new_with_free_func (g_free);
+    dp_generator_set_warning_callback (gen, collect_warning, warnings);
+    sink s;
+    sink_init (&s, gen);
+    GError *err = NULL;
+    g_assert_true (dp_generator_run (gen, sink_frames, &s, &err));
+    g_assert_no_error (err);
+    g_assert_cmpuint (warnings->len, ==, i);
+    if (i == 1) {
+      g_test_message ("%s", (char *) warnings->pdata[0]);
+      g_assert_true (g_str_has_prefix (warnings->pdata[0], "the prompt has "));
+      g_assert_nonnull (strstr (warnings->pdata[0], "tokens (EOS included), more than the text length 32"));
+    }
+    sink_clear (&s);
+    g_ptr_array_unref (warnings);
+    dp_generator_free (gen);
+  }
+  g_string_free (longer, TRUE);
+  golden_close (&g);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -926,5 +1055,7 @@ main (int argc, char **argv)
   g_test_add_func ("/pipeline/bad-settings", test_bad_settings);
   g_test_add_func ("/pipeline/bad-models", test_bad_models);
   g_test_add_func ("/pipeline/auto-engine", test_auto_engine);
+  g_test_add_func ("/pipeline/non-finite", test_nonfinite);
+  g_test_add_func ("/pipeline/truncation-warning", test_truncation_warning);
   return g_test_run ();
 }

@@ -1,6 +1,7 @@
 /* Backend selection, sticky errors and owned backend tensors. */
 #include "dualparal/backend.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +84,38 @@ dp_backend_check (dp_backend *be, GError **error)
   if (error)
     *error = g_error_copy (be->error);
   return FALSE;
+}
+
+int64_t
+dp_backend_find_nonfinite (dp_backend *be, const dp_tensor *t, float *host_scratch, float *value, GError **error)
+{
+  g_return_val_if_fail (t->dtype == DP_F32, -2);
+  const int64_t n = dp_tensor_nelem (t);
+  const float *x = t->data;
+  if (!be->host_memory) {
+    dp_tensor host = dp_tensor_view (host_scratch, DP_F32, t->ndim, t->shape);
+    be->ops->to_host (be, &host, t);
+    if (!be->ops->sync (be, error))
+      return -2;
+    x = host_scratch;
+  } else if (!dp_backend_check (be, error)) {
+    return -2;
+  }
+  /* isfinite() per element stops at the first bad one; the whole pass is a
+   * few microseconds per MiB, next to a transformer step it is nothing. */
+  for (int64_t i = 0; i < n; i++)
+    if (!isfinite (x[i])) {
+      if (value)
+        *value = x[i];
+      return i;
+    }
+  return -1;
+}
+
+const char *
+dp_nonfinite_name (float value)
+{
+  return isnan (value) ? "NaN" : value > 0 ? "Inf" : "-Inf";
 }
 
 dp_tensor

@@ -5,6 +5,7 @@
 #include "dualparal/generator.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +43,8 @@ struct dp_generator {
 
   dp_step_cb step_cb;
   void *step_data;
+  dp_warning_cb warning_cb; /* NULL: g_warning */
+  void *warning_data;
 
   dp_dualparal_pipe *dualparal; /* the DualParal engine (instead of dit, sampler, decoder) */
 
@@ -713,7 +716,53 @@ dp_generator_set_step_callback (dp_generator *gen, dp_step_cb cb, void *user_dat
   gen->step_data = cb ? user_data : NULL;
 }
 
+void
+dp_generator_set_warning_callback (dp_generator *gen, dp_warning_cb cb, void *user_data)
+{
+  g_return_if_fail (!g_atomic_int_get (&gen->running));
+  gen->warning_cb = cb;
+  gen->warning_data = cb ? user_data : NULL;
+}
+
 /* ------------------------------------------------------------ running */
+
+static void
+warn (dp_generator *gen, const char *fmt, ...) G_GNUC_PRINTF (2, 3);
+
+static void
+warn (dp_generator *gen, const char *fmt, ...)
+{
+  va_list ap;
+  va_start (ap, fmt);
+  char *msg = g_strdup_vprintf (fmt, ap);
+  va_end (ap);
+  if (gen->warning_cb)
+    gen->warning_cb (msg, gen->warning_data);
+  else
+    g_warning ("%s", msg);
+  g_free (msg);
+}
+
+/* Says when a prompt has more tokens than the text length: the encoder then
+ * reads only its first text_len - 1 and EOS (as diffusers, which truncates
+ * without a word). */
+static void
+warn_if_truncated (dp_generator *gen, const char *which, const char *prompt)
+{
+  /* Encode into more room than text_len until the count fits (a full
+   * buffer may have been cut). */
+  int n = 0;
+  for (int room = gen->text_len + 1; room > 0 && room <= (1 << 24); room *= 4) {
+    int32_t *ids = g_new (int32_t, room);
+    n = dp_tokenizer_encode (gen->tokenizer, prompt, room, ids, NULL);
+    g_free (ids);
+    if (n < room)
+      break;
+  }
+  if (n > gen->text_len)
+    warn (gen, "the %s has %d tokens (EOS included), more than the text length %d: the model reads only its first "
+          "%d tokens and EOS", which, n, gen->text_len, gen->text_len - 1);
+}
 
 gboolean
 dp_generator_run_traced (dp_generator *gen, const dp_tensor *initial_noise,
@@ -734,6 +783,9 @@ dp_generator_run_traced (dp_generator *gen, const dp_tensor *initial_noise,
     g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "The generator is already running");
     return FALSE;
   }
+  warn_if_truncated (gen, "prompt", gen->prompt);
+  if (gen->guidance > 1.0)
+    warn_if_truncated (gen, "negative prompt", gen->negative_prompt);
 
   if (gen->dualparal != NULL) {
     dp_dualparal_job dj = {

@@ -40,6 +40,7 @@ typedef enum {
   DP_ERROR_DEVICE,      /* CUDA / cuBLAS / NCCL failure */
   DP_ERROR_INVALID,     /* bad argument or setting */
   DP_ERROR_CANCELLED,   /* stopped on request */
+  DP_ERROR_NUMERIC,     /* the model produced NaN or Inf (broken weights, overflow) */
 } dp_error_code;
 
 typedef struct dp_backend dp_backend;
@@ -203,6 +204,17 @@ void dp_backend_fail (dp_backend *be, dp_error_code code, const char *fmt, ...) 
 static inline gboolean dp_backend_failed (const dp_backend *be) { return be->error != NULL; }
 /* Copies the sticky error into *error; FALSE when there is one. */
 gboolean dp_backend_check (dp_backend *be, GError **error);
+
+/* Index of the first NaN or Inf among the elements of t (F32, in be's
+ * memory), -1 when all are finite, -2 with *error when reading t failed.
+ * A backend without host memory copies t into host_scratch (the caller's,
+ * nelem (t) floats) and syncs; a host backend reads t in place (and does not
+ * touch host_scratch, which may then be NULL).  *value (may be NULL) gets the
+ * element found. */
+int64_t dp_backend_find_nonfinite (dp_backend *be, const dp_tensor *t, float *host_scratch, float *value,
+                                   GError **error);
+/* "NaN", "Inf" or "-Inf" for a non-finite value. */
+const char *dp_nonfinite_name (float value);
 
 /* Owned backend tensor (free with dp_backend_tensor_free). */
 dp_tensor dp_backend_tensor_new (dp_backend *be, dp_dtype dtype, int ndim, const int64_t *shape);

@@ -235,7 +235,7 @@ typedef struct dp_engine dp_engine;
  * nccl_transport.h: NCCL between distinct GPUs, device copies between
  * stages on one GPU) when every backend is a CUDA one; a mix of the two is
  * refused (DP_ERROR_UNSUPPORTED).  Checks the parameters against the model
- * (sizes, P, C, RoPE range). */
+ * (sizes, P, C, RoPE range, at most one stage per layer: DP_ERROR_INVALID). */
 dp_engine *dp_engine_new (const char *transformer_dir, dp_backend *const *backends, int n_stages,
                           dp_transport *transport, const dp_engine_params *params, GError **error);
 void dp_engine_free (dp_engine *e);

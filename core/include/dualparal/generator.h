@@ -148,6 +148,15 @@ int dp_generator_text_len (const dp_generator *gen);
  * engine the block and context frames asked for (0: the engine's defaults). */
 dp_engine_kind dp_generator_engine (const dp_generator *gen, int *block_frames, int *context_frames);
 
+/* Something a run should tell its user that is not an error: a prompt with
+ * more tokens than the text length (it is cut, as diffusers cuts it).
+ * Called on the run's thread; message is borrowed. */
+typedef void (*dp_warning_cb) (const char *message, void *user_data);
+
+/* Sets (cb NULL: back to the default, g_warning in the log domain
+ * "dualparal") where warnings go.  Not while running. */
+void dp_generator_set_warning_callback (dp_generator *gen, dp_warning_cb cb, void *user_data);
+
 /* Sets (cb NULL: clears) the per-step progress callback.  Not while running. */
 void dp_generator_set_step_callback (dp_generator *gen, dp_step_cb cb, void *user_data);
 

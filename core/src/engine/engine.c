@@ -189,6 +189,12 @@ dp_engine_new (const char *transformer_dir, dp_backend *const *backends, int n_s
   dp_wan_config cfg;
   if (!dp_wan_config_load (transformer_dir, &cfg, error))
     return NULL;
+  if (n_stages > cfg.num_layers) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID,
+                 "engine: %d stages for a transformer of %d layers: each stage needs at least one layer, so use "
+                 "at most %d devices", n_stages, cfg.num_layers, cfg.num_layers);
+    return NULL;
+  }
   const int H = params->latent_height, W = params->latent_width;
   if (H < cfg.patch_h || W < cfg.patch_w || H % cfg.patch_h || W % cfg.patch_w) {
     g_set_error (error, DP_ERROR, DP_ERROR_INVALID,

@@ -42,7 +42,7 @@ typedef struct {
   dp_tensor window;    /* [channels, C + P, H, W] on the backend: a window's latent */
   dp_wan_vae_decoder *dec;
   uint8_t *rgb;        /* max_frames decoded frames */
-  float *latent_host;  /* [channels, max frames, H, W] for out->block_latent */
+  float *latent_host;  /* [channels, max frames, H, W]: out->block_latent, the NaN check's copy */
   int64_t host_bytes;  /* of the above and the decoder, in the block_bytes figure */
   int64_t video_frames;
 
@@ -218,6 +218,19 @@ apply_prediction (driver *d, const dp_tensor *v, GError **error)
   if (!slot_check (s, p->block, "the predicted", error) || !dp_sampler_step (s->sampler, &s->latent, v, error) ||
       !d->be->ops->sync (d->be, error))
     return FALSE;
+  /* A NaN or Inf never goes away once in a latent (every later step and the
+   * VAE carry it): stop at the step that made it. */
+  float bad = 0;
+  const int64_t at = dp_backend_find_nonfinite (d->be, &s->latent, d->latent_host, &bad, error);
+  if (at == -2)
+    return FALSE;
+  if (at >= 0) {
+    g_set_error (error, DP_ERROR, DP_ERROR_NUMERIC,
+                 "the model produced %s at step %d of %d of block %" G_GINT64_FORMAT " (latent value %" G_GINT64_FORMAT
+                 " of %" G_GINT64_FORMAT "): the transformer's weights or the settings give non-finite numbers",
+                 dp_nonfinite_name (bad), p->step + 1, d->e->bs.steps, p->block, at, dp_tensor_nelem (&s->latent));
+    return FALSE;
+  }
   if (p->step == d->e->bs.steps - 1 && !deliver (d, s, error))
     return FALSE;
   if (p->block == p->queue_lo && d->out->iteration)
@@ -279,13 +292,12 @@ driver_init (driver *d, dp_engine *e, dp_wan_vae *vae, const dp_engine_output *o
   if (!d->noise)
     return FALSE;
   d->noise_host = g_try_malloc (frame_floats * max_frames * sizeof (float));
-  if (out->block_latent)
-    d->latent_host = g_try_malloc (frame_floats * max_frames * sizeof (float));
-  if (!d->noise_host || (out->block_latent && !d->latent_host)) {
+  d->latent_host = g_try_malloc (frame_floats * max_frames * sizeof (float));
+  if (!d->noise_host || !d->latent_host) {
     g_set_error (error, DP_ERROR, DP_ERROR_NOMEM, "engine: no memory for %d latent frames", max_frames);
     return FALSE;
   }
-  size_t host_bytes = frame_floats * max_frames * sizeof (float) * (d->latent_host ? 2 : 1);
+  size_t host_bytes = frame_floats * max_frames * sizeof (float) * 2;
   if (bs->context_frames > 0 && bs->num_blocks != 1) {
     d->window = dp_backend_tensor_new (d->be, DP_F32, 4,
                                        (int64_t[]){ d->channels, bs->context_frames + bs->block_frames, d->H, d->W });

@@ -845,6 +845,14 @@ push_frame (dp_wan_vae_decoder *dec, const dp_tensor *latents, int64_t index, in
   be->ops->to_host (be, &host, &out);
   if (!be->ops->sync (be, error))
     return FALSE;
+  for (int64_t i = 0; i < count; i++)
+    if (!isfinite (dec->host[i])) {
+      g_set_error (error, DP_ERROR, DP_ERROR_NUMERIC,
+                   "VAE decoder: the VAE produced %s decoding latent frame %" G_GINT64_FORMAT
+                   " (value %" G_GINT64_FORMAT " of %" G_GINT64_FORMAT "): its weights give non-finite numbers",
+                   dp_nonfinite_name (dec->host[i]), index, i, count);
+      return FALSE;
+    }
   /* vae.decode's torch.clamp (out, -1, 1). */
   for (int64_t i = 0; i < count; i++)
     dec->host[i] = CLAMP (dec->host[i], -1.0f, 1.0f);

@@ -88,6 +88,19 @@ denoise (const dp_classic_parts *parts, const dp_classic_job *job, float guidanc
     /* Wait for the step so that its time is real and errors surface here. */
     if (!parts->be->ops->sync (parts->be, error))
       return FALSE;
+    /* A NaN or Inf stays in the latents to the end: stop at the step that
+     * made it. */
+    float bad = 0;
+    const int64_t at = dp_backend_find_nonfinite (parts->be, x, trace_host->data, &bad, error);
+    if (at == -2)
+      return FALSE;
+    if (at >= 0) {
+      g_set_error (error, DP_ERROR, DP_ERROR_NUMERIC,
+                   "the model produced %s at step %d of %d (latent value %" G_GINT64_FORMAT " of %" G_GINT64_FORMAT
+                   "): the transformer's weights or the settings give non-finite numbers",
+                   dp_nonfinite_name (bad), i + 1, steps, at, dp_tensor_nelem (x));
+      return FALSE;
+    }
     if (job->trace && job->trace->step) {
       if (!trace_copy (parts->be, x, trace_host, error))
         return FALSE;
@@ -215,7 +228,9 @@ dp_classic_run (const dp_classic_parts *parts, const dp_classic_job *job, GError
   if (!be->ops->sync (be, error))
     goto out;
   dp_tensor_free (&noise);
-  if (job->trace && job->trace->step)
+  /* A host copy of the latents: for the trace, and for the NaN check of a
+   * backend whose memory the host cannot read. */
+  if ((job->trace && job->trace->step) || !be->host_memory)
     trace_host = dp_tensor_new_host (DP_F32, 4, shape);
 
   /* 3. Denoising; the transformer also asks for a cancel between layers. */
