@@ -238,7 +238,17 @@ typedef struct dp_engine dp_engine;
  * (sizes, P, C, RoPE range, at most one stage per layer: DP_ERROR_INVALID). */
 dp_engine *dp_engine_new (const char *transformer_dir, dp_backend *const *backends, int n_stages,
                           dp_transport *transport, const dp_engine_params *params, GError **error);
+/* One stage of a pipeline whose other stages run in other processes
+ * (docs/distributed.md): loads stage `stage` of n_stages (the layers of
+ * dp_engine_split_layers) on backend (not owned); transport (required, not
+ * owned) reaches the other processes' stages, e.g. dp_transport_new_socket().
+ * Stage 0's process runs videos with dp_engine_run() as usual; the process of
+ * any other stage calls dp_engine_run_stage() once per video. */
+dp_engine *dp_engine_new_stage (const char *transformer_dir, dp_backend *backend, int n_stages, int stage,
+                                dp_transport *transport, const dp_engine_params *params, GError **error);
 void dp_engine_free (dp_engine *e);
+/* Whether stage runs in this process. */
+gboolean dp_engine_stage_is_local (const dp_engine *e, int stage);
 
 const dp_block_schedule *dp_engine_get_schedule (const dp_engine *e);
 int dp_engine_n_stages (const dp_engine *e);
@@ -256,6 +266,12 @@ dp_wan_dit *dp_engine_stage_model (dp_engine *e, int stage);
  * any stage. */
 gboolean dp_engine_run (dp_engine *e, const dp_tensor *context, dp_wan_vae *vae, const dp_engine_output *out,
                         GError **error);
+/* Runs this process's stage (an engine from dp_engine_new_stage() with stage
+ * >= 1) for one video, on the calling thread: the same passes, in the same
+ * order, as every other stage.  context: the same tensor stage 0 runs with.
+ * cancel: optional atomic flag, as dp_engine_output.cancel.  Returns when the
+ * stage has sent its last pass; FALSE on failure or after dp_engine_cancel(). */
+gboolean dp_engine_run_stage (dp_engine *e, const dp_tensor *context, const gint *cancel, GError **error);
 /* Thread-safe: makes a running dp_engine_run() return within one pass on
  * every stage (a pass is one block's window through a stage's layers, less
  * than one sampler step).  A run that starts later clears it. */

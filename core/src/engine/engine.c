@@ -116,9 +116,13 @@ dp_engine_stage_prepare (dp_engine *e, engine_stage *st, GError **error)
 
 /* ------------------------------------------------------------ new / free */
 
-dp_engine *
-dp_engine_new (const char *transformer_dir, dp_backend *const *backends, int n_stages, dp_transport *transport,
-               const dp_engine_params *params, GError **error)
+/* Loads the stages of this process: every stage (local_stage -1, stages on
+ * threads) or only local_stage (the others run in other processes, reached
+ * through transport); backends[r] is stage r's backend (NULL for the
+ * stages of other processes). */
+static dp_engine *
+engine_new (const char *transformer_dir, dp_backend *const *backends, int n_stages, int local_stage,
+            dp_transport *transport, const dp_engine_params *params, GError **error)
 {
   if (n_stages < 1 || n_stages > DP_ENGINE_MAX_STAGES) {
     g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "engine: %d stages, expected 1..%d", n_stages,
@@ -126,11 +130,13 @@ dp_engine_new (const char *transformer_dir, dp_backend *const *backends, int n_s
     return NULL;
   }
   for (int r = 0; r < n_stages; r++) {
+    if (local_stage >= 0 && r != local_stage)
+      continue;
     if (!backends || !backends[r]) {
       g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "engine: no backend for stage %d", r);
       return NULL;
     }
-    for (int q = 0; q < r; q++)
+    for (int q = 0; q < r && local_stage < 0; q++)
       if (backends[q] == backends[r]) {
         g_set_error (error, DP_ERROR, DP_ERROR_INVALID,
                      "engine: stages %d and %d share one backend; each stage needs its own (a backend is "
@@ -147,6 +153,11 @@ dp_engine_new (const char *transformer_dir, dp_backend *const *backends, int n_s
    * the device one (NCCL between GPUs, device copies on one GPU) for CUDA
    * stages.  Nothing moves data between host and device stages. */
   gboolean device_stages = FALSE;
+  if (local_stage >= 0 && !transport) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "engine: stage %d of %d without a transport to the others",
+                 local_stage, n_stages);
+    return NULL;
+  }
   if (!transport && n_stages > 1) {
     int host = -1, device = -1;
     for (int r = n_stages - 1; r >= 0; r--) {
@@ -225,6 +236,7 @@ dp_engine_new (const char *transformer_dir, dp_backend *const *backends, int n_s
   e->bs = bs;
   e->cfg = cfg;
   e->n = n_stages;
+  e->local_stage = local_stage;
   e->tokens_per_frame = (int64_t) (H / cfg.patch_h) * (W / cfg.patch_w);
   e->max_window = max_window;
   e->positions = g_new (int, positions + 1);
@@ -243,8 +255,10 @@ dp_engine_new (const char *transformer_dir, dp_backend *const *backends, int n_s
     engine_stage *st = &e->st[r];
     st->engine = e;
     st->index = r;
-    st->be = backends[r];
     dp_engine_split_layers (cfg.num_layers, n_stages, r, &st->layer_begin, &st->layer_end);
+    if (!dp_engine_stage_is_local (e, r))
+      continue;
+    st->be = backends[r];
     st->dit = dp_wan_dit_load (st->be, transformer_dir, st->layer_begin, st->layer_end, error);
     if (!st->dit) {
       g_prefix_error (error, "engine: stage %d (layers %d..%d): ", r, st->layer_begin, st->layer_end);
@@ -273,6 +287,27 @@ dp_engine_new (const char *transformer_dir, dp_backend *const *backends, int n_s
   return e;
 }
 
+dp_engine *
+dp_engine_new (const char *transformer_dir, dp_backend *const *backends, int n_stages, dp_transport *transport,
+               const dp_engine_params *params, GError **error)
+{
+  return engine_new (transformer_dir, backends, n_stages, -1, transport, params, error);
+}
+
+dp_engine *
+dp_engine_new_stage (const char *transformer_dir, dp_backend *backend, int n_stages, int stage,
+                     dp_transport *transport, const dp_engine_params *params, GError **error)
+{
+  if (stage < 0 || stage >= n_stages) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "engine: stage %d of %d does not exist", stage, n_stages);
+    return NULL;
+  }
+  dp_backend *backends[DP_ENGINE_MAX_STAGES] = { NULL };
+  if (n_stages <= DP_ENGINE_MAX_STAGES)
+    backends[stage] = backend;
+  return engine_new (transformer_dir, backends, n_stages, stage, transport, params, error);
+}
+
 void
 dp_engine_free (dp_engine *e)
 {
@@ -288,6 +323,12 @@ dp_engine_free (dp_engine *e)
   g_mutex_clear (&e->lock);
   g_mutex_clear (&e->stats_lock);
   g_free (e);
+}
+
+gboolean
+dp_engine_stage_is_local (const dp_engine *e, int stage)
+{
+  return e->local_stage < 0 || stage == e->local_stage;
 }
 
 const dp_block_schedule *
@@ -390,28 +431,19 @@ stage_alloc_buffers (dp_engine *e, engine_stage *st, GError **error)
   return TRUE;
 }
 
-gboolean
-dp_engine_run (dp_engine *e, const dp_tensor *context, dp_wan_vae *vae, const dp_engine_output *out,
-               GError **error)
+/* Start of a run on this process's stages: checks the context, clears the
+ * cancel flag, the error and the figures, allocates the local stages'
+ * buffers.  FALSE with *err set (the run then still ends with run_end). */
+static gboolean
+run_begin (dp_engine *e, const dp_tensor *context, const gint *cancel, GError **err)
 {
-  static const dp_engine_output no_output = { 0 };
-  if (!context || !context->data || context->ndim != 3 || context->shape[0] < 1 || context->shape[0] > 2) {
-    g_set_error (error, DP_ERROR, DP_ERROR_SHAPE,
-                 "engine: the text context must be a host tensor [B, tokens, text_dim] with B 1 or 2");
-    return FALSE;
-  }
-  if (vae && dp_wan_vae_get_config (vae)->z_dim != e->cfg.out_channels) {
-    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "engine: the VAE decodes %d latent channels, the model makes %d",
-                 dp_wan_vae_get_config (vae)->z_dim, e->cfg.out_channels);
-    return FALSE;
-  }
   g_atomic_int_set (&e->cancelled, 0);
   g_clear_error (&e->error);
   if (e->transport)
     dp_transport_reset (e->transport);
   e->batch = (int) context->shape[0];
   e->context = context;
-  e->ext_cancel = out ? out->cancel : NULL;
+  e->ext_cancel = cancel;
 
   g_mutex_lock (&e->stats_lock);
   memset (&e->stats, 0, sizeof e->stats);
@@ -424,34 +456,18 @@ dp_engine_run (dp_engine *e, const dp_tensor *context, dp_wan_vae *vae, const dp
   }
   g_mutex_unlock (&e->stats_lock);
 
-  GError *err = NULL;
   gboolean ok = TRUE;
   for (int r = 0; r < e->n && ok; r++)
-    ok = stage_alloc_buffers (e, &e->st[r], &err);
-  int started = 0;
-  if (ok) {
-    for (int r = 1; r < e->n; r++) {
-      char name[16];
-      g_snprintf (name, sizeof name, "dp-stage-%d", r);
-      e->st[r].thread = g_thread_try_new (name, dp_engine_stage_thread, &e->st[r], &err);
-      if (!e->st[r].thread) {
-        g_prefix_error (&err, "engine: ");
-        ok = FALSE;
-        break;
-      }
-      started++;
-    }
-  }
-  if (ok)
-    ok = dp_engine_drive (e, vae, out ? out : &no_output, &err);
-  if (!ok)
-    dp_engine_fail (e, err ? g_error_copy (err) : NULL);
-  for (int r = 1; r <= started; r++) {
-    g_thread_join (e->st[r].thread);
-    e->st[r].thread = NULL;
-  }
+    if (dp_engine_stage_is_local (e, r))
+      ok = stage_alloc_buffers (e, &e->st[r], err);
+  return ok;
+}
 
-  /* The first real failure of any stage wins; else a cancellation. */
+/* End of a run: the first real failure of any local stage wins over err,
+ * then a cancellation; frees the buffers.  Returns the run's result. */
+static gboolean
+run_end (dp_engine *e, gboolean ok, GError *err, GError **error)
+{
   g_mutex_lock (&e->lock);
   if (e->error) {
     g_clear_error (&err);
@@ -467,7 +483,8 @@ dp_engine_run (dp_engine *e, const dp_tensor *context, dp_wan_vae *vae, const dp
   if (e->transport)
     dp_transport_reset (e->transport);
   for (int r = 0; r < e->n; r++)
-    stage_free_buffers (e, &e->st[r]);
+    if (dp_engine_stage_is_local (e, r))
+      stage_free_buffers (e, &e->st[r]);
   g_mutex_lock (&e->stats_lock);
   e->stats.running = FALSE;
   e->stats.run_seconds = (g_get_monotonic_time () - e->run_start_us) / 1e6;
@@ -480,4 +497,79 @@ dp_engine_run (dp_engine *e, const dp_tensor *context, dp_wan_vae *vae, const dp
   else
     g_clear_error (&err);
   return ok;
+}
+
+static gboolean
+check_context (const dp_tensor *context, GError **error)
+{
+  if (!context || !context->data || context->ndim != 3 || context->shape[0] < 1 || context->shape[0] > 2) {
+    g_set_error (error, DP_ERROR, DP_ERROR_SHAPE,
+                 "engine: the text context must be a host tensor [B, tokens, text_dim] with B 1 or 2");
+    return FALSE;
+  }
+  return TRUE;
+}
+
+gboolean
+dp_engine_run (dp_engine *e, const dp_tensor *context, dp_wan_vae *vae, const dp_engine_output *out,
+               GError **error)
+{
+  static const dp_engine_output no_output = { 0 };
+  if (!check_context (context, error))
+    return FALSE;
+  if (!dp_engine_stage_is_local (e, 0)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID,
+                 "engine: this process runs stage %d; stage 0's process runs the video (dp_engine_run_stage here)",
+                 e->local_stage);
+    return FALSE;
+  }
+  if (vae && dp_wan_vae_get_config (vae)->z_dim != e->cfg.out_channels) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "engine: the VAE decodes %d latent channels, the model makes %d",
+                 dp_wan_vae_get_config (vae)->z_dim, e->cfg.out_channels);
+    return FALSE;
+  }
+  GError *err = NULL;
+  gboolean ok = run_begin (e, context, out ? out->cancel : NULL, &err);
+  int started = 0;
+  /* Threads for the other stages of this process (none when they run in
+   * other processes). */
+  for (int r = 1; r < e->n && ok && e->local_stage < 0; r++) {
+    char name[16];
+    g_snprintf (name, sizeof name, "dp-stage-%d", r);
+    e->st[r].thread = g_thread_try_new (name, dp_engine_stage_thread, &e->st[r], &err);
+    if (!e->st[r].thread) {
+      g_prefix_error (&err, "engine: ");
+      ok = FALSE;
+      break;
+    }
+    started++;
+  }
+  if (ok)
+    ok = dp_engine_drive (e, vae, out ? out : &no_output, &err);
+  if (!ok)
+    dp_engine_fail (e, err ? g_error_copy (err) : NULL);
+  for (int r = 1; r <= started; r++) {
+    g_thread_join (e->st[r].thread);
+    e->st[r].thread = NULL;
+  }
+  return run_end (e, ok, err, error);
+}
+
+gboolean
+dp_engine_run_stage (dp_engine *e, const dp_tensor *context, const gint *cancel, GError **error)
+{
+  if (!check_context (context, error))
+    return FALSE;
+  if (e->local_stage <= 0) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID,
+                 "engine: dp_engine_run_stage runs one stage (not stage 0) of a pipeline over processes");
+    return FALSE;
+  }
+  GError *err = NULL;
+  gboolean ok = run_begin (e, context, cancel, &err);
+  if (ok)
+    ok = dp_engine_stage_main (&e->st[e->local_stage], &err);
+  if (!ok)
+    dp_engine_fail (e, err ? g_error_copy (err) : NULL);
+  return run_end (e, ok, err, error);
 }

@@ -63,6 +63,7 @@ struct dp_engine {
   dp_block_schedule bs;
   dp_wan_config cfg;
   int n;
+  int local_stage;           /* -1: every stage runs here (threads); else only this one */
   engine_stage st[DP_ENGINE_MAX_STAGES];
   dp_transport *transport;
   gboolean own_transport;
@@ -101,7 +102,11 @@ dp_tensor dp_engine_velocity_view (dp_engine *e, engine_stage *st, int k, int fr
 /* Per-stage start of a run: text context, arena reservation.  Every stage's
  * thread calls it on its own backend. */
 gboolean dp_engine_stage_prepare (dp_engine *e, engine_stage *st, GError **error);
-/* Thread function of stages 1..N-1. */
+/* One run of stage st (1..N-1): prepare, then its loop, on the calling
+ * thread.  Errors other than a cancel are prefixed "stage r: ". */
+gboolean dp_engine_stage_main (engine_stage *st, GError **error);
+/* Thread function of stages 1..N-1 in one process (dp_engine_stage_main;
+ * a failure goes to dp_engine_fail). */
 gpointer dp_engine_stage_thread (gpointer data);
 
 /* Stage 0's loop (engine_run.c), on the thread that called dp_engine_run. */

@@ -108,21 +108,26 @@ stage_loop (dp_engine *e, engine_stage *st, GError **error)
   return ok;
 }
 
+gboolean
+dp_engine_stage_main (engine_stage *st, GError **error)
+{
+  dp_engine *e = st->engine;
+  gint64 t0 = g_get_monotonic_time ();
+  gboolean ok = dp_engine_stage_prepare (e, st, error);
+  dp_engine_stage_account (e, st, TRUE, &t0);
+  if (ok)
+    ok = stage_loop (e, st, error);
+  if (!ok && error && *error && !g_error_matches (*error, DP_ERROR, DP_ERROR_CANCELLED))
+    g_prefix_error (error, "stage %d: ", st->index);
+  return ok;
+}
+
 gpointer
 dp_engine_stage_thread (gpointer data)
 {
   engine_stage *st = data;
-  dp_engine *e = st->engine;
   GError *err = NULL;
-  gint64 t0 = g_get_monotonic_time ();
-  gboolean ok = dp_engine_stage_prepare (e, st, &err);
-  dp_engine_stage_account (e, st, TRUE, &t0);
-  if (ok)
-    ok = stage_loop (e, st, &err);
-  if (!ok) {
-    if (err && !g_error_matches (err, DP_ERROR, DP_ERROR_CANCELLED))
-      g_prefix_error (&err, "stage %d: ", st->index);
-    dp_engine_fail (e, err);
-  }
+  if (!dp_engine_stage_main (st, &err))
+    dp_engine_fail (st->engine, err);
   return NULL;
 }
