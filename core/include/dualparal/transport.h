@@ -42,6 +42,8 @@
 
 #include "dualparal/backend.h"
 
+#include <gio/gio.h>
+
 G_BEGIN_DECLS
 
 /* Outstanding requests per stage (posted and not yet waited on). */
@@ -63,7 +65,7 @@ typedef struct {
 
 struct dp_transport {
   const dp_transport_ops *ops;
-  const char *name; /* "inproc", "nccl" */
+  const char *name; /* "inproc", "nccl", "socket" */
   int n_stages;
   void *priv;
 };
@@ -72,6 +74,24 @@ struct dp_transport {
  * are host memory (backends with host_memory, e.g. one "cpu" backend per
  * stage).  A message is one memcpy, done by whichever side posts second. */
 dp_transport *dp_transport_new_inproc (int n_stages, GError **error);
+
+/* The socket transport: this process runs stage `stage` of n_stages (>= 2),
+ * the others run in other processes (docs/distributed.md).  Its messages go
+ * to stage (stage + 1) % n and come from stage (stage - 1 + n) % n over two
+ * byte streams (TCP connections, one per direction) attached for each run
+ * with dp_transport_socket_attach().  be is the stage's backend (not owned):
+ * buffers in memory the host cannot address are staged through host memory
+ * on the posting thread.  hidden_wire: DP_F32 (exact; N processes give the
+ * frames of one) or DP_BF16 (half the bytes) for hidden states; predictions
+ * to stage 0 are always F32.  A peer that closes its stream fails the waits
+ * with DP_ERROR_IO; dp_transport_cancel() interrupts them at once. */
+dp_transport *dp_transport_new_socket (int n_stages, int stage, dp_backend *be, dp_dtype hidden_wire,
+                                       GError **error);
+/* Gives the transport this run's streams (it takes references; the ones of
+ * the previous run are closed). */
+gboolean dp_transport_socket_attach (dp_transport *t, GIOStream *to_next, GIOStream *from_prev, GError **error);
+/* Closes the streams (after a run); waits on later requests fail. */
+void dp_transport_socket_detach (dp_transport *t);
 
 /* Posts a send of buf (stage src's memory) to stage dst. */
 dp_transport_req *dp_transport_isend (dp_transport *t, int src, int dst, const dp_tensor *buf, GError **error);
