@@ -52,6 +52,8 @@ static gboolean opt_quiet = FALSE;
 static char *opt_engine = NULL;
 static int opt_stages = 0;
 static int opt_block_frames = 0, opt_context_frames = 0;
+static char *opt_processes = NULL;
+static gboolean opt_wire_bf16 = FALSE;
 
 static GOptionEntry entries[] = {
   { "model", 'm', 0, G_OPTION_ARG_FILENAME, &opt_model,
@@ -97,6 +99,12 @@ static GOptionEntry entries[] = {
   { "context-frames", 0, 0, G_OPTION_ARG_INT, &opt_context_frames,
     "DualParal: latent frames a block sees of each neighbour, C <= P (default 5, or P when "
     "smaller)", "C" },
+  { "processes", 0, 0, G_OPTION_ARG_STRING, &opt_processes,
+    "DualParal: where the stages run: threads (default, this process), spawn (one dualparal-worker "
+    "process per --device entry, on this machine) or launcher (this is rank 0 of a torchrun / srun / "
+    "mpirun job; docs/distributed.md)", "MODE" },
+  { "wire-bf16", 0, 0, G_OPTION_ARG_NONE, &opt_wire_bf16,
+    "DualParal over processes: hidden states travel as BF16 (half the bytes; frames differ slightly)", NULL },
   { NULL },
 };
 
@@ -349,6 +357,17 @@ engine_options (dp_generator_params *params, char **devices_out)
   }
   params->block_frames = opt_block_frames;
   params->context_frames = opt_context_frames;
+  if (opt_processes == NULL || strcmp (opt_processes, "threads") == 0)
+    params->processes = DP_PROCESSES_THREADS;
+  else if (strcmp (opt_processes, "spawn") == 0)
+    params->processes = DP_PROCESSES_SPAWN;
+  else if (strcmp (opt_processes, "launcher") == 0)
+    params->processes = DP_PROCESSES_LAUNCHER;
+  else {
+    fail ("--processes '%s': use threads, spawn or launcher", opt_processes);
+    return FALSE;
+  }
+  params->wire_bf16 = opt_wire_bf16;
   if (opt_stages == 0)
     return TRUE;
   const char *dev = params->devices ? params->devices : "cpu";
@@ -567,6 +586,7 @@ out:
   g_free (opt_chroma);
   g_free (opt_png_dir);
   g_free (opt_engine);
+  g_free (opt_processes);
   g_free (stage_devices);
   return status;
 }

@@ -82,6 +82,12 @@ dp_generator_params_init (dp_generator_params *p)
 
 /* ------------------------------------------------------------ settings */
 
+static gboolean
+several_devices (const char *devices)
+{
+  return devices != NULL && strchr (devices, ',') != NULL;
+}
+
 /* The settings that need no model.  Sizes and frame counts are checked
  * against the model after loading. */
 static gboolean
@@ -153,14 +159,29 @@ check_params (const dp_generator_params *p, GError **error)
                  "be negative", p->block_frames, p->context_frames);
     return FALSE;
   }
+  if (p->processes != DP_PROCESSES_THREADS && p->processes != DP_PROCESSES_SPAWN &&
+      p->processes != DP_PROCESSES_LAUNCHER) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "Unknown processes mode %d", (int) p->processes);
+    return FALSE;
+  }
+  if (p->processes != DP_PROCESSES_THREADS && p->engine == DP_ENGINE_CLASSIC) {
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "Stages in several processes need the DualParal "
+                 "engine (the classic engine runs on one device)");
+    return FALSE;
+  }
+  if (p->processes == DP_PROCESSES_SPAWN && !several_devices (p->devices)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "processes \"spawn\" runs one process per device: "
+                 "devices \"%s\" names one (give a list such as cpu,cpu or 0,1)", p->devices ? p->devices : "");
+    return FALSE;
+  }
+  if (p->processes == DP_PROCESSES_LAUNCHER && several_devices (p->devices)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "processes \"launcher\": devices names rank 0's own "
+                 "device only (each worker picks its own), not \"%s\"", p->devices);
+    return FALSE;
+  }
   return TRUE;
 }
 
-static gboolean
-several_devices (const char *devices)
-{
-  return devices != NULL && strchr (devices, ',') != NULL;
-}
 
 /* "cpu", "cuda", "cuda:N" or "N" -> a backend spec; a list of several
  * devices is valid but needs the DualParal engine. */
@@ -371,6 +392,15 @@ check_components (const char *model_dir, GError **error)
 
 /* The DualParal engine's parts: the text encoder here, the DiT's stages,
  * the samplers and the decoder in the engine (engine/generate.c). */
+static void warn (dp_generator *gen, const char *fmt, ...) G_GNUC_PRINTF (2, 3);
+
+/* Parts below the generator warn through the callback set when they speak. */
+static void
+warn_cb (const char *message, void *data)
+{
+  warn (data, "%s", message);
+}
+
 static gboolean
 load_dualparal (dp_generator *gen, const dp_generator_params *p, const dp_sampler_settings *settings,
                 GError **error)
@@ -388,6 +418,7 @@ load_dualparal (dp_generator *gen, const dp_generator_params *p, const dp_sample
     .latent_frames = gen->latent_frames, .latent_height = gen->latent_height,
     .latent_width = gen->latent_width, .settings = settings, .steps = p->steps,
     .guidance = gen->guidance, .seed = gen->seed,
+    .processes = p->processes, .wire_bf16 = p->wire_bf16, .warn = warn_cb, .warn_data = gen,
   };
   gen->dualparal = dp_dualparal_pipe_new (&c, error);
   return gen->dualparal != NULL;
@@ -497,6 +528,7 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
     if (gen->engine == DP_ENGINE_AUTO) {
       /* Asking for blocks is asking for the DualParal engine. */
       gen->engine = gen->num_frames == -1 || several_devices (p->devices) || p->block_frames > 0
+                        || p->processes != DP_PROCESSES_THREADS
                         || p->context_frames > 0
                         || (gen->model_window > 0 && gen->latent_frames > gen->model_window)
                         || gen->latent_frames > wc->rope_max_seq_len
@@ -584,7 +616,7 @@ dp_generator_new (const dp_generator_params *p, GError **error)
 
   if (!check_params (p, error))
     return NULL;
-  device = parse_devices (p->devices, p->engine != DP_ENGINE_CLASSIC, error);
+  device = parse_devices (p->devices, p->engine != DP_ENGINE_CLASSIC && p->processes != DP_PROCESSES_LAUNCHER, error);
   if (device == NULL)
     return NULL;
   if (!g_file_test (p->model_dir, G_FILE_TEST_IS_DIR)) {
@@ -725,9 +757,6 @@ dp_generator_set_warning_callback (dp_generator *gen, dp_warning_cb cb, void *us
 }
 
 /* ------------------------------------------------------------ running */
-
-static void
-warn (dp_generator *gen, const char *fmt, ...) G_GNUC_PRINTF (2, 3);
 
 static void
 warn (dp_generator *gen, const char *fmt, ...)

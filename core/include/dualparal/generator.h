@@ -69,6 +69,16 @@ typedef enum {
   DP_ENGINE_AUTO = 2,
 } dp_engine_kind;
 
+/* Where the DualParal stages run (docs/distributed.md). */
+typedef enum {
+  DP_PROCESSES_THREADS = 0, /* every stage is a thread of this process (default) */
+  DP_PROCESSES_SPAWN = 1,   /* one process per entry of devices, on this machine: this process
+                             * runs stage 0 and starts dualparal-worker for the others */
+  DP_PROCESSES_LAUNCHER = 2,/* this process is rank 0 of a job a launcher started (torchrun /
+                             * srun / mpirun variables); devices names rank 0's own device and
+                             * the workers (dualparal-worker) connect to MASTER_ADDR:MASTER_PORT */
+} dp_processes;
+
 /* Settings.  dp_generator_params_init() fills the defaults noted here.  The
  * strings are borrowed: they must stay valid until dp_generator_new() returns
  * (the generator keeps copies). */
@@ -94,6 +104,10 @@ typedef struct {
                                 * (several GPUs) or "cpu,cpu" (DualParal engine only) */
   int text_len;                /* text tokens (prompt padded / truncated to it), 1..
                                 * DP_GENERATOR_MAX_TEXT_LEN; 0 = the model's (default) */
+  dp_processes processes;      /* default DP_PROCESSES_THREADS; others need the DualParal engine */
+  gboolean wire_bf16;          /* between processes, hidden states travel as BF16 (half the
+                                * bytes; the frames then differ slightly from one process's);
+                                * default FALSE: F32, bit-identical */
 } dp_generator_params;
 
 /* Progress after each finished block of frames. */

@@ -1,12 +1,17 @@
 /* dualparal: the DualParal engine as the generator runs it (generate.h). */
 #include "engine/generate.h"
 
+#include "dist/cluster.h"
+#include "dist/dist.h"
+
 #include <string.h>
 
 struct dp_dualparal_pipe {
   int n_stages;
-  dp_backend *backends[DP_ENGINE_MAX_STAGES]; /* [0] borrowed, the others owned */
+  dp_backend *backends[DP_ENGINE_MAX_STAGES]; /* [0] borrowed, the others owned (threads) */
   dp_engine *engine;
+  dp_cluster *cluster;     /* stages 1.. in worker processes; NULL: threads */
+  dp_transport *transport; /* stage 0's socket transport (with a cluster) */
   int64_t latent_frames;
   int steps;
 };
@@ -41,10 +46,31 @@ device_spec (const char *item, GError **error)
   return s;
 }
 
+/* Number of processes of a launcher's job (its WORLD_SIZE). */
+static int
+launcher_world_size (GError **error)
+{
+  dp_launch_env env;
+  if (!dp_launch_env_read (&env, error)) {
+    g_prefix_error (error, "processes \"launcher\": ");
+    return 0;
+  }
+  const int n = env.world_size;
+  dp_launch_env_clear (&env);
+  if (n < 2)
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID,
+                 "processes \"launcher\": WORLD_SIZE is %d; a pipeline over processes needs 2 or more", n);
+  return n < 2 ? 0 : n;
+}
+
 dp_dualparal_pipe *
 dp_dualparal_pipe_new (const dp_dualparal_config *cfg, GError **error)
 {
-  const int n = dp_dualparal_count_devices (cfg->devices ? cfg->devices : "cpu");
+  const gboolean threads = cfg->processes == DP_PROCESSES_THREADS;
+  const int n = cfg->processes == DP_PROCESSES_LAUNCHER ? launcher_world_size (error)
+                                                        : dp_dualparal_count_devices (cfg->devices ? cfg->devices : "cpu");
+  if (n == 0 && cfg->processes == DP_PROCESSES_LAUNCHER)
+    return NULL;
   if (n < 1 || n > DP_ENGINE_MAX_STAGES) {
     g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "devices \"%s\": the DualParal engine runs 1 to %d stages",
                  cfg->devices, DP_ENGINE_MAX_STAGES);
@@ -54,7 +80,7 @@ dp_dualparal_pipe_new (const dp_dualparal_config *cfg, GError **error)
   pipe->n_stages = n;
   pipe->backends[0] = cfg->be0;
   char **items = g_strsplit (cfg->devices ? cfg->devices : "cpu", ",", -1);
-  for (int r = 1; r < n; r++) {
+  for (int r = 1; r < n && threads; r++) {
     char *spec = device_spec (items[r], error);
     if (spec)
       pipe->backends[r] = dp_backend_new (spec, error);
@@ -67,7 +93,6 @@ dp_dualparal_pipe_new (const dp_dualparal_config *cfg, GError **error)
       return NULL;
     }
   }
-  g_strfreev (items);
 
   int P = cfg->block_frames > 0 ? cfg->block_frames : DP_DUALPARAL_DEFAULT_BLOCK_FRAMES;
   int C = cfg->context_frames > 0 ? cfg->context_frames : DP_DUALPARAL_DEFAULT_CONTEXT_FRAMES;
@@ -75,6 +100,7 @@ dp_dualparal_pipe_new (const dp_dualparal_config *cfg, GError **error)
     C = MIN (C, P);
   dp_schedule *sched = dp_schedule_new (cfg->settings, cfg->steps, error);
   if (!sched) {
+    g_strfreev (items);
     dp_dualparal_pipe_free (pipe);
     return NULL;
   }
@@ -84,10 +110,38 @@ dp_dualparal_pipe_new (const dp_dualparal_config *cfg, GError **error)
     .guidance = cfg->guidance, .seed = cfg->seed, .noise_stream = DP_ENGINE_NOISE_STREAM,
   };
   char *dir = g_build_filename (cfg->model_dir, "transformer", NULL);
-  pipe->engine = dp_engine_new (dir, pipe->backends, n, NULL, &p, error);
+  if (threads) {
+    pipe->engine = dp_engine_new (dir, pipe->backends, n, NULL, &p, error);
+  } else {
+    /* Stage 0 here first (it checks the settings against the model), then
+     * the workers. */
+    pipe->transport = dp_transport_new_socket (n, 0, cfg->be0, cfg->wire_bf16 ? DP_BF16 : DP_F32, error);
+    if (pipe->transport)
+      pipe->engine = dp_engine_new_stage (dir, cfg->be0, n, 0, pipe->transport, &p, error);
+    if (pipe->engine) {
+      /* Spawned workers get the device specs of the list (rank 0's is
+       * entry 0, the generator's own). */
+      char **specs = g_new0 (char *, n + 1);
+      for (int r = 0; r < n; r++)
+        specs[r] = cfg->processes == DP_PROCESSES_SPAWN ? device_spec (items[r], NULL) : g_strdup ("");
+      dp_cluster_config cc = {
+        .processes = cfg->processes, .world_size = n, .devices = specs, .model_dir = cfg->model_dir,
+        .transport = pipe->transport, .params = &p, .hidden_bf16 = cfg->wire_bf16, .warn = cfg->warn,
+        .warn_data = cfg->warn_data,
+      };
+      for (int r = 0; r < n; r++)
+        if (!specs[r])
+          specs[r] = g_strdup ("cpu");
+      pipe->cluster = dp_cluster_new (&cc, error);
+      g_strfreev (specs);
+      if (pipe->cluster)
+        dp_cluster_set_engine (pipe->cluster, pipe->engine);
+    }
+  }
+  g_strfreev (items);
   g_free (dir);
   dp_schedule_free (sched);
-  if (!pipe->engine) {
+  if (!pipe->engine || (!threads && !pipe->cluster)) {
     g_prefix_error (error, "DualParal engine: ");
     dp_dualparal_pipe_free (pipe);
     return NULL;
@@ -102,7 +156,11 @@ dp_dualparal_pipe_free (dp_dualparal_pipe *pipe)
 {
   if (!pipe)
     return;
+  /* The workers go first: they hold connections to stage 0. */
+  dp_cluster_free (pipe->cluster);
   dp_engine_free (pipe->engine);
+  if (pipe->transport)
+    dp_transport_free (pipe->transport);
   for (int r = 1; r < pipe->n_stages; r++)
     if (pipe->backends[r])
       dp_backend_free (pipe->backends[r]);
@@ -199,7 +257,16 @@ dp_dualparal_pipe_run (dp_dualparal_pipe *pipe, const dp_dualparal_job *job, GEr
   dp_engine_output out = {
     .frames = on_frames, .iteration = on_iteration, .user_data = &s, .cancel = job->cancel,
   };
-  gboolean ok = dp_engine_run (pipe->engine, &context, job->vae, &out, error);
+  gboolean ok;
+  if (pipe->cluster) {
+    ok = dp_cluster_run_begin (pipe->cluster, &context, error);
+    if (ok) {
+      ok = dp_engine_run (pipe->engine, &context, job->vae, &out, error);
+      ok = dp_cluster_run_end (pipe->cluster, ok, error);
+    }
+  } else {
+    ok = dp_engine_run (pipe->engine, &context, job->vae, &out, error);
+  }
   dp_tensor_free (&context);
   return ok;
 }

@@ -36,9 +36,14 @@ typedef struct {
   int steps;
   double guidance;
   uint64_t seed;
+  dp_processes processes;  /* threads, or stages in worker processes (docs/distributed.md) */
+  gboolean wire_bf16;      /* hidden states between processes as BF16 */
+  dp_warning_cb warn;      /* what the workers' rendezvous has to say; may be NULL */
+  void *warn_data;
 } dp_dualparal_config;
 
-/* Parses the devices, makes the backends of stages 1.., loads the engine.
+/* Parses the devices, makes the backends of stages 1.. (threads) or brings
+ * up the worker processes (dist/cluster.h), loads the engine.
  * Errors name the setting or the file. */
 dp_dualparal_pipe *dp_dualparal_pipe_new (const dp_dualparal_config *cfg, GError **error);
 void dp_dualparal_pipe_free (dp_dualparal_pipe *pipe);
