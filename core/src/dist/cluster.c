@@ -720,6 +720,10 @@ dp_cluster_run_begin (dp_cluster *c, const dp_tensor *context, GError **error)
 gboolean
 dp_cluster_run_end (dp_cluster *c, gboolean engine_ok, GError **error)
 {
+  /* Stage 0's engine has returned: nothing more to cancel there. */
+  g_mutex_lock (&c->lock);
+  c->running = FALSE;
+  g_mutex_unlock (&c->lock);
   if (!engine_ok)
     for (int r = 1; r < c->cfg.world_size; r++)
       if (c->w[r].state == W_RUNNING)
@@ -748,16 +752,21 @@ dp_cluster_run_end (dp_cluster *c, gboolean engine_ok, GError **error)
       break;
     }
   }
-  c->running = FALSE;
-  /* The most telling failure: a lost worker, else a worker's error other
-   * than a cancel. */
+  /* The most telling failure, the cause rather than its echoes (a cancel,
+   * a closed link): a lost worker; else stage 0's own error when it is a
+   * cause; else a worker's cause; else a worker's closed link; else stage
+   * 0's error as it is. */
+  const gboolean own_cause = error && *error && (*error)->code != DP_ERROR_CANCELLED && (*error)->code != DP_ERROR_IO;
   GError *worst = NULL;
-  for (int pass = 0; pass < 2 && !worst; pass++)
+  for (int pass = 0; pass < 3 && !worst; pass++)
     for (int r = 1; r < c->cfg.world_size && !worst; r++) {
       worker_slot *s = &c->w[r];
+      const gboolean cause = s->error && s->error->code != DP_ERROR_CANCELLED && s->error->code != DP_ERROR_IO;
       if (pass == 0 && s->state == W_LOST)
         worst = g_error_copy (s->error);
-      else if (pass == 1 && s->state == W_FAILED && !g_error_matches (s->error, DP_ERROR, DP_ERROR_CANCELLED))
+      else if (pass == 1 && !own_cause && s->state == W_FAILED && cause)
+        worst = g_error_copy (s->error);
+      else if (pass == 2 && !own_cause && s->state == W_FAILED && s->error->code == DP_ERROR_IO)
         worst = g_error_copy (s->error);
     }
   for (int r = 1; r < c->cfg.world_size; r++)

@@ -383,11 +383,13 @@ serve (worker *w, GError **error)
       return FALSE;
     }
     if (ev->kind == EV_RUN_DONE) {
-      end_run (w);
+      /* Report before closing the links: rank 0 should hear the cause
+       * before it sees the links close. */
       if (ev->error)
         dp_ctl_send_error (w->ctl, ev->error);
       else
         dp_ctl_send (w->ctl, DP_CTL_DONE, NULL, 0, NULL);
+      end_run (w);
       event_free (ev);
       continue;
     }

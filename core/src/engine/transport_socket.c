@@ -480,6 +480,10 @@ dp_transport_socket_attach (dp_transport *t, GIOStream *to_next, GIOStream *from
   g_return_val_if_fail (t && t->ops == &socket_ops, FALSE);
   sock *s = t->priv;
   detach (s);
+  /* A new run: a cancel of the last one is over. */
+  g_mutex_lock (&s->lock);
+  s->cancelled = FALSE;
+  g_mutex_unlock (&s->lock);
   s->out.stream = g_object_ref (to_next);
   s->in.stream = g_object_ref (from_prev);
   for (link_dir *d = &s->out; d; d = d == &s->out ? &s->in : NULL) {
