@@ -65,6 +65,16 @@ dp_transport *dp_nccl_transport_new (dp_backend *const *backends, int n_stages, 
 void dp_nccl_transport_set_timeout (dp_transport *t, double seconds);
 double dp_nccl_transport_get_timeout (dp_transport *t);
 
+/* The NCCL transport between processes (nccl_process_transport.c,
+ * docs/distributed.md): this process runs stage `stage` of n_stages on the
+ * CUDA backend be (not owned); each run's dp_transport_attach() exchanges
+ * the NCCL unique ids over the given byte streams and makes two two-rank
+ * communicators (to the next stage's process, from the previous one's).
+ * hidden_bf16: hidden states travel as BF16.  DP_NCCL_TIMEOUT applies as
+ * above.  Use dp_transport_new_process() (transport.h) rather than this. */
+dp_transport *dp_nccl_process_transport_new (int n_stages, int stage, dp_backend *be, gboolean hidden_bf16,
+                                             GError **error);
+
 /* Whether messages from stage src to stage dst go through NCCL (their GPUs
  * differ) rather than a device copy (the same GPU). */
 gboolean dp_nccl_transport_uses_nccl (dp_transport *t, int src, int dst);

@@ -61,6 +61,11 @@ typedef struct {
   /* Bytes stage has sent / received since the transport was made. */
   void (*bytes) (dp_transport *t, int stage, uint64_t *sent, uint64_t *received);
   void (*destroy) (dp_transport *t);
+  /* Transports between processes only (NULL otherwise): a run's byte
+   * streams to the next stage's process and from the previous one's
+   * (dp_transport_attach), and their end (dp_transport_detach). */
+  gboolean (*attach) (dp_transport *t, GIOStream *to_next, GIOStream *from_prev, GError **error);
+  void (*detach) (dp_transport *t);
 } dp_transport_ops;
 
 struct dp_transport {
@@ -87,11 +92,23 @@ dp_transport *dp_transport_new_inproc (int n_stages, GError **error);
  * with DP_ERROR_IO; dp_transport_cancel() interrupts them at once. */
 dp_transport *dp_transport_new_socket (int n_stages, int stage, dp_backend *be, dp_dtype hidden_wire,
                                        GError **error);
-/* Gives the transport this run's streams (it takes references; the ones of
- * the previous run are closed). */
-gboolean dp_transport_socket_attach (dp_transport *t, GIOStream *to_next, GIOStream *from_prev, GError **error);
-/* Closes the streams (after a run); waits on later requests fail. */
-void dp_transport_socket_detach (dp_transport *t);
+
+/* A transport between processes for this process's stage `stage` of
+ * n_stages on be (docs/distributed.md): kind "socket" (any backend; device
+ * buffers staged through host memory), "nccl" (CUDA backends in a CUDA
+ * build: NCCL point-to-point between the processes' GPUs), or NULL: nccl
+ * for a CUDA backend, else socket.  DP_ERROR_UNSUPPORTED when the kind does
+ * not suit the backend or the build. */
+dp_transport *dp_transport_new_process (int n_stages, int stage, dp_backend *be, gboolean hidden_bf16,
+                                        const char *kind, GError **error);
+/* For a transport between processes: gives it this run's byte streams to
+ * the next stage's process and from the previous one's (it takes
+ * references; those of an earlier run are dropped).  The NCCL transport
+ * uses them to exchange its unique ids, the socket transport carries the
+ * messages on them.  DP_ERROR_INVALID for an in-process transport. */
+gboolean dp_transport_attach (dp_transport *t, GIOStream *to_next, GIOStream *from_prev, GError **error);
+/* Ends the run's links (after a run); waits on later requests fail. */
+void dp_transport_detach (dp_transport *t);
 
 /* Posts a send of buf (stage src's memory) to stage dst. */
 dp_transport_req *dp_transport_isend (dp_transport *t, int src, int dst, const dp_tensor *buf, GError **error);

@@ -403,6 +403,7 @@ send_setup (dp_cluster *c, int r, GError **error)
   add_int (b, "n_stages", c->cfg.world_size);
   add_int (b, "stage", r);
   add_int (b, "wire_bf16", c->cfg.hidden_bf16);
+  add_str (b, "transport", c->transport->name); /* every process uses rank 0's kind */
   dp_dist_add_engine_params (b, &c->params);
   json_builder_end_object (b);
   return dp_ctl_send_json (c->w[r].ctl, DP_CTL_SETUP, b, error);
@@ -707,7 +708,7 @@ dp_cluster_run_begin (dp_cluster *c, const dp_tensor *context, GError **error)
     out = dp_dist_link_connect (c->w[1].data_host, c->w[1].data_port, c->secret, c->run, 0, c->heartbeat, error);
   if (out)
     in = dp_dist_link_accept (c->data_listener, c->secret, c->run, c->cfg.world_size - 1, c->heartbeat, error);
-  ok = in && dp_transport_socket_attach (c->transport, G_IO_STREAM (out), G_IO_STREAM (in), error);
+  ok = in && dp_transport_attach (c->transport, G_IO_STREAM (out), G_IO_STREAM (in), error);
   g_clear_object (&out);
   g_clear_object (&in);
   if (!ok) {
@@ -776,7 +777,7 @@ dp_cluster_run_end (dp_cluster *c, gboolean engine_ok, GError **error)
     }
   g_mutex_unlock (&c->lock);
   if (c->transport)
-    dp_transport_socket_detach (c->transport);
+    dp_transport_detach (c->transport);
   /* Spawned workers that are gone or hung: no process is left behind. */
   for (int r = 1; r < c->cfg.world_size; r++)
     if (c->w[r].state == W_LOST && c->cfg.processes == DP_PROCESSES_SPAWN && c->w[r].proc) {

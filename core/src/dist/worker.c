@@ -262,7 +262,10 @@ setup (worker *w, JsonObject *o, GError **error)
   w->be = dp_backend_new (w->device, error);
   if (!w->be)
     return FALSE;
-  w->transport = dp_transport_new_socket (w->n_stages, w->stage, w->be, bf16 ? DP_BF16 : DP_F32, error);
+  const char *kind = dp_ctl_get_string (o, "transport", error);
+  if (!kind)
+    return FALSE;
+  w->transport = dp_transport_new_process (w->n_stages, w->stage, w->be, bf16 != 0, kind, error);
   if (!w->transport)
     return FALSE;
   char *dir = g_build_filename (model_dir, "transformer", NULL);
@@ -339,7 +342,7 @@ start_run (worker *w, JsonObject *o, const dp_ctl_msg *m, GError **error)
   if (!out)
     return FALSE;
   GSocketConnection *in = dp_dist_link_accept (w->data_listener, w->secret, (guint64) run, w->stage - 1, timeout, error);
-  gboolean ok = in && dp_transport_socket_attach (w->transport, G_IO_STREAM (out), G_IO_STREAM (in), error);
+  gboolean ok = in && dp_transport_attach (w->transport, G_IO_STREAM (out), G_IO_STREAM (in), error);
   g_object_unref (out);
   g_clear_object (&in);
   if (!ok)
@@ -356,7 +359,7 @@ end_run (worker *w)
     g_thread_join (w->runner);
   w->runner = NULL;
   if (w->transport)
-    dp_transport_socket_detach (w->transport);
+    dp_transport_detach (w->transport);
 }
 
 static void
@@ -426,7 +429,7 @@ serve (worker *w, GError **error)
           g_prefix_error (&err, "rank %d: ", w->env.rank);
           dp_ctl_send_error (w->ctl, err);
           if (w->transport)
-            dp_transport_socket_detach (w->transport);
+            dp_transport_detach (w->transport);
         }
         break;
       case DP_CTL_CANCEL:

@@ -115,7 +115,9 @@ dp_dualparal_pipe_new (const dp_dualparal_config *cfg, GError **error)
   } else {
     /* Stage 0 here first (it checks the settings against the model), then
      * the workers. */
-    pipe->transport = dp_transport_new_socket (n, 0, cfg->be0, cfg->wire_bf16 ? DP_BF16 : DP_F32, error);
+    /* NCCL between GPUs, sockets otherwise; DUALPARAL_TRANSPORT chooses
+     * (rank 0 tells the workers which). */
+    pipe->transport = dp_transport_new_process (n, 0, cfg->be0, cfg->wire_bf16, g_getenv ("DUALPARAL_TRANSPORT"), error);
     if (pipe->transport)
       pipe->engine = dp_engine_new_stage (dir, cfg->be0, n, 0, pipe->transport, &p, error);
     if (pipe->engine) {

@@ -2,6 +2,13 @@
  * independent entry points. */
 #include "dualparal/transport.h"
 
+#include <string.h>
+
+#ifdef DP_HAVE_CUDA
+#include "cuda_backend.h"
+#include "nccl_transport.h"
+#endif
+
 static gboolean
 check_stages (dp_transport *t, const char *op, int a, int b, const dp_tensor *buf, GError **error)
 {
@@ -62,4 +69,52 @@ dp_transport_free (dp_transport *t)
 {
   if (t)
     t->ops->destroy (t);
+}
+
+gboolean
+dp_transport_attach (dp_transport *t, GIOStream *to_next, GIOStream *from_prev, GError **error)
+{
+  if (!t->ops->attach) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "transport %s: not a transport between processes", t->name);
+    return FALSE;
+  }
+  return t->ops->attach (t, to_next, from_prev, error);
+}
+
+void
+dp_transport_detach (dp_transport *t)
+{
+  if (t->ops->detach)
+    t->ops->detach (t);
+}
+
+dp_transport *
+dp_transport_new_process (int n_stages, int stage, dp_backend *be, gboolean hidden_bf16, const char *kind,
+                          GError **error)
+{
+#ifdef DP_HAVE_CUDA
+  const gboolean cuda = dp_cuda_backend_is_cuda (be);
+#else
+  const gboolean cuda = FALSE;
+#endif
+  if (!kind || !*kind)
+    kind = cuda ? "nccl" : "socket";
+  if (strcmp (kind, "socket") == 0)
+    return dp_transport_new_socket (n_stages, stage, be, hidden_bf16 ? DP_BF16 : DP_F32, error);
+  if (strcmp (kind, "nccl") != 0) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "transport \"%s\": use socket or nccl", kind);
+    return NULL;
+  }
+  if (!cuda) {
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED,
+                 "transport nccl: stage %d runs on %s; NCCL needs a CUDA device%s (DUALPARAL_TRANSPORT=socket "
+                 "moves data through host memory for any device)", stage, be->name,
+                 dp_backend_have_cuda () ? "" : " and a build with CUDA");
+    return NULL;
+  }
+#ifdef DP_HAVE_CUDA
+  return dp_nccl_process_transport_new (n_stages, stage, be, hidden_bf16, error);
+#else
+  return NULL;
+#endif
 }

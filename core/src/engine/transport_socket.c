@@ -439,8 +439,11 @@ sock_destroy (dp_transport *t)
   g_free (t);
 }
 
+static gboolean sock_attach (dp_transport *t, GIOStream *to_next, GIOStream *from_prev, GError **error);
+static void sock_detach (dp_transport *t);
+
 static const dp_transport_ops socket_ops = {
-  sock_isend, sock_irecv, sock_wait, sock_cancel, sock_reset, sock_bytes, sock_destroy,
+  sock_isend, sock_irecv, sock_wait, sock_cancel, sock_reset, sock_bytes, sock_destroy, sock_attach, sock_detach,
 };
 
 dp_transport *
@@ -474,10 +477,9 @@ dp_transport_new_socket (int n_stages, int stage, dp_backend *be, dp_dtype hidde
   return t;
 }
 
-gboolean
-dp_transport_socket_attach (dp_transport *t, GIOStream *to_next, GIOStream *from_prev, GError **error)
+static gboolean
+sock_attach (dp_transport *t, GIOStream *to_next, GIOStream *from_prev, GError **error)
 {
-  g_return_val_if_fail (t && t->ops == &socket_ops, FALSE);
   sock *s = t->priv;
   detach (s);
   /* A new run: a cancel of the last one is over. */
@@ -497,9 +499,8 @@ dp_transport_socket_attach (dp_transport *t, GIOStream *to_next, GIOStream *from
   return TRUE;
 }
 
-void
-dp_transport_socket_detach (dp_transport *t)
+static void
+sock_detach (dp_transport *t)
 {
-  g_return_if_fail (t && t->ops == &socket_ops);
   detach (t->priv);
 }
