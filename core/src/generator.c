@@ -636,6 +636,8 @@ dp_generator_new (const dp_generator_params *p, GError **error)
   gen->prompt = g_strdup (p->prompt);
   gen->negative_prompt = g_strdup (p->negative_prompt ? p->negative_prompt : "");
   gen->num_frames = p->num_frames;
+  gen->warning_cb = p->warning_cb;
+  gen->warning_data = p->warning_cb ? p->warning_data : NULL;
   gen->engine = p->engine; /* DP_ENGINE_AUTO is resolved in load_parts */
   gen->guidance = p->guidance_scale;
   gen->seed = p->seed;

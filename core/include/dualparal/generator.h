@@ -69,6 +69,13 @@ typedef enum {
   DP_ENGINE_AUTO = 2,
 } dp_engine_kind;
 
+/* Something the generator should tell its user that is not an error: a
+ * prompt with more tokens than the text length (it is cut, as diffusers
+ * cuts it), a refused connection from a would-be worker.  Called on the
+ * thread of dp_generator_new() or dp_generator_run() (worker refusals: on
+ * the thread that waits for the workers); message is borrowed. */
+typedef void (*dp_warning_cb) (const char *message, void *user_data);
+
 /* Where the DualParal stages run (docs/distributed.md). */
 typedef enum {
   DP_PROCESSES_THREADS = 0, /* every stage is a thread of this process (default) */
@@ -108,6 +115,10 @@ typedef struct {
   gboolean wire_bf16;          /* between processes, hidden states travel as BF16 (half the
                                 * bytes; the frames then differ slightly from one process's);
                                 * default FALSE: F32, bit-identical */
+  dp_warning_cb warning_cb;    /* where warnings go from dp_generator_new() on (NULL: g_warning
+                                * in the log domain "dualparal"); see
+                                * dp_generator_set_warning_callback() */
+  void *warning_data;
 } dp_generator_params;
 
 /* Progress after each finished block of frames. */
@@ -161,11 +172,6 @@ int dp_generator_text_len (const dp_generator *gen);
 /* The engine that runs (DP_ENGINE_AUTO resolved), and for the DualParal
  * engine the block and context frames asked for (0: the engine's defaults). */
 dp_engine_kind dp_generator_engine (const dp_generator *gen, int *block_frames, int *context_frames);
-
-/* Something a run should tell its user that is not an error: a prompt with
- * more tokens than the text length (it is cut, as diffusers cuts it).
- * Called on the run's thread; message is borrowed. */
-typedef void (*dp_warning_cb) (const char *message, void *user_data);
 
 /* Sets (cb NULL: back to the default, g_warning in the log domain
  * "dualparal") where warnings go.  Not while running. */
