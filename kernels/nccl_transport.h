@@ -33,8 +33,11 @@
  * reported an error.  dp_transport_cancel() makes every wait return
  * DP_ERROR_CANCELLED within a millisecond or so.
  *
- * Status: compiled and linked in CI; not yet run on GPUs (see
- * docs/algorithm.md and tests/test_gpu_engine.c).
+ * Status: the one-GPU paths (device copies between stages on one GPU,
+ * timeouts, cancel) passed tests/test_gpu_engine.c on an H200; the NCCL
+ * path between GPUs has not run (the lent machines have one GPU).  The
+ * transport between processes (dp_nccl_process_transport_new) is compiled
+ * and linked, not yet run (docs/distributed.md).
  */
 #ifndef DUALPARAL_NCCL_TRANSPORT_H
 #define DUALPARAL_NCCL_TRANSPORT_H
