@@ -12,6 +12,7 @@
  * Environment: DP_SHAPES_MODEL_DIR (the model), DUALPARAL_WORKER (the
  * worker program). */
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -255,6 +256,181 @@ test_fault (gconstpointer data)
   g_unsetenv ("DUALPARAL_HEARTBEAT_TIMEOUT");
 }
 
+/* ------------------------------------------------------------ socket transport */
+
+/* A TCP connection over loopback: *a connects, *b is accepted. */
+static void
+tcp_pair (GSocket *listener, int port, GSocketConnection **a, GSocketConnection **b)
+{
+  GSocketClient *client = g_socket_client_new ();
+  GError *err = NULL;
+  *a = g_socket_client_connect_to_host (client, "127.0.0.1", (guint16) port, NULL, &err);
+  g_assert_no_error (err);
+  *b = dp_dist_accept (listener, 5, NULL, &err);
+  g_assert_no_error (err);
+  g_object_unref (client);
+}
+
+typedef struct {
+  dp_transport *t;
+  int self, peer;
+  dp_tensor *buf;
+  gboolean ok;
+  GError *error;
+} transfer_job;
+
+static gpointer
+recv_thread (gpointer data)
+{
+  transfer_job *j = data;
+  dp_transport_req *r = dp_transport_irecv (j->t, j->self, j->peer, j->buf, &j->error);
+  j->ok = r && dp_transport_wait (j->t, r, &j->error);
+  return NULL;
+}
+
+/* Two processes' transports in one: stage 0 and stage 1 of 2, linked by
+ * real TCP connections.  F32 arrives exactly, BF16 hidden states rounded to
+ * nearest even, predictions to stage 0 stay F32, a size mismatch fails
+ * both sides, a cancel ends a wait at once, a closed peer fails a wait. */
+static void
+test_socket_transport (void)
+{
+  GError *err = NULL;
+  int port = 0;
+  GSocket *listener = dp_dist_listen ("127.0.0.1", 0, &port, &err);
+  g_assert_no_error (err);
+  dp_backend *be0 = dp_test_cpu_backend (), *be1 = dp_test_cpu_backend ();
+  for (int bf16 = 0; bf16 <= 1; bf16++) {
+    dp_transport *t0 = dp_transport_new_process (2, 0, be0, bf16, "socket", &err);
+    dp_transport *t1 = dp_transport_new_process (2, 1, be1, bf16, "socket", &err);
+    g_assert_no_error (err);
+    GSocketConnection *c01a, *c01b, *c10a, *c10b;
+    tcp_pair (listener, port, &c01a, &c01b);
+    tcp_pair (listener, port, &c10a, &c10b);
+    g_assert_true (dp_transport_attach (t0, G_IO_STREAM (c01a), G_IO_STREAM (c10b), &err));
+    g_assert_true (dp_transport_attach (t1, G_IO_STREAM (c10a), G_IO_STREAM (c01b), &err));
+    g_assert_no_error (err);
+
+    enum { N = 1000 };
+    float src[N], dst[N], back[N];
+    for (int i = 0; i < N; i++)
+      src[i] = (float) (i - 500) * 0.01234567f + 1e-3f * (float) (i % 7);
+    dp_tensor ts = dp_tensor_view (src, DP_F32, 1, (int64_t[]){ N });
+    dp_tensor td = dp_tensor_view (dst, DP_F32, 1, (int64_t[]){ N });
+    dp_tensor tb = dp_tensor_view (back, DP_F32, 1, (int64_t[]){ N });
+    /* 0 -> 1 (a hidden state), then 1 -> 0 (a prediction). */
+    dp_transport_req *rr = dp_transport_irecv (t1, 1, 0, &td, &err);
+    dp_transport_req *rs = dp_transport_isend (t0, 0, 1, &ts, &err);
+    g_assert_true (dp_transport_wait (t0, rs, &err) && dp_transport_wait (t1, rr, &err));
+    g_assert_no_error (err);
+    for (int i = 0; i < N; i++) {
+      if (!bf16) {
+        g_assert_cmpfloat (dst[i], ==, src[i]);
+      } else {
+        guint32 u;
+        memcpy (&u, &src[i], 4);
+        u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u; /* round to nearest even */
+        float want;
+        memcpy (&want, &u, 4);
+        g_assert_cmpfloat (dst[i], ==, want);
+      }
+    }
+    rr = dp_transport_irecv (t0, 0, 1, &tb, &err);
+    rs = dp_transport_isend (t1, 1, 0, &td, &err);
+    g_assert_true (dp_transport_wait (t1, rs, &err) && dp_transport_wait (t0, rr, &err));
+    g_assert_cmpmem (back, sizeof back, dst, sizeof dst);
+    uint64_t sent, received;
+    dp_transport_bytes (t0, 0, &sent, &received);
+    g_assert_cmpuint (sent, ==, (uint64_t) N * (bf16 ? 2 : 4));
+    g_assert_cmpuint (received, ==, (uint64_t) N * 4);
+
+    /* Sizes that disagree: both sides fail. */
+    dp_tensor shorter = dp_tensor_view (dst, DP_F32, 1, (int64_t[]){ N - 1 });
+    rr = dp_transport_irecv (t1, 1, 0, &shorter, &err);
+    rs = dp_transport_isend (t0, 0, 1, &ts, &err);
+    g_assert_true (dp_transport_wait (t0, rs, &err));
+    g_assert_false (dp_transport_wait (t1, rr, &err));
+    g_assert_error (err, DP_ERROR, DP_ERROR_SHAPE);
+    g_test_message ("%s", err->message);
+    g_clear_error (&err);
+
+    /* A wait for a message that never comes ends at a cancel. */
+    transfer_job j = { t0, 0, 1, &tb, FALSE, NULL };
+    GThread *th = g_thread_new ("recv", recv_thread, &j);
+    g_usleep (100000);
+    gint64 t_cancel = g_get_monotonic_time ();
+    dp_transport_cancel (t0);
+    g_thread_join (th);
+    g_assert_false (j.ok);
+    g_assert_error (j.error, DP_ERROR, DP_ERROR_CANCELLED);
+    g_assert_cmpint (g_get_monotonic_time () - t_cancel, <, 1000000);
+    g_clear_error (&j.error);
+    dp_transport_reset (t0);
+
+    /* The peer goes away: a waiting receive fails with an I/O error. */
+    dp_transport_detach (t0);
+    tcp_pair (listener, port, &c01a, &c01b);
+    tcp_pair (listener, port, &c10a, &c10b);
+    g_assert_true (dp_transport_attach (t0, G_IO_STREAM (c01a), G_IO_STREAM (c10b), &err));
+    g_assert_true (dp_transport_attach (t1, G_IO_STREAM (c10a), G_IO_STREAM (c01b), &err));
+    j = (transfer_job){ t0, 0, 1, &tb, FALSE, NULL };
+    th = g_thread_new ("recv", recv_thread, &j);
+    dp_transport_free (t1);
+    g_thread_join (th);
+    g_assert_false (j.ok);
+    g_assert_error (j.error, DP_ERROR, DP_ERROR_IO);
+    g_test_message ("%s", j.error->message);
+    g_clear_error (&j.error);
+    dp_transport_free (t0);
+    for (GSocketConnection **c = (GSocketConnection *[]){ c01a, c01b, c10a, c10b, NULL }; *c; c++)
+      g_object_unref (*c);
+  }
+  dp_backend_free (be0);
+  dp_backend_free (be1);
+  g_object_unref (listener);
+}
+
+/* BF16 hidden states on the wire between processes: the frames stay within
+ * a few levels of the F32 ones. */
+static void
+test_wire_bf16 (void)
+{
+  GError *err = NULL;
+  dp_generator *one = make_generator ("cpu", DP_PROCESSES_THREADS, 3, &err);
+  GByteArray *ref = run_once (one, &err);
+  g_assert_no_error (err);
+  dp_generator_free (one);
+  dp_generator_params p;
+  dp_generator_params_init (&p);
+  p.model_dir = model_dir ();
+  p.prompt = "a red ball moving to the right";
+  p.num_frames = FRAMES;
+  p.steps = 3;
+  p.engine = DP_ENGINE_DUALPARAL;
+  p.block_frames = 2;
+  p.context_frames = 1;
+  p.devices = "cpu,cpu";
+  p.processes = DP_PROCESSES_SPAWN;
+  p.wire_bf16 = TRUE;
+  p.seed = 3;
+  dp_generator *gen = dp_generator_new (&p, &err);
+  g_assert_no_error (err);
+  GByteArray *got = run_once (gen, &err);
+  g_assert_no_error (err);
+  int worst = 0;
+  guint differ = 0;
+  for (guint i = 0; i < got->len; i++) {
+    const int d = abs ((int) got->data[i] - (int) ref->data[i]);
+    worst = MAX (worst, d);
+    differ += d != 0;
+  }
+  g_test_message ("BF16 on the wire: %u of %u bytes differ from F32, by at most %d levels", differ, got->len, worst);
+  g_assert_cmpint (worst, <=, 8);
+  g_byte_array_unref (got);
+  g_byte_array_unref (ref);
+  dp_generator_free (gen);
+}
+
 /* ------------------------------------------------------------ refusals */
 
 static int
@@ -462,7 +638,9 @@ main (int argc, char **argv)
 {
   g_test_init (&argc, &argv, NULL);
   warnings = g_ptr_array_new_with_free_func (g_free);
+  g_test_add_func ("/dist/socket-transport", test_socket_transport);
   g_test_add_func ("/dist/identical", test_identical);
+  g_test_add_func ("/dist/wire-bf16", test_wire_bf16);
   g_test_add_data_func ("/dist/worker-killed", GINT_TO_POINTER (SIGKILL), test_fault);
   g_test_add_data_func ("/dist/worker-hung", GINT_TO_POINTER (SIGSTOP), test_fault);
   g_test_add_func ("/dist/wrong-secret", test_wrong_secret);
