@@ -47,6 +47,16 @@ struct dp_generator {
   void *warning_data;
 
   dp_dualparal_pipe *dualparal; /* the DualParal engine (instead of dit, sampler, decoder) */
+  dp_processes processes;
+
+  /* Steering (DualParal engine): the prompt, negative prompt and guidance
+   * as they are now (prompt / negative_prompt / guidance above stay the
+   * creation's), the schedule, the change callback. */
+  dp_prompt_state state;
+  dp_prompt_line *schedule;
+  int n_schedule;
+  dp_prompt_cb prompt_cb;
+  void *prompt_data;
 
   gint cancel;  /* atomic: a cancel request */
   gint running; /* atomic: a run is in progress */
@@ -88,6 +98,85 @@ several_devices (const char *devices)
   return devices != NULL && strchr (devices, ',') != NULL;
 }
 
+/* ------------------------------------------------------------ prompt schedule */
+
+/* Parses "FRAME: PROMPT" lines (generator.h, prompt_schedule) into lines
+ * (NULL: check only).  Errors name the line. */
+static gboolean
+parse_schedule (const char *text, dp_prompt_line **lines, int *n_lines, GError **error)
+{
+  char **rows = g_strsplit (text, "\n", -1);
+  GArray *out = g_array_new (FALSE, FALSE, sizeof (dp_prompt_line));
+  gboolean ok = TRUE;
+  int64_t prev = -1;
+
+  if (!g_utf8_validate (text, -1, NULL)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "prompt schedule: the text is not valid UTF-8");
+    ok = FALSE;
+  }
+  for (int i = 0; ok && rows[i]; i++) {
+    char *row = g_strstrip (rows[i]);
+    const int line = i + 1;
+    if (row[0] == '\0' || row[0] == '#')
+      continue;
+    char *colon = strchr (row, ':');
+    if (!colon) {
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "prompt schedule line %d: \"%s\" is not \"FRAME: PROMPT\"",
+                   line, row);
+      ok = FALSE;
+      break;
+    }
+    *colon = '\0';
+    char *num = g_strstrip (row);
+    guint64 frame = 0;
+    if (!g_ascii_string_to_unsigned (num, 10, 0, G_MAXINT64 / 8, &frame, NULL)) {
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "prompt schedule line %d: the frame \"%s\" is not a whole "
+                   "number of 0 or more", line, num);
+      ok = FALSE;
+      break;
+    }
+    if (prev < 0 && frame != 0) {
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "prompt schedule line %d: the first prompt must be at frame "
+                   "0, not %" G_GUINT64_FORMAT, line, frame);
+      ok = FALSE;
+      break;
+    }
+    if (prev >= 0 && (int64_t) frame <= prev) {
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "prompt schedule line %d: frame %" G_GUINT64_FORMAT " does "
+                   "not come after the previous line's frame %" G_GINT64_FORMAT, line, frame, prev);
+      ok = FALSE;
+      break;
+    }
+    prev = (int64_t) frame;
+    dp_prompt_line l = { (int64_t) frame, g_strdup (g_strstrip (colon + 1)) };
+    g_array_append_val (out, l);
+  }
+  if (ok && out->len == 0) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "prompt schedule: no \"FRAME: PROMPT\" line");
+    ok = FALSE;
+  }
+  g_strfreev (rows);
+  if (ok && lines) {
+    *n_lines = (int) out->len;
+    *lines = (dp_prompt_line *) g_array_free (out, FALSE);
+    return TRUE;
+  }
+  for (guint i = 0; i < out->len; i++)
+    g_free (g_array_index (out, dp_prompt_line, i).prompt);
+  g_array_free (out, TRUE);
+  return ok;
+}
+
+gboolean
+dp_prompt_schedule_check (const char *text, GError **error)
+{
+  if (!text) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "prompt schedule: no text");
+    return FALSE;
+  }
+  return parse_schedule (text, NULL, NULL, error);
+}
+
 /* The settings that need no model.  Sizes and frame counts are checked
  * against the model after loading. */
 static gboolean
@@ -97,12 +186,12 @@ check_params (const dp_generator_params *p, GError **error)
     g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "No model directory given (model_dir is not set)");
     return FALSE;
   }
-  if (p->prompt == NULL) {
+  if (p->prompt == NULL && p->prompt_schedule == NULL) {
     g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "No prompt given (prompt is not set; an empty "
                  "prompt \"\" is allowed)");
     return FALSE;
   }
-  if (!g_utf8_validate (p->prompt, -1, NULL)) {
+  if (p->prompt && !g_utf8_validate (p->prompt, -1, NULL)) {
     g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "The prompt is not valid UTF-8 text");
     return FALSE;
   }
@@ -162,6 +251,18 @@ check_params (const dp_generator_params *p, GError **error)
   if (p->processes != DP_PROCESSES_THREADS && p->processes != DP_PROCESSES_SPAWN &&
       p->processes != DP_PROCESSES_LAUNCHER) {
     g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "Unknown processes mode %d", (int) p->processes);
+    return FALSE;
+  }
+  if (p->transition_blocks < 0 || p->transition_blocks > DP_GENERATOR_MAX_TRANSITION_BLOCKS) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "transition_blocks %d is not valid: use 0 (at once) to %d",
+                 p->transition_blocks, DP_GENERATOR_MAX_TRANSITION_BLOCKS);
+    return FALSE;
+  }
+  if (p->prompt_schedule != NULL && !dp_prompt_schedule_check (p->prompt_schedule, error))
+    return FALSE;
+  if (p->prompt_schedule != NULL && p->engine == DP_ENGINE_CLASSIC) {
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "A prompt schedule needs the DualParal engine (the "
+                 "classic engine denoises the whole video with one prompt)");
     return FALSE;
   }
   if (p->processes != DP_PROCESSES_THREADS && p->engine == DP_ENGINE_CLASSIC) {
@@ -528,6 +629,7 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
     if (gen->engine == DP_ENGINE_AUTO) {
       /* Asking for blocks is asking for the DualParal engine. */
       gen->engine = gen->num_frames == -1 || several_devices (p->devices) || p->block_frames > 0
+                        || gen->n_schedule > 1
                         || p->processes != DP_PROCESSES_THREADS
                         || p->context_frames > 0
                         || (gen->model_window > 0 && gen->latent_frames > gen->model_window)
@@ -633,8 +735,31 @@ dp_generator_new (const dp_generator_params *p, GError **error)
   gen = g_new0 (dp_generator, 1);
   gen->device = device;
   gen->model_dir = g_strdup (p->model_dir);
-  gen->prompt = g_strdup (p->prompt);
+  if (p->prompt_schedule && !parse_schedule (p->prompt_schedule, &gen->schedule, &gen->n_schedule, error)) {
+    g_free (gen->device);
+    g_free (gen);
+    return NULL;
+  }
+  if (gen->n_schedule > 1 && p->processes != DP_PROCESSES_THREADS) {
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "A prompt schedule with more than one prompt is not yet "
+                 "supported with stages in processes of their own (the workers get the text context only when "
+                 "a run starts)");
+    for (int i = 0; i < gen->n_schedule; i++)
+      g_free (gen->schedule[i].prompt);
+    g_free (gen->schedule);
+    g_free (gen->device);
+    g_free (gen);
+    return NULL;
+  }
+  /* A schedule's frame 0 line is the prompt. */
+  gen->prompt = g_strdup (gen->n_schedule > 0 ? gen->schedule[0].prompt : p->prompt);
   gen->negative_prompt = g_strdup (p->negative_prompt ? p->negative_prompt : "");
+  gen->processes = p->processes;
+  g_mutex_init (&gen->state.lock);
+  gen->state.prompt = g_strdup (gen->prompt);
+  gen->state.negative_prompt = g_strdup (gen->negative_prompt);
+  gen->state.guidance = p->guidance_scale;
+  gen->state.transition_blocks = p->transition_blocks;
   gen->num_frames = p->num_frames;
   gen->warning_cb = p->warning_cb;
   gen->warning_data = p->warning_cb ? p->warning_data : NULL;
@@ -687,6 +812,12 @@ dp_generator_free (dp_generator *gen)
     dp_tokenizer_free (gen->tokenizer);
   dp_dualparal_pipe_free (gen->dualparal);
   dp_backend_free (gen->be);
+  for (int i = 0; i < gen->n_schedule; i++)
+    g_free (gen->schedule[i].prompt);
+  g_free (gen->schedule);
+  g_free (gen->state.prompt);
+  g_free (gen->state.negative_prompt);
+  g_mutex_clear (&gen->state.lock);
   g_free (gen->model_dir);
   g_free (gen->prompt);
   g_free (gen->negative_prompt);
@@ -748,6 +879,75 @@ dp_generator_set_step_callback (dp_generator *gen, dp_step_cb cb, void *user_dat
   g_return_if_fail (!g_atomic_int_get (&gen->running));
   gen->step_cb = cb;
   gen->step_data = cb ? user_data : NULL;
+}
+
+void
+dp_generator_set_prompt_callback (dp_generator *gen, dp_prompt_cb cb, void *user_data)
+{
+  g_return_if_fail (!g_atomic_int_get (&gen->running));
+  gen->prompt_cb = cb;
+  gen->prompt_data = cb ? user_data : NULL;
+}
+
+gboolean
+dp_generator_set_prompt (dp_generator *gen, const char *prompt, const char *negative_prompt,
+                         double guidance_scale, GError **error)
+{
+  g_return_val_if_fail (gen != NULL, FALSE);
+  if (gen->engine != DP_ENGINE_DUALPARAL) {
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "The prompt cannot change with the classic engine: it "
+                 "denoises the whole video at once from one prompt (use the DualParal engine to steer a video)");
+    return FALSE;
+  }
+  if (gen->processes != DP_PROCESSES_THREADS) {
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "The prompt cannot change yet with stages in processes "
+                 "of their own (the workers get the text context only when a run starts)");
+    return FALSE;
+  }
+  if ((prompt && !g_utf8_validate (prompt, -1, NULL)) ||
+      (negative_prompt && !g_utf8_validate (negative_prompt, -1, NULL))) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "The new %s is not valid UTF-8 text",
+                 prompt && !g_utf8_validate (prompt, -1, NULL) ? "prompt" : "negative prompt");
+    return FALSE;
+  }
+  if (guidance_scale > 0.0 && (!isfinite (guidance_scale) || guidance_scale < 1.0)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "guidance_scale %g is not valid: use 1 or more", guidance_scale);
+    return FALSE;
+  }
+  if (guidance_scale > 1.0 && gen->guidance <= 1.0) {
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "guidance_scale %g: this generator was made with guidance 1 "
+                 "(the conditional pass alone, no unconditional one to guide with); make it with guidance > 1 to "
+                 "change guidance later", guidance_scale);
+    return FALSE;
+  }
+  g_mutex_lock (&gen->state.lock);
+  if (prompt) {
+    g_free (gen->state.prompt);
+    gen->state.prompt = g_strdup (prompt);
+  }
+  if (negative_prompt) {
+    g_free (gen->state.negative_prompt);
+    gen->state.negative_prompt = g_strdup (negative_prompt);
+  }
+  if (guidance_scale > 0.0)
+    gen->state.guidance = guidance_scale;
+  gen->state.serial++;
+  g_mutex_unlock (&gen->state.lock);
+  return TRUE;
+}
+
+gboolean
+dp_generator_set_transition (dp_generator *gen, int blocks, GError **error)
+{
+  if (blocks < 0 || blocks > DP_GENERATOR_MAX_TRANSITION_BLOCKS) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "transition of %d blocks is not valid: use 0 (at once) to %d",
+                 blocks, DP_GENERATOR_MAX_TRANSITION_BLOCKS);
+    return FALSE;
+  }
+  g_mutex_lock (&gen->state.lock);
+  gen->state.transition_blocks = blocks;
+  g_mutex_unlock (&gen->state.lock);
+  return TRUE;
 }
 
 void
@@ -814,14 +1014,29 @@ dp_generator_run_traced (dp_generator *gen, const dp_tensor *initial_noise,
     g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "The generator is already running");
     return FALSE;
   }
-  warn_if_truncated (gen, "prompt", gen->prompt);
-  if (gen->guidance > 1.0)
-    warn_if_truncated (gen, "negative prompt", gen->negative_prompt);
+  if (gen->dualparal != NULL) {
+    g_mutex_lock (&gen->state.lock);
+    char *pr = g_strdup (gen->n_schedule > 0 ? gen->schedule[0].prompt : gen->state.prompt);
+    char *neg = g_strdup (gen->state.negative_prompt);
+    g_mutex_unlock (&gen->state.lock);
+    warn_if_truncated (gen, "prompt", pr);
+    if (gen->guidance > 1.0)
+      warn_if_truncated (gen, "negative prompt", neg);
+    g_free (pr);
+    g_free (neg);
+  } else {
+    warn_if_truncated (gen, "prompt", gen->prompt);
+    if (gen->guidance > 1.0)
+      warn_if_truncated (gen, "negative prompt", gen->negative_prompt);
+  }
 
   if (gen->dualparal != NULL) {
     dp_dualparal_job dj = {
-      gen->tokenizer, gen->text_encoder, gen->vae, gen->prompt, gen->negative_prompt, gen->text_len,
-      gen->guidance, &gen->cancel, cb, user_data, gen->step_cb, gen->step_data,
+      .tokenizer = gen->tokenizer, .text_encoder = gen->text_encoder, .vae = gen->vae, .state = &gen->state,
+      .schedule = gen->schedule, .n_schedule = gen->n_schedule, .text_len = gen->text_len,
+      .guided = gen->guidance > 1.0, .prompt_cb = gen->prompt_cb, .prompt_data = gen->prompt_data,
+      .cancel = &gen->cancel, .frames_cb = cb, .frames_data = user_data, .step_cb = gen->step_cb,
+      .step_data = gen->step_data,
     };
     if (initial_noise != NULL || trace != NULL) {
       g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "The DualParal engine draws its own noise "

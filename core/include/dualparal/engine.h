@@ -203,8 +203,33 @@ typedef struct {
   size_t block_bytes;         /* held now by stage 0: block latents, sampler histories, noise,
                                * staging, the VAE decoder */
   double first_frame_seconds; /* run start to the first delivered block; -1 before */
+  int64_t cond_changes;       /* conditionings taken by entering blocks (block_cond) */
+  int64_t contexts_computed;  /* cross-attention K/V computed by the stages of this process
+                               * this run (1 per stage at the start, more on prompt changes) */
+  double context_seconds;     /* their time on the stages (included in busy time) */
   double run_seconds;         /* run start to now (or to the end) */
 } dp_engine_stats;
+
+/* A conditioning: the text context a block is denoised with (host F32
+ * [B, Lt, text_dim], the umT5 output: B = 2 conditional then unconditional,
+ * B = 1 conditional only) and its guidance scale.  Immutable once made and
+ * reference counted (atomically: any thread may ref / unref), so the stages
+ * of a run share it without copies.  Each has a process-unique id (> 0),
+ * the key under which the stages keep its cross-attention K/V. */
+typedef struct dp_engine_cond dp_engine_cond;
+
+/* Copies context (host, any float dtype is read as F32: it must be F32);
+ * DP_ERROR_SHAPE for another shape, DP_ERROR_INVALID for a guidance < 1 or
+ * not finite. */
+dp_engine_cond *dp_engine_cond_new (const dp_tensor *context, double guidance, GError **error);
+/* (1 - t) a + t b element-wise, guidance likewise: a smooth transition's
+ * step (0 < t < 1).  DP_ERROR_SHAPE when a and b differ in shape. */
+dp_engine_cond *dp_engine_cond_blend (const dp_engine_cond *a, const dp_engine_cond *b, double t, GError **error);
+dp_engine_cond *dp_engine_cond_ref (dp_engine_cond *c);
+void dp_engine_cond_unref (dp_engine_cond *c); /* NULL is fine */
+uint64_t dp_engine_cond_id (const dp_engine_cond *c);
+const dp_tensor *dp_engine_cond_context (const dp_engine_cond *c); /* borrowed */
+double dp_engine_cond_guidance (const dp_engine_cond *c);
 
 /* What a run delivers, from the thread that called dp_engine_run().  Each
  * callback is optional; returning FALSE stops the run (DP_ERROR_CANCELLED).
@@ -219,6 +244,16 @@ typedef struct {
   /* Iteration `iteration` is complete: every block of its queue has had its
    * step (of num_iterations, -1 when endless). */
   void (*iteration) (int64_t iteration, int64_t num_iterations, void *user_data);
+  /* Block `block` is entering the queue (at full noise, before its first
+   * pass): set *cond to a new reference (the engine takes it) to change the
+   * conditioning from this block on, or leave it NULL to keep the previous
+   * block's (block 0 starts with the run's context and params guidance).
+   * A block keeps its conditioning to its last step, on every stage; only
+   * the blocks still in the queue can see the change, through the feature
+   * cache (docs/algorithm.md, "Prompt changes").  The context must have
+   * the run's shape; with stages in other processes any change fails the
+   * run with DP_ERROR_UNSUPPORTED.  FALSE (with error) fails the run. */
+  gboolean (*block_cond) (int64_t block, dp_engine_cond **cond, void *user_data, GError **error);
   void *user_data;
   /* Optional atomic flag (g_atomic_int_set by anyone): non-zero stops the
    * run like dp_engine_cancel(), seen within one pass. */
@@ -272,6 +307,10 @@ gboolean dp_engine_run (dp_engine *e, const dp_tensor *context, dp_wan_vae *vae,
  * cancel: optional atomic flag, as dp_engine_output.cancel.  Returns when the
  * stage has sent its last pass; FALSE on failure or after dp_engine_cancel(). */
 gboolean dp_engine_run_stage (dp_engine *e, const dp_tensor *context, const gint *cancel, GError **error);
+/* The guidance of block 0 of later runs (params.guidance at creation); not
+ * during a run.  Stages in other processes keep the value they were made
+ * with. */
+void dp_engine_set_guidance (dp_engine *e, double guidance);
 /* Thread-safe: makes a running dp_engine_run() return within one pass on
  * every stage (a pass is one block's window through a stage's layers, less
  * than one sampler step).  A run that starts later clears it. */

@@ -115,6 +115,14 @@ typedef struct {
   gboolean wire_bf16;          /* between processes, hidden states travel as BF16 (half the
                                 * bytes; the frames then differ slightly from one process's);
                                 * default FALSE: F32, bit-identical */
+  const char *prompt_schedule; /* NULL (default) or lines "FRAME: PROMPT" (DualParal engine):
+                                * from the first block that starts at or after video frame
+                                * FRAME the prompt is PROMPT; the first line is frame 0 and
+                                * replaces `prompt` (which may then be NULL), frames increase;
+                                * empty lines and lines starting with '#' are skipped.  See
+                                * dp_prompt_schedule_check() */
+  int transition_blocks;       /* prompt changes (schedule lines, dp_generator_set_prompt)
+                                * are blended in over this many blocks; 0 (default): at once */
   dp_warning_cb warning_cb;    /* where warnings go from dp_generator_new() on (NULL: g_warning
                                 * in the log domain "dualparal"); see
                                 * dp_generator_set_warning_callback() */
@@ -149,6 +157,23 @@ typedef void (*dp_step_cb) (const dp_step_progress *progress, void *user_data);
 
 typedef struct dp_generator dp_generator;
 
+/* A prompt change taking effect (DualParal engine): called on the run's
+ * thread when the first block entering after the change takes it.  The
+ * strings are borrowed for the call. */
+typedef struct {
+  const char *prompt, *negative_prompt;
+  double guidance_scale;
+  int64_t block;         /* the first block that takes it (in part, during a transition) */
+  int64_t first_frame;   /* that block's first video frame */
+  int64_t full_block;    /* the first block that has it alone: block + the transition's blocks */
+  int64_t full_frame;    /* its first video frame: the first frame the new prompt fully owns
+                          * (it may lie past the end of a finite video) */
+  int transition_blocks; /* blocks of the transition (0: at once) */
+  gboolean scheduled;    /* a line of the prompt schedule (else dp_generator_set_prompt) */
+} dp_prompt_change;
+
+typedef void (*dp_prompt_cb) (const dp_prompt_change *change, void *user_data);
+
 void dp_generator_params_init (dp_generator_params *p);
 /* Checks the settings, then loads the model and checks the settings against
  * it (sizes, frame counts, steps...), and allocates what a run needs.  NULL
@@ -179,6 +204,39 @@ void dp_generator_set_warning_callback (dp_generator *gen, dp_warning_cb cb, voi
 
 /* Sets (cb NULL: clears) the per-step progress callback.  Not while running. */
 void dp_generator_set_step_callback (dp_generator *gen, dp_step_cb cb, void *user_data);
+
+/* Steering (docs/usage.md, "Steering a running video").  Thread-safe: any
+ * thread, any time.  Changes the conditioning: prompt and negative_prompt
+ * (UTF-8; NULL keeps the current one), guidance_scale (<= 0 keeps the
+ * current one; else >= 1).  During a run the next block that enters the
+ * queue takes it (blended in over the transition's blocks, see
+ * dp_generator_set_transition) and keeps it to its last step; several
+ * calls before that block enters: the last one wins.  The text is encoded
+ * on the run's thread when that block enters (one encoding between two
+ * passes).  Outside a run it is the prompt the next run starts with (a
+ * prompt schedule's frame 0 line wins over it).
+ * FALSE with DP_ERROR_UNSUPPORTED for the classic engine (it denoises the
+ * whole video at once: no block enters later), for stages in processes of
+ * their own (not yet: the workers get the context only when a run starts),
+ * and for turning guidance on (> 1) in a generator made with guidance 1
+ * (its runs have no unconditional pass); DP_ERROR_INVALID for text that is
+ * not UTF-8 or a guidance below 1. */
+gboolean dp_generator_set_prompt (dp_generator *gen, const char *prompt, const char *negative_prompt,
+                                  double guidance_scale, GError **error);
+/* Blocks over which later prompt changes are blended in (the text
+ * embeddings interpolated linearly, and the guidance): block i (0..K-1)
+ * after a change gets (i + 1) / (K + 1) of the new one, block K the new one
+ * alone; 0: at once.  Thread-safe.  DP_ERROR_INVALID when negative or above
+ * DP_GENERATOR_MAX_TRANSITION_BLOCKS. */
+#define DP_GENERATOR_MAX_TRANSITION_BLOCKS 1000
+gboolean dp_generator_set_transition (dp_generator *gen, int blocks, GError **error);
+/* Sets (cb NULL: clears) the prompt change callback.  Not while running. */
+void dp_generator_set_prompt_callback (dp_generator *gen, dp_prompt_cb cb, void *user_data);
+/* Checks a prompt schedule's text (see prompt_schedule); DP_ERROR_INVALID
+ * naming the line: no "FRAME:" prefix, a frame that is not a whole number,
+ * a first line not at frame 0, frames not increasing, text not UTF-8, no
+ * line at all. */
+gboolean dp_prompt_schedule_check (const char *text, GError **error);
 
 /* Runs one video: text encoding, denoising, then decoding; frames go to cb
  * as they are decoded (classic engine: the whole video is denoised first,

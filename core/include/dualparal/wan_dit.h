@@ -101,6 +101,26 @@ size_t dp_wan_dit_memory_bytes (const dp_wan_dit *dit);
  * (after norm_k) and V; sets the batch B for the later calls.  Required
  * before any other forward call, on every stage. */
 gboolean dp_wan_dit_set_context (dp_wan_dit *dit, const dp_tensor *context, GError **error);
+/* Several contexts in one generation (prompt changes, docs/algorithm.md
+ * "Prompt changes"): the DiT keeps the cross-attention K/V of up to `slots`
+ * contexts (default DP_WAN_DEFAULT_CONTEXT_SLOTS, 1..DP_WAN_MAX_CONTEXT_SLOTS),
+ * each under a caller's key.  dp_wan_dit_use_context() makes the context of
+ * `key` the current one: at once when a slot holds it, else it is computed
+ * (as dp_wan_dit_set_context) into a new slot or the least recently used
+ * one; *computed (may be NULL) says which.  key 0 is never matched (always
+ * computed); dp_wan_dit_set_context() is dp_wan_dit_use_context() with key
+ * 0.  Every slot has the B and Lt of the last context: another shape drops
+ * them all.  A slot costs n_local_layers x 2 x B x Lt x dim act-dtype
+ * values of backend memory, allocated when first needed. */
+#define DP_WAN_DEFAULT_CONTEXT_SLOTS 2
+#define DP_WAN_MAX_CONTEXT_SLOTS 8
+gboolean dp_wan_dit_use_context (dp_wan_dit *dit, uint64_t key, const dp_tensor *context, gboolean *computed,
+                                 GError **error);
+/* Fewer slots than exist drops them all (the next call computes again). */
+void dp_wan_dit_set_context_slots (dp_wan_dit *dit, int slots);
+/* Contexts computed so far (set_context and misses of use_context). */
+uint64_t dp_wan_dit_contexts_computed (const dp_wan_dit *dit);
+
 /* Cancellation inside a forward call: is_cancelled(data) is asked before
  * every layer (from the calling thread; it must be cheap and thread-safe
  * towards whoever cancels).  When it returns TRUE, dp_wan_dit_run_layers()

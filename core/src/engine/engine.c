@@ -94,7 +94,8 @@ dp_engine_pass_span (dp_engine *e, engine_stage *st, const dp_block_pass *p, dp_
 gboolean
 dp_engine_stage_prepare (dp_engine *e, engine_stage *st, GError **error)
 {
-  if (!dp_wan_dit_set_context (st->dit, e->context, error))
+  /* Block 0's conditioning: the run's context. */
+  if (!dp_engine_stage_use_cond (e, st, 0, 0, NULL, error))
     return FALSE;
   /* The largest pass: the biggest window with the cache in and out. */
   dp_wan_span span;
@@ -232,6 +233,7 @@ engine_new (const char *transformer_dir, dp_backend *const *backends, int n_stag
   dp_engine *e = g_new0 (dp_engine, 1);
   g_mutex_init (&e->lock);
   g_mutex_init (&e->stats_lock);
+  g_mutex_init (&e->cond_lock);
   e->params = *params;
   e->bs = bs;
   e->cfg = cfg;
@@ -320,9 +322,18 @@ dp_engine_free (dp_engine *e)
   dp_schedule_free (e->schedule);
   g_free (e->positions);
   g_clear_error (&e->error);
+  if (e->conds)
+    g_array_free (e->conds, TRUE);
   g_mutex_clear (&e->lock);
   g_mutex_clear (&e->stats_lock);
+  g_mutex_clear (&e->cond_lock);
   g_free (e);
+}
+
+void
+dp_engine_set_guidance (dp_engine *e, double guidance)
+{
+  e->params.guidance = guidance;
 }
 
 gboolean
@@ -456,7 +467,7 @@ run_begin (dp_engine *e, const dp_tensor *context, const gint *cancel, GError **
   }
   g_mutex_unlock (&e->stats_lock);
 
-  gboolean ok = TRUE;
+  gboolean ok = dp_engine_conds_begin (e, context, err);
   for (int r = 0; r < e->n && ok; r++)
     if (dp_engine_stage_is_local (e, r))
       ok = stage_alloc_buffers (e, &e->st[r], err);
@@ -490,6 +501,7 @@ run_end (dp_engine *e, gboolean ok, GError *err, GError **error)
   e->stats.run_seconds = (g_get_monotonic_time () - e->run_start_us) / 1e6;
   e->stats.blocks_in_flight = 0;
   g_mutex_unlock (&e->stats_lock);
+  dp_engine_conds_end (e);
   e->context = NULL;
   e->ext_cancel = NULL;
   if (!ok)

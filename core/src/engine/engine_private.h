@@ -55,7 +55,16 @@ typedef struct {
   /* statistics (engine stats_lock) */
   gint64 busy_us, idle_us;
   int64_t passes;
+
+  int64_t low_block;         /* engine cond_lock: the stage runs no block below it again */
 } engine_stage;
+
+/* A change point of a run's conditionings: blocks first_block.. (up to the
+ * next entry) have cond (owned reference). */
+typedef struct {
+  int64_t first_block;
+  dp_engine_cond *cond;
+} dp_engine_cond_entry;
 
 struct dp_engine {
   dp_engine_params params;
@@ -81,7 +90,27 @@ struct dp_engine {
   gint64 run_start_us;
   int batch;                 /* B of the current run */
   const dp_tensor *context;  /* host, during a run */
+
+  GMutex cond_lock;          /* conds, stages' low_block */
+  GArray *conds;             /* dp_engine_cond_entry by first_block (cond.c) */
 };
+
+/* ---- conditionings (cond.c) ---------------------------------------------- */
+
+/* The run's first conditioning: context with params guidance, block 0 on. */
+gboolean dp_engine_conds_begin (dp_engine *e, const dp_tensor *context, GError **error);
+/* Drops the run's conditionings. */
+void dp_engine_conds_end (dp_engine *e);
+/* Stage 0: block and the blocks after it take cond (reference taken, also
+ * on failure).  Refused with stages in other processes, or for a context
+ * of another shape than the run's. */
+gboolean dp_engine_conds_add (dp_engine *e, int64_t block, dp_engine_cond *cond, GError **error);
+/* Makes stage st's DiT use the context of block's conditioning (computing
+ * its cross-attention K/V unless a slot holds them) and gives its
+ * guidance; low: the lowest block the stage may still run (its current
+ * queue's). */
+gboolean dp_engine_stage_use_cond (dp_engine *e, engine_stage *st, int64_t block, int64_t low, double *guidance,
+                                   GError **error);
 
 /* Records a stage's failure (the first one wins; a cancellation is not a
  * failure) and stops every stage. */

@@ -119,6 +119,26 @@ start_block (driver *d, const dp_block_pass *p, GError **error)
   return dp_backend_check (d->be, error);
 }
 
+/* A block entering the queue: asks the consumer whether its conditioning
+ * changes (block 0 has the run's). */
+static gboolean
+enter_cond (driver *d, const dp_block_pass *p, GError **error)
+{
+  if (!d->out->block_cond || p->block == 0)
+    return TRUE;
+  dp_engine_cond *c = NULL;
+  GError *err = NULL;
+  if (!d->out->block_cond (p->block, &c, d->out->user_data, &err)) {
+    dp_engine_cond_unref (c);
+    if (!err)
+      g_set_error (&err, DP_ERROR, DP_ERROR_FAILED, "engine: the conditioning of block %" G_GINT64_FORMAT " failed",
+                   p->block);
+    g_propagate_error (error, err);
+    return FALSE;
+  }
+  return c == NULL || dp_engine_conds_add (d->e, p->block, c, error);
+}
+
 static gboolean
 slot_check (const block_slot *s, int64_t block, const char *what, GError **error)
 {
@@ -384,17 +404,19 @@ drive (driver *d, GError **error)
           return FALSE;
       }
     }
-    if (p.step == 0 && !start_block (d, &p, error))
+    if (p.step == 0 && (!enter_cond (d, &p, error) || !start_block (d, &p, error)))
       return FALSE;
     dp_tensor hidden = dp_engine_hidden_view (e, st, N == 1 ? 0 : k, p.window_frames);
     dp_wan_span span;
     const float t = (float) e->schedule->timesteps[p.step];
-    if (!dp_engine_pass_span (e, st, &p, &span, error) || !embed_window (d, &p, &hidden, error) ||
+    double guidance = 1.0;
+    if (!dp_engine_stage_use_cond (e, st, p.block, p.queue_lo, &guidance, error) ||
+        !dp_engine_pass_span (e, st, &p, &span, error) || !embed_window (d, &p, &hidden, error) ||
         !dp_wan_dit_run_layers (st->dit, &span, t, &hidden, error))
       return FALSE;
     if (N == 1) {
       dp_tensor v = dp_engine_velocity_view (e, st, 0, p.own_frames);
-      if (!dp_wan_dit_head (st->dit, &span, t, (float) e->params.guidance, &hidden, &v, error) ||
+      if (!dp_wan_dit_head (st->dit, &span, t, (float) guidance, &hidden, &v, error) ||
           !apply_prediction (d, &v, error))
         return FALSE;
     } else {

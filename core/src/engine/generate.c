@@ -178,11 +178,12 @@ dp_dualparal_pipe_engine (dp_dualparal_pipe *pipe)
 /* The DiT context: host F32 [B, text_len, d], the prompt then (guided) the
  * negative prompt, as the classic pipeline makes it. */
 static gboolean
-encode_context (const dp_dualparal_job *job, dp_tensor *context, GError **error)
+encode_context (const dp_dualparal_job *job, const char *prompt, const char *negative, dp_tensor *context,
+                GError **error)
 {
-  const int B = job->guidance > 1.0 ? 2 : 1;
+  const int B = job->guided ? 2 : 1;
   const int d = dp_umt5_get_config (job->text_encoder)->d_model;
-  const char *texts[2] = { job->prompt, job->negative_prompt ? job->negative_prompt : "" };
+  const char *texts[2] = { prompt, negative ? negative : "" };
   *context = dp_tensor_new_host (DP_F32, 3, (int64_t[]){ B, job->text_len, d });
   for (int b = 0; b < B; b++) {
     dp_tensor embeds = { 0 };
@@ -203,6 +204,26 @@ encode_context (const dp_dualparal_job *job, dp_tensor *context, GError **error)
   return TRUE;
 }
 
+/* The text settings a block enters with. */
+typedef struct {
+  char *prompt, *negative;
+  double guidance;
+} texts;
+
+static void
+texts_clear (texts *t)
+{
+  g_clear_pointer (&t->prompt, g_free);
+  g_clear_pointer (&t->negative, g_free);
+}
+
+static gboolean
+texts_equal (const texts *a, const texts *b)
+{
+  return g_strcmp0 (a->prompt, b->prompt) == 0 && g_strcmp0 (a->negative, b->negative) == 0 &&
+         a->guidance == b->guidance;
+}
+
 typedef struct {
   dp_dualparal_pipe *pipe;
   const dp_dualparal_job *job;
@@ -210,7 +231,115 @@ typedef struct {
   gint64 last_block_us, last_iteration_us;
   int64_t last_block;   /* blocks done when the current block's frames began, -1 before */
   double block_seconds; /* from the previous block's first frames to this one's */
+  int temporal_scale;
+
+  /* Prompt changes (block_cond, on stage 0's thread). */
+  texts target;               /* what the newest conditioning says */
+  dp_engine_cond *target_cond;/* its encoding */
+  dp_engine_cond *last_cond;  /* the newest block's conditioning (a blend during a transition) */
+  dp_engine_cond *from_cond;  /* a transition's start */
+  int64_t trans_block;        /* the transition's first block, -1: none */
+  int trans_len;              /* K */
+  guint64 serial_seen;        /* state->serial already taken */
+  int next_line;              /* schedule lines already taken */
 } run_state;
+
+/* First video frame of a block. */
+static int64_t
+block_video_frame (const run_state *s, int64_t block)
+{
+  const int64_t latent = dp_block_schedule_block_first (dp_engine_get_schedule (s->pipe->engine), block);
+  return latent == 0 ? 0 : 1 + (latent - 1) * s->temporal_scale;
+}
+
+/* dp_engine_output.block_cond: takes the schedule's lines whose frame has
+ * come and the last dp_generator_set_prompt () since the previous block;
+ * a new target is encoded here, on stage 0's thread between two passes
+ * (the text encoder lives on stage 0's backend, which only this thread
+ * drives), and blended in over K blocks. */
+static gboolean
+on_block_cond (int64_t block, dp_engine_cond **cond, void *data, GError **error)
+{
+  run_state *s = data;
+  const dp_dualparal_job *job = s->job;
+  const int64_t frame = block_video_frame (s, block);
+  gboolean changed = FALSE, scheduled = FALSE;
+  texts want = { 0 };
+  int K;
+
+  g_mutex_lock (&job->state->lock);
+  while (s->next_line < job->n_schedule && job->schedule[s->next_line].frame <= frame) {
+    g_free (job->state->prompt);
+    job->state->prompt = g_strdup (job->schedule[s->next_line].prompt);
+    s->next_line++;
+    changed = scheduled = TRUE;
+  }
+  if (job->state->serial != s->serial_seen) {
+    s->serial_seen = job->state->serial;
+    changed = TRUE;
+    scheduled = FALSE;
+  }
+  if (changed) {
+    want.prompt = g_strdup (job->state->prompt);
+    want.negative = g_strdup (job->state->negative_prompt);
+    want.guidance = job->state->guidance;
+  }
+  K = job->state->transition_blocks;
+  g_mutex_unlock (&job->state->lock);
+
+  if (changed) {
+    const gboolean same = texts_equal (&want, &s->target) && s->trans_block < 0;
+    if (!same) {
+      dp_tensor ctx;
+      if (!encode_context (job, want.prompt, want.negative, &ctx, error)) {
+        texts_clear (&want);
+        return FALSE;
+      }
+      dp_engine_cond *c = dp_engine_cond_new (&ctx, want.guidance, error);
+      dp_tensor_free (&ctx);
+      if (!c) {
+        texts_clear (&want);
+        return FALSE;
+      }
+      dp_engine_cond_unref (s->target_cond);
+      s->target_cond = c;
+      dp_engine_cond_unref (s->from_cond);
+      s->from_cond = dp_engine_cond_ref (s->last_cond);
+      s->trans_block = block;
+      s->trans_len = K;
+    }
+    texts_clear (&s->target);
+    s->target = want;
+    if (job->prompt_cb) {
+      const int64_t full = same ? block : s->trans_block + s->trans_len;
+      dp_prompt_change pc = {
+        .prompt = s->target.prompt, .negative_prompt = s->target.negative, .guidance_scale = s->target.guidance,
+        .block = block, .first_frame = frame, .full_block = full, .full_frame = block_video_frame (s, full),
+        .transition_blocks = same ? 0 : s->trans_len, .scheduled = scheduled,
+      };
+      job->prompt_cb (&pc, job->prompt_data);
+    }
+  }
+  if (s->trans_block < 0)
+    return TRUE;
+  /* Block i of a transition (0..K-1) gets (i+1)/(K+1) of the new
+   * context; block K the new one itself. */
+  const int64_t i = block - s->trans_block;
+  dp_engine_cond *c;
+  if (i < s->trans_len) {
+    c = dp_engine_cond_blend (s->from_cond, s->target_cond, (double) (i + 1) / (s->trans_len + 1), error);
+    if (!c)
+      return FALSE;
+  } else {
+    c = dp_engine_cond_ref (s->target_cond);
+    s->trans_block = -1;
+    g_clear_pointer (&s->from_cond, dp_engine_cond_unref);
+  }
+  dp_engine_cond_unref (s->last_cond);
+  s->last_cond = dp_engine_cond_ref (c);
+  *cond = c;
+  return TRUE;
+}
 
 static gboolean
 on_frames (const uint8_t *rgb, int n_frames, int64_t first_frame, void *data)
@@ -249,18 +378,46 @@ on_iteration (int64_t iteration, int64_t total, void *data)
 gboolean
 dp_dualparal_pipe_run (dp_dualparal_pipe *pipe, const dp_dualparal_job *job, GError **error)
 {
-  dp_tensor context;
-  if (!encode_context (job, &context, error))
-    return FALSE;
-  const int scale = dp_wan_vae_get_config (job->vae)->temporal_scale;
-  run_state s = { pipe, job, 0, pipe->latent_frames < 0 ? -1 : 1 + (pipe->latent_frames - 1) * scale };
+  run_state s = { pipe, job, 0, 0 };
+  s.temporal_scale = dp_wan_vae_get_config (job->vae)->temporal_scale;
+  s.frames_total = pipe->latent_frames < 0 ? -1 : 1 + (pipe->latent_frames - 1) * s.temporal_scale;
   s.last_block = -1;
+  s.trans_block = -1;
+
+  /* Block 0: the schedule's frame 0 line (each run starts there), else
+   * the generator's prompt as it is now. */
+  g_mutex_lock (&job->state->lock);
+  if (job->n_schedule > 0) {
+    g_free (job->state->prompt);
+    job->state->prompt = g_strdup (job->schedule[0].prompt);
+    s.next_line = 1;
+  }
+  s.target.prompt = g_strdup (job->state->prompt);
+  s.target.negative = g_strdup (job->state->negative_prompt);
+  s.target.guidance = job->state->guidance;
+  s.serial_seen = job->state->serial;
+  g_mutex_unlock (&job->state->lock);
+
+  dp_tensor context;
+  if (!encode_context (job, s.target.prompt, s.target.negative, &context, error)) {
+    texts_clear (&s.target);
+    return FALSE;
+  }
+  /* The engine makes block 0's conditioning from the context and its
+   * params guidance; ours must say the same. */
+  s.target_cond = dp_engine_cond_new (&context, s.target.guidance, error);
+  gboolean ok = s.target_cond != NULL;
+  if (ok) {
+    s.last_cond = dp_engine_cond_ref (s.target_cond);
+    dp_engine_set_guidance (pipe->engine, s.target.guidance);
+  }
   s.last_block_us = s.last_iteration_us = g_get_monotonic_time ();
   dp_engine_output out = {
-    .frames = on_frames, .iteration = on_iteration, .user_data = &s, .cancel = job->cancel,
+    .frames = on_frames, .iteration = on_iteration, .block_cond = on_block_cond, .user_data = &s,
+    .cancel = job->cancel,
   };
-  gboolean ok;
-  if (pipe->cluster) {
+  if (!ok) {
+  } else if (pipe->cluster) {
     ok = dp_cluster_run_begin (pipe->cluster, &context, error);
     if (ok) {
       ok = dp_engine_run (pipe->engine, &context, job->vae, &out, error);
@@ -270,5 +427,9 @@ dp_dualparal_pipe_run (dp_dualparal_pipe *pipe, const dp_dualparal_job *job, GEr
     ok = dp_engine_run (pipe->engine, &context, job->vae, &out, error);
   }
   dp_tensor_free (&context);
+  texts_clear (&s.target);
+  dp_engine_cond_unref (s.target_cond);
+  dp_engine_cond_unref (s.last_cond);
+  dp_engine_cond_unref (s.from_cond);
   return ok;
 }

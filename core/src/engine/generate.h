@@ -52,13 +52,35 @@ dp_engine *dp_dualparal_pipe_engine (dp_dualparal_pipe *pipe);
 /* Number of entries in a devices list ("0,1,2" -> 3), 0 when it is empty. */
 int dp_dualparal_count_devices (const char *devices);
 
+/* One line of a prompt schedule: from the first block that starts at or
+ * after video frame `frame`, the prompt is `prompt`. */
+typedef struct {
+  int64_t frame;
+  char *prompt;
+} dp_prompt_line;
+
+/* The text settings that may change while a run goes on (the generator
+ * owns it).  lock: dp_generator_set_prompt () on any thread, the run's
+ * thread when a block enters. */
+typedef struct {
+  GMutex lock;
+  char *prompt, *negative_prompt;
+  double guidance;
+  int transition_blocks;  /* K: blocks over which a change is blended in; 0: at once */
+  guint64 serial;         /* dp_generator_set_prompt calls so far */
+} dp_prompt_state;
+
 typedef struct {
   const dp_tokenizer *tokenizer; /* borrowed */
   dp_umt5 *text_encoder;         /* on be0 */
   dp_wan_vae *vae;               /* on be0 */
-  const char *prompt, *negative_prompt;
+  dp_prompt_state *state;        /* the prompt, negative prompt, guidance (changeable) */
+  const dp_prompt_line *schedule;/* NULL or n_schedule lines, frame 0 first */
+  int n_schedule;
   int text_len;
-  double guidance;               /* > 1: guided (batch 2) */
+  gboolean guided;               /* batch 2 (fixed for the run: the generator's guidance > 1) */
+  dp_prompt_cb prompt_cb;        /* may be NULL */
+  void *prompt_data;
   const gint *cancel;            /* atomic */
   dp_frames_cb frames_cb;
   void *frames_data;

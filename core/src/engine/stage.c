@@ -40,10 +40,13 @@ compute_pass (dp_engine *e, engine_stage *st, const dp_block_pass *p, dp_tensor 
 {
   dp_wan_span span;
   const float t = (float) e->schedule->timesteps[p->step];
-  if (!dp_engine_pass_span (e, st, p, &span, error) || !dp_wan_dit_run_layers (st->dit, &span, t, hidden, error))
+  double guidance = 1.0;
+  /* The block's own conditioning (prompt changes: blocks in flight may
+   * hold different ones). */
+  if (!dp_engine_stage_use_cond (e, st, p->block, p->queue_lo, &guidance, error) ||
+      !dp_engine_pass_span (e, st, p, &span, error) || !dp_wan_dit_run_layers (st->dit, &span, t, hidden, error))
     return FALSE;
-  if (velocity &&
-      !dp_wan_dit_head (st->dit, &span, t, (float) e->params.guidance, hidden, velocity, error))
+  if (velocity && !dp_wan_dit_head (st->dit, &span, t, (float) guidance, hidden, velocity, error))
     return FALSE;
   return st->be->ops->sync (st->be, error);
 }

@@ -632,10 +632,70 @@ context_plan (wan_run *r, gpointer data)
   plan_context (r, ((context_job *) data)->context);
 }
 
+static void
+free_context_slots (dp_wan_dit *dit)
+{
+  dp_backend *be = dit->be;
+  for (int i = 0; i < dit->ctx_n; i++) {
+    if (dit->ctx[i].mem)
+      be->ops->free (be, dit->ctx[i].mem);
+    g_free (dit->ctx[i].k);
+    g_free (dit->ctx[i].v);
+  }
+  memset (dit->ctx, 0, sizeof dit->ctx);
+  dit->ctx_n = dit->ctx_cur = 0;
+  dit->cross_bytes = 0;
+  dit->cross_k = dit->cross_v = NULL;
+  dit->batch = dit->text_len = 0;
+}
+
+/* A new slot for [B, Lt] contexts; FALSE with the backend's error. */
+static gboolean
+add_context_slot (dp_wan_dit *dit, int B, int Lt, GError **error)
+{
+  dp_backend *be = dit->be;
+  const dp_dtype act = be->act_dtype;
+  const int i = dit->ctx_n;
+  int64_t shape[3] = { B, Lt, dit->cfg.dim };
+  dp_tensor one = dp_tensor_view (NULL, act, 3, shape);
+  const size_t each = (dp_tensor_nbytes (&one) + DP_ARENA_ALIGN - 1) / DP_ARENA_ALIGN * DP_ARENA_ALIGN;
+  dit->ctx[i].k = g_new0 (dp_tensor, MAX (dit->n_layers, 1));
+  dit->ctx[i].v = g_new0 (dp_tensor, MAX (dit->n_layers, 1));
+  dit->ctx[i].key = 0;
+  dit->ctx[i].used = 0;
+  dit->ctx_n++;
+  if (dit->n_layers > 0) {
+    dit->ctx[i].mem = be->ops->alloc (be, each * 2 * dit->n_layers);
+    if (!dit->ctx[i].mem) {
+      dp_backend_check (be, error);
+      g_prefix_error (error, "wan_dit: cross-attention keys/values: ");
+      return FALSE;
+    }
+    dit->cross_bytes += each * 2 * dit->n_layers;
+  }
+  for (int l = 0; l < dit->n_layers; l++) {
+    dit->ctx[i].k[l] = dp_tensor_view ((uint8_t *) dit->ctx[i].mem + each * (2 * l), act, 3, shape);
+    dit->ctx[i].v[l] = dp_tensor_view ((uint8_t *) dit->ctx[i].mem + each * (2 * l + 1), act, 3, shape);
+  }
+  return TRUE;
+}
+
+static void
+select_slot (dp_wan_dit *dit, int i)
+{
+  dit->ctx_cur = i;
+  dit->ctx[i].used = ++dit->ctx_clock;
+  dit->cross_k = dit->ctx[i].k;
+  dit->cross_v = dit->ctx[i].v;
+}
+
 gboolean
-dp_wan_dit_set_context (dp_wan_dit *dit, const dp_tensor *context, GError **error)
+dp_wan_dit_use_context (dp_wan_dit *dit, uint64_t key, const dp_tensor *context, gboolean *computed,
+                        GError **error)
 {
   const dp_wan_config *c = &dit->cfg;
+  if (computed)
+    *computed = FALSE;
   if (!context || !context->data || context->ndim != 3 || context->shape[0] < 1 || context->shape[0] > 2 ||
       context->shape[1] < 1 || context->shape[2] != c->text_dim) {
     char buf[96] = "(none)";
@@ -647,43 +707,63 @@ dp_wan_dit_set_context (dp_wan_dit *dit, const dp_tensor *context, GError **erro
     return FALSE;
   }
   const int B = (int) context->shape[0], Lt = (int) context->shape[1];
-  dp_backend *be = dit->be;
-  dp_dtype act = be->act_dtype;
-  if (B != dit->batch || Lt != dit->text_len) {
-    if (dit->cross_mem)
-      be->ops->free (be, dit->cross_mem);
-    dit->cross_mem = NULL;
-    dit->cross_bytes = 0;
-    dit->batch = dit->text_len = 0;
-    g_clear_pointer (&dit->cross_k, g_free);
-    g_clear_pointer (&dit->cross_v, g_free);
-    dit->cross_k = g_new0 (dp_tensor, MAX (dit->n_layers, 1));
-    dit->cross_v = g_new0 (dp_tensor, MAX (dit->n_layers, 1));
-    int64_t shape[3] = { B, Lt, c->dim };
-    dp_tensor one = dp_tensor_view (NULL, act, 3, shape);
-    size_t each = (dp_tensor_nbytes (&one) + DP_ARENA_ALIGN - 1) / DP_ARENA_ALIGN * DP_ARENA_ALIGN;
-    if (dit->n_layers > 0) {
-      dit->cross_mem = be->ops->alloc (be, each * 2 * dit->n_layers);
-      if (!dit->cross_mem) {
-        dp_backend_check (be, error);
-        g_prefix_error (error, "wan_dit: cross-attention keys/values: ");
-        return FALSE;
+  if (B != dit->batch || Lt != dit->text_len)
+    free_context_slots (dit); /* every slot has the shape of the last context */
+  if (key != 0)
+    for (int i = 0; i < dit->ctx_n; i++)
+      if (dit->ctx[i].key == key) {
+        select_slot (dit, i);
+        return TRUE;
       }
-      dit->cross_bytes = each * 2 * dit->n_layers;
+  /* A free slot while fewer than ctx_max exist, else the least recently
+   * used one. */
+  int slot = 0;
+  if (dit->ctx_n < dit->ctx_max) {
+    if (!add_context_slot (dit, B, Lt, error)) {
+      free_context_slots (dit);
+      return FALSE;
     }
-    for (int i = 0; i < dit->n_layers; i++) {
-      dit->cross_k[i] = dp_tensor_view ((uint8_t *) dit->cross_mem + each * (2 * i), act, 3, shape);
-      dit->cross_v[i] = dp_tensor_view ((uint8_t *) dit->cross_mem + each * (2 * i + 1), act, 3, shape);
-    }
+    slot = dit->ctx_n - 1;
+  } else {
+    for (int i = 1; i < dit->ctx_n; i++)
+      if (dit->ctx[i].used < dit->ctx[slot].used)
+        slot = i;
   }
+  select_slot (dit, slot);
+  dit->ctx[slot].key = 0; /* not valid until computed */
   if (dit->has_text) {
     context_job job = { context };
     if (!run_planned (dit, context_plan, &job, error))
       return FALSE;
   }
+  dit->ctx[slot].key = key;
+  dit->ctx_computed++;
   dit->batch = B;
   dit->text_len = Lt;
+  if (computed)
+    *computed = TRUE;
   return TRUE;
+}
+
+gboolean
+dp_wan_dit_set_context (dp_wan_dit *dit, const dp_tensor *context, GError **error)
+{
+  return dp_wan_dit_use_context (dit, 0, context, NULL, error);
+}
+
+void
+dp_wan_dit_set_context_slots (dp_wan_dit *dit, int slots)
+{
+  slots = CLAMP (slots, 1, DP_WAN_MAX_CONTEXT_SLOTS);
+  if (slots < dit->ctx_n)
+    free_context_slots (dit);
+  dit->ctx_max = slots;
+}
+
+uint64_t
+dp_wan_dit_contexts_computed (const dp_wan_dit *dit)
+{
+  return dit->ctx_computed;
 }
 
 typedef struct {

@@ -332,6 +332,7 @@ dp_wan_dit_load (dp_backend *be, const char *transformer_dir, int layer_begin, i
   dit->be = be;
   dit->cfg = cfg;
   dit->dir = g_strdup (transformer_dir);
+  dit->ctx_max = DP_WAN_DEFAULT_CONTEXT_SLOTS;
   dit->weights = dp_weights_new (be, st);
   dit->layer_begin = layer_begin;
   dit->layer_end = layer_end;
@@ -364,12 +365,14 @@ dp_wan_dit_free (dp_wan_dit *dit)
     return;
   dp_backend *be = dit->be;
   dp_arena_release (&dit->arena);
-  if (dit->cross_mem)
-    be->ops->free (be, dit->cross_mem);
+  for (int i = 0; i < dit->ctx_n; i++) {
+    if (dit->ctx[i].mem)
+      be->ops->free (be, dit->ctx[i].mem);
+    g_free (dit->ctx[i].k);
+    g_free (dit->ctx[i].v);
+  }
   if (dit->time_mem)
     be->ops->free (be, dit->time_mem);
-  g_free (dit->cross_k);
-  g_free (dit->cross_v);
   g_free (dit->sinus_host);
   g_free (dit->seq_pos);
   g_free (dit->layers);

@@ -50,11 +50,21 @@ struct dp_wan_dit {
   gboolean time_valid;
   float time_value;
 
-  /* Text condition (dp_wan_dit_set_context). */
+  /* Text condition (dp_wan_dit_set_context / _use_context).  Up to
+   * ctx_max slots of cross-attention K/V, each for one context key; cross_k
+   * / cross_v point at the current slot's. */
   int batch, text_len;
-  void *cross_mem;
-  size_t cross_bytes;
-  dp_tensor *cross_k, *cross_v; /* n_layers each [B, Lt, dim] act dtype; K after norm_k */
+  struct {
+    void *mem;
+    dp_tensor *k, *v;  /* n_layers each [B, Lt, dim] act dtype; K after norm_k */
+    uint64_t key;      /* 0: none (dp_wan_dit_set_context never matches) */
+    uint64_t used;     /* ctx_clock when last selected: LRU */
+  } ctx[DP_WAN_MAX_CONTEXT_SLOTS];
+  int ctx_n, ctx_max, ctx_cur;
+  uint64_t ctx_clock;
+  uint64_t ctx_computed;        /* contexts computed (statistics) */
+  size_t cross_bytes;           /* all slots */
+  dp_tensor *cross_k, *cross_v; /* the current slot's */
 
   /* Host scratch: default positions 0..n-1. */
   int *seq_pos;
