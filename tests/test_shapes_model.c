@@ -94,6 +94,33 @@
 /* Frames with a centroid: the track must exist to be continuous. */
 #define LONG_MIN_TRACKED_SHARE 0.9
 
+/* Steering (docs/usage.md, "Steering a running video"): an endless run,
+ * DualParal P 3 C 1 and the model card's steps and guidance, switches from
+ * STEER_FROM to STEER_TO at block STEER_BLOCK (dp_generator_set_prompt from
+ * the frame callback, before that block enters: the callback of the
+ * frames of block STEER_BLOCK - STEER_STEPS runs in the iteration before
+ * it enters), and stops after STEER_BLOCKS blocks.  A change can touch the
+ * blocks still in the queue when its block enters (docs/algorithm.md,
+ * "Prompt changes"): STEER_BLOCK - T + 1 on; every frame before that
+ * block's first frame must equal, byte for byte, the run without the
+ * change. */
+#define STEER_FROM "a red ball bouncing"
+#define STEER_TO "a blue square bouncing"
+#define STEER_BLOCK 24
+#define STEER_BLOCKS 34
+/* After the transition (from its last block + STEER_SETTLE_BLOCKS on) the
+ * new colour covers at least this mean fraction of the frames and more than
+ * STEER_MIN_DOMINANCE x the old colour's. */
+#define STEER_SETTLE_BLOCKS 2
+#define STEER_MIN_FRACTION_MEAN 0.005
+#define STEER_MIN_DOMINANCE 3.0
+/* Schedule: three prompts over LONG_FRAMES frames; each colour's share is
+ * measured over the blocks from its line's block + SCHEDULE_SETTLE_BLOCKS
+ * to the next line's block. */
+#define SCHEDULE_TEXT "0: a red ball bouncing\n# comments and empty lines are skipped\n\n" \
+                      "86: a blue square bouncing\n171: a green ball bouncing\n"
+#define SCHEDULE_SETTLE_BLOCKS 2
+
 static const char *model_dir;
 
 /* ------------------------------------------------------------ generation */
@@ -616,6 +643,273 @@ test_long_video (void)
   g_free (video);
 }
 
+/* ------------------------------------------------------------ steering */
+
+/* First video frame of DualParal block b (P, C latent frames). */
+static int
+block_first_frame (int b, int P, int C)
+{
+  return b == 0 ? 0 : vm_latent_first_frame (C + b * P);
+}
+
+typedef struct {
+  collector c;
+  dp_generator *gen;
+  int switch_after;        /* frames: once this many are in, set the prompt (-1: never) */
+  const char *to;
+  gboolean endless;        /* stop (return FALSE) once capacity frames are in */
+  gboolean switched;
+  int n_changes;
+  dp_prompt_change change; /* the last one reported (strings not kept) */
+  int64_t change_frames[4];
+  char *change_prompts[4];
+} steer_run;
+
+static gboolean
+steer_frames (const uint8_t *rgb, int n_frames, int64_t first_frame, const dp_progress *progress, void *data)
+{
+  steer_run *r = data;
+  if (r->c.received >= r->c.capacity)
+    return FALSE; /* endless: enough */
+  int n = MIN (n_frames, r->c.capacity - r->c.received);
+  if (!collect_frames (rgb, n, first_frame, progress, &r->c))
+    return FALSE;
+  if (r->switch_after >= 0 && !r->switched && r->c.received >= r->switch_after) {
+    GError *err = NULL;
+    g_assert_true (dp_generator_set_prompt (r->gen, r->to, NULL, 0.0, &err));
+    g_assert_no_error (err);
+    r->switched = TRUE;
+  }
+  return !r->endless || r->c.received < r->c.capacity;
+}
+
+static void
+steer_changed (const dp_prompt_change *change, void *data)
+{
+  steer_run *r = data;
+  if (r->n_changes < 4) {
+    r->change_frames[r->n_changes] = change->first_frame;
+    r->change_prompts[r->n_changes] = g_strdup (change->prompt);
+  }
+  r->n_changes++;
+  r->change = *change;
+  r->change.prompt = r->change.negative_prompt = NULL;
+}
+
+/* An endless (or, with a schedule, n_frames) DualParal run of n_frames
+ * frames; switch_after >= 0: set prompt `to` once that many frames are in. */
+static uint8_t *
+steer_generate (const char *prompt, const char *schedule, int n_frames, int transition, int switch_after,
+                const char *to, steer_run *r, int *size)
+{
+  GError *err = NULL;
+  dp_generator_params p;
+  dp_generator_params_init (&p);
+  p.model_dir = model_dir;
+  p.prompt = prompt;
+  p.prompt_schedule = schedule;
+  p.num_frames = schedule ? n_frames : -1;
+  p.steps = MODEL_STEPS;
+  p.guidance_scale = MODEL_GUIDANCE;
+  p.seed = LONG_SEED;
+  p.engine = DP_ENGINE_DUALPARAL;
+  p.block_frames = LONG_BLOCK_FRAMES;
+  p.context_frames = LONG_CONTEXT_FRAMES;
+  p.transition_blocks = transition;
+  memset (r, 0, sizeof *r);
+  r->gen = dp_generator_new (&p, &err);
+  g_assert_no_error (err);
+  if (!r->gen) {
+    g_clear_error (&err);
+    return NULL;
+  }
+  dp_generator_get_size (r->gen, size, NULL);
+  r->c = (collector){ .frame_bytes = (size_t) *size * *size * 3, .capacity = n_frames, .in_order = TRUE };
+  r->c.video = g_malloc ((size_t) n_frames * r->c.frame_bytes);
+  r->switch_after = switch_after;
+  r->to = to;
+  r->endless = schedule == NULL;
+  dp_generator_set_prompt_callback (r->gen, steer_changed, r);
+  gboolean ok = dp_generator_run (r->gen, steer_frames, r, &err);
+  if (!schedule) {
+    /* Stopped by the callback once it had its frames. */
+    g_assert_error (err, DP_ERROR, DP_ERROR_CANCELLED);
+    ok = r->c.received == n_frames;
+  }
+  g_clear_error (&err);
+  g_assert_true (ok);
+  g_assert_true (r->c.in_order);
+  g_assert_cmpint (r->c.received, ==, n_frames);
+  dp_generator_free (r->gen);
+  r->gen = NULL;
+  return r->c.video;
+}
+
+/* Mean fraction of colour over frames [a, b). */
+static double
+colour_share (const uint8_t *video, int a, int b, int size, const char *name)
+{
+  double colour[3];
+  g_assert_true (vm_colour_by_name (name, colour));
+  double sum = 0;
+  for (int t = a; t < b; t++) {
+    vm_colour_stats st;
+    vm_colour_stats_frame (video + (size_t) t * size * size * 3, size, size, colour, COLOUR_RADIUS,
+                           CENTROID_MIN_PIXELS, &st);
+    sum += st.fraction;
+  }
+  return b > a ? sum / (b - a) : NAN;
+}
+
+static void
+steer_case (int transition)
+{
+  const int P = LONG_BLOCK_FRAMES, C = LONG_CONTEXT_FRAMES, T = MODEL_STEPS;
+  const int n = block_first_frame (STEER_BLOCKS, P, C);
+  /* Block STEER_BLOCK enters in iteration STEER_BLOCK; block STEER_BLOCK - T
+   * finishes (and its frames arrive) in iteration STEER_BLOCK - 1. */
+  const int switch_after = block_first_frame (STEER_BLOCK - T + 1, P, C);
+  const int touched = MAX (0, STEER_BLOCK - T + 1);
+  const int untouched_frames = block_first_frame (touched, P, C);
+  int size = 0, size2 = 0;
+  steer_run base, sw;
+  gint64 t0 = g_get_monotonic_time ();
+  uint8_t *a = steer_generate (STEER_FROM, NULL, n, transition, -1, NULL, &base, &size);
+  double base_s = (g_get_monotonic_time () - t0) / 1e6;
+  t0 = g_get_monotonic_time ();
+  uint8_t *b = steer_generate (STEER_FROM, NULL, n, transition, switch_after, STEER_TO, &sw, &size2);
+  double sw_s = (g_get_monotonic_time () - t0) / 1e6;
+  if (!a || !b) {
+    g_free (a);
+    g_free (b);
+    return;
+  }
+  const size_t fb = (size_t) size * size * 3;
+
+  /* The change was taken by block STEER_BLOCK, fully from STEER_BLOCK + K. */
+  g_assert_cmpint (base.n_changes, ==, 0);
+  g_assert_cmpint (sw.n_changes, ==, 1);
+  g_assert_cmpint (sw.change.block, ==, STEER_BLOCK);
+  g_assert_cmpint (sw.change.first_frame, ==, block_first_frame (STEER_BLOCK, P, C));
+  g_assert_cmpint (sw.change.full_block, ==, STEER_BLOCK + transition);
+  g_assert_cmpint (sw.change.full_frame, ==, block_first_frame (STEER_BLOCK + transition, P, C));
+  g_assert_cmpint (sw.change.transition_blocks, ==, transition);
+  g_assert_false (sw.change.scheduled);
+  g_assert_cmpstr (sw.change_prompts[0], ==, STEER_TO);
+
+  /* Byte-identical before the first block the change can touch. */
+  int first_diff = -1;
+  for (int t = 0; t < n && first_diff < 0; t++)
+    if (memcmp (a + t * fb, b + t * fb, fb) != 0)
+      first_diff = t;
+  g_test_message ("switch at block %d (frame %d), K %d: runs %.1f s / %.1f s; first touched block %d (frame %d); "
+                  "first differing frame %d", STEER_BLOCK, block_first_frame (STEER_BLOCK, P, C), transition,
+                  base_s, sw_s, touched, untouched_frames, first_diff);
+  g_assert_cmpint (first_diff, >=, untouched_frames);
+  g_assert_cmpint (first_diff, >=, 0); /* the change did change something */
+
+  /* The new colour dominates after the transition. */
+  const int settled = block_first_frame (STEER_BLOCK + transition + STEER_SETTLE_BLOCKS, P, C);
+  const double blue_after = colour_share (b, settled, n, size, "blue");
+  const double red_after = colour_share (b, settled, n, size, "red");
+  const double red_before = colour_share (b, 0, block_first_frame (STEER_BLOCK, P, C), size, "red");
+  const double blue_base = colour_share (a, settled, n, size, "blue");
+  const double red_base = colour_share (a, settled, n, size, "red");
+  g_test_message ("frames %d..%d: blue %.4f red %.4f (without the change: blue %.4f red %.4f); red before the "
+                  "switch %.4f", settled, n - 1, blue_after, red_after, blue_base, red_base, red_before);
+  g_assert_cmpfloat (blue_after, >=, STEER_MIN_FRACTION_MEAN);
+  g_assert_cmpfloat (blue_after, >=, STEER_MIN_DOMINANCE * red_after);
+
+  /* The change between frames across the switch: the block boundaries from
+   * the first touched block to the settled one, against the latent edges
+   * inside blocks (the long-video test's measure and limit). */
+  gboolean *bnd = g_new0 (gboolean, n), *edges = g_new (gboolean, n), *region = g_new0 (gboolean, n);
+  double *change = g_new (double, n);
+  vm_dualparal_boundaries (P, C, n, bnd);
+  vm_latent_edges (n, 0, edges);
+  vm_frame_changes (b, n, size, size, change);
+  double max_switch = 0;
+  for (int t = 1; t < n; t++) {
+    region[t] = bnd[t] && t >= untouched_frames && t <= settled;
+    if (region[t])
+      max_switch = MAX (max_switch, change[t]);
+  }
+  vm_pair_split sp, all;
+  vm_pair_split_compute (change, region, edges, n, &sp);
+  vm_pair_split_compute (change, bnd, edges, n, &all);
+  g_test_message ("frame change: switch boundaries %.3f (max %.3f, %d boundaries) | inside latent edges %.3f -> "
+                  "ratio %.2f (max / inside %.2f) | every boundary of the run: ratio %.2f", sp.boundary_mean,
+                  max_switch, sp.n_boundary, sp.inside_mean, sp.ratio, max_switch / sp.inside_mean, all.ratio);
+  g_assert_cmpfloat (sp.ratio, <=, LONG_MAX_CHANGE_RATIO);
+
+  for (int i = 0; i < MIN (sw.n_changes, 4); i++)
+    g_free (sw.change_prompts[i]);
+  g_free (bnd);
+  g_free (edges);
+  g_free (region);
+  g_free (change);
+  g_free (a);
+  g_free (b);
+}
+
+static void
+test_steer_switch (void)
+{
+  steer_case (0);
+}
+
+static void
+test_steer_transition (void)
+{
+  steer_case (4);
+}
+
+/* Three prompts over LONG_FRAMES frames: the colours in order. */
+static void
+test_steer_schedule (void)
+{
+  static const char *colours[3] = { "red", "blue", "green" };
+  static const int frames[3] = { 0, 86, 171 };
+  const int P = LONG_BLOCK_FRAMES, C = LONG_CONTEXT_FRAMES, n = LONG_FRAMES;
+  int size = 0;
+  steer_run r;
+  uint8_t *v = steer_generate (NULL, SCHEDULE_TEXT, n, 0, -1, NULL, &r, &size);
+  if (!v)
+    return;
+  g_assert_cmpint (r.n_changes, ==, 2);
+  int starts[4] = { 0, 0, 0, n };
+  for (int i = 1; i < 3 && i - 1 < r.n_changes; i++) {
+    /* The first block that starts at or after the line's frame. */
+    int b = 0;
+    while (block_first_frame (b, P, C) < frames[i])
+      b++;
+    g_assert_cmpint (r.change_frames[i - 1], ==, block_first_frame (b, P, C));
+    g_assert_cmpstr (r.change_prompts[i - 1], ==, i == 1 ? "a blue square bouncing" : "a green ball bouncing");
+    starts[i] = (int) r.change_frames[i - 1];
+  }
+  for (int i = 0; i < 3; i++) {
+    int from = starts[i];
+    if (i > 0) {
+      int b = 0;
+      while (block_first_frame (b, P, C) < starts[i])
+        b++;
+      from = block_first_frame (b + SCHEDULE_SETTLE_BLOCKS, P, C);
+    }
+    double share[3];
+    for (int k = 0; k < 3; k++)
+      share[k] = colour_share (v, from, starts[i + 1], size, colours[k]);
+    g_test_message ("\"%s\" part, frames %d..%d: red %.4f blue %.4f green %.4f", colours[i], from,
+                    starts[i + 1] - 1, share[0], share[1], share[2]);
+    g_assert_cmpfloat (share[i], >=, STEER_MIN_FRACTION_MEAN);
+    for (int k = 0; k < 3; k++)
+      if (k != i)
+        g_assert_cmpfloat (share[i], >=, STEER_MIN_DOMINANCE * share[k]);
+  }
+  for (int i = 0; i < MIN (r.n_changes, 4); i++)
+    g_free (r.change_prompts[i]);
+  g_free (v);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -646,6 +940,9 @@ main (int argc, char **argv)
       g_free (name);
     }
     g_test_add_func ("/model/long/dualparal", test_long_video);
+    g_test_add_func ("/model/steer/switch", test_steer_switch);
+    g_test_add_func ("/model/steer/transition", test_steer_transition);
+    g_test_add_func ("/model/steer/schedule", test_steer_schedule);
   }
   int status = g_test_run ();
   if (status == 0 && !have_model) {
