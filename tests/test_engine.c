@@ -693,6 +693,110 @@ assert_same_latents (const float *a, const float *b, const run_cfg *cfg, const c
   }
 }
 
+/* ------------------------------------------------------------ conditionings */
+
+/* Prompt changes (engine.h, block_cond): block 3 takes a second context
+ * with guidance 3, block 5 a half-way blend of the first and second. */
+typedef struct {
+  collect c;
+  dp_engine_cond *first, *second;
+  int asked;
+} cond_run;
+
+static gboolean
+on_block_cond (int64_t block, dp_engine_cond **cond, void *data, GError **error)
+{
+  cond_run *r = data;
+  g_assert_cmpint (block, ==, r->asked + 1); /* every block but block 0, in order */
+  r->asked++;
+  if (block == 3)
+    *cond = dp_engine_cond_ref (r->second);
+  else if (block == 5)
+    *cond = dp_engine_cond_blend (r->first, r->second, 0.5, error);
+  return *cond != NULL || block != 5;
+}
+
+static gboolean
+on_cond_latent (const dp_tensor *latent, int64_t block, int64_t first_frame, void *data)
+{
+  return on_latent (latent, block, first_frame, &((cond_run *) data)->c);
+}
+
+static float *
+run_with_changes (const run_cfg *cfg, gboolean change, dp_engine_stats *stats)
+{
+  GError *err = NULL;
+  dp_backend **be = make_backends (cfg->stages);
+  dp_engine *e = make_engine (cfg, be, NULL, &err);
+  g_assert_no_error (err);
+  cond_run r = { .c = { .channels = 16, .H = cfg->H, .W = cfg->W, .F = cfg->F } };
+  r.c.latents = g_new0 (float, (size_t) 16 * cfg->F * cfg->H * cfg->W);
+  dp_tensor ctx = make_context (cfg->batch);
+  /* Another context: the first one's values reversed. */
+  dp_tensor ctx2 = dp_tensor_new_host (DP_F32, 3, ctx.shape);
+  const int64_t n = dp_tensor_nelem (&ctx);
+  for (int64_t i = 0; i < n; i++)
+    ((float *) ctx2.data)[i] = ((float *) ctx.data)[n - 1 - i];
+  r.first = dp_engine_cond_new (&ctx, cfg->guidance, &err);
+  r.second = dp_engine_cond_new (&ctx2, 3.0, &err);
+  g_assert_no_error (err);
+  dp_engine_output out = { .block_latent = on_cond_latent, .block_cond = change ? on_block_cond : NULL,
+                           .user_data = &r };
+  g_assert_true (dp_engine_run (e, &ctx, NULL, &out, &err));
+  g_assert_no_error (err);
+  g_assert_cmpint (r.c.next_frame, ==, cfg->F);
+  if (change)
+    g_assert_cmpint (r.asked, ==, dp_engine_get_schedule (e)->num_blocks - 1);
+  dp_engine_get_stats (e, stats);
+  dp_engine_cond_unref (r.first);
+  dp_engine_cond_unref (r.second);
+  dp_tensor_free (&ctx);
+  dp_tensor_free (&ctx2);
+  dp_engine_free (e);
+  free_backends (be, cfg->stages);
+  return r.c.latents;
+}
+
+/* Blocks keep their conditioning on every stage: 1, 2 and 3 stages give
+ * bitwise the same latents with changes; blocks finished before the first
+ * block a change can touch (the queue when block 3 enters: blocks 3-T+1..)
+ * equal the run without changes; later ones differ. */
+static void
+test_conds (void)
+{
+  run_cfg cfg = { .stages = 1, .P = 2, .C = 1, .T = 3, .F = 15, .kind = DP_SAMPLER_UNIPC, .batch = 2,
+                  .guidance = 5.0, .H = 4, .W = 6, .seed = 5 };
+  dp_engine_stats st;
+  float *plain = run_with_changes (&cfg, FALSE, &st);
+  g_assert_cmpint (st.cond_changes, ==, 0);
+  g_assert_cmpint (st.contexts_computed, ==, 1);
+  float *ref = run_with_changes (&cfg, TRUE, &st);
+  g_assert_cmpint (st.cond_changes, ==, 2);
+  /* 3 conditionings; with 2 slots, the passes of an iteration that mixes
+   * all three compute again. */
+  g_assert_cmpint (st.contexts_computed, >=, 3);
+  g_test_message ("1 stage, 2 changes: %" G_GINT64_FORMAT " contexts computed in %.4f s (run %.3f s)",
+                  st.contexts_computed, st.context_seconds, st.run_seconds);
+  const size_t hw = (size_t) cfg.H * cfg.W;
+  /* Block 0 = latent frames 0..2 finished before block 3 entered (T = 3:
+   * the queue at iteration 3 is blocks 1..3). */
+  const int untouched = 3, touched_first = 3 + 2 * (3 - 1 - 1);
+  for (int c = 0; c < 16; c++) {
+    g_assert_cmpint (memcmp (plain + c * cfg.F * hw, ref + c * cfg.F * hw, untouched * hw * sizeof (float)), ==, 0);
+    g_assert_cmpint (memcmp (plain + (c * cfg.F + touched_first) * hw, ref + (c * cfg.F + touched_first) * hw,
+                             (cfg.F - touched_first) * hw * sizeof (float)), !=, 0);
+  }
+  for (int n = 2; n <= 3; n++) {
+    cfg.stages = n;
+    float *got = run_with_changes (&cfg, TRUE, &st);
+    g_assert_cmpint (st.cond_changes, ==, 2);
+    assert_same_latents (got, ref, &cfg, n == 2 ? "2 stages with prompt changes" : "3 stages with prompt changes");
+    g_free (got);
+  }
+  g_free (plain);
+  g_free (ref);
+}
+
 static void
 test_stages (void)
 {
@@ -1292,6 +1396,7 @@ main (int argc, char **argv)
   g_test_add_func ("/engine/noise", test_noise);
   g_test_add_func ("/engine/transport", test_transport);
   g_test_add_func ("/engine/stages", test_stages);
+  g_test_add_func ("/engine/conds", test_conds);
   g_test_add_func ("/engine/classic", test_classic);
   g_test_add_func ("/engine/decode", test_decode);
   g_test_add_func ("/engine/stats", test_stats);
