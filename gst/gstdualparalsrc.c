@@ -58,6 +58,8 @@ enum {
   PROP_TEXT_LEN,
   PROP_QUEUE_FRAMES,
   PROP_IS_LIVE,
+  PROP_TRANSITION_BLOCKS,
+  PROP_PROMPT_SCHEDULE,
 };
 
 /* The settings a run is made with: the properties, copied at start (). */
@@ -77,6 +79,8 @@ typedef struct {
   gint context_frames;
   gint text_len;   /* 0: the model's */
   guint queue_frames;
+  gint transition_blocks;
+  gchar *prompt_schedule; /* NULL: none */
 } Settings;
 
 struct _GstDualParalSrc {
@@ -90,7 +94,9 @@ struct _GstDualParalSrc {
    * start ()/set_caps () before the worker exists and stay fixed while it
    * runs. */
   Settings run;
-  dp_generator *generator;
+  dp_generator *generator;  /* assigned and freed under gen_lock (a prompt change from the
+                             * application thread reaches it under that lock) */
+  GMutex gen_lock;
   gint gen_fps;             /* object lock */
   GstVideoInfo frame_info;  /* RGB at the generator's size: the queued frames */
   GstVideoInfo out_info;    /* negotiated; written in set_caps, object lock for queries */
@@ -179,6 +185,7 @@ settings_copy (Settings *dst, const Settings *src)
   dst->negative_prompt = g_strdup (src->negative_prompt);
   dst->model = g_strdup (src->model);
   dst->devices = g_strdup (src->devices);
+  dst->prompt_schedule = g_strdup (src->prompt_schedule);
 }
 
 static void
@@ -188,6 +195,7 @@ settings_clear (Settings *s)
   g_clear_pointer (&s->negative_prompt, g_free);
   g_clear_pointer (&s->model, g_free);
   g_clear_pointer (&s->devices, g_free);
+  g_clear_pointer (&s->prompt_schedule, g_free);
 }
 
 /* NULL when n is a frame count the model can make, else why not
@@ -281,6 +289,38 @@ on_step (const dp_step_progress *progress, void *user_data)
                             gst_message_new_element (GST_OBJECT (self), s));
 }
 
+/* dp_prompt_cb: a "dualparal-prompt-applied" element message when a prompt
+ * change (a property set while playing, or a prompt-schedule line) is
+ * taken by the first block that enters after it. */
+static void
+on_prompt_applied (const dp_prompt_change *change, void *user_data)
+{
+  GstDualParalSrc *self = user_data;
+  GstClockTime ts = GST_CLOCK_TIME_NONE;
+  gint fps_n, fps_d;
+  GstStructure *s;
+
+  GST_OBJECT_LOCK (self);
+  fps_n = GST_VIDEO_INFO_FPS_N (&self->out_info);
+  fps_d = GST_VIDEO_INFO_FPS_D (&self->out_info);
+  GST_OBJECT_UNLOCK (self);
+  if (fps_n > 0 && fps_d > 0)
+    ts = gst_util_uint64_scale (change->full_frame, (guint64) fps_d * GST_SECOND, fps_n);
+  GST_INFO_OBJECT (self, "prompt \"%s\" from block %" G_GINT64_FORMAT ", alone from frame %"
+                   G_GINT64_FORMAT, change->prompt, change->block, change->full_frame);
+  s = gst_structure_new ("dualparal-prompt-applied",
+      "prompt", G_TYPE_STRING, change->prompt,
+      "negative-prompt", G_TYPE_STRING, change->negative_prompt,
+      "guidance-scale", G_TYPE_DOUBLE, change->guidance_scale,
+      "frame", G_TYPE_INT64, (gint64) change->full_frame,
+      "timestamp", G_TYPE_UINT64, (guint64) ts,
+      "first-frame", G_TYPE_INT64, (gint64) change->first_frame,
+      "block", G_TYPE_INT64, (gint64) change->block,
+      "transition-blocks", G_TYPE_INT, change->transition_blocks,
+      "scheduled", G_TYPE_BOOLEAN, change->scheduled, NULL);
+  gst_element_post_message (GST_ELEMENT (self), gst_message_new_element (GST_OBJECT (self), s));
+}
+
 /* Creates the generator for the run's settings at width x height (0 x 0:
  * the model's native size).  The params point into self->run, which lives
  * until stop (). */
@@ -288,16 +328,36 @@ static gboolean
 create_generator (GstDualParalSrc *self, gint width, gint height, GError **error)
 {
   dp_generator_params p;
+  dp_generator *gen;
+  gchar *prompt, *negative;
 
-  dp_generator_params_init (&p);
+  /* The prompt settings may change while playing (set_property), so they
+   * are read under the lock; gen_lock is held until the generator is in
+   * place, so that no change falls between the two. */
+  g_mutex_lock (&self->gen_lock);
+  GST_OBJECT_LOCK (self);
+  prompt = g_strdup (self->run.prompt);
+  negative = g_strdup (self->run.negative_prompt);
+  p.guidance_scale = self->run.guidance_scale;
+  p.transition_blocks = self->run.transition_blocks;
+  GST_OBJECT_UNLOCK (self);
+
+  {
+    gdouble guidance = p.guidance_scale;
+    gint transition = p.transition_blocks;
+
+    dp_generator_params_init (&p);
+    p.guidance_scale = guidance;
+    p.transition_blocks = transition;
+  }
   p.model_dir = self->run.model;
-  p.prompt = self->run.prompt;
-  p.negative_prompt = self->run.negative_prompt;
+  p.prompt = prompt;
+  p.negative_prompt = negative;
+  p.prompt_schedule = self->run.prompt_schedule;
   p.width = width;
   p.height = height;
   p.num_frames = self->run.num_frames;
   p.steps = self->run.steps;
-  p.guidance_scale = self->run.guidance_scale;
   p.flow_shift = self->run.flow_shift;
   p.seed = self->run.seed;
   p.sampler = (dp_sampler_kind) self->run.sampler;
@@ -309,10 +369,17 @@ create_generator (GstDualParalSrc *self, gint width, gint height, GError **error
 
   GST_INFO_OBJECT (self, "loading model '%s' (%dx%d, %d frames, %d steps, devices %s)",
                    p.model_dir, width, height, p.num_frames, p.steps, p.devices);
-  self->generator = dp_generator_new (&p, error);
-  if (self->generator == NULL)
+  gen = dp_generator_new (&p, error);
+  g_free (prompt);
+  g_free (negative);
+  if (gen != NULL) {
+    dp_generator_set_step_callback (gen, on_step, self);
+    dp_generator_set_prompt_callback (gen, on_prompt_applied, self);
+  }
+  self->generator = gen;
+  g_mutex_unlock (&self->gen_lock);
+  if (gen == NULL)
     return FALSE;
-  dp_generator_set_step_callback (self->generator, on_step, self);
   {
     int block = 0, context = 0;
     dp_engine_kind engine = dp_generator_engine (self->generator, &block, &context);
@@ -324,6 +391,14 @@ create_generator (GstDualParalSrc *self, gint width, gint height, GError **error
   self->gen_fps = dp_generator_fps (self->generator);
   GST_OBJECT_UNLOCK (self);
   return TRUE;
+}
+
+static void
+free_generator (GstDualParalSrc *self)
+{
+  g_mutex_lock (&self->gen_lock);
+  g_clear_pointer (&self->generator, dp_generator_free);
+  g_mutex_unlock (&self->gen_lock);
 }
 
 /* --- the worker ---------------------------------------------------------- */
@@ -575,7 +650,7 @@ gst_dual_paral_src_stop (GstBaseSrc *bsrc)
 
   stop_worker (self);
   g_clear_pointer (&self->converter, gst_video_converter_free);
-  g_clear_pointer (&self->generator, dp_generator_free);
+  free_generator (self);
   g_clear_error (&self->callback_error);
   dualparal_frame_queue_reset (self->queue, 1); /* drops the frames left */
 
@@ -678,7 +753,7 @@ gst_dual_paral_src_set_caps (GstBaseSrc *bsrc, GstCaps *caps)
 
     GST_INFO_OBJECT (self, "downstream asks for %dx%d, native is %dx%d: reloading",
                      width, height, gen_width, gen_height);
-    g_clear_pointer (&self->generator, dp_generator_free);
+    free_generator (self);
     if (!create_generator (self, width, height, &error)) {
       if (error->domain == DP_ERROR
           && (error->code == DP_ERROR_INVALID || error->code == DP_ERROR_UNSUPPORTED))
@@ -994,6 +1069,77 @@ gst_dual_paral_src_fill (GstPushSrc *psrc, GstBuffer *buffer)
 
 /* --- GObject ------------------------------------------------------------- */
 
+/* prompt, negative-prompt, guidance-scale, transition-blocks set in PAUSED
+ * or PLAYING: handed to the generator, which queues the change for the next
+ * block that enters (DualParal engine) or refuses it (classic engine: a
+ * warning on the bus, the run goes on unchanged).  Under gen_lock, so the
+ * generator is neither freed nor replaced meanwhile, and a generator made
+ * again later (renegotiation) starts from the changed settings. */
+static void
+change_while_running (GstDualParalSrc *self, guint prop_id, const GValue *value,
+                      GParamSpec *pspec)
+{
+  GError *error = NULL;
+  gboolean ok = TRUE;
+  const gchar *text = NULL;
+  gdouble guidance = 0.0;
+
+  if (prop_id == PROP_PROMPT || prop_id == PROP_NEGATIVE_PROMPT) {
+    text = g_value_get_string (value);
+    if (text == NULL)
+      text = "";
+  } else if (prop_id == PROP_GUIDANCE_SCALE) {
+    guidance = g_value_get_double (value);
+  }
+
+  g_mutex_lock (&self->gen_lock);
+  if (self->generator != NULL) {
+    if (prop_id == PROP_TRANSITION_BLOCKS)
+      ok = dp_generator_set_transition (self->generator, g_value_get_int (value), &error);
+    else
+      ok = dp_generator_set_prompt (self->generator,
+                                    prop_id == PROP_PROMPT ? text : NULL,
+                                    prop_id == PROP_NEGATIVE_PROMPT ? text : NULL,
+                                    guidance, &error);
+  }
+  if (ok) {
+    GST_OBJECT_LOCK (self);
+    switch (prop_id) {
+      case PROP_PROMPT:
+        g_free (self->props.prompt);
+        self->props.prompt = g_strdup (text);
+        g_free (self->run.prompt);
+        self->run.prompt = g_strdup (text);
+        break;
+      case PROP_NEGATIVE_PROMPT:
+        g_free (self->props.negative_prompt);
+        self->props.negative_prompt = g_strdup (text);
+        g_free (self->run.negative_prompt);
+        self->run.negative_prompt = g_strdup (text);
+        break;
+      case PROP_GUIDANCE_SCALE:
+        self->props.guidance_scale = self->run.guidance_scale = guidance;
+        break;
+      case PROP_TRANSITION_BLOCKS:
+        self->props.transition_blocks = self->run.transition_blocks = g_value_get_int (value);
+        break;
+      default:
+        break;
+    }
+    GST_OBJECT_UNLOCK (self);
+  }
+  g_mutex_unlock (&self->gen_lock);
+
+  if (ok) {
+    GST_DEBUG_OBJECT (self, "'%s' changed while running", pspec->name);
+  } else {
+    GST_ELEMENT_WARNING (self, RESOURCE, SETTINGS,
+        ("'%s' cannot change now: %s; the video goes on unchanged", pspec->name,
+         error->message), (NULL));
+    g_error_free (error);
+  }
+}
+
 static void
 gst_dual_paral_src_set_property (GObject *object, guint prop_id, const GValue *value,
                                  GParamSpec *pspec)
@@ -1004,6 +1150,11 @@ gst_dual_paral_src_set_property (GObject *object, guint prop_id, const GValue *v
   GST_OBJECT_LOCK (self);
   if (self->running) {
     GST_OBJECT_UNLOCK (self);
+    if (prop_id == PROP_PROMPT || prop_id == PROP_NEGATIVE_PROMPT
+        || prop_id == PROP_GUIDANCE_SCALE || prop_id == PROP_TRANSITION_BLOCKS) {
+      change_while_running (self, prop_id, value, pspec);
+      return;
+    }
     g_warning ("dualparalsrc: '%s' cannot change while the element runs; "
                "set it in the NULL or READY state", pspec->name);
     return;
@@ -1070,6 +1221,24 @@ gst_dual_paral_src_set_property (GObject *object, guint prop_id, const GValue *v
     case PROP_QUEUE_FRAMES:
       self->props.queue_frames = g_value_get_uint (value);
       break;
+    case PROP_TRANSITION_BLOCKS:
+      self->props.transition_blocks = g_value_get_int (value);
+      break;
+    case PROP_PROMPT_SCHEDULE: {
+      const gchar *text = g_value_get_string (value);
+      GError *error = NULL;
+
+      g_free (self->props.prompt_schedule);
+      self->props.prompt_schedule = text != NULL && *text != '\0' ? g_strdup (text) : NULL;
+      /* Kept as given so that start () refuses it with an element error;
+       * the warning names the line at once. */
+      if (self->props.prompt_schedule != NULL
+          && !dp_prompt_schedule_check (self->props.prompt_schedule, &error)) {
+        problem = g_strdup (error->message);
+        g_error_free (error);
+      }
+      break;
+    }
     case PROP_IS_LIVE:
       GST_OBJECT_UNLOCK (self);
       gst_base_src_set_live (GST_BASE_SRC (self), g_value_get_boolean (value));
@@ -1144,6 +1313,12 @@ gst_dual_paral_src_get_property (GObject *object, guint prop_id, GValue *value,
     case PROP_QUEUE_FRAMES:
       g_value_set_uint (value, self->props.queue_frames);
       break;
+    case PROP_TRANSITION_BLOCKS:
+      g_value_set_int (value, self->props.transition_blocks);
+      break;
+    case PROP_PROMPT_SCHEDULE:
+      g_value_set_string (value, self->props.prompt_schedule);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
       break;
@@ -1159,6 +1334,7 @@ gst_dual_paral_src_finalize (GObject *object)
   /* stop () has run if the element was ever started. */
   dualparal_frame_queue_free (self->queue);
   settings_clear (&self->props);
+  g_mutex_clear (&self->gen_lock);
   g_mutex_clear (&self->worker_lock);
   g_cond_clear (&self->worker_cond);
   G_OBJECT_CLASS (parent_class)->finalize (object);
@@ -1184,8 +1360,11 @@ gst_dual_paral_src_init (GstDualParalSrc *self)
   self->props.context_frames = d->context_frames;
   self->props.text_len = d->text_len;
   self->props.queue_frames = DEFAULT_QUEUE_FRAMES;
+  self->props.transition_blocks = d->transition_blocks;
+  self->props.prompt_schedule = NULL;
 
   self->queue = dualparal_frame_queue_new ((GDestroyNotify) gst_buffer_unref);
+  g_mutex_init (&self->gen_lock);
   g_mutex_init (&self->worker_lock);
   g_cond_init (&self->worker_cond);
   gst_video_info_init (&self->frame_info);
@@ -1196,6 +1375,9 @@ gst_dual_paral_src_init (GstDualParalSrc *self)
 }
 
 #define SETTING_FLAGS (G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY)
+/* Changeable while playing (DualParal engine; the classic engine refuses
+ * with a warning). */
+#define STEERING_FLAGS (G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_PLAYING)
 
 static void
 gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
@@ -1216,11 +1398,14 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
 
   g_object_class_install_property (gobject_class, PROP_PROMPT,
       g_param_spec_string ("prompt", "Prompt",
-          "What the video shows, in words (UTF-8)", "", SETTING_FLAGS));
+          "What the video shows, in words (UTF-8).  May change while playing (DualParal "
+          "engine): the next block that enters takes it; a dualparal-prompt-applied "
+          "message names the first frame it fully owns", "", STEERING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_NEGATIVE_PROMPT,
       g_param_spec_string ("negative-prompt", "Negative prompt",
-          "What the video should avoid (the unconditional side of guidance)",
-          d->negative_prompt ? d->negative_prompt : "", SETTING_FLAGS));
+          "What the video should avoid (the unconditional side of guidance); may change "
+          "while playing, like prompt",
+          d->negative_prompt ? d->negative_prompt : "", STEERING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_MODEL,
       g_param_spec_string ("model", "Model directory",
           "Wan2.1 text-to-video model in diffusers layout (model_index.json, transformer/, "
@@ -1238,8 +1423,9 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
   g_object_class_install_property (gobject_class, PROP_GUIDANCE_SCALE,
       g_param_spec_double ("guidance-scale", "Guidance scale",
           "Classifier-free guidance scale; 1 runs the conditional pass alone "
-          "(for guidance-distilled checkpoints)",
-          1.0, 100.0, CLAMP (d->guidance_scale, 1.0, 100.0), SETTING_FLAGS));
+          "(for guidance-distilled checkpoints); may change while playing, like prompt "
+          "(not from 1 to more: a run started at 1 has no unconditional pass)",
+          1.0, 100.0, CLAMP (d->guidance_scale, 1.0, 100.0), STEERING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_FLOW_SHIFT,
       g_param_spec_double ("flow-shift", "Flow shift",
           "Shift of the sampler's noise schedule (3 at 480p, 5 at 720p); 0 or less takes "
@@ -1285,6 +1471,18 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
           "Frames held between the generator and downstream; generation pauses while "
           "the queue is full",
           1, 4096, DEFAULT_QUEUE_FRAMES, SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_TRANSITION_BLOCKS,
+      g_param_spec_int ("transition-blocks", "Transition blocks",
+          "Blocks over which a prompt change (or a prompt-schedule line) is blended in "
+          "(the text embeddings interpolated); 0: at once.  May change while playing",
+          0, DP_GENERATOR_MAX_TRANSITION_BLOCKS,
+          CLAMP (d->transition_blocks, 0, DP_GENERATOR_MAX_TRANSITION_BLOCKS), STEERING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_PROMPT_SCHEDULE,
+      g_param_spec_string ("prompt-schedule", "Prompt schedule",
+          "Prompts along the video (DualParal engine): lines \"FRAME: PROMPT\", the first at "
+          "frame 0 (it replaces prompt), frames increasing; each applies from the first block "
+          "that starts at or after its frame; empty lines and lines starting with # are "
+          "skipped.  Empty: none", NULL, SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_IS_LIVE,
       g_param_spec_boolean ("is-live", "Is live",
           "Act as a live source: frames are synchronised to the clock and the latency "

@@ -613,6 +613,295 @@ test_restart (void)
   }
 }
 
+/* --- steering: prompt changes while playing ------------------------------ */
+
+static GError *expect_error (GstElement *pipeline);
+
+/* A harness around a configured DualParal dualparalsrc (blocks of one latent
+ * frame, context 1), PLAYING, with its bus kept in *bus.  NULL (the test
+ * failed) when it does not start. */
+static GstHarness *
+steer_harness_new (gint num_frames, guint queue_frames, const gchar *engine, GstBus **bus)
+{
+  GstHarness *h = gst_harness_new ("dualparalsrc");
+
+  configure (h->element, num_frames);
+  g_object_set (h->element, "queue-frames", queue_frames, NULL);
+  gst_util_set_object_arg (G_OBJECT (h->element), "engine", engine);
+  if (g_strcmp0 (engine, "dualparal") == 0)
+    g_object_set (h->element, "block-frames", 1, "context-frames", 1, NULL);
+  *bus = gst_bus_new ();
+  gst_element_set_bus (h->element, *bus);
+  if (gst_element_set_state (h->element, GST_STATE_PLAYING) == GST_STATE_CHANGE_FAILURE) {
+    g_test_fail_printf ("dualparalsrc did not start");
+    gst_bus_set_flushing (*bus, TRUE);
+    gst_object_unref (*bus);
+    *bus = NULL;
+    gst_harness_teardown (h);
+    return NULL;
+  }
+  return h;
+}
+
+/* Pops the dualparal-prompt-applied messages on bus; the last one's prompt
+ * and frame go to *prompt (g_free) / *frame when given.  Returns how many. */
+static guint
+pop_applied (GstBus *bus, gchar **prompt, gint64 *frame)
+{
+  GstMessage *msg;
+  guint n = 0;
+
+  while ((msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT)) != NULL) {
+    const GstStructure *s = gst_message_get_structure (msg);
+
+    if (gst_structure_has_name (s, "dualparal-prompt-applied")) {
+      gint64 f = -1, first = -1;
+      n++;
+      g_assert_true (gst_structure_get_int64 (s, "frame", &f));
+      g_assert_true (gst_structure_get_int64 (s, "first-frame", &first));
+      g_assert_cmpint (f, >=, first);
+      g_assert_nonnull (gst_structure_get_string (s, "prompt"));
+      if (prompt != NULL) {
+        g_free (*prompt);
+        *prompt = g_strdup (gst_structure_get_string (s, "prompt"));
+      }
+      if (frame != NULL)
+        *frame = f;
+    }
+    gst_message_unref (msg);
+  }
+  return n;
+}
+
+typedef struct {
+  GstElement *src;
+  gint stop;   /* atomic */
+  guint sets;
+} Changer;
+
+/* Sets prompt (and now and then negative-prompt and guidance-scale) again
+ * and again until told to stop. */
+static gpointer
+changer_main (gpointer data)
+{
+  static const gchar *prompts[] = { "a blue square bouncing", "a red ball bouncing",
+                                    "a green ball moving down" };
+  Changer *c = data;
+
+  while (!g_atomic_int_get (&c->stop)) {
+    g_object_set (c->src, "prompt", prompts[c->sets % 3], NULL);
+    if (c->sets % 7 == 0)
+      g_object_set (c->src, "negative-prompt", c->sets % 2 ? "blurry" : "", "guidance-scale",
+                    c->sets % 2 ? 4.0 : 5.0, NULL);
+    c->sets++;
+    g_usleep (300);
+  }
+  return NULL;
+}
+
+static void
+test_steer_playing (void)
+{
+  GstHarness *h;
+  GstBus *bus = NULL;
+  Changer c = { 0 };
+  GThread *thread;
+  guint i, applied = 0;
+  guint64 offset = 0;
+  gchar *prompt = NULL;
+  gint64 frame = -1;
+
+  if (!require_model ())
+    return;
+  h = steer_harness_new (-1, 2, "dualparal", &bus);
+  if (h == NULL)
+    return;
+  c.src = h->element;
+  thread = g_thread_new ("changer", changer_main, &c);
+  for (i = 0; i < 30; i++) {
+    GstBuffer *buffer = gst_harness_pull (h);
+
+    g_assert_nonnull (buffer);
+    g_assert_cmpuint (GST_BUFFER_OFFSET (buffer), ==, offset++);
+    gst_buffer_unref (buffer);
+    if (i % 10 == 9)
+      g_usleep (50 * 1000); /* the queue fills: the worker waits, changes go on */
+  }
+  /* PAUSED and back, changes still coming. */
+  g_assert_cmpint (gst_element_set_state (h->element, GST_STATE_PAUSED), !=, GST_STATE_CHANGE_FAILURE);
+  g_usleep (50 * 1000);
+  g_assert_cmpint (gst_element_set_state (h->element, GST_STATE_PLAYING), !=, GST_STATE_CHANGE_FAILURE);
+  for (i = 0; i < 10; i++) {
+    GstBuffer *buffer = gst_harness_pull (h);
+
+    g_assert_nonnull (buffer);
+    g_assert_cmpuint (GST_BUFFER_OFFSET (buffer), ==, offset++);
+    gst_buffer_unref (buffer);
+  }
+  g_atomic_int_set (&c.stop, 1);
+  g_thread_join (thread);
+  applied += pop_applied (bus, NULL, NULL);
+  g_test_message ("%u changes set, %u applied messages (the last change before each block wins)", c.sets,
+                  applied);
+  g_assert_cmpuint (applied, >=, 1);
+
+  /* One last change: its message names a frame still to come, and that
+   * frame arrives. */
+  g_object_set (h->element, "prompt", "a yellow ball bouncing", NULL);
+  for (i = 0; i < 200 && g_strcmp0 (prompt, "a yellow ball bouncing") != 0; i++) {
+    GstBuffer *buffer = gst_harness_pull (h);
+
+    g_assert_nonnull (buffer);
+    g_assert_cmpuint (GST_BUFFER_OFFSET (buffer), ==, offset++);
+    gst_buffer_unref (buffer);
+    pop_applied (bus, &prompt, &frame);
+  }
+  g_assert_cmpstr (prompt, ==, "a yellow ball bouncing");
+  g_assert_cmpint (frame, >=, (gint64) offset - 1 - 2 * 4); /* at most the queue's and a block's frames back */
+  g_free (prompt);
+  {
+    gchar *now = NULL;
+
+    g_object_get (h->element, "prompt", &now, NULL);
+    g_assert_cmpstr (now, ==, "a yellow ball bouncing");
+    g_free (now);
+  }
+  gst_bus_set_flushing (bus, TRUE);
+  gst_object_unref (bus);
+  gst_harness_teardown (h);
+}
+
+/* Changes until the very end of a finite video: every frame, then EOS. */
+static void
+test_steer_before_eos (void)
+{
+  const guint frames = 25;
+  GstHarness *h;
+  GstBus *bus = NULL;
+  Changer c = { 0 };
+  GThread *thread;
+  GstEvent *event;
+  guint i;
+
+  if (!require_model ())
+    return;
+  h = steer_harness_new (frames, 2, "dualparal", &bus);
+  if (h == NULL)
+    return;
+  c.src = h->element;
+  thread = g_thread_new ("changer", changer_main, &c);
+  for (i = 0; i < frames; i++) {
+    GstBuffer *buffer = gst_harness_pull (h);
+
+    g_assert_nonnull (buffer);
+    g_assert_cmpuint (GST_BUFFER_OFFSET (buffer), ==, i);
+    gst_buffer_unref (buffer);
+    if (i == frames - 2)
+      g_object_set (h->element, "prompt", "a white ball bouncing", NULL);
+  }
+  while ((event = gst_harness_pull_event (h)) != NULL && GST_EVENT_TYPE (event) != GST_EVENT_EOS)
+    gst_event_unref (event);
+  g_assert_nonnull (event);
+  gst_event_unref (event);
+  g_object_set (h->element, "prompt", "a blue square bouncing", NULL); /* after EOS: queued, harmless */
+  g_atomic_int_set (&c.stop, 1);
+  g_thread_join (thread);
+  g_assert_cmpuint (pop_applied (bus, NULL, NULL), >=, 1);
+  gst_bus_set_flushing (bus, TRUE);
+  gst_object_unref (bus);
+  gst_harness_teardown (h);
+}
+
+/* The classic engine refuses a change with a warning and goes on. */
+static void
+test_steer_classic (void)
+{
+  GstHarness *h;
+  GstBus *bus = NULL;
+  GstMessage *msg;
+  GError *error = NULL;
+  gchar *now = NULL;
+  guint i;
+
+  if (!require_model ())
+    return;
+  h = steer_harness_new (TEST_FRAMES, 4, "classic", &bus);
+  if (h == NULL)
+    return;
+  g_object_set (h->element, "prompt", "a blue square bouncing", NULL);
+  msg = gst_bus_timed_pop_filtered (bus, BUS_TIMEOUT, GST_MESSAGE_WARNING);
+  g_assert_nonnull (msg);
+  gst_message_parse_warning (msg, &error, NULL);
+  g_test_message ("warning: %s", error->message);
+  g_assert_nonnull (strstr (error->message, "classic engine"));
+  g_assert_nonnull (strstr (error->message, "'prompt'"));
+  g_clear_error (&error);
+  gst_message_unref (msg);
+  g_object_get (h->element, "prompt", &now, NULL);
+  g_assert_cmpstr (now, ==, "a red ball bouncing");
+  g_free (now);
+  for (i = 0; i < TEST_FRAMES; i++) {
+    GstBuffer *buffer = gst_harness_pull (h);
+
+    g_assert_nonnull (buffer);
+    g_assert_cmpuint (GST_BUFFER_OFFSET (buffer), ==, i);
+    gst_buffer_unref (buffer);
+  }
+  g_assert_null (gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR));
+  gst_bus_set_flushing (bus, TRUE);
+  gst_object_unref (bus);
+  gst_harness_teardown (h);
+}
+
+/* prompt-schedule: a line applies at the first block starting at or after
+ * its frame; a bad line stops the start with an error naming it. */
+static void
+test_steer_schedule (void)
+{
+  GstElement *pipeline, *src;
+  GstMessage *msg;
+  GList *elements = NULL, *l;
+  GError *error = NULL;
+  guint applied = 0;
+
+  if (!require_model ())
+    return;
+  pipeline = source_pipeline (&src);
+  configure (src, 25);
+  g_object_set (src, "block-frames", 1, "context-frames", 1, "prompt-schedule",
+                "0: a red ball bouncing\n10: a blue square bouncing\n", NULL);
+  msg = run_to_end (pipeline, "dualparal-prompt-applied", &elements);
+  assert_no_error (msg);
+  for (l = elements; l != NULL; l = l->next) {
+    const GstStructure *s = gst_message_get_structure (l->data);
+    gint64 first = -1;
+    gboolean scheduled = FALSE;
+
+    g_assert_true (gst_structure_get_int64 (s, "first-frame", &first));
+    g_assert_true (gst_structure_get_boolean (s, "scheduled", &scheduled));
+    g_assert_true (scheduled);
+    g_assert_cmpstr (gst_structure_get_string (s, "prompt"), ==, "a blue square bouncing");
+    /* Blocks of one latent frame: block b >= 1 starts at 4 (1 + b) - 3. */
+    g_assert_cmpint (first, ==, 13);
+    applied++;
+  }
+  g_assert_cmpuint (applied, ==, 1);
+  g_list_free_full (elements, (GDestroyNotify) gst_message_unref);
+  gst_object_unref (pipeline);
+
+  pipeline = source_pipeline (&src);
+  configure (src, 25);
+  g_test_expect_message ("dualparal", G_LOG_LEVEL_WARNING, "*line 2*");
+  g_object_set (src, "prompt-schedule", "0: a red ball\n3 a blue square\n", NULL);
+  g_test_assert_expected_messages ();
+  error = expect_error (pipeline);
+  g_assert_nonnull (error);
+  g_test_message ("error: %s", error->message);
+  g_assert_nonnull (strstr (error->message, "line 2"));
+  g_clear_error (&error);
+  gst_object_unref (pipeline);
+}
+
 /* --- errors on the bus --------------------------------------------------- */
 
 static GError *
@@ -1021,6 +1310,10 @@ main (int argc, char **argv)
   g_test_add_func ("/dualparalsrc/auto-engine-devices", test_auto_engine_devices);
   g_test_add_func ("/dualparalsrc/backpressure", test_backpressure);
   g_test_add_func ("/dualparalsrc/restart", test_restart);
+  g_test_add_func ("/dualparalsrc/steer/playing", test_steer_playing);
+  g_test_add_func ("/dualparalsrc/steer/before-eos", test_steer_before_eos);
+  g_test_add_func ("/dualparalsrc/steer/classic", test_steer_classic);
+  g_test_add_func ("/dualparalsrc/steer/schedule", test_steer_schedule);
   g_test_add_func ("/dualparalsrc/error/bad-num-frames", test_bad_num_frames);
   g_test_add_func ("/dualparalsrc/error/missing-model", test_missing_model);
   g_test_add_func ("/dualparalsrc/error/not-a-model", test_not_a_model);
