@@ -338,6 +338,44 @@ test_dualparal (void)
   g_free (model);
 }
 
+/* --prompt-file: the frames of the API with the same prompt schedule (and
+ * not those without the change). */
+static void
+test_prompt_file (void)
+{
+  static const char schedule[] = "0: " PROMPT "\n# then\n9: a blue square moving to the left\n";
+  char *model = model_dir ();
+  char *tmp = dp_test_make_tmp_dir ("dp-generate-XXXXXX");
+  char *file = g_build_filename (tmp, "schedule.txt", NULL);
+  g_assert_true (g_file_set_contents (file, schedule, -1, NULL));
+  const char *args[] = { "--model", model, "--prompt-file", file, "--negative-prompt", NEGATIVE,
+                         "--frames", "17", "--steps", "2", "--seed", "5", "--block-frames", "1",
+                         "--context-frames", "1", "--output", "-", "--y4m-chroma", "444", "--quiet", NULL };
+  GByteArray *out = g_byte_array_new ();
+  dp_generator_params p;
+
+  g_assert_cmpint (run_tool_stdout (args, out), ==, 0);
+  dp_generator_params_init (&p);
+  p.engine = DP_ENGINE_DUALPARAL;
+  p.block_frames = 1;
+  p.context_frames = 1;
+  p.prompt_schedule = schedule;
+  GByteArray *want = api_frames_engine (&p, model, 17, 2, 5, DP_SAMPLER_UNIPC);
+  check_y4m (out->data, out->len, 48, 32, 17, TRUE, want->data);
+  p.prompt_schedule = NULL;
+  GByteArray *plain = api_frames_engine (&p, model, 17, 2, 5, DP_SAMPLER_UNIPC);
+  g_assert_cmpint (plain->len, ==, want->len);
+  g_assert_true (memcmp (plain->data, want->data, want->len) != 0);
+  g_byte_array_unref (plain);
+  g_byte_array_unref (want);
+  g_byte_array_unref (out);
+  g_unlink (file);
+  g_rmdir (tmp);
+  g_free (file);
+  g_free (tmp);
+  g_free (model);
+}
+
 typedef struct {
   const char *args[16]; /* after the common ones; "@OUT" = the output path */
   const char *needle;
@@ -350,7 +388,18 @@ test_errors (void)
   char *tmp = dp_test_make_tmp_dir ("dp-generate-XXXXXX");
   char *out = g_build_filename (tmp, "out.y4m", NULL);
   char *missing_dir = g_build_filename (tmp, "no", "such", "dir", "out.y4m", NULL);
+  char *bad_schedule = g_build_filename (tmp, "bad-schedule.txt", NULL);
+  char *late_schedule = g_build_filename (tmp, "late-schedule.txt", NULL);
+  char *no_schedule = g_build_filename (tmp, "no-schedule.txt", NULL);
+  g_assert_true (g_file_set_contents (bad_schedule, "0: a red ball\n# fine\n\n8 a blue square\n", -1, NULL));
+  g_assert_true (g_file_set_contents (late_schedule, "4: a red ball\n", -1, NULL));
   const error_case cases[] = {
+    { { "--model", model, "--prompt-file", bad_schedule, "--output", "@OUT" }, "line 4" },
+    { { "--model", model, "--prompt-file", late_schedule, "--output", "@OUT" }, "frame 0" },
+    { { "--model", model, "--prompt-file", no_schedule, "--output", "@OUT" }, "--prompt-file" },
+    { { "--model", model, "--prompt", "x", "--prompt-file", late_schedule, "--output", "@OUT" }, "give one" },
+    { { "--model", model, "--prompt-file", bad_schedule, "--engine", "classic", "--output", "@OUT" },
+      "line 4" },
     { { "--model", "/nonexistent/model", "--prompt", "x", "--output", "@OUT" }, "does not exist" },
     { { "--model", tmp, "--prompt", "x", "--output", "@OUT" }, "model_index.json" },
     { { "--model", model, "--prompt", "x", "--frames", "8", "--output", "@OUT" }, "num_frames 8" },
@@ -393,6 +442,11 @@ test_errors (void)
     g_assert_false (g_file_test (out, G_FILE_TEST_EXISTS));
     g_free (err);
   }
+  g_unlink (bad_schedule);
+  g_unlink (late_schedule);
+  g_free (bad_schedule);
+  g_free (late_schedule);
+  g_free (no_schedule);
   g_rmdir (tmp);
   g_free (missing_dir);
   g_free (out);
@@ -408,5 +462,6 @@ main (int argc, char **argv)
   g_test_add_func ("/generate_tool/stdout-444", test_stdout_444);
   g_test_add_func ("/generate_tool/dualparal", test_dualparal);
   g_test_add_func ("/generate_tool/errors", test_errors);
+  g_test_add_func ("/generate_tool/prompt-file", test_prompt_file);
   return g_test_run ();
 }

@@ -36,6 +36,8 @@
 static char *opt_model = NULL;
 static char *opt_prompt = NULL;
 static char *opt_negative = NULL;
+static char *opt_prompt_file = NULL;
+static int opt_transition = 0;
 static int opt_width = 0, opt_height = 0;
 static int opt_frames = G_MININT;
 static int opt_steps = G_MININT;
@@ -58,7 +60,13 @@ static gboolean opt_wire_bf16 = FALSE;
 static GOptionEntry entries[] = {
   { "model", 'm', 0, G_OPTION_ARG_FILENAME, &opt_model,
     "Wan2.1 text-to-video model, diffusers layout (default: the embedded model)", "DIR" },
-  { "prompt", 'p', 0, G_OPTION_ARG_STRING, &opt_prompt, "What the video shows (required)", "TEXT" },
+  { "prompt", 'p', 0, G_OPTION_ARG_STRING, &opt_prompt, "What the video shows (required, unless "
+    "--prompt-file)", "TEXT" },
+  { "prompt-file", 0, 0, G_OPTION_ARG_FILENAME, &opt_prompt_file,
+    "DualParal: a prompt schedule, lines \"FRAME: PROMPT\" (frame 0 first, frames increasing; '#' "
+    "comments); each prompt applies from the first block that starts at or after its frame", "FILE" },
+  { "transition-blocks", 0, 0, G_OPTION_ARG_INT, &opt_transition,
+    "DualParal: blend each --prompt-file change in over K blocks (default 0: at once)", "K" },
   { "negative-prompt", 'n', 0, G_OPTION_ARG_STRING, &opt_negative,
     "What the video should avoid (default: empty)", "TEXT" },
   { "width", 'W', 0, G_OPTION_ARG_INT, &opt_width,
@@ -416,6 +424,15 @@ fail (const char *fmt, ...)
   return 1;
 }
 
+/* A --prompt-file line taking effect. */
+static void
+on_prompt (const dp_prompt_change *change, void *user_data)
+{
+  (void) user_data;
+  g_printerr ("%s: prompt \"%s\" from block %" G_GINT64_FORMAT " (frame %" G_GINT64_FORMAT "), alone from frame %"
+              G_GINT64_FORMAT "\n", PROG, change->prompt, change->block, change->first_frame, change->full_frame);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -429,6 +446,7 @@ main (int argc, char **argv)
   int status = 1;
   struct sigaction sa;
   char *stage_devices = NULL;
+  char *schedule_text = NULL;
 
   ctx = g_option_context_new ("- make a video from a text prompt with a Wan2.1 model");
   g_option_context_add_main_entries (ctx, entries, NULL);
@@ -451,8 +469,10 @@ main (int argc, char **argv)
     return fail ("unexpected argument '%s' (see --help)", argv[1]);
 
   dp_generator_params_init (&params);
-  if (opt_prompt == NULL)
-    return fail ("--prompt is required");
+  if (opt_prompt == NULL && opt_prompt_file == NULL)
+    return fail ("--prompt is required (or a --prompt-file)");
+  if (opt_prompt != NULL && opt_prompt_file != NULL)
+    return fail ("--prompt and --prompt-file: give one (the file's frame 0 line is the prompt)");
   if (opt_output == NULL && opt_png_dir == NULL)
     return fail ("nothing to write: give --output FILE.y4m and / or --png-dir DIR");
   if (opt_chroma == NULL || strcmp (opt_chroma, "420") == 0)
@@ -481,6 +501,21 @@ main (int argc, char **argv)
     return fail ("the default model directory '%s' does not exist; give --model DIR (a Wan2.1 "
                  "text-to-video model in diffusers layout)", params.model_dir);
   params.prompt = opt_prompt;
+  if (opt_prompt_file != NULL) {
+    if (!g_file_get_contents (opt_prompt_file, &schedule_text, NULL, &error)) {
+      status = fail ("--prompt-file: %s", error->message);
+      g_error_free (error);
+      return status;
+    }
+    if (!dp_prompt_schedule_check (schedule_text, &error)) {
+      status = fail ("%s: %s", opt_prompt_file, error->message);
+      g_error_free (error);
+      g_free (schedule_text);
+      return status;
+    }
+    params.prompt_schedule = schedule_text;
+  }
+  params.transition_blocks = opt_transition;
   if (opt_negative)
     params.negative_prompt = opt_negative;
   params.width = opt_width;
@@ -517,6 +552,7 @@ main (int argc, char **argv)
                 params.guidance_scale, params.seed, dp_generator_text_len (gen),
                 dp_generator_engine (gen, NULL, NULL) == DP_ENGINE_DUALPARAL ? "DualParal" : "classic");
     dp_generator_set_step_callback (gen, on_step, NULL);
+    dp_generator_set_prompt_callback (gen, on_prompt, NULL);
   }
 
   /* Outputs, made once the model has loaded (a bad model leaves no file). */
@@ -579,6 +615,8 @@ out:
   g_free (opt_model);
   g_free (opt_prompt);
   g_free (opt_negative);
+  g_free (opt_prompt_file);
+  g_free (schedule_text);
   g_free (opt_seed);
   g_free (opt_sampler);
   g_free (opt_device);
