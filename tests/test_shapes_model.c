@@ -803,8 +803,9 @@ steer_case (int transition)
     if (memcmp (a + t * fb, b + t * fb, fb) != 0)
       first_diff = t;
   g_test_message ("switch at block %d (frame %d), K %d: runs %.1f s / %.1f s; first touched block %d (frame %d); "
-                  "first differing frame %d", STEER_BLOCK, block_first_frame (STEER_BLOCK, P, C), transition,
-                  base_s, sw_s, touched, untouched_frames, first_diff);
+                  "first differing frame %d; encoding the new prompt %.4f s between two passes (mean pass %.4f s)",
+                  STEER_BLOCK, block_first_frame (STEER_BLOCK, P, C), transition, base_s, sw_s, touched,
+                  untouched_frames, first_diff, sw.change.encode_seconds, sw.change.pass_seconds);
   g_assert_cmpint (first_diff, >=, untouched_frames);
   g_assert_cmpint (first_diff, >=, 0); /* the change did change something */
 

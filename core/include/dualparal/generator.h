@@ -170,6 +170,9 @@ typedef struct {
                           * (it may lie past the end of a finite video) */
   int transition_blocks; /* blocks of the transition (0: at once) */
   gboolean scheduled;    /* a line of the prompt schedule (else dp_generator_set_prompt) */
+  double encode_seconds; /* the text encoding it took, on the run's thread between two passes
+                          * (0 when the text had not changed) */
+  double pass_seconds;   /* for scale: stage 0's mean busy time per pass so far this run */
 } dp_prompt_change;
 
 typedef void (*dp_prompt_cb) (const dp_prompt_change *change, void *user_data);

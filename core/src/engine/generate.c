@@ -289,6 +289,7 @@ on_block_cond (int64_t block, dp_engine_cond **cond, void *data, GError **error)
 
   if (changed) {
     const gboolean same = texts_equal (&want, &s->target) && s->trans_block < 0;
+    const gint64 t0 = g_get_monotonic_time ();
     if (!same) {
       dp_tensor ctx;
       if (!encode_context (job, want.prompt, want.negative, &ctx, error)) {
@@ -312,10 +313,14 @@ on_block_cond (int64_t block, dp_engine_cond **cond, void *data, GError **error)
     s->target = want;
     if (job->prompt_cb) {
       const int64_t full = same ? block : s->trans_block + s->trans_len;
+      dp_engine_stats st;
+      dp_engine_get_stats (s->pipe->engine, &st);
       dp_prompt_change pc = {
         .prompt = s->target.prompt, .negative_prompt = s->target.negative, .guidance_scale = s->target.guidance,
         .block = block, .first_frame = frame, .full_block = full, .full_frame = block_video_frame (s, full),
         .transition_blocks = same ? 0 : s->trans_len, .scheduled = scheduled,
+        .encode_seconds = same ? 0.0 : (g_get_monotonic_time () - t0) / 1e6,
+        .pass_seconds = st.stage[0].passes > 0 ? st.stage[0].busy_seconds / st.stage[0].passes : 0.0,
       };
       job->prompt_cb (&pc, job->prompt_data);
     }
