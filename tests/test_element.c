@@ -193,9 +193,12 @@ static void
 test_properties (void)
 {
   static const gchar *settings[] = {
-    "prompt", "negative-prompt", "model", "num-frames", "steps", "guidance-scale",
-    "flow-shift", "seed", "sampler", "engine", "block-frames", "context-frames", "devices",
-    "text-len", "queue-frames", "is-live",
+    "model", "num-frames", "steps", "flow-shift", "seed", "sampler", "engine", "block-frames",
+    "context-frames", "devices", "text-len", "queue-frames", "is-live", "prompt-schedule",
+  };
+  /* Changeable while playing (DualParal engine). */
+  static const gchar *steering[] = {
+    "prompt", "negative-prompt", "guidance-scale", "transition-blocks",
   };
   GstElement *src;
   GObjectClass *klass;
@@ -215,6 +218,16 @@ test_properties (void)
     g_assert_true ((pspec->flags & G_PARAM_READWRITE) == G_PARAM_READWRITE);
     g_assert_true ((pspec->flags & G_PARAM_STATIC_STRINGS) == G_PARAM_STATIC_STRINGS);
     g_assert_true (pspec->flags & GST_PARAM_MUTABLE_READY);
+    g_assert_cmpuint (strlen (g_param_spec_get_blurb (pspec)), >, 10);
+  }
+  for (i = 0; i < G_N_ELEMENTS (steering); i++) {
+    GParamSpec *pspec = g_object_class_find_property (klass, steering[i]);
+
+    g_test_message ("property %s (changeable while playing)", steering[i]);
+    g_assert_nonnull (pspec);
+    g_assert_true ((pspec->flags & G_PARAM_READWRITE) == G_PARAM_READWRITE);
+    g_assert_true ((pspec->flags & G_PARAM_STATIC_STRINGS) == G_PARAM_STATIC_STRINGS);
+    g_assert_true (pspec->flags & GST_PARAM_MUTABLE_PLAYING);
     g_assert_cmpuint (strlen (g_param_spec_get_blurb (pspec)), >, 10);
   }
 
