@@ -36,7 +36,8 @@
  *
  * Threads: one thread runs dp_generator_run() at a time (a second concurrent
  * call fails with DP_ERROR_INVALID); the callbacks run on that thread.
- * dp_generator_cancel() may be called from any thread at any time.
+ * dp_generator_cancel(), dp_generator_set_prompt() and
+ * dp_generator_set_transition() may be called from any thread at any time.
  */
 #ifndef DUALPARAL_GENERATOR_H
 #define DUALPARAL_GENERATOR_H
