@@ -187,6 +187,94 @@ test_identical (void)
   g_byte_array_unref (ref);
 }
 
+/* Prompt changes reach the workers: a prompt schedule (block 1) and a
+ * change of prompt, negative prompt and guidance set from the frame
+ * callback once block 0 is out give, over 2 processes, the frames of 2
+ * stages on threads with the same changes, bit for bit.  (Which block
+ * takes a change set from the callback depends on the stage count: stage
+ * 0 embeds passes ahead of the predictions it applies, more so with more
+ * stages; for a given count it is fixed.) */
+#define STEER_FRAMES 49 /* 13 latent frames: 6 blocks */
+
+typedef struct {
+  sink s;
+  dp_generator *gen;
+  gboolean changed;
+  int applied;
+  int64_t applied_block[4];
+} steer_sink;
+
+static gboolean
+on_frames_steer (const uint8_t *rgb, int n, int64_t first, const dp_progress *p, void *data)
+{
+  steer_sink *ss = data;
+  gboolean go = on_frames (rgb, n, first, p, &ss->s);
+  if (!ss->changed && ss->s.frames >= 9) {
+    GError *err = NULL;
+    g_assert_true (dp_generator_set_prompt (ss->gen, "a green ball moving down", "blurry", 3.0, &err));
+    g_assert_no_error (err);
+    ss->changed = TRUE;
+  }
+  return go;
+}
+
+static void
+on_applied (const dp_prompt_change *c, void *data)
+{
+  steer_sink *ss = data;
+  if (ss->applied < 4)
+    ss->applied_block[ss->applied] = c->block;
+  ss->applied++;
+}
+
+static GByteArray *
+steer_run (const char *devices, dp_processes processes, int64_t *live_block)
+{
+  GError *err = NULL;
+  dp_generator_params p;
+  dp_generator_params_init (&p);
+  p.model_dir = model_dir ();
+  p.prompt_schedule = "0: a red ball moving to the right\n9: a blue square moving to the left\n";
+  p.num_frames = STEER_FRAMES;
+  p.steps = 3;
+  p.engine = DP_ENGINE_DUALPARAL;
+  p.block_frames = 2;
+  p.context_frames = 1;
+  p.devices = devices;
+  p.processes = processes;
+  p.seed = 3;
+  p.warning_cb = on_warning;
+  steer_sink ss = { { g_byte_array_new (), 0, 0, 0 } };
+  ss.gen = dp_generator_new (&p, &err);
+  g_assert_no_error (err);
+  dp_generator_set_prompt_callback (ss.gen, on_applied, &ss);
+  g_assert_true (dp_generator_run (ss.gen, on_frames_steer, &ss, &err));
+  g_assert_no_error (err);
+  g_assert_cmpint (ss.s.frames, ==, STEER_FRAMES);
+  g_test_message ("%s%s: %d changes applied, at blocks %" G_GINT64_FORMAT " and %" G_GINT64_FORMAT, devices,
+                  processes == DP_PROCESSES_SPAWN ? " (processes)" : " (threads)", ss.applied,
+                  ss.applied_block[0], ss.applied_block[1]);
+  g_assert_cmpint (ss.applied, ==, 2);
+  g_assert_cmpint (ss.applied_block[0], ==, 1);
+  g_assert_cmpint (ss.applied_block[1], >, 1);
+  *live_block = ss.applied_block[1];
+  dp_generator_free (ss.gen);
+  return ss.s.rgb;
+}
+
+static void
+test_steer (void)
+{
+  int64_t ref_block = -1, got_block = -2;
+  GByteArray *ref = steer_run ("cpu,cpu", DP_PROCESSES_THREADS, &ref_block);
+  GByteArray *got = steer_run ("cpu,cpu", DP_PROCESSES_SPAWN, &got_block);
+  g_assert_cmpint (got_block, ==, ref_block);
+  g_assert_cmpmem (got->data, got->len, ref->data, ref->len);
+  g_byte_array_unref (got);
+  g_assert_cmpint (list_workers ((int[16]){ 0 }, (int[16]){ 0 }, 16), ==, 0);
+  g_byte_array_unref (ref);
+}
+
 /* A worker killed (SIGKILL) or stopped (SIGSTOP) after the first frames. */
 typedef struct {
   int signal;
@@ -641,6 +729,7 @@ main (int argc, char **argv)
   g_test_add_func ("/dist/socket-transport", test_socket_transport);
   g_test_add_func ("/dist/identical", test_identical);
   g_test_add_func ("/dist/wire-bf16", test_wire_bf16);
+  g_test_add_func ("/dist/steer", test_steer);
   g_test_add_data_func ("/dist/worker-killed", GINT_TO_POINTER (SIGKILL), test_fault);
   g_test_add_data_func ("/dist/worker-hung", GINT_TO_POINTER (SIGSTOP), test_fault);
   g_test_add_func ("/dist/wrong-secret", test_wrong_secret);

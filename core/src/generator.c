@@ -740,17 +740,6 @@ dp_generator_new (const dp_generator_params *p, GError **error)
     g_free (gen);
     return NULL;
   }
-  if (gen->n_schedule > 1 && p->processes != DP_PROCESSES_THREADS) {
-    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "A prompt schedule with more than one prompt is not yet "
-                 "supported with stages in processes of their own (the workers get the text context only when "
-                 "a run starts)");
-    for (int i = 0; i < gen->n_schedule; i++)
-      g_free (gen->schedule[i].prompt);
-    g_free (gen->schedule);
-    g_free (gen->device);
-    g_free (gen);
-    return NULL;
-  }
   /* A schedule's frame 0 line is the prompt. */
   gen->prompt = g_strdup (gen->n_schedule > 0 ? gen->schedule[0].prompt : p->prompt);
   gen->negative_prompt = g_strdup (p->negative_prompt ? p->negative_prompt : "");
@@ -897,11 +886,6 @@ dp_generator_set_prompt (dp_generator *gen, const char *prompt, const char *nega
   if (gen->engine != DP_ENGINE_DUALPARAL) {
     g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "The prompt cannot change with the classic engine: it "
                  "denoises the whole video at once from one prompt (use the DualParal engine to steer a video)");
-    return FALSE;
-  }
-  if (gen->processes != DP_PROCESSES_THREADS) {
-    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "The prompt cannot change yet with stages in processes "
-                 "of their own (the workers get the text context only when a run starts)");
     return FALSE;
   }
   if ((prompt && !g_utf8_validate (prompt, -1, NULL)) ||

@@ -251,8 +251,9 @@ typedef struct {
    * A block keeps its conditioning to its last step, on every stage; only
    * the blocks still in the queue can see the change, through the feature
    * cache (docs/algorithm.md, "Prompt changes").  The context must have
-   * the run's shape; with stages in other processes any change fails the
-   * run with DP_ERROR_UNSUPPORTED.  FALSE (with error) fails the run. */
+   * the run's shape.  With stages in other processes the callback also
+   * tells them (dp_engine_stage_add_cond on their side), for every block,
+   * changed or not.  FALSE (with error) fails the run. */
   gboolean (*block_cond) (int64_t block, dp_engine_cond **cond, void *user_data, GError **error);
   void *user_data;
   /* Optional atomic flag (g_atomic_int_set by anyone): non-zero stops the
@@ -307,6 +308,17 @@ gboolean dp_engine_run (dp_engine *e, const dp_tensor *context, dp_wan_vae *vae,
  * cancel: optional atomic flag, as dp_engine_output.cancel.  Returns when the
  * stage has sent its last pass; FALSE on failure or after dp_engine_cancel(). */
 gboolean dp_engine_run_stage (dp_engine *e, const dp_tensor *context, const gint *cancel, GError **error);
+/* Prompt changes with stages in other processes (docs/distributed.md):
+ * rank 0's consumer forwards each entering block's conditioning (or "no
+ * change") to the workers; a worker calls dp_engine_follow_conds() before
+ * dp_engine_run_stage() and then, from any thread while the stage runs,
+ * dp_engine_stage_add_cond() for blocks 1, 2, ... in order (cond NULL: the
+ * block keeps the previous one's; a reference is taken, also on failure).
+ * The stage waits for a block's word before running its passes (or until
+ * cancelled).  DP_ERROR_INVALID out of order or outside such a run,
+ * DP_ERROR_SHAPE for a context of another shape. */
+void dp_engine_follow_conds (dp_engine *e);
+gboolean dp_engine_stage_add_cond (dp_engine *e, int64_t block, dp_engine_cond *cond, GError **error);
 /* The guidance of block 0 of later runs (params.guidance at creation); not
  * during a run.  Stages in other processes keep the value they were made
  * with. */

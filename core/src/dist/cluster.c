@@ -659,7 +659,7 @@ dp_cluster_set_engine (dp_cluster *c, dp_engine *engine)
 /* ------------------------------------------------------------ runs */
 
 gboolean
-dp_cluster_run_begin (dp_cluster *c, const dp_tensor *context, GError **error)
+dp_cluster_run_begin (dp_cluster *c, const dp_tensor *context, double guidance, GError **error)
 {
   /* Workers lost in an earlier run: replaced now. */
   for (int r = 1; r < c->cfg.world_size; r++)
@@ -683,6 +683,11 @@ dp_cluster_run_begin (dp_cluster *c, const dp_tensor *context, GError **error)
     json_builder_end_object (b);
   }
   json_builder_end_array (b);
+  /* Each block's conditioning follows in COND messages (prompt changes). */
+  json_builder_set_member_name (b, "conds");
+  json_builder_add_boolean_value (b, TRUE);
+  json_builder_set_member_name (b, "guidance");
+  json_builder_add_double_value (b, guidance);
   json_builder_end_object (b);
   JsonNode *root = json_builder_get_root (b);
   char *text = json_to_string (root, FALSE);
@@ -794,4 +799,29 @@ dp_cluster_run_end (dp_cluster *c, gboolean engine_ok, GError **error)
     return FALSE;
   }
   return engine_ok;
+}
+
+gboolean
+dp_cluster_send_cond (dp_cluster *c, int64_t block, const dp_engine_cond *cond, GError **error)
+{
+  const dp_tensor *ctx = cond ? dp_engine_cond_context (cond) : NULL;
+  const size_t bytes = ctx ? dp_tensor_nbytes (ctx) : 0;
+  guint8 *msg = g_malloc (16 + bytes);
+  const double guidance = cond ? dp_engine_cond_guidance (cond) : 0.0;
+  memcpy (msg, &block, 8);
+  memcpy (msg + 8, &guidance, 8);
+  if (bytes)
+    memcpy (msg + 16, ctx->data, bytes);
+  gboolean ok = TRUE;
+  /* Under the lock, as the pinger: a slot's connection is freed only
+   * under it.  A lost worker is left out: the run fails through it. */
+  g_mutex_lock (&c->lock);
+  for (int r = 1; r < c->cfg.world_size && ok; r++)
+    if (c->w[r].ctl && c->w[r].state == W_RUNNING)
+      ok = dp_ctl_send (c->w[r].ctl, DP_CTL_COND, msg, 16 + bytes, error);
+  g_mutex_unlock (&c->lock);
+  g_free (msg);
+  if (!ok)
+    g_prefix_error (error, "processes: the conditioning of block %" G_GINT64_FORMAT ": ", block);
+  return ok;
 }

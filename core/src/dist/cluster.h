@@ -43,8 +43,14 @@ void dp_cluster_free (dp_cluster *c);
 void dp_cluster_set_engine (dp_cluster *c, dp_engine *engine);
 
 /* Starts a run on every worker: context is the host tensor stage 0 runs
- * with.  Replaces workers lost before. */
-gboolean dp_cluster_run_begin (dp_cluster *c, const dp_tensor *context, GError **error);
+ * with, guidance block 0's (the prompt's guidance may have changed since
+ * the workers were set up).  Replaces workers lost before. */
+gboolean dp_cluster_run_begin (dp_cluster *c, const dp_tensor *context, double guidance, GError **error);
+/* A block entering the run (1, 2, ... in order, every one of them: the
+ * workers wait for each block's word before its passes): cond, the
+ * conditioning it takes, or NULL when it keeps the previous block's.
+ * Every run begun with dp_cluster_run_begin needs these. */
+gboolean dp_cluster_send_cond (dp_cluster *c, int64_t block, const dp_engine_cond *cond, GError **error);
 /* Ends the run: engine_ok is what stage 0's run returned (when FALSE the
  * workers are cancelled).  Waits for every worker; returns FALSE with the
  * most telling error: a worker's death or silence, else a worker's failure,

@@ -21,7 +21,7 @@ dp_ctl_type_name (int type)
 {
   static const char *const names[] = {
     "?", "HELLO", "CHALLENGE", "AUTH", "WELCOME", "SETUP", "READY", "RUN", "CONTEXT",
-    "DONE", "ERROR", "CANCEL", "PING", "SHUTDOWN", "LINK",
+    "DONE", "ERROR", "CANCEL", "PING", "SHUTDOWN", "LINK", "COND",
   };
   return type > 0 && type < (int) G_N_ELEMENTS (names) ? names[type] : "?";
 }

@@ -25,7 +25,7 @@ G_BEGIN_DECLS
 
 #define DP_CTL_MAGIC 0x54435044u /* "DPCT" */
 /* Bump when any message changes. */
-#define DP_CTL_VERSION 1
+#define DP_CTL_VERSION 2 /* 2: COND (prompt changes) */
 #define DP_CTL_MAX_PAYLOAD (1u << 30)
 
 typedef enum {
@@ -43,6 +43,9 @@ typedef enum {
   DP_CTL_PING,       /* either way, every second: alive */
   DP_CTL_SHUTDOWN,   /* 0 -> worker: exit */
   DP_CTL_LINK,       /* first message of a data stream: run id, sending stage, proof */
+  DP_CTL_COND,       /* 0 -> worker, per block entering a run: int64 block, double guidance,
+                      * then the new text context (raw F32, the run's shape) or nothing (the
+                      * block keeps the previous one's conditioning); host byte order */
 } dp_ctl_type;
 
 typedef struct {

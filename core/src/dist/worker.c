@@ -348,8 +348,49 @@ start_run (worker *w, JsonObject *o, const dp_ctl_msg *m, GError **error)
   if (!ok)
     return FALSE;
   g_atomic_int_set (&w->run_cancel, 0);
+  /* Rank 0 says each entering block's conditioning (COND): prompt changes. */
+  gboolean follow = FALSE;
+  if (json_object_has_member (o, "conds"))
+    follow = json_object_get_boolean_member (o, "conds");
+  if (follow)
+    dp_engine_follow_conds (w->engine);
+  /* Block 0's guidance (the one the workers were set up with may have
+   * changed since). */
+  if (json_object_has_member (o, "guidance")) {
+    const double g = json_object_get_double_member (o, "guidance");
+    if (!(g >= 1.0 && g <= 1e6)) {
+      g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "RUN: guidance %g is not valid", g);
+      return FALSE;
+    }
+    dp_engine_set_guidance (w->engine, g);
+  }
   w->runner = g_thread_try_new ("dp-worker-run", run_thread, w, error);
   return w->runner != NULL;
+}
+
+/* COND: block (int64), guidance (double), then the new context (the run's
+ * shape) or nothing. */
+static gboolean
+take_cond (worker *w, const dp_ctl_msg *m, GError **error)
+{
+  int64_t block;
+  double guidance;
+  const size_t run_bytes = dp_tensor_nbytes (&w->context);
+  if (m->length < 16 || (m->length != 16 && m->length != 16 + run_bytes)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "COND of %zu bytes: expected 16, or 16 and the run's context "
+                 "of %zu", m->length, run_bytes);
+    return FALSE;
+  }
+  memcpy (&block, m->payload, 8);
+  memcpy (&guidance, m->payload + 8, 8);
+  dp_engine_cond *c = NULL;
+  if (m->length > 16) {
+    dp_tensor view = dp_tensor_view (m->payload + 16, DP_F32, 3, w->context.shape);
+    c = dp_engine_cond_new (&view, guidance, error);
+    if (!c)
+      return FALSE;
+  }
+  return dp_engine_stage_add_cond (w->engine, block, c, error);
 }
 
 static void
@@ -430,6 +471,14 @@ serve (worker *w, GError **error)
           dp_ctl_send_error (w->ctl, err);
           if (w->transport)
             dp_transport_detach (w->transport);
+        }
+        break;
+      case DP_CTL_COND:
+        /* After a cancel the run may be gone already: nothing to tell. */
+        if (w->runner && !take_cond (w, &ev->msg, &err) && !g_atomic_int_get (&w->run_cancel)) {
+          g_prefix_error (&err, "rank %d: ", w->env.rank);
+          dp_ctl_send_error (w->ctl, err);
+          stop_run (w);
         }
         break;
       case DP_CTL_CANCEL:

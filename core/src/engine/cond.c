@@ -119,6 +119,8 @@ dp_engine_cond_guidance (const dp_engine_cond *c)
 
 /* ------------------------------------------------------------ a run's list */
 
+static void prune_locked (dp_engine *e);
+
 gboolean
 dp_engine_conds_begin (dp_engine *e, const dp_tensor *context, GError **error)
 {
@@ -132,6 +134,75 @@ dp_engine_conds_begin (dp_engine *e, const dp_tensor *context, GError **error)
   g_array_append_val (e->conds, first);
   for (int r = 0; r < e->n; r++)
     e->st[r].low_block = 0;
+  if (e->follow_conds) {
+    /* What the worker was told before the run began (conds_known kept). */
+    for (guint i = 0; e->conds_early && i < e->conds_early->len; i++)
+      g_array_append_val (e->conds, g_array_index (e->conds_early, dp_engine_cond_entry, i));
+    if (e->conds_early)
+      g_array_set_size (e->conds_early, 0);
+  } else {
+    e->conds_known = G_MAXINT64;
+  }
+  e->follow_conds = FALSE;
+  e->conds_begun = TRUE;
+  g_mutex_unlock (&e->cond_lock);
+  return TRUE;
+}
+
+/* cond_lock held. */
+static void
+clear_early_locked (dp_engine *e)
+{
+  for (guint i = 0; e->conds_early && i < e->conds_early->len; i++)
+    dp_engine_cond_unref (g_array_index (e->conds_early, dp_engine_cond_entry, i).cond);
+  if (e->conds_early)
+    g_array_set_size (e->conds_early, 0);
+}
+
+void
+dp_engine_follow_conds (dp_engine *e)
+{
+  g_mutex_lock (&e->cond_lock);
+  clear_early_locked (e);
+  e->follow_conds = TRUE;
+  e->conds_known = 0;
+  g_mutex_unlock (&e->cond_lock);
+}
+
+gboolean
+dp_engine_stage_add_cond (dp_engine *e, int64_t block, dp_engine_cond *cond, GError **error)
+{
+  g_mutex_lock (&e->cond_lock);
+  gboolean ok = block > e->conds_known && e->conds_known != G_MAXINT64;
+  if (!ok) {
+    g_mutex_unlock (&e->cond_lock);
+    dp_engine_cond_unref (cond);
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID,
+                 "engine: the conditioning of block %" G_GINT64_FORMAT " comes out of order or outside a run that "
+                 "follows them", block);
+    return FALSE;
+  }
+  if (cond && !e->conds_begun) {
+    if (!e->conds_early)
+      e->conds_early = g_array_new (FALSE, FALSE, sizeof (dp_engine_cond_entry));
+    dp_engine_cond_entry entry = { block, cond };
+    g_array_append_val (e->conds_early, entry);
+  } else if (cond) {
+    const dp_tensor *run = &g_array_index (e->conds, dp_engine_cond_entry, 0).cond->context;
+    for (int i = 0; i < 3; i++)
+      if (cond->context.shape[i] != run->shape[i]) {
+        g_mutex_unlock (&e->cond_lock);
+        dp_engine_cond_unref (cond);
+        g_set_error (error, DP_ERROR, DP_ERROR_SHAPE, "engine: block %" G_GINT64_FORMAT "'s text context has "
+                     "another shape than the run's", block);
+        return FALSE;
+      }
+    dp_engine_cond_entry entry = { block, cond };
+    g_array_append_val (e->conds, entry);
+    prune_locked (e);
+  }
+  e->conds_known = block;
+  g_cond_broadcast (&e->cond_cv);
   g_mutex_unlock (&e->cond_lock);
   return TRUE;
 }
@@ -144,6 +215,11 @@ dp_engine_conds_end (dp_engine *e)
     dp_engine_cond_unref (g_array_index (e->conds, dp_engine_cond_entry, i).cond);
   if (e->conds)
     g_array_set_size (e->conds, 0);
+  clear_early_locked (e);
+  e->conds_begun = FALSE;
+  e->follow_conds = FALSE;
+  e->conds_known = G_MAXINT64;
+  g_cond_broadcast (&e->cond_cv);
   g_mutex_unlock (&e->cond_lock);
 }
 
@@ -169,13 +245,6 @@ gboolean
 dp_engine_conds_add (dp_engine *e, int64_t block, dp_engine_cond *cond, GError **error)
 {
   const dp_tensor *run = e->context, *ctx = &cond->context;
-  if (e->local_stage >= 0) {
-    dp_engine_cond_unref (cond);
-    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED,
-                 "engine: a prompt change during a run is not yet supported with stages in processes of their "
-                 "own (the workers have the run's context only)");
-    return FALSE;
-  }
   if (ctx->shape[0] != run->shape[0] || ctx->shape[1] != run->shape[1] || ctx->shape[2] != run->shape[2]) {
     g_set_error (error, DP_ERROR, DP_ERROR_SHAPE,
                  "engine: block %" G_GINT64_FORMAT "'s text context is [%" G_GINT64_FORMAT ", %" G_GINT64_FORMAT
@@ -205,13 +274,23 @@ dp_engine_conds_add (dp_engine *e, int64_t block, dp_engine_cond *cond, GError *
 }
 
 /* A new reference to the conditioning of block; records that stage st
- * will not look up blocks below low again. */
+ * will not look up blocks below low again.  A worker waits until rank 0
+ * has said what block's conditioning is (the control channel and the data
+ * links are different sockets: the pass may come first); NULL when the run
+ * is cancelled meanwhile. */
 static dp_engine_cond *
 conds_get (dp_engine *e, engine_stage *st, int64_t block, int64_t low)
 {
   dp_engine_cond *c = NULL;
   g_mutex_lock (&e->cond_lock);
   st->low_block = MAX (st->low_block, low);
+  while (block > e->conds_known) {
+    if (dp_engine_is_cancelled (e)) {
+      g_mutex_unlock (&e->cond_lock);
+      return NULL;
+    }
+    g_cond_wait_until (&e->cond_cv, &e->cond_lock, g_get_monotonic_time () + 50 * G_TIME_SPAN_MILLISECOND);
+  }
   for (guint i = e->conds->len; i-- > 0;) {
     const dp_engine_cond_entry *en = &g_array_index (e->conds, dp_engine_cond_entry, i);
     if (en->first_block <= block) {
@@ -228,6 +307,10 @@ dp_engine_stage_use_cond (dp_engine *e, engine_stage *st, int64_t block, int64_t
                           GError **error)
 {
   dp_engine_cond *c = conds_get (e, st, block, low);
+  if (!c && dp_engine_is_cancelled (e)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_CANCELLED, "engine: cancelled");
+    return FALSE;
+  }
   if (!c) {
     g_set_error (error, DP_ERROR, DP_ERROR_FAILED,
                  "engine: internal error: stage %d has no conditioning for block %" G_GINT64_FORMAT, st->index, block);

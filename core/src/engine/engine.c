@@ -234,6 +234,8 @@ engine_new (const char *transformer_dir, dp_backend *const *backends, int n_stag
   g_mutex_init (&e->lock);
   g_mutex_init (&e->stats_lock);
   g_mutex_init (&e->cond_lock);
+  g_cond_init (&e->cond_cv);
+  e->conds_known = G_MAXINT64;
   e->params = *params;
   e->bs = bs;
   e->cfg = cfg;
@@ -324,9 +326,15 @@ dp_engine_free (dp_engine *e)
   g_clear_error (&e->error);
   if (e->conds)
     g_array_free (e->conds, TRUE);
+  if (e->conds_early) {
+    for (guint i = 0; i < e->conds_early->len; i++)
+      dp_engine_cond_unref (g_array_index (e->conds_early, dp_engine_cond_entry, i).cond);
+    g_array_free (e->conds_early, TRUE);
+  }
   g_mutex_clear (&e->lock);
   g_mutex_clear (&e->stats_lock);
   g_mutex_clear (&e->cond_lock);
+  g_cond_clear (&e->cond_cv);
   g_free (e);
 }
 

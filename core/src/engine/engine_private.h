@@ -91,8 +91,15 @@ struct dp_engine {
   int batch;                 /* B of the current run */
   const dp_tensor *context;  /* host, during a run */
 
-  GMutex cond_lock;          /* conds, stages' low_block */
+  GMutex cond_lock;          /* conds, conds_known, stages' low_block */
+  GCond cond_cv;             /* conds_known grew */
   GArray *conds;             /* dp_engine_cond_entry by first_block (cond.c) */
+  int64_t conds_known;       /* the list is complete for blocks up to this one (a worker
+                              * learns each block's from rank 0; everyone else: all) */
+  gboolean follow_conds;     /* the next run (a worker's) learns blocks' conditionings
+                              * from dp_engine_stage_add_cond */
+  gboolean conds_begun;      /* conds holds the current run's */
+  GArray *conds_early;       /* dp_engine_cond_entry: told before the run began */
 };
 
 /* ---- conditionings (cond.c) ---------------------------------------------- */
@@ -102,8 +109,9 @@ gboolean dp_engine_conds_begin (dp_engine *e, const dp_tensor *context, GError *
 /* Drops the run's conditionings. */
 void dp_engine_conds_end (dp_engine *e);
 /* Stage 0: block and the blocks after it take cond (reference taken, also
- * on failure).  Refused with stages in other processes, or for a context
- * of another shape than the run's. */
+ * on failure).  Refused for a context of another shape than the run's.
+ * With stages in other processes the caller forwards it to them
+ * (engine/generate.c through dist/cluster.h). */
 gboolean dp_engine_conds_add (dp_engine *e, int64_t block, dp_engine_cond *cond, GError **error);
 /* Makes stage st's DiT use the context of block's conditioning (computing
  * its cross-attention K/V unless a slot holds them) and gives its

@@ -257,10 +257,22 @@ block_video_frame (const run_state *s, int64_t block)
  * a new target is encoded here, on stage 0's thread between two passes
  * (the text encoder lives on stage 0's backend, which only this thread
  * drives), and blended in over K blocks. */
+static gboolean block_cond (run_state *s, int64_t block, dp_engine_cond **cond, GError **error);
+
+/* dp_engine_output.block_cond; with worker processes, each block's word
+ * goes to them too, changed or not (they wait for it). */
 static gboolean
 on_block_cond (int64_t block, dp_engine_cond **cond, void *data, GError **error)
 {
   run_state *s = data;
+  if (!block_cond (s, block, cond, error))
+    return FALSE;
+  return !s->pipe->cluster || dp_cluster_send_cond (s->pipe->cluster, block, *cond, error);
+}
+
+static gboolean
+block_cond (run_state *s, int64_t block, dp_engine_cond **cond, GError **error)
+{
   const dp_dualparal_job *job = s->job;
   const int64_t frame = block_video_frame (s, block);
   gboolean changed = FALSE, scheduled = FALSE;
@@ -423,7 +435,7 @@ dp_dualparal_pipe_run (dp_dualparal_pipe *pipe, const dp_dualparal_job *job, GEr
   };
   if (!ok) {
   } else if (pipe->cluster) {
-    ok = dp_cluster_run_begin (pipe->cluster, &context, error);
+    ok = dp_cluster_run_begin (pipe->cluster, &context, s.target.guidance, error);
     if (ok) {
       ok = dp_engine_run (pipe->engine, &context, job->vae, &out, error);
       ok = dp_cluster_run_end (pipe->cluster, ok, error);
