@@ -219,10 +219,9 @@ void dp_generator_set_step_callback (dp_generator *gen, dp_step_cb cb, void *use
  * on the run's thread when that block enters (one encoding between two
  * passes).  Outside a run it is the prompt the next run starts with (a
  * prompt schedule's frame 0 line wins over it).
+ * Stages in processes of their own follow it too (rank 0 sends it).
  * FALSE with DP_ERROR_UNSUPPORTED for the classic engine (it denoises the
- * whole video at once: no block enters later), for stages in processes of
- * their own (not yet: the workers get the context only when a run starts),
- * and for turning guidance on (> 1) in a generator made with guidance 1
+ * whole video at once: no block enters later) and for turning guidance on (> 1) in a generator made with guidance 1
  * (its runs have no unconditional pass); DP_ERROR_INVALID for text that is
  * not UTF-8 or a guidance below 1. */
 gboolean dp_generator_set_prompt (dp_generator *gen, const char *prompt, const char *negative_prompt,
