@@ -8,6 +8,10 @@
  * - the worker: dp_generator_run () and its frame callback, which copies
  *   frames into the bounded queue, posts progress and latency messages, and
  *   blocks while the queue is full.
+ * - any application thread: prompt, negative-prompt, guidance-scale and
+ *   transition-blocks set while running go to the generator under gen_lock
+ *   (dp_generator_set_prompt only queues the change: quick); the generator
+ *   reports a change taken (dualparal-prompt-applied) from the worker.
  * The worker never posts errors itself: it hands its GError to the queue and
  * fill () turns it into GST_ELEMENT_ERROR + GST_FLOW_ERROR on the streaming
  * thread, once the frames made before the failure have gone downstream.

@@ -47,8 +47,6 @@ struct dp_generator {
   void *warning_data;
 
   dp_dualparal_pipe *dualparal; /* the DualParal engine (instead of dit, sampler, decoder) */
-  dp_processes processes;
-
   /* Steering (DualParal engine): the prompt, negative prompt and guidance
    * as they are now (prompt / negative_prompt / guidance above stay the
    * creation's), the schedule, the change callback. */
@@ -743,7 +741,6 @@ dp_generator_new (const dp_generator_params *p, GError **error)
   /* A schedule's frame 0 line is the prompt. */
   gen->prompt = g_strdup (gen->n_schedule > 0 ? gen->schedule[0].prompt : p->prompt);
   gen->negative_prompt = g_strdup (p->negative_prompt ? p->negative_prompt : "");
-  gen->processes = p->processes;
   g_mutex_init (&gen->state.lock);
   gen->state.prompt = g_strdup (gen->prompt);
   gen->state.negative_prompt = g_strdup (gen->negative_prompt);
