@@ -1536,8 +1536,9 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
           1, 4096, DEFAULT_QUEUE_FRAMES, SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_IS_LIVE,
       g_param_spec_boolean ("is-live", "Is live",
-          "Act as a live source: frames are synchronised to the clock and the latency "
-          "reported is the measured time per block",
+          "Act as a live source: frames are stamped with the running time at which they "
+          "are ready (less the latency) and go out in real time; the latency reported is "
+          "the smoothed time per block",
           DEFAULT_IS_LIVE, SETTING_FLAGS));
 
   gst_element_class_set_static_metadata (element_class,

@@ -43,6 +43,7 @@ typedef struct {
   guint64 dropped, processed;
   guint qos_messages;
   guint latency_messages;
+  guint latency_messages_sink; /* of those, posted by the sink */
   gint64 first_block_wall;   /* first dualparal-progress, us after t_playing; -1 none */
   GString *latency_log;
 } Check;
@@ -130,6 +131,8 @@ on_bus (GstBus *bus, GstMessage *msg, gpointer data)
       GstClockTime min = GST_CLOCK_TIME_NONE;
 
       c->latency_messages++;
+      if (g_strcmp0 (GST_OBJECT_NAME (GST_MESSAGE_SRC (msg)), "sink") == 0)
+        c->latency_messages_sink++;
       /* What gst-launch does: recompute and distribute the latency. */
       gst_bin_recalculate_latency (GST_BIN (c->pipeline));
       if (gst_element_query (c->pipeline, query))
@@ -259,7 +262,8 @@ main (int argc, char **argv)
   g_print ("frames-dropped: %" G_GUINT64_FORMAT " (%.1f %%)\n", c.dropped,
            total ? 100.0 * c.dropped / total : 0.0);
   g_print ("qos-messages: %u\n", c.qos_messages);
-  g_print ("latency-messages: %u (%s)\n", c.latency_messages, c.latency_log->str);
+  g_print ("latency-messages: %u, %u of them from the source (%s)\n", c.latency_messages,
+           c.latency_messages - c.latency_messages_sink, c.latency_log->str);
   g_print ("latency-final: %.3f s\n",
            GST_CLOCK_TIME_IS_VALID (lat_min) ? (gdouble) lat_min / GST_SECOND : -1.0);
   if (c.first_block_wall >= 0)
