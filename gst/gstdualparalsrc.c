@@ -1115,6 +1115,7 @@ stream_tags (GstDualParalSrc *self)
   GstTagList *tags = gst_tag_list_new_empty ();
   gchar *model = g_path_get_basename (self->run.model);
   gchar *comment;
+  gchar guidance[G_ASCII_DTOSTR_BUF_SIZE];
 
   if (self->run.prompt != NULL && self->run.prompt[0] != '\0') {
     gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE, GST_TAG_TITLE, self->run.prompt, NULL);
@@ -1129,9 +1130,10 @@ stream_tags (GstDualParalSrc *self)
                         NULL);
     }
   }
-  comment = g_strdup_printf ("model %s, seed %" G_GUINT64_FORMAT ", steps %d, guidance %g, "
-                             "sampler %s", model, self->run.seed, self->run.steps,
-                             self->run.guidance_scale,
+  /* The guidance with a '.' whatever the locale. */
+  g_ascii_formatd (guidance, sizeof guidance, "%g", self->run.guidance_scale);
+  comment = g_strdup_printf ("model %s, seed %" G_GUINT64_FORMAT ", steps %d, guidance %s, "
+                             "sampler %s", model, self->run.seed, self->run.steps, guidance,
                              self->run.sampler == GST_DUAL_PARAL_SAMPLER_EULER ? "euler"
                                                                               : "unipc");
   gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
