@@ -411,7 +411,8 @@ update_block_time (GstDualParalSrc *self, gdouble seconds, gint n_frames)
   gboolean live = gst_base_src_is_live (GST_BASE_SRC (self));
   gboolean new_block = self->blocks_seen == 0 || seconds != self->last_block_value;
   gint64 finished_block_frames = 0;
-  gdouble period;
+  gdouble period, smoothed;
+  GstClockTime previous = GST_CLOCK_TIME_NONE, reported;
 
   if (new_block) {
     finished_block_frames = self->blocks_seen > 0 ? self->block_frames : 0;
@@ -443,19 +444,22 @@ update_block_time (GstDualParalSrc *self, gdouble seconds, gint n_frames)
     if (!GST_CLOCK_TIME_IS_VALID (self->latency)
         || ABS ((gdouble) candidate - (gdouble) self->latency)
                > LATENCY_CHANGE_FRACTION * (gdouble) self->latency) {
-      GST_DEBUG_OBJECT (self, "latency %" GST_TIME_FORMAT " -> %" GST_TIME_FORMAT
-                        " (block %.3f s, smoothed period %.3f s)",
-                        GST_TIME_ARGS (self->latency), GST_TIME_ARGS (candidate), seconds,
-                        self->period_seconds);
+      previous = self->latency;
       self->latency = candidate;
       repost = TRUE;
     }
   }
+  smoothed = self->period_seconds;
+  reported = self->latency;
   GST_OBJECT_UNLOCK (self);
 
-  if (repost)
+  if (repost) {
+    GST_DEBUG_OBJECT (self, "latency %" GST_TIME_FORMAT " -> %" GST_TIME_FORMAT
+                      " (block %.3f s, smoothed period %.3f s)", GST_TIME_ARGS (previous),
+                      GST_TIME_ARGS (reported), seconds, smoothed);
     gst_element_post_message (GST_ELEMENT (self),
                               gst_message_new_latency (GST_OBJECT (self)));
+  }
 }
 
 /* dp_frames_cb: copies the frames into the queue, waiting while it is full
