@@ -1040,31 +1040,37 @@ wait_until (GstDualParalSrc *self, GstClockTime pts)
   return ret != GST_CLOCK_UNSCHEDULED;
 }
 
-/* The running time now, when the element is PLAYING (or on its way there)
- * with a clock; FALSE otherwise (PAUSED: the running time stands still and
- * the base time is about to change). */
-static gboolean
+typedef enum {
+  RUNNING_TIME_OK,
+  RUNNING_TIME_NOT_PLAYING, /* on the way to PAUSED: the running time stops */
+  RUNNING_TIME_NO_CLOCK,
+} RunningTime;
+
+/* The running time now.  A state change away from PLAYING is under way as
+ * soon as the target state is no longer PLAYING; on the way to PLAYING the
+ * base time is set before the target is. */
+static RunningTime
 running_time_now (GstDualParalSrc *self, GstClockTime *now)
 {
   GstClock *clock = NULL;
   GstClockTime base_time = 0, clock_time;
+  gboolean playing;
 
   GST_OBJECT_LOCK (self);
-  if (GST_STATE_TARGET (self) == GST_STATE_PLAYING
-      && (GST_STATE (self) == GST_STATE_PLAYING || GST_STATE_NEXT (self) == GST_STATE_PLAYING)
-      && GST_ELEMENT_CLOCK (self) != NULL) {
+  playing = GST_STATE_TARGET (self) == GST_STATE_PLAYING;
+  if (playing && GST_ELEMENT_CLOCK (self) != NULL) {
     clock = gst_object_ref (GST_ELEMENT_CLOCK (self));
     base_time = GST_ELEMENT_CAST (self)->base_time;
   }
   GST_OBJECT_UNLOCK (self);
+  if (!playing)
+    return RUNNING_TIME_NOT_PLAYING;
   if (clock == NULL)
-    return FALSE;
+    return RUNNING_TIME_NO_CLOCK;
   clock_time = gst_clock_get_time (clock);
   gst_object_unref (clock);
-  if (!GST_CLOCK_TIME_IS_VALID (clock_time) || clock_time < base_time)
-    return FALSE;
-  *now = clock_time - base_time;
-  return TRUE;
+  *now = clock_time > base_time ? clock_time - base_time : 0;
+  return RUNNING_TIME_OK;
 }
 
 /* Live timestamps (docs/usage.md, "Live timestamps and latency").  Frames
@@ -1077,12 +1083,13 @@ running_time_now (GstDualParalSrc *self, GstClockTime *now)
  * of reaching the sink late.  Resuming after PAUSED continues the timeline:
  * the running time stood still while paused. */
 static GstClockTime
-live_timestamp (GstDualParalSrc *self, GstClockTime index_pts, GstBuffer *buffer)
+live_timestamp (GstDualParalSrc *self, GstClockTime index_pts, gboolean have_now,
+                GstClockTime now, GstBuffer *buffer)
 {
-  GstClockTime now, latency, earliest;
+  GstClockTime latency, earliest;
   GstClockTimeDiff pts;
 
-  if (running_time_now (self, &now)) {
+  if (have_now) {
     GST_OBJECT_LOCK (self);
     latency = GST_CLOCK_TIME_IS_VALID (self->latency) ? self->latency : 0;
     GST_OBJECT_UNLOCK (self);
@@ -1104,8 +1111,7 @@ live_timestamp (GstDualParalSrc *self, GstClockTime index_pts, GstBuffer *buffer
       self->ts_anchored = TRUE;
     }
   } else if (!self->ts_anchored) {
-    /* Not PLAYING (a pause came while this frame was awaited): the frame
-     * index times until the next frame sees a running time. */
+    /* No clock: the frame index times. */
     return index_pts;
   }
   return (GstClockTime) ((GstClockTimeDiff) index_pts + self->ts_offset);
@@ -1216,16 +1222,16 @@ gst_dual_paral_src_fill (GstPushSrc *psrc, GstBuffer *buffer)
   pts = gst_util_uint64_scale (index, duration_scale, fps_n);
   GST_BUFFER_DURATION (buffer) = gst_util_uint64_scale (index + 1, duration_scale, fps_n) - pts;
   if (gst_base_src_is_live (GST_BASE_SRC (self))) {
-    GstClockTime now;
+    GstClockTime now = 0;
+    RunningTime rt = running_time_now (self, &now);
 
-    pts = live_timestamp (self, pts, buffer);
-    if (running_time_now (self, &now) && pts > now && !wait_until (self, pts)) {
-      /* Paused (or flushing) while the frame waited for its time: it goes
-       * out first after resuming, with the same timestamp. */
-      GST_DEBUG_OBJECT (self, "clock wait for frame %" G_GUINT64_FORMAT " cut", index);
-      self->held_frame = frame;
-      return GST_FLOW_FLUSHING;
-    }
+    /* Pausing (or paused, or flushing) before the frame's time came: it goes
+     * out first after resuming, stamped then. */
+    if (rt == RUNNING_TIME_NOT_PLAYING)
+      goto hold;
+    pts = live_timestamp (self, pts, rt == RUNNING_TIME_OK, now, buffer);
+    if (rt == RUNNING_TIME_OK && pts > now && !wait_until (self, pts))
+      goto hold;
   }
   gst_buffer_unref (frame);
   GST_BUFFER_PTS (buffer) = pts;
@@ -1245,6 +1251,11 @@ gst_dual_paral_src_fill (GstPushSrc *psrc, GstBuffer *buffer)
                                                    gst_event_new_tag (stream_tags (self)));
   }
   return GST_FLOW_OK;
+
+hold:
+  GST_DEBUG_OBJECT (self, "frame %" G_GUINT64_FORMAT " held until PLAYING again", index);
+  self->held_frame = frame;
+  return GST_FLOW_FLUSHING;
 }
 
 /* --- GObject ------------------------------------------------------------- */

@@ -38,6 +38,7 @@ typedef struct {
   GstClockTime before_pause_end; /* PTS + duration of the last frame shown before the pause */
   gboolean resume_measured;
   gdouble resume_jump;       /* seconds */
+  gboolean resume_discont;   /* the first frame after the pause was marked DISCONT */
   gboolean after_resume;     /* set at the resume request */
   /* Bus (main thread). */
   guint64 dropped, processed;
@@ -46,6 +47,7 @@ typedef struct {
   guint latency_messages_sink; /* of those, posted by the sink */
   gint64 first_block_wall;   /* first dualparal-progress, us after t_playing; -1 none */
   GString *latency_log;
+  GString *qos_log;          /* when the drops happened (the first 20) */
 } Check;
 
 static void
@@ -72,6 +74,7 @@ on_handoff (GstElement *sink, GstBuffer *buffer, GstPad *pad, gpointer data)
     if (c->after_resume && !c->resume_measured && GST_CLOCK_TIME_IS_VALID (pts)
         && GST_CLOCK_TIME_IS_VALID (c->before_pause_end)) {
       c->resume_jump = ((gdouble) pts - (gdouble) c->before_pause_end) / GST_SECOND;
+      c->resume_discont = GST_BUFFER_FLAG_IS_SET (buffer, GST_BUFFER_FLAG_DISCONT);
       c->resume_measured = TRUE;
     } else if (GST_CLOCK_TIME_IS_VALID (now_rt) && GST_CLOCK_TIME_IS_VALID (c->last_rt)
                && now_rt > c->last_rt + frame + frame / 2) {
@@ -120,6 +123,8 @@ on_bus (GstBus *bus, GstMessage *msg, gpointer data)
 
       gst_message_parse_qos_stats (msg, &format, &processed, &dropped);
       c->qos_messages++;
+      if (c->qos_messages <= 20)
+        g_string_append_printf (c->qos_log, "%s%.2f s", c->qos_log->len ? ", " : "", t);
       if (format == GST_FORMAT_BUFFERS || format == GST_FORMAT_DEFAULT) {
         c->dropped = dropped;
         c->processed = processed;
@@ -233,6 +238,7 @@ main (int argc, char **argv)
   c.before_pause_end = GST_CLOCK_TIME_NONE;
   c.first_wall = c.first_block_wall = -1;
   c.latency_log = g_string_new (NULL);
+  c.qos_log = g_string_new (NULL);
   g_object_set (sink, "signal-handoffs", TRUE, NULL);
   g_signal_connect (sink, "handoff", G_CALLBACK (on_handoff), &c);
   bus = gst_element_get_bus (c.pipeline);
@@ -261,7 +267,8 @@ main (int argc, char **argv)
   g_print ("frames-shown: %" G_GUINT64_FORMAT "\n", c.shown);
   g_print ("frames-dropped: %" G_GUINT64_FORMAT " (%.1f %%)\n", c.dropped,
            total ? 100.0 * c.dropped / total : 0.0);
-  g_print ("qos-messages: %u\n", c.qos_messages);
+  g_print ("qos-messages: %u%s%s%s\n", c.qos_messages, c.qos_log->len ? " (at " : "",
+           c.qos_log->str, c.qos_log->len ? ")" : "");
   g_print ("latency-messages: %u, %u of them from the source (%s)\n", c.latency_messages,
            c.latency_messages - c.latency_messages_sink, c.latency_log->str);
   g_print ("latency-final: %.3f s\n",
@@ -279,7 +286,8 @@ main (int argc, char **argv)
   g_print ("pts-discontinuities: %u\n", c.pts_discont);
   if (pause_at >= 0.0) {
     if (c.resume_measured)
-      g_print ("resume-jump: %.3f s\n", c.resume_jump);
+      g_print ("resume-jump: %.3f s%s\n", c.resume_jump,
+               c.resume_discont ? " (DISCONT: generation was behind, the timeline moved on)" : "");
     else
       g_print ("resume-jump: not measured (no frame shown before and after the pause)\n");
   }
@@ -290,6 +298,7 @@ main (int argc, char **argv)
   gst_object_unref (c.pipeline);
   g_main_loop_unref (c.loop);
   g_string_free (c.latency_log, TRUE);
+  g_string_free (c.qos_log, TRUE);
   g_mutex_clear (&c.lock);
   g_free (description);
   return 0;
