@@ -62,6 +62,8 @@ enum {
   PROP_TEXT_LEN,
   PROP_QUEUE_FRAMES,
   PROP_IS_LIVE,
+  PROP_PROCESSES,
+  PROP_WIRE_BF16,
 };
 
 /* The settings a run is made with: the properties, copied at start (). */
@@ -81,6 +83,8 @@ typedef struct {
   gint context_frames;
   gint text_len;   /* 0: the model's */
   guint queue_frames;
+  GstDualParalProcesses processes;
+  gboolean wire_bf16;
 } Settings;
 
 struct _GstDualParalSrc {
@@ -188,6 +192,26 @@ gst_dual_paral_engine_get_type (void)
 
   if (g_once_init_enter (&type))
     g_once_init_leave (&type, g_enum_register_static ("GstDualParalEngine", values));
+  return type;
+}
+
+GType
+gst_dual_paral_processes_get_type (void)
+{
+  static gsize type = 0;
+  static const GEnumValue values[] = {
+    { GST_DUAL_PARAL_PROCESSES_THREADS, "Every stage a thread of this process", "threads" },
+    { GST_DUAL_PARAL_PROCESSES_SPAWN,
+      "One process per device on this machine: dualparal-worker started for each stage after the first",
+      "spawn" },
+    { GST_DUAL_PARAL_PROCESSES_LAUNCHER,
+      "This pipeline is rank 0 of a torchrun / srun / mpirun job; the workers connect to "
+      "MASTER_ADDR:MASTER_PORT", "launcher" },
+    { 0, NULL, NULL },
+  };
+
+  if (g_once_init_enter (&type))
+    g_once_init_leave (&type, g_enum_register_static ("GstDualParalProcesses", values));
   return type;
 }
 
@@ -308,6 +332,12 @@ on_step (const dp_step_progress *progress, void *user_data)
                             gst_message_new_element (GST_OBJECT (self), s));
 }
 
+static void
+on_core_warning (const char *message, void *data)
+{
+  GST_WARNING_OBJECT (data, "%s", message);
+}
+
 /* Creates the generator for the run's settings at width x height (0 x 0:
  * the model's native size).  The params point into self->run, which lives
  * until stop (). */
@@ -333,6 +363,12 @@ create_generator (GstDualParalSrc *self, gint width, gint height, GError **error
   p.context_frames = self->run.context_frames;
   p.devices = self->run.devices;
   p.text_len = self->run.text_len;
+  p.processes = (dp_processes) self->run.processes;
+  p.wire_bf16 = self->run.wire_bf16;
+  /* The core's warnings (a prompt cut to the text length, a refused
+   * would-be worker) belong in the debug log. */
+  p.warning_cb = on_core_warning;
+  p.warning_data = self;
 
   GST_INFO_OBJECT (self, "loading model '%s' (%dx%d, %d frames, %d steps, devices %s)",
                    p.model_dir, width, height, p.num_frames, p.steps, p.devices);
@@ -1336,6 +1372,12 @@ gst_dual_paral_src_set_property (GObject *object, guint prop_id, const GValue *v
     case PROP_QUEUE_FRAMES:
       self->props.queue_frames = g_value_get_uint (value);
       break;
+    case PROP_PROCESSES:
+      self->props.processes = g_value_get_enum (value);
+      break;
+    case PROP_WIRE_BF16:
+      self->props.wire_bf16 = g_value_get_boolean (value);
+      break;
     case PROP_IS_LIVE:
       GST_OBJECT_UNLOCK (self);
       gst_base_src_set_live (GST_BASE_SRC (self), g_value_get_boolean (value));
@@ -1409,6 +1451,12 @@ gst_dual_paral_src_get_property (GObject *object, guint prop_id, GValue *value,
       break;
     case PROP_QUEUE_FRAMES:
       g_value_set_uint (value, self->props.queue_frames);
+      break;
+    case PROP_PROCESSES:
+      g_value_set_enum (value, self->props.processes);
+      break;
+    case PROP_WIRE_BF16:
+      g_value_set_boolean (value, self->props.wire_bf16);
       break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
@@ -1551,6 +1599,16 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
           "Frames held between the generator and downstream; generation pauses while "
           "the queue is full",
           1, 4096, DEFAULT_QUEUE_FRAMES, SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_PROCESSES,
+      g_param_spec_enum ("processes", "Processes",
+          "Where the DualParal stages run: threads of this process, one spawned dualparal-worker "
+          "process per device after the first (spawn), or the workers of a launcher's job "
+          "(launcher: this pipeline is rank 0; devices names its own device); docs/distributed.md",
+          GST_TYPE_DUAL_PARAL_PROCESSES, GST_DUAL_PARAL_PROCESSES_THREADS, SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_WIRE_BF16,
+      g_param_spec_boolean ("wire-bf16", "BF16 on the wire",
+          "Stages in processes of their own: hidden states travel as BF16 (half the bytes; the frames "
+          "differ slightly from one process's)", FALSE, SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_IS_LIVE,
       g_param_spec_boolean ("is-live", "Is live",
           "Act as a live source: frames are stamped with the running time at which they "
@@ -1578,4 +1636,5 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
 
   gst_type_mark_as_plugin_api (GST_TYPE_DUAL_PARAL_SAMPLER, 0);
   gst_type_mark_as_plugin_api (GST_TYPE_DUAL_PARAL_ENGINE, 0);
+  gst_type_mark_as_plugin_api (GST_TYPE_DUAL_PARAL_PROCESSES, 0);
 }

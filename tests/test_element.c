@@ -5,7 +5,9 @@
  * Every run uses few frames and TEST_STEPS sampler steps so the suite takes
  * seconds.  The generator is deterministic for a given seed, so the RGB
  * frames of two runs are compared byte for byte. */
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <glib/gstdio.h>
 #include <gst/check/gstharness.h>
@@ -510,6 +512,76 @@ test_auto_engine_devices (void)
   g_assert_cmpint (engine, ==, 0); /* auto, the default */
   assert_no_error (run_to_end (pipeline, NULL, NULL));
   gst_object_unref (pipeline);
+}
+
+/* The frames of a two-stage DualParal run, RGB, with the stages as threads
+ * or as processes ("threads" / "spawn"). */
+static GByteArray *
+pull_two_stage_video (const gchar *processes)
+{
+  GstHarness *h = gst_harness_new ("dualparalsrc");
+  GByteArray *video = g_byte_array_new ();
+
+  configure (h->element, 9);
+  g_object_set (h->element, "devices", "cpu,cpu", "block-frames", 1, "context-frames", 1, NULL);
+  gst_util_set_object_arg (G_OBJECT (h->element), "processes", processes);
+  gst_harness_set_sink_caps_str (h, "video/x-raw,format=RGB");
+  gst_harness_play (h);
+  for (gint i = 0; i < 9; i++) {
+    GstBuffer *buf = gst_harness_pull (h);
+    GstMapInfo map;
+
+    g_assert_nonnull (buf);
+    g_assert_true (gst_buffer_map (buf, &map, GST_MAP_READ));
+    g_byte_array_append (video, map.data, (guint) map.size);
+    gst_buffer_unmap (buf, &map);
+    gst_buffer_unref (buf);
+  }
+  gst_harness_teardown (h);
+  return video;
+}
+
+/* Worker processes this process has left running. */
+static gint
+child_workers (void)
+{
+  gint n = 0;
+  GDir *d = g_dir_open ("/proc", 0, NULL);
+
+  for (const gchar *name; d && (name = g_dir_read_name (d));) {
+    gchar *path = g_build_filename ("/proc", name, "stat", NULL);
+    gchar *stat = NULL;
+    gint ppid = -1;
+    gchar state = '?';
+
+    if (g_ascii_isdigit (name[0]) && g_file_get_contents (path, &stat, NULL, NULL) &&
+        strstr (stat, "(dualparal-worke") && sscanf (strrchr (stat, ')') + 2, "%c %d", &state, &ppid) == 2 &&
+        ppid == getpid () && state != 'Z')
+      n++;
+    g_free (stat);
+    g_free (path);
+  }
+  if (d)
+    g_dir_close (d);
+  return n;
+}
+
+/* processes=spawn: the second stage in a dualparal-worker process of its
+ * own gives the frames of two stages as threads, and the worker is gone
+ * after the element stops (docs/distributed.md). */
+static void
+test_processes_spawn (void)
+{
+  if (!require_model ())
+    return;
+  GByteArray *threads = pull_two_stage_video ("threads");
+  GByteArray *spawned = pull_two_stage_video ("spawn");
+
+  g_assert_cmpuint (spawned->len, >, 0);
+  g_assert_cmpmem (spawned->data, spawned->len, threads->data, threads->len);
+  g_assert_cmpint (child_workers (), ==, 0);
+  g_byte_array_unref (threads);
+  g_byte_array_unref (spawned);
 }
 
 /* Backpressure: while downstream holds the first frame, the generator may
@@ -1354,6 +1426,7 @@ main (int argc, char **argv)
                    test_native_size_through_videoscale);
   g_test_add_func ("/dualparalsrc/endless", test_endless);
   g_test_add_func ("/dualparalsrc/auto-engine-devices", test_auto_engine_devices);
+  g_test_add_func ("/dualparalsrc/processes-spawn", test_processes_spawn);
   g_test_add_func ("/dualparalsrc/backpressure", test_backpressure);
   g_test_add_func ("/dualparalsrc/restart", test_restart);
   g_test_add_func ("/dualparalsrc/error/bad-num-frames", test_bad_num_frames);
