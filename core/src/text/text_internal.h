@@ -18,6 +18,33 @@ dp_text_is_white_space (gunichar c)
          || c == 0x205F || c == 0x3000;
 }
 
+/* --- prompt cleaning (prompt_clean.c, fix_text.c, html_entities.c) ------ */
+
+typedef struct {
+  const char *name;  /* without "&" and ";" */
+  const char *value; /* UTF-8, one or two code points */
+  gboolean legacy;   /* also recognised without the semicolon */
+} dp_html_entity;
+
+/* Python's html.entities.html5, by name (strcmp order). */
+extern const dp_html_entity dp_html5_entities[];
+extern const gsize dp_html5_entities_len;
+/* The upper-case spellings ftfy adds (&EACUTE; ...), by name. */
+extern const dp_html_entity dp_ftfy_upper_entities[];
+extern const gsize dp_ftfy_upper_entities_len;
+/* The entity called name[0..len) in table, or NULL. */
+const dp_html_entity *dp_html_entity_find (const dp_html_entity *table, gsize n, const char *name,
+                                           gsize len);
+
+/* What html.unescape and ftfy make of the C1 code points U+0080..U+009F:
+ * Windows-1252, the five bytes it leaves undefined kept as they are. */
+extern const gunichar dp_cp1252_80[32];
+
+/* ftfy.fix_text with its default settings, less the mojibake repair
+ * (fix_text.c says what is done).  text is valid UTF-8; returns a new
+ * string. */
+char *dp_ftfy_fix_text (const char *text);
+
 /* --- sentencepiece's precompiled normalization map (charsmap.c) --------- */
 
 typedef struct dp_charsmap dp_charsmap;
