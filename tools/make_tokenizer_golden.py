@@ -69,6 +69,9 @@ PROMPTS = [
     "▁literal ▁▁meta▁ space▁",
     "▁",
     "e\u0301 versus é",
+    # Clusters under 6 bytes are looked up whole and the shortest key wins:
+    # "①" + U+0301 becomes "1", the accent dropped (HF's Precompiled).
+    "\u2460\u0301 \u00b2\u0301 \u2460\u0301\u0301\u0301 x\u0301\u0301",
     "Å Å Å",
     "\u00a8umlaut alone \u00a8",
     "zero\u200bwidth\u200cjoiners\u200d",
