@@ -322,6 +322,127 @@ test_missing_and_corrupt (void)
   g_free (tmp);
 }
 
+/* A tokenizer/ folder in a new temporary model directory holding one file
+ * name with contents; returns the model directory. */
+static char *
+model_with_file (const char *name, const char *contents, gssize len)
+{
+  char *tmp = dp_test_make_tmp_dir ("dp-tok-XXXXXX");
+  char *dir = g_build_filename (tmp, "tokenizer", NULL);
+  char *path = g_build_filename (dir, name, NULL);
+  GError *err = NULL;
+  g_assert_cmpint (g_mkdir (dir, 0700), ==, 0);
+  g_assert_true (g_file_set_contents (path, contents, len, &err));
+  g_assert_no_error (err);
+  g_free (path);
+  g_free (dir);
+  return tmp;
+}
+
+/* Broken tokenizer.json files: a clear error naming the problem, no crash. */
+static void
+test_bad_tokenizer_json (void)
+{
+  static const struct {
+    const char *json;
+    int code;
+    const char *needle;
+  } cases[] = {
+    { "{ not json", DP_ERROR_FORMAT, "tokenizer.json" },
+    { "[1, 2]", DP_ERROR_FORMAT, "no \"model\" object" },
+    { "{\"model\": {\"type\": \"BPE\", \"vocab\": {}}}", DP_ERROR_UNSUPPORTED, "model type BPE" },
+    { "{\"model\": {\"type\": \"Unigram\"}}", DP_ERROR_FORMAT, "no vocab list" },
+    { "{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}", DP_ERROR_FORMAT, "vocabulary is empty" },
+    { "{\"model\": {\"type\": \"Unigram\", \"vocab\": [[\"a\", -1.0], [\"b\"]]}}", DP_ERROR_FORMAT,
+      "vocab entry 1" },
+    { "{\"model\": {\"type\": \"Unigram\", \"vocab\": [[\"\", -1.0]]}}", DP_ERROR_FORMAT, "piece 0" },
+    { "{\"model\": {\"type\": \"Unigram\", \"unk_id\": 5, \"vocab\": [[\"a\", -1.0]]}}",
+      DP_ERROR_FORMAT, "unknown piece id 5" },
+    { "{\"model\": {\"type\": \"Unigram\", \"vocab\": [[\"</s>\", 0.0]]},"
+      " \"normalizer\": {\"type\": \"Precompiled\", \"precompiled_charsmap\": \"AAAA\"}}",
+      DP_ERROR_FORMAT, "charsmap" },
+    { "{\"model\": {\"type\": \"Unigram\", \"vocab\": [[\"</s>\", 0.0]]},"
+      " \"added_tokens\": [{\"id\": 9, \"content\": \"<x>\"}]}", DP_ERROR_FORMAT, "added token 0" },
+    { "{\"model\": {\"type\": \"Unigram\", \"vocab\": [[\"a\", 0.0]]}}", DP_ERROR_FORMAT,
+      "end-of-sequence" },
+  };
+  for (guint i = 0; i < G_N_ELEMENTS (cases); i++) {
+    char *dir = model_with_file ("tokenizer.json", cases[i].json, -1);
+    GError *err = NULL;
+    g_assert_null (dp_tokenizer_load (dir, &err));
+    g_assert_error (err, DP_ERROR, cases[i].code);
+    g_test_message ("%s", err->message);
+    g_assert_nonnull (strstr (err->message, cases[i].needle));
+    g_clear_error (&err);
+    dp_test_remove_tree (dir);
+    g_free (dir);
+  }
+}
+
+/* A vocabulary without an unknown piece cannot spell every text: an error
+ * naming the text, not a crash; with one, unknown characters are fused. */
+static void
+test_unknown_characters (void)
+{
+  char *dir = model_with_file ("tokenizer.json",
+                               "{\"model\": {\"type\": \"Unigram\", \"vocab\": [[\"<pad>\", 0.0],"
+                               " [\"</s>\", 0.0], [\"\xe2\x96\x81" "a\", -1.0], [\"b\", -2.0]]}}", -1);
+  GError *err = NULL;
+  int32_t ids[8];
+  dp_tokenizer *tok = dp_tokenizer_load (dir, &err);
+  g_assert_no_error (err);
+  g_assert_cmpint (dp_tokenizer_encode (tok, "ab a", 8, ids, &err), ==, 4);
+  g_assert_no_error (err);
+  g_assert_cmpint (ids[0], ==, 2);
+  g_assert_cmpint (ids[1], ==, 3);
+  g_assert_cmpint (ids[2], ==, 2);
+  g_assert_cmpint (ids[3], ==, 1);
+  g_assert_cmpint (dp_tokenizer_encode (tok, "a\xc3\xa9", 8, ids, &err), ==, -1);
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_assert_nonnull (strstr (err->message, "\xc3\xa9"));
+  g_clear_error (&err);
+  dp_tokenizer_free (tok);
+  dp_test_remove_tree (dir);
+  g_free (dir);
+}
+
+/* Random bytes as a precompiled charsmap: loaded or refused, and
+ * normalizing with it never reads outside it (ASan in CI). */
+static void
+test_random_charsmap (void)
+{
+  GRand *rand = g_rand_new_with_seed (17);
+  for (int round = 0; round < 200; round++) {
+    guint8 blob[260];
+    guint32 trie = 4 * (guint32) g_rand_int_range (rand, 1, 60);
+    blob[0] = trie & 0xFF;
+    blob[1] = trie >> 8;
+    blob[2] = blob[3] = 0;
+    for (guint i = 4; i < sizeof blob; i++)
+      blob[i] = (guint8) g_rand_int_range (rand, 0, 256);
+    char *b64 = g_base64_encode (blob, sizeof blob);
+    char *json = g_strdup_printf ("{\"model\": {\"type\": \"Unigram\", \"unk_id\": 2, \"vocab\": "
+                                  "[[\"<pad>\", 0.0], [\"</s>\", 0.0], [\"<unk>\", 0.0], [\"a\", -1.0]]},"
+                                  " \"normalizer\": {\"type\": \"Precompiled\", \"precompiled_charsmap\": "
+                                  "\"%s\"}}", b64);
+    char *dir = model_with_file ("tokenizer.json", json, -1);
+    GError *err = NULL;
+    dp_tokenizer *tok = dp_tokenizer_load (dir, &err);
+    g_assert_no_error (err);
+    int32_t ids[64];
+    int n = dp_tokenizer_encode (tok, "a \x01\x7f\xc3\xa9 e\xcc\x81 \xe6\x97\xa5 \xf0\x9f\x98\x80 abc", 64, ids,
+                                 &err);
+    g_assert_no_error (err);
+    g_assert_cmpint (n, >=, 1);
+    dp_tokenizer_free (tok);
+    dp_test_remove_tree (dir);
+    g_free (dir);
+    g_free (json);
+    g_free (b64);
+  }
+  g_rand_free (rand);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -335,5 +456,8 @@ main (int argc, char **argv)
   g_test_add_func ("/tokenizer/empty", test_empty);
   g_test_add_func ("/tokenizer/truncation", test_truncation);
   g_test_add_func ("/tokenizer/missing-and-corrupt", test_missing_and_corrupt);
+  g_test_add_func ("/tokenizer/bad-tokenizer-json", test_bad_tokenizer_json);
+  g_test_add_func ("/tokenizer/unknown-characters", test_unknown_characters);
+  g_test_add_func ("/tokenizer/random-charsmap", test_random_charsmap);
   return g_test_run ();
 }
