@@ -31,12 +31,6 @@
 
 /* --- unescape_html ---------------------------------------------------------- */
 
-static gboolean
-is_ascii_alnum (char c)
-{
-  return g_ascii_isalnum (c);
-}
-
 /* Appends what ftfy makes of the reference at p (*p == '&') when it matches
  * &#?[0-9A-Za-z]{1,24}; and returns the position after it; NULL when it does
  * not match. */
@@ -47,7 +41,7 @@ ftfy_unescape_ref (GString *out, const char *p)
   gboolean numeric = *name == '#';
   const char *q = numeric ? name + 1 : name;
   gsize n = 0;
-  while (is_ascii_alnum (q[n]))
+  while (g_ascii_isalnum (q[n]))
     n++;
   if (n < 1 || n > 24 || q[n] != ';')
     return NULL;

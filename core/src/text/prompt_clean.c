@@ -170,14 +170,6 @@ is_python_space (gunichar c)
          || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
-/* Unicode White_Space: what \s matches in the `regex` module diffusers uses
- * for whitespace_clean.  The same set without U+001C..U+001F. */
-static gboolean
-is_white_space (gunichar c)
-{
-  return dp_text_is_white_space (c);
-}
-
 char *
 dp_prompt_clean (const char *prompt, GError **error)
 {
@@ -214,7 +206,7 @@ dp_prompt_clean (const char *prompt, GError **error)
   GString *out = g_string_sized_new (end - begin);
   gboolean in_space = FALSE;
   for (const char *p = begin; p < end; p = g_utf8_next_char (p)) {
-    if (is_white_space (g_utf8_get_char (p))) {
+    if (dp_text_is_white_space (g_utf8_get_char (p))) {
       if (!in_space)
         g_string_append_c (out, ' ');
       in_space = TRUE;
