@@ -365,6 +365,13 @@ test_bad_tokenizer_json (void)
       " \"added_tokens\": [{\"id\": 9, \"content\": \"<x>\"}]}", DP_ERROR_FORMAT, "added token 0" },
     { "{\"model\": {\"type\": \"Unigram\", \"vocab\": [[\"a\", 0.0]]}}", DP_ERROR_FORMAT,
       "end-of-sequence" },
+    /* Members of the wrong type: errors, not GLib criticals (fatal here). */
+    { "{\"model\": {\"type\": [\"Unigram\"], \"vocab\": []}}", DP_ERROR_UNSUPPORTED, "(none)" },
+    { "{\"model\": {\"type\": \"Unigram\", \"unk_id\": \"2\", \"vocab\": [[\"a\", 0.0]]}}",
+      DP_ERROR_FORMAT, "unk_id is not an integer" },
+    { "{\"model\": {\"type\": \"Unigram\", \"vocab\": [[\"</s>\", 0.0]]},"
+      " \"normalizer\": {\"type\": \"Sequence\", \"normalizers\": {\"type\": \"Precompiled\"}},"
+      " \"added_tokens\": [{\"id\": \"0\", \"content\": \"</s>\"}]}", DP_ERROR_FORMAT, "added token 0" },
   };
   for (guint i = 0; i < G_N_ELEMENTS (cases); i++) {
     char *dir = model_with_file ("tokenizer.json", cases[i].json, -1);

@@ -71,26 +71,69 @@ add_token (dp_tokenizer *tok, const char *content, int id, gboolean normalized, 
   g_array_append_val (tok->added, t);
 }
 
+/* --- JSON members of the expected type, NULL / FALSE otherwise: a malformed
+ * file gives an error message, never a GLib critical. */
+
+static JsonNode *
+member (JsonObject *o, const char *key)
+{
+  return o ? json_object_get_member (o, key) : NULL;
+}
+
+static const char *
+json_str (JsonObject *o, const char *key)
+{
+  JsonNode *n = member (o, key);
+  return n && JSON_NODE_HOLDS_VALUE (n) && json_node_get_value_type (n) == G_TYPE_STRING
+             ? json_node_get_string (n) : NULL;
+}
+
+static JsonObject *
+json_obj (JsonObject *o, const char *key)
+{
+  JsonNode *n = member (o, key);
+  return n && JSON_NODE_HOLDS_OBJECT (n) ? json_node_get_object (n) : NULL;
+}
+
+static JsonArray *
+json_arr (JsonObject *o, const char *key)
+{
+  JsonNode *n = member (o, key);
+  return n && JSON_NODE_HOLDS_ARRAY (n) ? json_node_get_array (n) : NULL;
+}
+
+static gboolean
+json_int (JsonObject *o, const char *key, gint64 *value)
+{
+  JsonNode *n = member (o, key);
+  if (!n || !JSON_NODE_HOLDS_VALUE (n) || json_node_get_value_type (n) != G_TYPE_INT64)
+    return FALSE;
+  *value = json_node_get_int (n);
+  return TRUE;
+}
+
+static gboolean
+json_bool (JsonObject *o, const char *key)
+{
+  JsonNode *n = member (o, key);
+  return n && JSON_NODE_HOLDS_VALUE (n) && json_node_get_value_type (n) == G_TYPE_BOOLEAN
+         && json_node_get_boolean (n);
+}
+
 /* --- tokenizer_config.json: the names of the EOS, pad and unknown tokens -- */
 
 typedef struct {
   char *eos, *pad, *unk;
 } special_names;
 
+/* A token name: a string, or an object with a "content" string. */
 static char *
 config_token (JsonObject *cfg, const char *key, const char *fallback)
 {
-  if (cfg && json_object_has_member (cfg, key)) {
-    JsonNode *n = json_object_get_member (cfg, key);
-    if (JSON_NODE_HOLDS_VALUE (n) && json_node_get_value_type (n) == G_TYPE_STRING)
-      return g_strdup (json_node_get_string (n));
-    if (JSON_NODE_HOLDS_OBJECT (n)) {
-      JsonObject *o = json_node_get_object (n);
-      if (json_object_has_member (o, "content"))
-        return g_strdup (json_object_get_string_member_with_default (o, "content", fallback));
-    }
-  }
-  return g_strdup (fallback);
+  const char *name = json_str (cfg, key);
+  if (!name)
+    name = json_str (json_obj (cfg, key), "content");
+  return g_strdup (name ? name : fallback);
 }
 
 /* Reads dir/tokenizer_config.json when present; T5's names otherwise. */
@@ -160,33 +203,19 @@ finish_specials (dp_tokenizer *tok, const special_names *names, GError **error)
 static const char *
 json_charsmap (JsonObject *root)
 {
-  JsonNode *n = json_object_get_member (root, "normalizer");
-  if (!n || !JSON_NODE_HOLDS_OBJECT (n))
-    return NULL;
-  JsonObject *norm = json_node_get_object (n);
-  const char *type = json_object_get_string_member_with_default (norm, "type", "");
-  if (strcmp (type, "Precompiled") == 0)
-    return json_object_get_string_member_with_default (norm, "precompiled_charsmap", NULL);
-  if (strcmp (type, "Sequence") != 0 || !json_object_has_member (norm, "normalizers"))
-    return NULL;
-  JsonArray *seq = json_object_get_array_member (norm, "normalizers");
+  JsonObject *norm = json_obj (root, "normalizer");
+  const char *type = json_str (norm, "type");
+  if (type && strcmp (type, "Precompiled") == 0)
+    return json_str (norm, "precompiled_charsmap");
+  JsonArray *seq = type && strcmp (type, "Sequence") == 0 ? json_arr (norm, "normalizers") : NULL;
   for (guint i = 0; seq && i < json_array_get_length (seq); i++) {
     JsonNode *e = json_array_get_element (seq, i);
-    if (!JSON_NODE_HOLDS_OBJECT (e))
-      continue;
-    JsonObject *o = json_node_get_object (e);
-    if (strcmp (json_object_get_string_member_with_default (o, "type", ""), "Precompiled") == 0)
-      return json_object_get_string_member_with_default (o, "precompiled_charsmap", NULL);
+    JsonObject *o = JSON_NODE_HOLDS_OBJECT (e) ? json_node_get_object (e) : NULL;
+    type = json_str (o, "type");
+    if (type && strcmp (type, "Precompiled") == 0)
+      return json_str (o, "precompiled_charsmap");
   }
   return NULL;
-}
-
-static gboolean
-json_bool (JsonObject *o, const char *key)
-{
-  JsonNode *n = json_object_get_member (o, key);
-  return n && JSON_NODE_HOLDS_VALUE (n) && json_node_get_value_type (n) == G_TYPE_BOOLEAN
-         && json_node_get_boolean (n);
 }
 
 static gboolean
@@ -202,24 +231,22 @@ load_json (dp_tokenizer *tok, GError **error)
   }
   JsonNode *root_node = json_parser_get_root (parser);
   JsonObject *root = root_node && JSON_NODE_HOLDS_OBJECT (root_node) ? json_node_get_object (root_node) : NULL;
-  JsonNode *model_node = root ? json_object_get_member (root, "model") : NULL;
-  if (!model_node || !JSON_NODE_HOLDS_OBJECT (model_node)) {
+  JsonObject *model = json_obj (root, "model");
+  if (!model) {
     g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: no \"model\" object", tok->path);
     goto out;
   }
-  JsonObject *model = json_node_get_object (model_node);
-  const char *type = json_object_get_string_member_with_default (model, "type", "(none)");
+  const char *type = json_str (model, "type") ? json_str (model, "type") : "(none)";
   if (strcmp (type, "Unigram") != 0) {
     g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED,
                  "%s: model type %s is not supported (umT5 tokenizers are Unigram)", tok->path, type);
     goto out;
   }
-  JsonNode *vocab_node = json_object_get_member (model, "vocab");
-  if (!vocab_node || !JSON_NODE_HOLDS_ARRAY (vocab_node)) {
+  JsonArray *vocab = json_arr (model, "vocab");
+  if (!vocab) {
     g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: the Unigram model has no vocab list", tok->path);
     goto out;
   }
-  JsonArray *vocab = json_node_get_array (vocab_node);
   for (guint i = 0; i < json_array_get_length (vocab); i++) {
     JsonNode *e = json_array_get_element (vocab, i);
     JsonArray *pair = JSON_NODE_HOLDS_ARRAY (e) ? json_node_get_array (e) : NULL;
@@ -238,9 +265,15 @@ load_json (dp_tokenizer *tok, GError **error)
       goto out;
     }
   }
-  JsonNode *unk = json_object_get_member (model, "unk_id");
-  int unk_id = unk && JSON_NODE_HOLDS_VALUE (unk) ? (int) json_node_get_int (unk) : -1;
-  if (!dp_unigram_finish (tok->model, unk_id, json_bool (model, "byte_fallback"), &err)) {
+  gint64 unk_id = -1; /* null or absent: no unknown piece */
+  if (!json_int (model, "unk_id", &unk_id) && member (model, "unk_id")
+      && !JSON_NODE_HOLDS_NULL (member (model, "unk_id"))) {
+    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: unk_id is not an integer", tok->path);
+    goto out;
+  }
+  if (unk_id < -1 || unk_id > G_MAXINT)
+    unk_id = G_MAXINT; /* refused below as outside the vocabulary */
+  if (!dp_unigram_finish (tok->model, (int) unk_id, json_bool (model, "byte_fallback"), &err)) {
     g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: %s", tok->path, err->message);
     g_error_free (err);
     goto out;
@@ -256,14 +289,13 @@ load_json (dp_tokenizer *tok, GError **error)
       goto out;
   }
 
-  JsonNode *added_node = json_object_get_member (root, "added_tokens");
-  JsonArray *added = added_node && JSON_NODE_HOLDS_ARRAY (added_node) ? json_node_get_array (added_node) : NULL;
+  JsonArray *added = json_arr (root, "added_tokens");
   for (guint i = 0; added && i < json_array_get_length (added); i++) {
     JsonNode *e = json_array_get_element (added, i);
     JsonObject *o = JSON_NODE_HOLDS_OBJECT (e) ? json_node_get_object (e) : NULL;
-    const char *content = o ? json_object_get_string_member_with_default (o, "content", NULL) : NULL;
-    gint64 id = o ? json_object_get_int_member_with_default (o, "id", -1) : -1;
-    if (!content || id < 0 || id >= dp_unigram_size (tok->model)) {
+    const char *content = json_str (o, "content");
+    gint64 id = -1;
+    if (!content || !json_int (o, "id", &id) || id < 0 || id >= dp_unigram_size (tok->model)) {
       g_set_error (error, DP_ERROR, DP_ERROR_FORMAT,
                    "%s: added token %u has no content or an id outside the vocabulary", tok->path, i);
       goto out;
