@@ -470,6 +470,12 @@ split_added (const dp_tokenizer *tok, gboolean normalized, const char *text, gsi
   return start >= end || fn (tok, start, end - start, ids, error);
 }
 
+static gboolean
+starts_with_metaspace (const char *p, const char *end)
+{
+  return end - p >= 3 && memcmp (p, METASPACE, 3) == 0;
+}
+
 /* WhitespaceSplit, Metaspace (prepend "▁" unless there, split before each
  * "▁"), Unigram on each piece. */
 static gboolean
@@ -487,16 +493,15 @@ encode_words (const dp_tokenizer *tok, const char *text, gsize len, GArray *ids,
     while (p < end && !dp_text_is_white_space (g_utf8_get_char (p)))
       p = g_utf8_next_char (p);
     g_string_truncate (word, 0);
-    if (!g_str_has_prefix (w, METASPACE) || p - w < 3)
+    if (!starts_with_metaspace (w, p))
       g_string_append (word, METASPACE);
     g_string_append_len (word, w, p - w);
     /* Pieces start at each "▁"; the word starts with one. */
     const char *piece = word->str, *wend = word->str + word->len;
     while (ok && piece < wend) {
       const char *next = piece + 3;
-      while (next < wend && memcmp (next, METASPACE, 3) != 0)
+      while (next < wend && !starts_with_metaspace (next, wend))
         next = g_utf8_next_char (next);
-      next = next < wend ? next : wend;
       ok = dp_unigram_encode (tok->model, piece, next - piece, ids, error);
       piece = next;
     }
