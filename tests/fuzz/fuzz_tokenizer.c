@@ -3,7 +3,8 @@
  * embedded model's tokenizer (models/shapes-tiny: the nmt_nfkc charsmap, HTML
  * entities, ftfy's fixes, the Unigram lattice) into valid ids; as a
  * precompiled charsmap it is either refused or normalizes text without
- * reading outside itself.  The first byte picks the mode.
+ * reading outside itself; as a sentencepiece model file it is either refused
+ * or gives UTF-8 pieces.  The first byte (mod 3) picks the mode.
  *
  * Built with -Dfuzz=true and CC=clang; run e.g.
  *   build-fuzz/tests/fuzz/fuzz_tokenizer -max_total_time=60 NEW_DIR tests/fuzz/corpus/tokenizer
@@ -78,14 +79,41 @@ fuzz_charsmap (const uint8_t *data, size_t size)
   g_free (copy);
 }
 
+static void
+fuzz_spiece (const uint8_t *data, size_t size)
+{
+  uint8_t *copy = g_malloc (size ? size : 1);
+  memcpy (copy, data, size);
+  GError *err = NULL;
+  dp_spiece_model *m = dp_spiece_model_parse (copy, size, "fuzz", &err);
+  if (!m) {
+    if (!err || !strstr (err->message, "fuzz"))
+      __builtin_trap ();
+    g_error_free (err);
+  } else {
+    for (guint i = 0; i < m->pieces->len; i++)
+      if (!g_utf8_validate (g_array_index (m->pieces, dp_spiece_piece, i).piece, -1, NULL))
+        __builtin_trap ();
+    dp_spiece_model_free (m);
+  }
+  g_free (copy);
+}
+
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
   if (size == 0)
     return 0;
-  if (data[0] & 1)
-    fuzz_charsmap (data + 1, size - 1);
-  else
+  switch (data[0] % 3) {
+  case 0:
     fuzz_prompt (data + 1, size - 1);
+    break;
+  case 1:
+    fuzz_charsmap (data + 1, size - 1);
+    break;
+  default:
+    fuzz_spiece (data + 1, size - 1);
+    break;
+  }
   return 0;
 }

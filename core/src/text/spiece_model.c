@@ -127,6 +127,38 @@ dp_spiece_model_free (dp_spiece_model *m)
 }
 
 dp_spiece_model *
+dp_spiece_model_parse (const guint8 *data, gsize len, const char *what, GError **error)
+{
+  dp_spiece_model *m = g_new0 (dp_spiece_model, 1);
+  m->pieces = g_array_new (FALSE, FALSE, sizeof (dp_spiece_piece));
+  reader r = { data, data + len };
+  gboolean ok = TRUE;
+  while (ok && r.p < r.end) {
+    guint field, wire;
+    guint64 value;
+    reader sub = { 0 };
+    ok = read_field (&r, &field, &wire, &value, &sub);
+    if (ok && field == 1 && wire == 2) {
+      dp_spiece_piece piece;
+      ok = read_piece (sub, &piece);
+      if (ok)
+        g_array_append_val (m->pieces, piece);
+      else
+        g_free (piece.piece);
+    } else if (ok && field == 3 && wire == 2) {
+      ok = read_normalizer (sub, &m->charsmap);
+    }
+  }
+  if (!ok || m->pieces->len == 0) {
+    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s is not a sentencepiece model (%s)", what,
+                 ok ? "no pieces" : "malformed protobuf");
+    dp_spiece_model_free (m);
+    return NULL;
+  }
+  return m;
+}
+
+dp_spiece_model *
 dp_spiece_model_read (const char *path, GError **error)
 {
   char *contents = NULL;
@@ -139,32 +171,7 @@ dp_spiece_model_read (const char *path, GError **error)
     g_error_free (io);
     return NULL;
   }
-  dp_spiece_model *m = g_new0 (dp_spiece_model, 1);
-  m->pieces = g_array_new (FALSE, FALSE, sizeof (dp_spiece_piece));
-  reader r = { (const guint8 *) contents, (const guint8 *) contents + len };
-  gboolean ok = TRUE;
-  while (ok && r.p < r.end) {
-    guint field, wire;
-    guint64 value;
-    reader data = { 0 };
-    ok = read_field (&r, &field, &wire, &value, &data);
-    if (ok && field == 1 && wire == 2) {
-      dp_spiece_piece piece;
-      ok = read_piece (data, &piece);
-      if (ok)
-        g_array_append_val (m->pieces, piece);
-      else
-        g_free (piece.piece);
-    } else if (ok && field == 3 && wire == 2) {
-      ok = read_normalizer (data, &m->charsmap);
-    }
-  }
+  dp_spiece_model *m = dp_spiece_model_parse ((const guint8 *) contents, len, path, error);
   g_free (contents);
-  if (!ok || m->pieces->len == 0) {
-    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s is not a sentencepiece model (%s)", path,
-                 ok ? "no pieces" : "malformed protobuf");
-    dp_spiece_model_free (m);
-    return NULL;
-  }
   return m;
 }

@@ -104,6 +104,9 @@ typedef struct {
 /* Reads the pieces and the normalizer's charsmap of a sentencepiece
  * ModelProto file.  DP_ERROR_MISSING / DP_ERROR_FORMAT. */
 dp_spiece_model *dp_spiece_model_read (const char *path, GError **error);
+/* The same from bytes; what names them in errors. */
+dp_spiece_model *dp_spiece_model_parse (const guint8 *data, gsize len, const char *what,
+                                        GError **error);
 void dp_spiece_model_free (dp_spiece_model *m);
 
 G_END_DECLS
