@@ -145,13 +145,26 @@ is_control (gunichar c)
   }
 }
 
+/* The spacing marks UAX #29 leaves out of SpacingMark (Myanmar, Tai Tham,
+ * ... vowel signs that start clusters of their own). */
+static gboolean
+is_spacing_mark_exception (gunichar c)
+{
+  return c == 0x102B || c == 0x102C || c == 0x1038 || (c >= 0x1062 && c <= 0x1064)
+         || (c >= 0x1067 && c <= 0x106D) || c == 0x1083 || (c >= 0x1087 && c <= 0x108C)
+         || c == 0x108F || (c >= 0x109A && c <= 0x109C) || c == 0x1A61 || c == 0x1A63
+         || c == 0x1A64 || c == 0xAA7B || c == 0xAA7D || c == 0x11720 || c == 0x11721;
+}
+
 /* Extend, ZWJ and SpacingMark: never a break before them (GB9, GB9a). */
 static gboolean
 is_extend (gunichar c)
 {
   if (c == 0x200C || c == 0x200D || c == 0xFF9E || c == 0xFF9F || (c >= 0x1F3FB && c <= 0x1F3FF)
-      || (c >= 0xE0020 && c <= 0xE007F))
+      || (c >= 0xE0020 && c <= 0xE007F) || c == 0x0E33 || c == 0x0EB3)
     return TRUE;
+  if (is_spacing_mark_exception (c))
+    return FALSE;
   switch (g_unichar_type (c)) {
   case G_UNICODE_NON_SPACING_MARK:
   case G_UNICODE_ENCLOSING_MARK:
