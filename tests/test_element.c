@@ -1398,6 +1398,67 @@ test_default_model (void)
   g_free (model);
 }
 
+/* Non-ASCII prompts (issue 17): é, 日本語 and an emoji in a gst-launch
+ * description and as a property reach the generator as the same UTF-8 text
+ * (the same first frame), and not as the ASCII prompt would (another frame). */
+static void
+test_non_ascii_prompt (void)
+{
+  static const gchar *prompts[] = {
+    "un caf\xc3\xa9 rouge", "\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e\xe3\x81\xae\xe5\x86\x86",
+    "a red fox \xf0\x9f\xa6\x8a in the snow", "a red ball bouncing",
+  };
+  const guint n = G_N_ELEMENTS (prompts);
+  GBytes *frames[2 * G_N_ELEMENTS (prompts)];
+  guint i;
+
+  if (!require_model ())
+    return;
+  /* frames[2i]: prompt i in a launch description; frames[2i+1]: as a property. */
+  for (i = 0; i < 2 * n; i++) {
+    const gchar *prompt = prompts[i / 2];
+    GstHarness *h;
+    GstElement *src;
+    GstBuffer *buffer;
+    GstMapInfo map;
+    gchar *read_back = NULL;
+
+    if (i % 2 == 0) {
+      gchar *line = g_strdup_printf ("dualparalsrc name=src model=\"%s\" prompt=\"%s\" num-frames=%d "
+                                     "steps=%d seed=%d devices=cpu", model_dir, prompt,
+                                     TEST_FRAMES, TEST_STEPS, TEST_SEED);
+      h = gst_harness_new_parse (line);
+      g_free (line);
+      src = gst_bin_get_by_name (GST_BIN (h->element), "src");
+    } else {
+      h = gst_harness_new ("dualparalsrc");
+      src = gst_object_ref (h->element);
+      configure (src, TEST_FRAMES);
+      g_object_set (src, "prompt", prompt, NULL);
+    }
+    g_object_get (src, "prompt", &read_back, NULL);
+    g_assert_cmpstr (read_back, ==, prompt);
+    g_free (read_back);
+    gst_object_unref (src);
+    gst_harness_set_sink_caps_str (h, "video/x-raw, format=RGB");
+    gst_harness_play (h);
+    buffer = gst_harness_pull (h);
+    g_assert_nonnull (buffer);
+    g_assert_true (gst_buffer_map (buffer, &map, GST_MAP_READ));
+    frames[i] = g_bytes_new (map.data, map.size);
+    gst_buffer_unmap (buffer, &map);
+    gst_buffer_unref (buffer);
+    gst_harness_teardown (h);
+  }
+  for (i = 0; i < n; i++) {
+    g_assert_true (g_bytes_equal (frames[2 * i], frames[2 * i + 1]));
+    if (i + 1 < n)
+      g_assert_false (g_bytes_equal (frames[2 * i], frames[2 * (n - 1)]));
+  }
+  for (i = 0; i < 2 * n; i++)
+    g_bytes_unref (frames[i]);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1437,6 +1498,7 @@ main (int argc, char **argv)
   g_test_add_func ("/dualparalsrc/tags", test_tags);
   g_test_add_func ("/dualparalsrc/mp4", test_mp4_round_trip);
   g_test_add_func ("/dualparalsrc/default-model", test_default_model);
+  g_test_add_func ("/dualparalsrc/non-ascii-prompt", test_non_ascii_prompt);
 
   result = g_test_run ();
   g_free (reference.rgb);
