@@ -41,8 +41,12 @@ GST_DEBUG_CATEGORY_STATIC (gst_dual_paral_src_debug);
 #define FALLBACK_WIDTH 832
 #define FALLBACK_HEIGHT 480
 #define FALLBACK_FPS 16
-/* A new LATENCY message is posted when the block time moves this much. */
-#define LATENCY_CHANGE_FRACTION 0.1
+/* Live latency (docs/usage.md, "Live timestamps and latency"): the block
+ * period is smoothed over blocks with this weight for the newest one, and a
+ * LATENCY message is posted only when the smoothed period has moved this far
+ * from the latency last reported. */
+#define PERIOD_SMOOTHING 0.2
+#define LATENCY_CHANGE_FRACTION 0.25
 
 enum {
   PROP_0,
@@ -64,6 +68,8 @@ enum {
   PROP_IS_LIVE,
   PROP_TRANSITION_BLOCKS,
   PROP_PROMPT_SCHEDULE,
+  PROP_PROCESSES,
+  PROP_WIRE_BF16,
 };
 
 /* The settings a run is made with: the properties, copied at start (). */
@@ -85,6 +91,8 @@ typedef struct {
   guint queue_frames;
   gint transition_blocks;
   gchar *prompt_schedule; /* NULL: none */
+  GstDualParalProcesses processes;
+  gboolean wire_bf16;
 } Settings;
 
 struct _GstDualParalSrc {
@@ -117,7 +125,25 @@ struct _GstDualParalSrc {
 
   /* Measured; object lock. */
   gdouble block_seconds;     /* wall time of the last block, 0 until known */
-  gdouble reported_seconds;  /* block time of the last LATENCY message */
+  gdouble step_seconds;      /* wall time of the last sampler step, 0 until known */
+  gdouble period_seconds;    /* smoothed block period, warm-up block excluded; 0 until known */
+  GstClockTime latency;      /* live: min latency reported, NONE until the first block */
+  GstClockTime block_duration; /* stream time of the last whole block, NONE until known */
+  /* Worker only: block detection for the period. */
+  gdouble last_block_value;
+  guint blocks_seen;
+  gint64 block_frames;       /* frames of the block being delivered */
+
+  /* Streaming thread only: live timestamps, PTS = index time + ts_offset. */
+  gboolean ts_anchored;
+  GstClockTimeDiff ts_offset;
+  guint64 ts_reanchors;
+  gboolean tags_sent;
+  GstBuffer *held_frame;     /* popped, its clock wait cut by a pause: goes out next */
+
+  /* Live clock wait (object lock): the waiting fill () and unlock (). */
+  GstClockID clock_id;
+  gboolean unlocked;
 };
 
 #define gst_dual_paral_src_parent_class parent_class
@@ -176,6 +202,26 @@ gst_dual_paral_engine_get_type (void)
 
   if (g_once_init_enter (&type))
     g_once_init_leave (&type, g_enum_register_static ("GstDualParalEngine", values));
+  return type;
+}
+
+GType
+gst_dual_paral_processes_get_type (void)
+{
+  static gsize type = 0;
+  static const GEnumValue values[] = {
+    { GST_DUAL_PARAL_PROCESSES_THREADS, "Every stage a thread of this process", "threads" },
+    { GST_DUAL_PARAL_PROCESSES_SPAWN,
+      "One process per device on this machine: dualparal-worker started for each stage after the first",
+      "spawn" },
+    { GST_DUAL_PARAL_PROCESSES_LAUNCHER,
+      "This pipeline is rank 0 of a torchrun / srun / mpirun job; the workers connect to "
+      "MASTER_ADDR:MASTER_PORT", "launcher" },
+    { 0, NULL, NULL },
+  };
+
+  if (g_once_init_enter (&type))
+    g_once_init_leave (&type, g_enum_register_static ("GstDualParalProcesses", values));
   return type;
 }
 
@@ -284,7 +330,12 @@ static void
 on_step (const dp_step_progress *progress, void *user_data)
 {
   GstDualParalSrc *self = user_data;
-  GstStructure *s = gst_structure_new ("dualparal-step",
+  GstStructure *s;
+
+  GST_OBJECT_LOCK (self);
+  self->step_seconds = progress->step_seconds;
+  GST_OBJECT_UNLOCK (self);
+  s = gst_structure_new ("dualparal-step",
       "step", G_TYPE_INT, progress->step,
       "steps-total", G_TYPE_INT, progress->steps_total,
       "seconds-per-step", G_TYPE_DOUBLE, progress->step_seconds, NULL);
@@ -323,6 +374,12 @@ on_prompt_applied (const dp_prompt_change *change, void *user_data)
       "transition-blocks", G_TYPE_INT, change->transition_blocks,
       "scheduled", G_TYPE_BOOLEAN, change->scheduled, NULL);
   gst_element_post_message (GST_ELEMENT (self), gst_message_new_element (GST_OBJECT (self), s));
+}
+
+static void
+on_core_warning (const char *message, void *data)
+{
+  GST_WARNING_OBJECT (data, "%s", message);
 }
 
 /* Creates the generator for the run's settings at width x height (0 x 0:
@@ -370,6 +427,12 @@ create_generator (GstDualParalSrc *self, gint width, gint height, GError **error
   p.context_frames = self->run.context_frames;
   p.devices = self->run.devices;
   p.text_len = self->run.text_len;
+  p.processes = (dp_processes) self->run.processes;
+  p.wire_bf16 = self->run.wire_bf16;
+  /* The core's warnings (a prompt cut to the text length, a refused
+   * would-be worker) belong in the debug log. */
+  p.warning_cb = on_core_warning;
+  p.warning_data = self;
 
   GST_INFO_OBJECT (self, "loading model '%s' (%dx%d, %d frames, %d steps, devices %s)",
                    p.model_dir, width, height, p.num_frames, p.steps, p.devices);
@@ -442,28 +505,76 @@ post_progress (GstDualParalSrc *self, const dp_progress *progress)
                             gst_message_new_element (GST_OBJECT (self), s));
 }
 
-/* Records the block time; in live mode, asks the pipeline to query the
- * latency again when it has moved noticeably. */
+/* Records the block time and keeps the live latency (docs/usage.md, "Live
+ * timestamps and latency"): the block period (the time from one block's
+ * first frames to the next's), smoothed, with the first block left out (its
+ * time is the run's warm-up: text encoding and filling the DualParal
+ * pipeline, not a period), and at most the stream time of one block (when
+ * generation is slower than that, the timeline moves forward anyway and a
+ * larger latency would only delay the picture).  Until a period is known,
+ * the last sampler step's time stands for it (a DualParal iteration
+ * advances every block in flight by one step and finishes one block).  A
+ * LATENCY message asks the pipeline to query again: when the latency is
+ * first known (with the first frames) and when it has moved more than
+ * LATENCY_CHANGE_FRACTION from the latency reported.  A block is told from
+ * the next by its time: the generator reports the same block time with each
+ * group of frames of one block. */
 static void
-update_block_time (GstDualParalSrc *self, gdouble seconds)
+update_block_time (GstDualParalSrc *self, gdouble seconds, gint n_frames)
 {
   gboolean repost = FALSE;
   gboolean live = gst_base_src_is_live (GST_BASE_SRC (self));
+  gboolean new_block = self->blocks_seen == 0 || seconds != self->last_block_value;
+  gint64 finished_block_frames = 0;
+  gdouble period, smoothed;
+  GstClockTime previous = GST_CLOCK_TIME_NONE, reported;
+
+  if (new_block) {
+    finished_block_frames = self->blocks_seen > 0 ? self->block_frames : 0;
+    self->blocks_seen++;
+    self->last_block_value = seconds;
+    self->block_frames = 0;
+  }
+  self->block_frames += n_frames;
 
   GST_OBJECT_LOCK (self);
   self->block_seconds = seconds;
-  if (live && seconds > 0.0
-      && (self->reported_seconds <= 0.0
-          || ABS (seconds - self->reported_seconds)
-                 > LATENCY_CHANGE_FRACTION * self->reported_seconds)) {
-    self->reported_seconds = seconds;
-    repost = TRUE;
+  if (finished_block_frames > 0 && GST_VIDEO_INFO_FPS_N (&self->out_info) > 0)
+    self->block_duration = gst_util_uint64_scale (finished_block_frames,
+        (guint64) GST_VIDEO_INFO_FPS_D (&self->out_info) * GST_SECOND,
+        GST_VIDEO_INFO_FPS_N (&self->out_info));
+  if (new_block && self->blocks_seen >= 2 && seconds > 0.0) {
+    if (self->period_seconds <= 0.0)
+      self->period_seconds = seconds;
+    else
+      self->period_seconds += PERIOD_SMOOTHING * (seconds - self->period_seconds);
   }
+  period = self->period_seconds > 0.0 ? self->period_seconds : self->step_seconds;
+  if (live) {
+    GstClockTime candidate = (GstClockTime) (MAX (period, 0.0) * GST_SECOND);
+
+    if (GST_CLOCK_TIME_IS_VALID (self->block_duration))
+      candidate = MIN (candidate, self->block_duration);
+
+    if (!GST_CLOCK_TIME_IS_VALID (self->latency)
+        || ABS ((gdouble) candidate - (gdouble) self->latency)
+               > LATENCY_CHANGE_FRACTION * (gdouble) self->latency) {
+      previous = self->latency;
+      self->latency = candidate;
+      repost = TRUE;
+    }
+  }
+  smoothed = self->period_seconds;
+  reported = self->latency;
   GST_OBJECT_UNLOCK (self);
 
-  if (repost)
+  if (repost) {
+    GST_DEBUG_OBJECT (self, "latency %" GST_TIME_FORMAT " -> %" GST_TIME_FORMAT
+                      " (block %.3f s, smoothed period %.3f s)", GST_TIME_ARGS (previous),
+                      GST_TIME_ARGS (reported), seconds, smoothed);
     gst_element_post_message (GST_ELEMENT (self),
                               gst_message_new_latency (GST_OBJECT (self)));
+  }
 }
 
 /* dp_frames_cb: copies the frames into the queue, waiting while it is full
@@ -480,7 +591,7 @@ on_frames (const uint8_t *rgb, int n_frames, int64_t first_frame,
 
   if (progress != NULL) {
     post_progress (self, progress);
-    update_block_time (self, progress->block_seconds);
+    update_block_time (self, progress->block_seconds, n_frames);
   }
 
   for (i = 0; i < n_frames; i++) {
@@ -560,6 +671,9 @@ start_worker (GstDualParalSrc *self)
 
   self->worker_done = FALSE;
   self->frames_queued = 0;
+  self->blocks_seen = 0;
+  self->last_block_value = 0.0;
+  self->block_frames = 0;
   g_atomic_int_set (&self->stopping, FALSE);
   self->worker = g_thread_try_new ("dualparal-gen", worker_main, self, &error);
   if (self->worker == NULL) {
@@ -607,9 +721,16 @@ gst_dual_paral_src_start (GstBaseSrc *bsrc)
   settings_copy (&self->run, &self->props);
   self->running = TRUE;
   self->block_seconds = 0.0;
-  self->reported_seconds = 0.0;
+  self->step_seconds = 0.0;
+  self->period_seconds = 0.0;
+  self->latency = GST_CLOCK_TIME_NONE;
+  self->block_duration = GST_CLOCK_TIME_NONE;
   gst_video_info_init (&self->out_info);
   GST_OBJECT_UNLOCK (self);
+  self->ts_anchored = FALSE;
+  self->ts_offset = 0;
+  self->ts_reanchors = 0;
+  self->tags_sent = FALSE;
 
   problem = num_frames_problem (self->run.num_frames);
   if (problem != NULL) {
@@ -656,6 +777,7 @@ gst_dual_paral_src_stop (GstBaseSrc *bsrc)
   g_clear_pointer (&self->converter, gst_video_converter_free);
   free_generator (self);
   g_clear_error (&self->callback_error);
+  gst_clear_buffer (&self->held_frame);
   dualparal_frame_queue_reset (self->queue, 1); /* drops the frames left */
 
   GST_OBJECT_LOCK (self);
@@ -924,14 +1046,15 @@ gst_dual_paral_src_query (GstBaseSrc *bsrc, GstQuery *query)
 
       if (!gst_base_src_is_live (bsrc))
         break;
-      /* A frame is ready one block time after its block started, and the
-       * queue can hold queue-frames more before generation waits. */
+      /* min: a frame is pushed at most this long after its timestamp (the
+       * block period; 0 until the first block); max: the queue can hold
+       * queue-frames more before generation waits. */
       GST_OBJECT_LOCK (self);
       if (!query_fps_locked (self, &fps_n, &fps_d)) {
         fps_n = FALLBACK_FPS;
         fps_d = 1;
       }
-      min = (GstClockTime) (self->block_seconds * GST_SECOND);
+      min = GST_CLOCK_TIME_IS_VALID (self->latency) ? self->latency : 0;
       queue_frames = self->running ? self->run.queue_frames : self->props.queue_frames;
       GST_OBJECT_UNLOCK (self);
       max = min + gst_util_uint64_scale (queue_frames, (guint64) fps_d * GST_SECOND, fps_n);
@@ -968,33 +1091,182 @@ gst_dual_paral_src_is_seekable (GstBaseSrc *bsrc)
   return FALSE; /* the generator makes frames in order, once */
 }
 
-static void
-gst_dual_paral_src_get_times (GstBaseSrc *bsrc, GstBuffer *buffer, GstClockTime *start,
-                              GstClockTime *end)
-{
-  /* Live: sync each frame on its timestamp, as videotestsrc does. */
-  if (gst_base_src_is_live (bsrc) && GST_BUFFER_PTS_IS_VALID (buffer)) {
-    *start = GST_BUFFER_PTS (buffer);
-    if (GST_BUFFER_DURATION_IS_VALID (buffer))
-      *end = *start + GST_BUFFER_DURATION (buffer);
-  } else {
-    *start = GST_CLOCK_TIME_NONE;
-    *end = GST_CLOCK_TIME_NONE;
-  }
-}
-
+/* unlock: flushing, and also the PLAYING -> PAUSED of a live source
+ * (GstBaseSrc unlocks create () then). */
 static gboolean
 gst_dual_paral_src_unlock (GstBaseSrc *bsrc)
 {
-  dualparal_frame_queue_set_flushing (GST_DUAL_PARAL_SRC (bsrc)->queue, TRUE);
+  GstDualParalSrc *self = GST_DUAL_PARAL_SRC (bsrc);
+
+  dualparal_frame_queue_set_flushing (self->queue, TRUE);
+  GST_OBJECT_LOCK (self);
+  self->unlocked = TRUE;
+  if (self->clock_id != NULL)
+    gst_clock_id_unschedule (self->clock_id);
+  GST_OBJECT_UNLOCK (self);
   return TRUE;
 }
 
 static gboolean
 gst_dual_paral_src_unlock_stop (GstBaseSrc *bsrc)
 {
-  dualparal_frame_queue_set_flushing (GST_DUAL_PARAL_SRC (bsrc)->queue, FALSE);
+  GstDualParalSrc *self = GST_DUAL_PARAL_SRC (bsrc);
+
+  GST_OBJECT_LOCK (self);
+  self->unlocked = FALSE;
+  GST_OBJECT_UNLOCK (self);
+  dualparal_frame_queue_set_flushing (self->queue, FALSE);
   return TRUE;
+}
+
+/* Live: waits until the running time reaches pts, so that frames that are
+ * ready early (a block comes at once) go out at their time.  The element
+ * waits itself instead of having GstBaseSrc do it (get_times): GstBaseSrc
+ * would add the running time of the first frame after every PAUSED ->
+ * PLAYING to all timestamps ("pseudo-live"), a jump on every resume.
+ * FALSE when unlock () cut the wait (pause or flush). */
+static gboolean
+wait_until (GstDualParalSrc *self, GstClockTime pts)
+{
+  GstClock *clock;
+  GstClockID id;
+  GstClockReturn ret;
+
+  GST_OBJECT_LOCK (self);
+  if (self->unlocked) {
+    GST_OBJECT_UNLOCK (self);
+    return FALSE;
+  }
+  clock = GST_ELEMENT_CLOCK (self);
+  if (clock == NULL) {
+    GST_OBJECT_UNLOCK (self);
+    return TRUE;
+  }
+  id = gst_clock_new_single_shot_id (clock, GST_ELEMENT_CAST (self)->base_time + pts);
+  self->clock_id = id;
+  GST_OBJECT_UNLOCK (self);
+
+  ret = gst_clock_id_wait (id, NULL);
+
+  GST_OBJECT_LOCK (self);
+  self->clock_id = NULL;
+  GST_OBJECT_UNLOCK (self);
+  gst_clock_id_unref (id);
+  return ret != GST_CLOCK_UNSCHEDULED;
+}
+
+typedef enum {
+  RUNNING_TIME_OK,
+  RUNNING_TIME_NOT_PLAYING, /* on the way to PAUSED: the running time stops */
+  RUNNING_TIME_NO_CLOCK,
+} RunningTime;
+
+/* The running time now.  A state change away from PLAYING is under way as
+ * soon as the target state is no longer PLAYING; on the way to PLAYING the
+ * base time is set before the target is. */
+static RunningTime
+running_time_now (GstDualParalSrc *self, GstClockTime *now)
+{
+  GstClock *clock = NULL;
+  GstClockTime base_time = 0, clock_time;
+  gboolean playing;
+
+  GST_OBJECT_LOCK (self);
+  playing = GST_STATE_TARGET (self) == GST_STATE_PLAYING;
+  if (playing && GST_ELEMENT_CLOCK (self) != NULL) {
+    clock = gst_object_ref (GST_ELEMENT_CLOCK (self));
+    base_time = GST_ELEMENT_CAST (self)->base_time;
+  }
+  GST_OBJECT_UNLOCK (self);
+  if (!playing)
+    return RUNNING_TIME_NOT_PLAYING;
+  if (clock == NULL)
+    return RUNNING_TIME_NO_CLOCK;
+  clock_time = gst_clock_get_time (clock);
+  gst_object_unref (clock);
+  *now = clock_time > base_time ? clock_time - base_time : 0;
+  return RUNNING_TIME_OK;
+}
+
+/* Live timestamps (docs/usage.md, "Live timestamps and latency").  Frames
+ * keep the frame-rate spacing of index_pts (PTS = index time + ts_offset),
+ * and no frame is stamped more than the reported latency L before the
+ * running time at which it is ready to go out: the first frame gets
+ * now - L, so a synchronised sink shows it on arrival (the sink waits until
+ * PTS + latency), and a frame that would come later than that (generation
+ * fell behind) moves the timeline forward (ts_offset grows, DISCONT) instead
+ * of reaching the sink late.  Resuming after PAUSED continues the timeline:
+ * the running time stood still while paused. */
+static GstClockTime
+live_timestamp (GstDualParalSrc *self, GstClockTime index_pts, gboolean have_now,
+                GstClockTime now, GstBuffer *buffer)
+{
+  GstClockTime latency, earliest;
+  GstClockTimeDiff pts;
+
+  if (have_now) {
+    GST_OBJECT_LOCK (self);
+    latency = GST_CLOCK_TIME_IS_VALID (self->latency) ? self->latency : 0;
+    GST_OBJECT_UNLOCK (self);
+    earliest = now > latency ? now - latency : 0;
+    pts = (GstClockTimeDiff) index_pts + self->ts_offset;
+    if (!self->ts_anchored || pts < (GstClockTimeDiff) earliest) {
+      if (self->ts_anchored) {
+        self->ts_reanchors++;
+        GST_BUFFER_FLAG_SET (buffer, GST_BUFFER_FLAG_DISCONT);
+        GST_DEBUG_OBJECT (self, "generation behind by %" GST_STIME_FORMAT
+                          ": timeline moved forward (%" G_GUINT64_FORMAT " times so far)",
+                          GST_STIME_ARGS ((GstClockTimeDiff) earliest - pts), self->ts_reanchors);
+      } else {
+        GST_DEBUG_OBJECT (self, "first frame at running time %" GST_TIME_FORMAT
+                          ", latency %" GST_TIME_FORMAT, GST_TIME_ARGS (now),
+                          GST_TIME_ARGS (latency));
+      }
+      self->ts_offset = (GstClockTimeDiff) earliest - (GstClockTimeDiff) index_pts;
+      self->ts_anchored = TRUE;
+    }
+  } else if (!self->ts_anchored) {
+    /* No clock: the frame index times. */
+    return index_pts;
+  }
+  return (GstClockTime) ((GstClockTimeDiff) index_pts + self->ts_offset);
+}
+
+/* The stream's tags: the prompt as title and description, the generator
+ * and its settings as encoder and comment.  Object lock not held. */
+static GstTagList *
+stream_tags (GstDualParalSrc *self)
+{
+  GstTagList *tags = gst_tag_list_new_empty ();
+  gchar *model = g_path_get_basename (self->run.model);
+  gchar *comment;
+  gchar guidance[G_ASCII_DTOSTR_BUF_SIZE];
+
+  if (self->run.prompt != NULL && self->run.prompt[0] != '\0') {
+    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE, GST_TAG_TITLE, self->run.prompt, NULL);
+    if (self->run.negative_prompt != NULL && self->run.negative_prompt[0] != '\0') {
+      gchar *description = g_strdup_printf ("%s (avoiding: %s)", self->run.prompt,
+                                            self->run.negative_prompt);
+
+      gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE, GST_TAG_DESCRIPTION, description, NULL);
+      g_free (description);
+    } else {
+      gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE, GST_TAG_DESCRIPTION, self->run.prompt,
+                        NULL);
+    }
+  }
+  /* The guidance with a '.' whatever the locale. */
+  g_ascii_formatd (guidance, sizeof guidance, "%g", self->run.guidance_scale);
+  comment = g_strdup_printf ("model %s, seed %" G_GUINT64_FORMAT ", steps %d, guidance %s, "
+                             "sampler %s", model, self->run.seed, self->run.steps, guidance,
+                             self->run.sampler == GST_DUAL_PARAL_SAMPLER_EULER ? "euler"
+                                                                              : "unipc");
+  gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
+                    GST_TAG_ENCODER, "dualparal " VERSION,
+                    GST_TAG_COMMENT, comment, NULL);
+  g_free (comment);
+  g_free (model);
+  return tags;
 }
 
 /* Writes one queued RGB frame into out in the negotiated format. */
@@ -1026,6 +1298,7 @@ gst_dual_paral_src_fill (GstPushSrc *psrc, GstBuffer *buffer)
   GstBuffer *frame = NULL;
   GError *error = NULL;
   guint64 index, duration_scale;
+  GstClockTime pts;
   gint fps_n, fps_d;
 
   if (G_UNLIKELY (self->worker == NULL)) {
@@ -1033,7 +1306,9 @@ gst_dual_paral_src_fill (GstPushSrc *psrc, GstBuffer *buffer)
     return GST_FLOW_NOT_NEGOTIATED;
   }
 
-  switch (dualparal_frame_queue_pop (self->queue, (gpointer *) &frame, &error)) {
+  if (self->held_frame != NULL) {
+    frame = g_steal_pointer (&self->held_frame);
+  } else switch (dualparal_frame_queue_pop (self->queue, (gpointer *) &frame, &error)) {
     case DUALPARAL_FRAME_QUEUE_OK:
       break;
     case DUALPARAL_FRAME_QUEUE_FLUSHING:
@@ -1056,19 +1331,46 @@ gst_dual_paral_src_fill (GstPushSrc *psrc, GstBuffer *buffer)
   }
 
   index = GST_BUFFER_OFFSET (frame);
-  gst_buffer_unref (frame);
   fps_n = GST_VIDEO_INFO_FPS_N (&self->out_info);
   fps_d = GST_VIDEO_INFO_FPS_D (&self->out_info);
   duration_scale = (guint64) fps_d * GST_SECOND;
-  GST_BUFFER_PTS (buffer) = gst_util_uint64_scale (index, duration_scale, fps_n);
+  pts = gst_util_uint64_scale (index, duration_scale, fps_n);
+  GST_BUFFER_DURATION (buffer) = gst_util_uint64_scale (index + 1, duration_scale, fps_n) - pts;
+  if (gst_base_src_is_live (GST_BASE_SRC (self))) {
+    GstClockTime now = 0;
+    RunningTime rt = running_time_now (self, &now);
+
+    /* Pausing (or paused, or flushing) before the frame's time came: it goes
+     * out first after resuming, stamped then. */
+    if (rt == RUNNING_TIME_NOT_PLAYING)
+      goto hold;
+    pts = live_timestamp (self, pts, rt == RUNNING_TIME_OK, now, buffer);
+    if (rt == RUNNING_TIME_OK && pts > now && !wait_until (self, pts))
+      goto hold;
+  }
+  gst_buffer_unref (frame);
+  GST_BUFFER_PTS (buffer) = pts;
   GST_BUFFER_DTS (buffer) = GST_CLOCK_TIME_NONE;
-  GST_BUFFER_DURATION (buffer) =
-      gst_util_uint64_scale (index + 1, duration_scale, fps_n) - GST_BUFFER_PTS (buffer);
   GST_BUFFER_OFFSET (buffer) = index;
   GST_BUFFER_OFFSET_END (buffer) = index + 1;
   GST_LOG_OBJECT (self, "frame %" G_GUINT64_FORMAT " pts %" GST_TIME_FORMAT, index,
                   GST_TIME_ARGS (GST_BUFFER_PTS (buffer)));
+
+  if (!self->tags_sent) {
+    /* GstBaseSrc queues a tag event given to send_event and pushes it
+     * after the segment, before this buffer.  Its handler is called
+     * directly: gst_element_send_event () takes the state lock, which a
+     * state change may hold while it waits for this (streaming) thread. */
+    self->tags_sent = TRUE;
+    GST_ELEMENT_CLASS (parent_class)->send_event (GST_ELEMENT (self),
+                                                   gst_event_new_tag (stream_tags (self)));
+  }
   return GST_FLOW_OK;
+
+hold:
+  GST_DEBUG_OBJECT (self, "frame %" G_GUINT64_FORMAT " held until PLAYING again", index);
+  self->held_frame = frame;
+  return GST_FLOW_FLUSHING;
 }
 
 /* --- GObject ------------------------------------------------------------- */
@@ -1159,8 +1461,8 @@ gst_dual_paral_src_set_property (GObject *object, guint prop_id, const GValue *v
       change_while_running (self, prop_id, value, pspec);
       return;
     }
-    g_warning ("dualparalsrc: '%s' cannot change while the element runs; "
-               "set it in the NULL or READY state", pspec->name);
+    GST_WARNING_OBJECT (self, "'%s' cannot change while the element runs; "
+                        "set it in the NULL or READY state", pspec->name);
     return;
   }
   switch (prop_id) {
@@ -1243,6 +1545,12 @@ gst_dual_paral_src_set_property (GObject *object, guint prop_id, const GValue *v
       }
       break;
     }
+    case PROP_PROCESSES:
+      self->props.processes = g_value_get_enum (value);
+      break;
+    case PROP_WIRE_BF16:
+      self->props.wire_bf16 = g_value_get_boolean (value);
+      break;
     case PROP_IS_LIVE:
       GST_OBJECT_UNLOCK (self);
       gst_base_src_set_live (GST_BASE_SRC (self), g_value_get_boolean (value));
@@ -1254,7 +1562,7 @@ gst_dual_paral_src_set_property (GObject *object, guint prop_id, const GValue *v
   GST_OBJECT_UNLOCK (self);
 
   if (problem != NULL) {
-    g_warning ("dualparalsrc: %s", problem);
+    GST_WARNING_OBJECT (self, "%s", problem);
     g_free (problem);
   }
 }
@@ -1322,6 +1630,12 @@ gst_dual_paral_src_get_property (GObject *object, guint prop_id, GValue *value,
       break;
     case PROP_PROMPT_SCHEDULE:
       g_value_set_string (value, self->props.prompt_schedule);
+      break;
+    case PROP_PROCESSES:
+      g_value_set_enum (value, self->props.processes);
+      break;
+    case PROP_WIRE_BF16:
+      g_value_set_boolean (value, self->props.wire_bf16);
       break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
@@ -1487,10 +1801,21 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
           "frame 0 (it replaces prompt), frames increasing; each applies from the first block "
           "that starts at or after its frame; empty lines and lines starting with # are "
           "skipped.  Empty: none", NULL, SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_PROCESSES,
+      g_param_spec_enum ("processes", "Processes",
+          "Where the DualParal stages run: threads of this process, one spawned dualparal-worker "
+          "process per device after the first (spawn), or the workers of a launcher's job "
+          "(launcher: this pipeline is rank 0; devices names its own device); docs/distributed.md",
+          GST_TYPE_DUAL_PARAL_PROCESSES, GST_DUAL_PARAL_PROCESSES_THREADS, SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_WIRE_BF16,
+      g_param_spec_boolean ("wire-bf16", "BF16 on the wire",
+          "Stages in processes of their own: hidden states travel as BF16 (half the bytes; the frames "
+          "differ slightly from one process's)", FALSE, SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_IS_LIVE,
       g_param_spec_boolean ("is-live", "Is live",
-          "Act as a live source: frames are synchronised to the clock and the latency "
-          "reported is the measured time per block",
+          "Act as a live source: frames are stamped with the running time at which they "
+          "are ready (less the latency) and go out in real time; the latency reported is "
+          "the smoothed time per block",
           DEFAULT_IS_LIVE, SETTING_FLAGS));
 
   gst_element_class_set_static_metadata (element_class,
@@ -1507,11 +1832,11 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
   basesrc_class->decide_allocation = GST_DEBUG_FUNCPTR (gst_dual_paral_src_decide_allocation);
   basesrc_class->query = GST_DEBUG_FUNCPTR (gst_dual_paral_src_query);
   basesrc_class->is_seekable = GST_DEBUG_FUNCPTR (gst_dual_paral_src_is_seekable);
-  basesrc_class->get_times = GST_DEBUG_FUNCPTR (gst_dual_paral_src_get_times);
   basesrc_class->unlock = GST_DEBUG_FUNCPTR (gst_dual_paral_src_unlock);
   basesrc_class->unlock_stop = GST_DEBUG_FUNCPTR (gst_dual_paral_src_unlock_stop);
   pushsrc_class->fill = GST_DEBUG_FUNCPTR (gst_dual_paral_src_fill);
 
   gst_type_mark_as_plugin_api (GST_TYPE_DUAL_PARAL_SAMPLER, 0);
   gst_type_mark_as_plugin_api (GST_TYPE_DUAL_PARAL_ENGINE, 0);
+  gst_type_mark_as_plugin_api (GST_TYPE_DUAL_PARAL_PROCESSES, 0);
 }

@@ -29,10 +29,20 @@ typedef enum {
   GST_DUAL_PARAL_ENGINE_DUALPARAL = 2,
 } GstDualParalEngine;
 
+/* Where the DualParal stages run: values equal dp_processes
+ * (docs/distributed.md). */
+typedef enum {
+  GST_DUAL_PARAL_PROCESSES_THREADS = 0,
+  GST_DUAL_PARAL_PROCESSES_SPAWN = 1,
+  GST_DUAL_PARAL_PROCESSES_LAUNCHER = 2,
+} GstDualParalProcesses;
+
 #define GST_TYPE_DUAL_PARAL_SAMPLER (gst_dual_paral_sampler_get_type ())
 GType gst_dual_paral_sampler_get_type (void);
 #define GST_TYPE_DUAL_PARAL_ENGINE (gst_dual_paral_engine_get_type ())
 GType gst_dual_paral_engine_get_type (void);
+#define GST_TYPE_DUAL_PARAL_PROCESSES (gst_dual_paral_processes_get_type ())
+GType gst_dual_paral_processes_get_type (void);
 
 #define GST_TYPE_DUAL_PARAL_SRC (gst_dual_paral_src_get_type ())
 G_DECLARE_FINAL_TYPE (GstDualParalSrc, gst_dual_paral_src, GST, DUAL_PARAL_SRC, GstPushSrc)

@@ -10,7 +10,9 @@
  * - 4:4:4 Y4M to stdout;
  * - --engine dualparal --stages 2: the DualParal engine's frames on two
  *   CPU stages;
- * - bad options and models: exit status 1, a message on stderr, no file. */
+ * - bad options and models: exit status 1, a message on stderr, no file;
+ * - non-ASCII prompts (é, 日本語, emoji) in the C locale: the frames of the
+ *   generator API for the same prompt; bytes that are not UTF-8 are refused. */
 #include <math.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -454,6 +456,87 @@ test_errors (void)
   g_free (model);
 }
 
+/* The tool run in the C locale (ASCII charset), where GLib's option parser
+ * used to refuse every non-ASCII prompt; returns its exit status. */
+static int
+run_tool_c_locale (const char *const *args, char **err)
+{
+  GPtrArray *argv = g_ptr_array_new ();
+  char **envp = g_environ_setenv (g_get_environ (), "LC_ALL", "C", TRUE);
+  GError *error = NULL;
+  int wait_status = 0;
+
+  envp = g_environ_unsetenv (envp, "LANG");
+  g_ptr_array_add (argv, (gpointer) tool ());
+  for (int i = 0; args[i]; i++)
+    g_ptr_array_add (argv, (gpointer) args[i]);
+  g_ptr_array_add (argv, NULL);
+  g_assert_true (g_spawn_sync (NULL, (char **) argv->pdata, envp, G_SPAWN_STDOUT_TO_DEV_NULL, NULL,
+                               NULL, NULL, err, &wait_status, &error));
+  g_assert_no_error (error);
+  g_ptr_array_free (argv, TRUE);
+  g_strfreev (envp);
+  g_test_message ("stderr: %s", *err);
+  g_assert_true (WIFEXITED (wait_status));
+  return WEXITSTATUS (wait_status);
+}
+
+static void
+test_non_ascii_prompt (void)
+{
+  static const char *prompts[] = { "un caf\xc3\xa9 rouge",
+                                   "\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e\xe3\x81\xae\xe5\x86\x86",
+                                   "a red fox \xf0\x9f\xa6\x8a in the snow" };
+  char *model = model_dir ();
+  char *tmp = dp_test_make_tmp_dir ("dp-generate-XXXXXX");
+  char *y4m = g_build_filename (tmp, "out.y4m", NULL);
+
+  for (guint i = 0; i < G_N_ELEMENTS (prompts); i++) {
+    const char *args[] = { "--model", model, "--prompt", prompts[i], "--negative-prompt",
+                           "fl\xc3\xbb", "--frames", "5", "--steps", "2", "--seed", "7",
+                           "--y4m-chroma", "444", "--output", y4m, "--quiet", NULL };
+    char *err = NULL;
+    g_assert_cmpint (run_tool_c_locale (args, &err), ==, 0);
+    g_free (err);
+
+    dp_generator_params p;
+    GError *error = NULL;
+    GByteArray *want = g_byte_array_new ();
+    dp_generator_params_init (&p);
+    p.model_dir = model;
+    p.prompt = prompts[i];
+    p.negative_prompt = "fl\xc3\xbb";
+    p.num_frames = 5;
+    p.steps = 2;
+    p.seed = 7;
+    dp_generator *gen = dp_generator_new (&p, &error);
+    g_assert_no_error (error);
+    g_assert_true (dp_generator_run (gen, collect, want, &error));
+    g_assert_no_error (error);
+    dp_generator_free (gen);
+
+    gsize len;
+    char *data = dp_test_read_file (y4m, &len);
+    check_y4m ((const guint8 *) data, len, 48, 32, 5, TRUE, want->data);
+    g_free (data);
+    g_byte_array_unref (want);
+    g_assert_cmpint (g_unlink (y4m), ==, 0);
+  }
+
+  /* Latin-1 bytes in an ASCII locale: neither UTF-8 nor the locale's charset. */
+  const char *bad[] = { "--model", model, "--prompt", "caf\xe9", "--output", y4m, NULL };
+  char *err = NULL;
+  g_assert_cmpint (run_tool_c_locale (bad, &err), ==, 1);
+  g_assert_nonnull (strstr (err, "--prompt: neither UTF-8 nor text in the locale's charset"));
+  g_assert_false (g_file_test (y4m, G_FILE_TEST_EXISTS));
+  g_free (err);
+
+  g_rmdir (tmp);
+  g_free (y4m);
+  g_free (tmp);
+  g_free (model);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -463,5 +546,6 @@ main (int argc, char **argv)
   g_test_add_func ("/generate_tool/dualparal", test_dualparal);
   g_test_add_func ("/generate_tool/errors", test_errors);
   g_test_add_func ("/generate_tool/prompt-file", test_prompt_file);
+  g_test_add_func ("/generate_tool/non-ascii-prompt", test_non_ascii_prompt);
   return g_test_run ();
 }

@@ -792,6 +792,11 @@ test_bad_models (void)
         dp_test_remove_tree (path);
         break;
       case BROKEN_NO_SPIECE:
+        /* Neither tokenizer file: tokenizer.json is read first, spiece.model
+         * when it is absent. */
+        path = IN ("tokenizer", "tokenizer.json");
+        g_unlink (path);
+        g_free (path);
         path = IN ("tokenizer", "spiece.model");
         g_unlink (path);
         break;

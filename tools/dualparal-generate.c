@@ -11,6 +11,7 @@
  * describes the options and the output formats.
  */
 #include <errno.h>
+#include <locale.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -60,14 +61,17 @@ static gboolean opt_wire_bf16 = FALSE;
 static GOptionEntry entries[] = {
   { "model", 'm', 0, G_OPTION_ARG_FILENAME, &opt_model,
     "Wan2.1 text-to-video model, diffusers layout (default: the embedded model)", "DIR" },
-  { "prompt", 'p', 0, G_OPTION_ARG_STRING, &opt_prompt, "What the video shows (required, unless "
+  /* The prompts are read as bytes (G_OPTION_ARG_FILENAME): GLib would convert a
+   * G_OPTION_ARG_STRING from the locale's charset, which is ASCII until
+   * setlocale runs and refuses any non-ASCII prompt.  prompt_to_utf8 decodes them. */
+  { "prompt", 'p', 0, G_OPTION_ARG_FILENAME, &opt_prompt, "What the video shows (required, unless "
     "--prompt-file)", "TEXT" },
   { "prompt-file", 0, 0, G_OPTION_ARG_FILENAME, &opt_prompt_file,
     "DualParal: a prompt schedule, lines \"FRAME: PROMPT\" (frame 0 first, frames increasing; '#' "
     "comments); each prompt applies from the first block that starts at or after its frame", "FILE" },
   { "transition-blocks", 0, 0, G_OPTION_ARG_INT, &opt_transition,
     "DualParal: blend each --prompt-file change in over K blocks (default 0: at once)", "K" },
-  { "negative-prompt", 'n', 0, G_OPTION_ARG_STRING, &opt_negative,
+  { "negative-prompt", 'n', 0, G_OPTION_ARG_FILENAME, &opt_negative,
     "What the video should avoid (default: empty)", "TEXT" },
   { "width", 'W', 0, G_OPTION_ARG_INT, &opt_width,
     "Frame width, a multiple of 16 (default: the model's native size)", "N" },
@@ -433,6 +437,30 @@ on_prompt (const dp_prompt_change *change, void *user_data)
               G_GINT64_FORMAT "\n", PROG, change->prompt, change->block, change->first_frame, change->full_frame);
 }
 
+/* A prompt from the command line as UTF-8, in place: UTF-8 as it is (whatever
+ * the locale says), else text in the locale's charset converted. */
+static gboolean
+prompt_to_utf8 (const char *option, char **text)
+{
+  GError *error = NULL;
+  char *utf8;
+
+  if (*text == NULL || g_utf8_validate (*text, -1, NULL))
+    return TRUE;
+  utf8 = g_locale_to_utf8 (*text, -1, NULL, NULL, &error);
+  if (utf8 == NULL) {
+    const char *charset;
+    g_get_charset (&charset);
+    fail ("%s: neither UTF-8 nor text in the locale's charset (%s): %s", option, charset,
+          error->message);
+    g_error_free (error);
+    return FALSE;
+  }
+  g_free (*text);
+  *text = utf8;
+  return TRUE;
+}
+
 int
 main (int argc, char **argv)
 {
@@ -448,6 +476,9 @@ main (int argc, char **argv)
   char *stage_devices = NULL;
   char *schedule_text = NULL;
 
+  /* The character type only (the charset of non-UTF-8 prompts); numbers keep
+   * the C locale's decimal point. */
+  setlocale (LC_CTYPE, "");
   ctx = g_option_context_new ("- make a video from a text prompt with a Wan2.1 model");
   g_option_context_add_main_entries (ctx, entries, NULL);
   g_option_context_set_description (ctx,
@@ -473,6 +504,8 @@ main (int argc, char **argv)
     return fail ("--prompt is required (or a --prompt-file)");
   if (opt_prompt != NULL && opt_prompt_file != NULL)
     return fail ("--prompt and --prompt-file: give one (the file's frame 0 line is the prompt)");
+  if (!prompt_to_utf8 ("--prompt", &opt_prompt) || !prompt_to_utf8 ("--negative-prompt", &opt_negative))
+    return 1;
   if (opt_output == NULL && opt_png_dir == NULL)
     return fail ("nothing to write: give --output FILE.y4m and / or --png-dir DIR");
   if (opt_chroma == NULL || strcmp (opt_chroma, "420") == 0)

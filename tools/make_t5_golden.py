@@ -27,12 +27,16 @@ Output (--out):
     encoder_cases: [{name, prompt, cleaned, text_len, ids (the real tokens only),
                      seq_len}]  ids as WanPipeline tokenizes (padding="max_length",
                      truncation, EOS appended)
-    clean_cases:   [[input, diffusers prompt_clean(input)], ...]
+    clean_cases:   [[input, diffusers prompt_clean(input)], ...] (not read by the
+                   tests since the C prompt_clean does ftfy's fixes: those are
+                   checked against tests/data/tokenizer/golden.json)
     buckets:       {rel_min, values}: transformers' relative position bucket of
                    every relative position rel_min.. -rel_min (bidirectional,
                    the model's num_buckets / max_distance)
-    ftfy:          whether ftfy was installed (prompt_clean runs it when it is;
-                   the C code does not, so the data must be made without it)
+    ftfy:          whether ftfy was installed (prompt_clean runs it when it is);
+                   the data was made without it, and the script still asks for
+                   that so that reruns give the same file (ftfy changes no id
+                   of these prompts, only some "cleaned" strings)
   golden.safetensors
     embeds.NAME   [seq_len, d_model] F32: the first seq_len rows of the pipeline's
                   prompt_embeds (the script checks that the rows after are zero)
@@ -181,8 +185,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "t5"))
     args = ap.parse_args()
     if pipeline_wan.is_ftfy_available():
-        raise SystemExit("ftfy is installed: prompt_clean would run ftfy.fix_text, which the C port "
-                         "does not do; make the data in an environment without ftfy")
+        raise SystemExit("ftfy is installed: prompt_clean would run ftfy.fix_text, and the cleaned "
+                         "strings would differ from the committed data; make it without ftfy")
     torch.manual_seed(SEED)
 
     out = os.path.abspath(args.out)

@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   meson ninja-build pkg-config gcc g++ clang
-  libglib2.0-dev libjson-glib-dev libopenblas-dev libsentencepiece-dev
+  libglib2.0-dev libjson-glib-dev libopenblas-dev
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad

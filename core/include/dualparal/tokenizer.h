@@ -1,15 +1,26 @@
 /* dualparal: the umT5 tokenizer and Wan's prompt cleaning.
  *
- * Tokenization is sentencepiece itself (Debian's libsentencepiece) over the
- * model's tokenizer/spiece.model, wrapped so that the ids equal what diffusers'
- * WanPipeline gets from its Hugging Face T5 tokenizer:
+ * The ids equal what diffusers' WanPipeline gets from transformers (5.x:
+ * T5Tokenizer over the Hugging Face `tokenizers` library):
  *
- *   ids = sentencepiece(prompt_clean(prompt))[:text_len - 1] + [EOS], then pad
+ *   ids = unigram(pretokenize(normalize(prompt_clean(prompt))))[:text_len - 1]
+ *         + [EOS], then pad
  *
- * - The pieces the HF tokenizer treats as special tokens (sentencepiece's
- *   control pieces and the unknown piece: "<pad>", "</s>", "<unk>" for T5) are
- *   matched literally in the text first, as HF does, and the text between them
- *   is encoded piece by piece.  Plain sentencepiece would spell "</s>" out.
+ * read from the model's tokenizer/tokenizer.json, or tokenizer/spiece.model
+ * when there is no tokenizer.json (what transformers converts it to):
+ * - added tokens (special tokens such as "</s>", "<pad>", "<unk>"; for
+ *   spiece.model its control pieces) are split out of the text first, leftmost
+ *   longest, as HF does; the text between them is encoded on its own;
+ * - normalize: the Precompiled normalizer's charsmap (sentencepiece's
+ *   nmt_nfkc) applied as HF does it, by grapheme cluster; no normalization
+ *   when the file has none.  Other normalizers of tokenizer.json are not
+ *   read: transformers 5 builds T5Tokenizer's pipeline itself and keeps only
+ *   this charsmap;
+ * - pretokenize: split on Unicode White_Space; "▁" prepended to every word
+ *   not starting with one; each word split before every "▁";
+ * - unigram: the best segmentation of each piece, in double precision with
+ *   HF's tie-breaking; unknown characters fused into one unknown piece
+ *   (core/src/text/unigram.c).
  * - Truncation keeps the EOS last, like HF's truncation=True.
  * - An empty prompt (or one that is empty after cleaning, e.g. only spaces) is
  *   valid and gives the single token EOS, exactly as the pipeline encodes the
@@ -17,19 +28,17 @@
  * - A prompt that is not valid UTF-8 is an error (DP_ERROR_INVALID), never
  *   guessed at or silently repaired.
  *
- * Prompt cleaning follows diffusers' pipeline_wan.prompt_clean without ftfy
- * (which is Python only; diffusers skips it too when ftfy is not installed):
- * html.unescape applied twice, the ends stripped of Python whitespace
- * (str.isspace: \t\n\v\f\r, U+001C-U+001F, space, U+0085, U+00A0, U+1680,
- * U+2000-U+200A, U+2028, U+2029, U+202F, U+205F, U+3000), then every run of
- * Unicode White_Space (the same set less U+001C-U+001F: diffusers uses the
- * `regex` module's \s) becomes one space.  The unescaping is Python's
- * html.unescape for every numeric reference (&#65; &#x41; with its rules for invalid code points) and
- * for the named references of HTML 4 plus &apos;, including the legacy forms
- * without a semicolon ("&amp", "&copy") and the longest-prefix rule ("&notit;"
- * -> "¬it;").  The other ~2000 HTML 5 names (&NotNestedLessLess; ...) are left
- * as they are.  What ftfy would repair (mojibake such as "cafÃ©") is not
- * repaired.
+ * Prompt cleaning is diffusers' (and Wan's) prompt_clean with ftfy installed:
+ * ftfy.fix_text with its default settings except the mojibake repair
+ * (core/src/text/fix_text.c lists each step), Python's html.unescape applied
+ * twice (every HTML 5 name, the legacy forms without a semicolon such as
+ * "&amp" and the longest-prefix rule "&notit;" -> "¬it;", numeric references
+ * with Python's rules for invalid code points), the ends stripped of Python
+ * whitespace (str.isspace: \t\n\v\f\r, U+001C-U+001F, space, U+0085, U+00A0,
+ * U+1680, U+2000-U+200A, U+2028, U+2029, U+202F, U+205F, U+3000), then every
+ * run of Unicode White_Space (the same set less U+001C-U+001F: diffusers uses
+ * the `regex` module's \s) becomes one space.  docs/architecture.md ("Text")
+ * lists what differs from Python and why.
  */
 #ifndef DUALPARAL_TOKENIZER_H
 #define DUALPARAL_TOKENIZER_H
@@ -41,12 +50,17 @@ G_BEGIN_DECLS
 
 typedef struct dp_tokenizer dp_tokenizer;
 
-/* Loads model_dir/tokenizer/spiece.model (diffusers layout).  Errors:
- * DP_ERROR_MISSING when the file is absent, DP_ERROR_FORMAT when it is not a
- * sentencepiece model or has no EOS piece. */
+/* Loads model_dir/tokenizer/tokenizer.json, else model_dir/tokenizer/spiece.model
+ * (diffusers layout), with tokenizer_config.json's eos / pad / unk token names
+ * when present (T5's "</s>", "<pad>", "<unk>" otherwise).  Errors:
+ * DP_ERROR_MISSING when neither file is there, DP_ERROR_FORMAT when the file
+ * is malformed or has no EOS token, DP_ERROR_UNSUPPORTED for a model that is
+ * not Unigram. */
 dp_tokenizer *dp_tokenizer_load (const char *model_dir, GError **error);
-/* Loads a sentencepiece model file given by its path. */
-dp_tokenizer *dp_tokenizer_load_file (const char *spiece_path, GError **error);
+/* Loads a tokenizer file given by its path: a name ending in ".json" is a
+ * tokenizer.json, anything else a sentencepiece model.  tokenizer_config.json
+ * is looked for next to it. */
+dp_tokenizer *dp_tokenizer_load_file (const char *path, GError **error);
 void dp_tokenizer_free (dp_tokenizer *tok);
 
 int dp_tokenizer_vocab_size (const dp_tokenizer *tok);
@@ -62,7 +76,7 @@ int dp_tokenizer_pad_id (const dp_tokenizer *tok);
 int dp_tokenizer_encode (const dp_tokenizer *tok, const char *prompt, int text_len, int32_t *ids,
                          GError **error);
 
-/* diffusers' prompt_clean (see above).  Returns a newly allocated string
+/* diffusers' prompt_clean with ftfy (see above).  Returns a newly allocated string
  * (g_free), or NULL with DP_ERROR_INVALID when prompt is not valid UTF-8. */
 char *dp_prompt_clean (const char *prompt, GError **error);
 /* One pass of Python's html.unescape over valid UTF-8 text (see above).

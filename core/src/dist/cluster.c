@@ -269,20 +269,6 @@ exited_worker (dp_cluster *c, int *status)
 /* ------------------------------------------------------------ handshake */
 
 static void
-add_str (JsonBuilder *b, const char *key, const char *v)
-{
-  json_builder_set_member_name (b, key);
-  json_builder_add_string_value (b, v);
-}
-
-static void
-add_int (JsonBuilder *b, const char *key, gint64 v)
-{
-  json_builder_set_member_name (b, key);
-  json_builder_add_int_value (b, v);
-}
-
-static void
 refuse (dp_cluster *c, dp_ctl_conn *ctl, GString *refused, GError *why)
 {
   dp_ctl_send_error (ctl, why);
@@ -334,8 +320,8 @@ handshake (dp_cluster *c, dp_ctl_conn *ctl, GString *refused)
     char *proof = dp_ctl_proof (c->secret, "dualparal-rank0", nonce);
     JsonBuilder *b = json_builder_new ();
     json_builder_begin_object (b);
-    add_str (b, "nonce", nonce0);
-    add_str (b, "proof", proof);
+    dp_ctl_add_string (b, "nonce", nonce0);
+    dp_ctl_add_string (b, "proof", proof);
     json_builder_end_object (b);
     g_free (proof);
     if (!dp_ctl_send_json (ctl, DP_CTL_CHALLENGE, b, &e)) {
@@ -399,11 +385,11 @@ send_setup (dp_cluster *c, int r, GError **error)
 {
   JsonBuilder *b = json_builder_new ();
   json_builder_begin_object (b);
-  add_str (b, "model_dir", c->model_dir);
-  add_int (b, "n_stages", c->cfg.world_size);
-  add_int (b, "stage", r);
-  add_int (b, "wire_bf16", c->cfg.hidden_bf16);
-  add_str (b, "transport", c->transport->name); /* every process uses rank 0's kind */
+  dp_ctl_add_string (b, "model_dir", c->model_dir);
+  dp_ctl_add_int (b, "n_stages", c->cfg.world_size);
+  dp_ctl_add_int (b, "stage", r);
+  dp_ctl_add_int (b, "wire_bf16", c->cfg.hidden_bf16);
+  dp_ctl_add_string (b, "transport", c->transport->name); /* every process uses rank 0's kind */
   dp_dist_add_engine_params (b, &c->params);
   json_builder_end_object (b);
   return dp_ctl_send_json (c->w[r].ctl, DP_CTL_SETUP, b, error);
@@ -670,24 +656,22 @@ dp_cluster_run_begin (dp_cluster *c, const dp_tensor *context, double guidance, 
   c->run++;
   JsonBuilder *b = json_builder_new ();
   json_builder_begin_object (b);
-  add_int (b, "run", (gint64) c->run);
-  add_int (b, "batch", context->shape[0]);
-  add_int (b, "tokens", context->shape[1]);
-  add_int (b, "dim", context->shape[2]);
+  dp_ctl_add_int (b, "run", (gint64) c->run);
+  dp_ctl_add_int (b, "batch", context->shape[0]);
+  dp_ctl_add_int (b, "tokens", context->shape[1]);
+  dp_ctl_add_int (b, "dim", context->shape[2]);
   json_builder_set_member_name (b, "peers");
   json_builder_begin_array (b);
   for (int r = 0; r < c->cfg.world_size; r++) {
     json_builder_begin_object (b);
-    add_str (b, "host", r == 0 ? c->listen_host : c->w[r].data_host);
-    add_int (b, "port", r == 0 ? c->data_port : c->w[r].data_port);
+    dp_ctl_add_string (b, "host", r == 0 ? c->listen_host : c->w[r].data_host);
+    dp_ctl_add_int (b, "port", r == 0 ? c->data_port : c->w[r].data_port);
     json_builder_end_object (b);
   }
   json_builder_end_array (b);
   /* Each block's conditioning follows in COND messages (prompt changes). */
-  json_builder_set_member_name (b, "conds");
-  json_builder_add_boolean_value (b, TRUE);
-  json_builder_set_member_name (b, "guidance");
-  json_builder_add_double_value (b, guidance);
+  dp_ctl_add_int (b, "conds", 1);
+  dp_ctl_add_double (b, "guidance", guidance);
   json_builder_end_object (b);
   JsonNode *root = json_builder_get_root (b);
   char *text = json_to_string (root, FALSE);

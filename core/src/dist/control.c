@@ -346,6 +346,20 @@ dp_ctl_get_string (JsonObject *o, const char *key, GError **error)
 }
 
 void
+dp_ctl_add_int (JsonBuilder *b, const char *key, gint64 v)
+{
+  json_builder_set_member_name (b, key);
+  json_builder_add_int_value (b, v);
+}
+
+void
+dp_ctl_add_string (JsonBuilder *b, const char *key, const char *v)
+{
+  json_builder_set_member_name (b, key);
+  json_builder_add_string_value (b, v);
+}
+
+void
 dp_ctl_add_double (JsonBuilder *b, const char *key, double v)
 {
   char buf[G_ASCII_DTOSTR_BUF_SIZE];

@@ -112,6 +112,8 @@ gboolean dp_ctl_proof_equal (const char *a, const char *b);
 gboolean dp_ctl_get_int (JsonObject *o, const char *key, gint64 lo, gint64 hi, gint64 *out, GError **error);
 const char *dp_ctl_get_string (JsonObject *o, const char *key, GError **error);
 void dp_ctl_add_double (JsonBuilder *b, const char *key, double v);
+void dp_ctl_add_int (JsonBuilder *b, const char *key, gint64 v);
+void dp_ctl_add_string (JsonBuilder *b, const char *key, const char *v);
 gboolean dp_ctl_get_double (JsonObject *o, const char *key, double *out, GError **error);
 
 G_END_DECLS

@@ -143,29 +143,22 @@ dp_dist_model_fingerprint (const char *model_dir, GError **error)
 
 /* ------------------------------------------------------------ engine settings */
 
-static void
-add_int (JsonBuilder *b, const char *key, gint64 v)
-{
-  json_builder_set_member_name (b, key);
-  json_builder_add_int_value (b, v);
-}
-
 void
 dp_dist_add_engine_params (JsonBuilder *b, const dp_engine_params *p)
 {
-  add_int (b, "block_frames", p->block_frames);
-  add_int (b, "context_frames", p->context_frames);
-  add_int (b, "latent_frames", p->latent_frames);
-  add_int (b, "latent_height", p->latent_height);
-  add_int (b, "latent_width", p->latent_width);
+  dp_ctl_add_int (b, "block_frames", p->block_frames);
+  dp_ctl_add_int (b, "context_frames", p->context_frames);
+  dp_ctl_add_int (b, "latent_frames", p->latent_frames);
+  dp_ctl_add_int (b, "latent_height", p->latent_height);
+  dp_ctl_add_int (b, "latent_width", p->latent_width);
   dp_ctl_add_double (b, "guidance", p->guidance);
   char seed[32]; /* a u64 may be beyond JSON's int64 */
   g_snprintf (seed, sizeof seed, "%" G_GUINT64_FORMAT, p->seed);
   json_builder_set_member_name (b, "seed");
   json_builder_add_string_value (b, seed);
-  add_int (b, "noise_stream", (gint64) p->noise_stream);
-  add_int (b, "steps", p->schedule->steps);
-  add_int (b, "sampler", p->schedule->settings.kind);
+  dp_ctl_add_int (b, "noise_stream", (gint64) p->noise_stream);
+  dp_ctl_add_int (b, "steps", p->schedule->steps);
+  dp_ctl_add_int (b, "sampler", p->schedule->settings.kind);
   json_builder_set_member_name (b, "schedule");
   json_builder_begin_object (b);
   for (int i = 0; i <= p->schedule->steps; i++) {

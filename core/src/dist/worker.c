@@ -131,20 +131,6 @@ connect_rank0 (worker *w, GError **error)
   return c;
 }
 
-static void
-add_str (JsonBuilder *b, const char *key, const char *v)
-{
-  json_builder_set_member_name (b, key);
-  json_builder_add_string_value (b, v);
-}
-
-static void
-add_int (JsonBuilder *b, const char *key, gint64 v)
-{
-  json_builder_set_member_name (b, key);
-  json_builder_add_int_value (b, v);
-}
-
 /* Reads the next message of the handshake; a DP_CTL_ERROR becomes the error. */
 static gboolean
 expect (worker *w, int type, double timeout, dp_ctl_msg *m, JsonParser **p, JsonObject **o, GError **error)
@@ -176,13 +162,13 @@ handshake (worker *w, GError **error)
   char *nonce = dp_ctl_random_hex ();
   JsonBuilder *b = json_builder_new ();
   json_builder_begin_object (b);
-  add_int (b, "rank", w->env.rank);
-  add_int (b, "world_size", w->env.world_size);
-  add_str (b, "host", g_get_host_name ());
-  add_int (b, "pid", getpid ());
-  add_str (b, "device", w->device);
-  add_str (b, "release", DP_RELEASE);
-  add_str (b, "nonce", nonce);
+  dp_ctl_add_int (b, "rank", w->env.rank);
+  dp_ctl_add_int (b, "world_size", w->env.world_size);
+  dp_ctl_add_string (b, "host", g_get_host_name ());
+  dp_ctl_add_int (b, "pid", getpid ());
+  dp_ctl_add_string (b, "device", w->device);
+  dp_ctl_add_string (b, "release", DP_RELEASE);
+  dp_ctl_add_string (b, "nonce", nonce);
   json_builder_end_object (b);
   dp_ctl_msg m;
   JsonParser *p = NULL;
@@ -204,7 +190,7 @@ handshake (worker *w, GError **error)
       char *answer = dp_ctl_proof (w->secret, "dualparal-worker", label);
       JsonBuilder *a = json_builder_new ();
       json_builder_begin_object (a);
-      add_str (a, "proof", answer);
+      dp_ctl_add_string (a, "proof", answer);
       json_builder_end_object (a);
       ok = dp_ctl_send_json (w->ctl, DP_CTL_AUTH, a, error);
       g_free (answer);
@@ -290,12 +276,12 @@ setup (worker *w, JsonObject *o, GError **error)
     dp_engine_get_stats (w->engine, &st);
     JsonBuilder *b = json_builder_new ();
     json_builder_begin_object (b);
-    add_str (b, "fingerprint", fingerprint);
-    add_str (b, "data_host", host);
-    add_int (b, "data_port", port);
-    add_str (b, "device", w->be->name);
-    add_int (b, "layer_begin", st.stage[w->stage].layer_begin);
-    add_int (b, "layer_end", st.stage[w->stage].layer_end);
+    dp_ctl_add_string (b, "fingerprint", fingerprint);
+    dp_ctl_add_string (b, "data_host", host);
+    dp_ctl_add_int (b, "data_port", port);
+    dp_ctl_add_string (b, "device", w->be->name);
+    dp_ctl_add_int (b, "layer_begin", st.stage[w->stage].layer_begin);
+    dp_ctl_add_int (b, "layer_end", st.stage[w->stage].layer_end);
     json_builder_end_object (b);
     ok = dp_ctl_send_json (w->ctl, DP_CTL_READY, b, error);
   }
@@ -349,15 +335,17 @@ start_run (worker *w, JsonObject *o, const dp_ctl_msg *m, GError **error)
     return FALSE;
   g_atomic_int_set (&w->run_cancel, 0);
   /* Rank 0 says each entering block's conditioning (COND): prompt changes. */
-  gboolean follow = FALSE;
-  if (json_object_has_member (o, "conds"))
-    follow = json_object_get_boolean_member (o, "conds");
+  gint64 follow = 0;
+  if (json_object_has_member (o, "conds") && !dp_ctl_get_int (o, "conds", 0, 1, &follow, error))
+    return FALSE;
   if (follow)
     dp_engine_follow_conds (w->engine);
   /* Block 0's guidance (the one the workers were set up with may have
    * changed since). */
   if (json_object_has_member (o, "guidance")) {
-    const double g = json_object_get_double_member (o, "guidance");
+    double g = 0;
+    if (!dp_ctl_get_double (o, "guidance", &g, error))
+      return FALSE;
     if (!(g >= 1.0 && g <= 1e6)) {
       g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "RUN: guidance %g is not valid", g);
       return FALSE;
