@@ -1030,6 +1030,78 @@ test_steer_schedule (void)
   gst_object_unref (pipeline);
 }
 
+/* Prompt changes with the second stage in a worker process: a schedule
+ * gives the frames of two thread stages with the same schedule, and prompts
+ * set again and again from another thread while an endless stream plays
+ * reach the worker (the message arrives, nothing hangs, the worker is gone
+ * after stop). */
+static void
+test_steer_processes (void)
+{
+  const gchar *schedule = "0: a red ball bouncing\n5: a blue square bouncing\n";
+  GByteArray *video[2];
+  GstHarness *h;
+  GstBus *bus;
+  Changer c = { 0 };
+  GThread *thread;
+  guint applied = 0;
+
+  if (!require_model ())
+    return;
+  for (gint k = 0; k < 2; k++) {
+    h = gst_harness_new ("dualparalsrc");
+    video[k] = g_byte_array_new ();
+    configure (h->element, 17);
+    g_object_set (h->element, "devices", "cpu,cpu", "block-frames", 1, "context-frames", 1,
+                  "prompt-schedule", schedule, NULL);
+    gst_util_set_object_arg (G_OBJECT (h->element), "processes", k ? "spawn" : "threads");
+    gst_harness_set_sink_caps_str (h, "video/x-raw,format=RGB");
+    gst_harness_play (h);
+    for (gint i = 0; i < 17; i++) {
+      GstBuffer *buf = gst_harness_pull (h);
+      GstMapInfo map;
+
+      g_assert_nonnull (buf);
+      g_assert_true (gst_buffer_map (buf, &map, GST_MAP_READ));
+      g_byte_array_append (video[k], map.data, (guint) map.size);
+      gst_buffer_unmap (buf, &map);
+      gst_buffer_unref (buf);
+    }
+    gst_harness_teardown (h);
+  }
+  g_assert_cmpuint (video[1]->len, >, 0);
+  g_assert_cmpmem (video[1]->data, video[1]->len, video[0]->data, video[0]->len);
+  g_byte_array_unref (video[0]);
+  g_byte_array_unref (video[1]);
+
+  h = gst_harness_new ("dualparalsrc");
+  configure (h->element, -1);
+  g_object_set (h->element, "devices", "cpu,cpu", "block-frames", 1, "context-frames", 1,
+                "queue-frames", 2, NULL);
+  gst_util_set_object_arg (G_OBJECT (h->element), "processes", "spawn");
+  bus = gst_bus_new ();
+  gst_element_set_bus (h->element, bus);
+  gst_harness_play (h);
+  c.src = h->element;
+  thread = g_thread_new ("changer", changer_main, &c);
+  for (gint i = 0; i < 40; i++) {
+    GstBuffer *buf = gst_harness_pull (h);
+
+    g_assert_nonnull (buf);
+    g_assert_cmpuint (GST_BUFFER_OFFSET (buf), ==, (guint64) i);
+    gst_buffer_unref (buf);
+  }
+  g_atomic_int_set (&c.stop, 1);
+  g_thread_join (thread);
+  applied = pop_applied (bus, NULL, NULL);
+  g_test_message ("processes: %u changes set, %u applied", c.sets, applied);
+  g_assert_cmpuint (applied, >=, 1);
+  gst_bus_set_flushing (bus, TRUE);
+  gst_object_unref (bus);
+  gst_harness_teardown (h);
+  g_assert_cmpint (child_workers (), ==, 0);
+}
+
 /* --- errors on the bus --------------------------------------------------- */
 
 static GError *
@@ -1797,6 +1869,7 @@ main (int argc, char **argv)
   g_test_add_func ("/dualparalsrc/steer/before-eos", test_steer_before_eos);
   g_test_add_func ("/dualparalsrc/steer/classic", test_steer_classic);
   g_test_add_func ("/dualparalsrc/steer/schedule", test_steer_schedule);
+  g_test_add_func ("/dualparalsrc/steer/processes", test_steer_processes);
   g_test_add_func ("/dualparalsrc/error/bad-num-frames", test_bad_num_frames);
   g_test_add_func ("/dualparalsrc/error/missing-model", test_missing_model);
   g_test_add_func ("/dualparalsrc/error/not-a-model", test_not_a_model);
