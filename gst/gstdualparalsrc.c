@@ -392,6 +392,7 @@ create_generator (GstDualParalSrc *self, gint width, gint height, GError **error
   dp_generator *gen;
   gchar *prompt, *negative;
 
+  dp_generator_params_init (&p);
   /* The prompt settings may change while playing (set_property), so they
    * are read under the lock; gen_lock is held until the generator is in
    * place, so that no change falls between the two. */
@@ -403,14 +404,6 @@ create_generator (GstDualParalSrc *self, gint width, gint height, GError **error
   p.transition_blocks = self->run.transition_blocks;
   GST_OBJECT_UNLOCK (self);
 
-  {
-    gdouble guidance = p.guidance_scale;
-    gint transition = p.transition_blocks;
-
-    dp_generator_params_init (&p);
-    p.guidance_scale = guidance;
-    p.transition_blocks = transition;
-  }
   p.model_dir = self->run.model;
   p.prompt = prompt;
   p.negative_prompt = negative;
