@@ -74,6 +74,7 @@ static void
 cpu_destroy (dp_backend *be)
 {
   g_clear_error (&be->error);
+  g_free (be->priv);
   g_free (be);
 }
 
@@ -125,9 +126,17 @@ static const dp_backend_ops cpu_ops = {
 };
 
 dp_backend *
-dp_cpu_backend_new (GError **error)
+dp_cpu_backend_new (int threads, GError **error)
 {
+  if (threads < 0 || threads > DP_CPU_MAX_THREADS) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "CPU threads %d is not valid: use 1 to %d, or 0 "
+                 "for the CPUs this process may use", threads, DP_CPU_MAX_THREADS);
+    return NULL;
+  }
+  dp_cpu_state *st = g_new0 (dp_cpu_state, 1);
+  st->threads = threads > 0 ? threads : dp_cpu_available ();
   dp_backend *be = g_new0 (dp_backend, 1);
+  be->priv = st;
   be->ops = &cpu_ops;
   be->name = "cpu";
   be->act_dtype = DP_F32;
@@ -141,4 +150,96 @@ dp_cpu_backend_new (GError **error)
   openblas_set_num_threads (1);
 #endif
   return be;
+}
+
+int
+dp_cpu_available (void)
+{
+  int n = 0;
+#ifdef _OPENMP
+  /* OpenMP's own reading of OMP_NUM_THREADS (its first level). */
+  if (g_getenv ("OMP_NUM_THREADS") != NULL)
+    n = omp_get_max_threads ();
+#endif
+  if (n < 1)
+    n = (int) g_get_num_processors (); /* sched_getaffinity */
+  return CLAMP (n, 1, DP_CPU_MAX_THREADS);
+}
+
+int
+dp_cpu_team_size (dp_backend *be)
+{
+  int n = 1;
+  const int nt = dp_cpu_threads (be);
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+#pragma omp single
+    n = omp_get_num_threads ();
+#endif
+  }
+  return n;
+}
+
+static gboolean
+is_bare_cpu (const char *item)
+{
+  return strcmp (item, "cpu") == 0;
+}
+
+char *
+dp_cpu_assign_threads (const char *devices, int threads, GError **error)
+{
+  if (threads < 0 || threads > DP_CPU_MAX_THREADS) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "threads %d is not valid: use 1 to %d, or 0 for "
+                 "the CPUs this process may use", threads, DP_CPU_MAX_THREADS);
+    return NULL;
+  }
+  char **items = g_strsplit (devices ? devices : "cpu", ",", -1);
+  int n_bare = 0;
+  for (char **it = items; *it; it++)
+    n_bare += is_bare_cpu (g_strstrip (*it));
+  if (n_bare == 0) {
+    g_strfreev (items);
+    return g_strdup (devices ? devices : "cpu");
+  }
+  const int total = threads > 0 ? threads : dp_cpu_available ();
+  const int each = total / n_bare, extra = total % n_bare;
+  GString *out = g_string_new (NULL);
+  int k = 0;
+  for (char **it = items; *it; it++) {
+    if (it != items)
+      g_string_append_c (out, ',');
+    if (is_bare_cpu (*it)) {
+      g_string_append_printf (out, "cpu:%d", MAX (1, each + (k < extra)));
+      k++;
+    } else {
+      g_string_append (out, *it);
+    }
+  }
+  g_strfreev (items);
+  return g_string_free (out, FALSE);
+}
+
+int
+dp_backend_threads (const dp_backend *be)
+{
+  if (be == NULL || be->ops != &cpu_ops)
+    return 0;
+  return ((const dp_cpu_state *) be->priv)->threads;
+}
+
+int
+dp_cpu_threads_in (const char *devices)
+{
+  int sum = 0;
+  char **items = g_strsplit (devices ? devices : "", ",", -1);
+  for (char **it = items; *it; it++) {
+    const char *item = g_strstrip (*it);
+    guint64 v;
+    if (g_str_has_prefix (item, "cpu:") && g_ascii_string_to_unsigned (item + 4, 10, 1, DP_CPU_MAX_THREADS, &v, NULL))
+      sum += (int) v;
+  }
+  g_strfreev (items);
+  return sum;
 }

@@ -10,13 +10,12 @@
 #define GEMM_PAR_MIN (1 << 20)
 
 void
-dp_cpu_sgemm (gboolean trans_b, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
+dp_cpu_sgemm (int nt, gboolean trans_b, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
               int64_t ldb, float beta, float *C, int64_t ldc)
 {
   if (M <= 0 || N <= 0)
     return;
-  int nt = dp_cpu_max_threads ();
-  if (M * N * K < GEMM_PAR_MIN)
+  if (nt < 1 || M * N * K < GEMM_PAR_MIN)
     nt = 1;
   /* Split the longer side in parts that keep the kernels' blocking (rows in
    * multiples of 8, columns in multiples of 16). */
@@ -82,12 +81,12 @@ dp_cpu_linear (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor
     for (int64_t i = 0; i < M * N; i++)
       yd[i] = 0.0f;
   } else {
-    dp_cpu_sgemm (TRUE, M, N, K, x->data, K, w->data, K, 0.0f, yd, N);
+    dp_cpu_sgemm (dp_cpu_threads (be), TRUE, M, N, K, x->data, K, w->data, K, 0.0f, yd, N);
   }
   if (!bias && act == DP_ACT_NONE)
     return;
   const float *bd = bias ? bias->data : NULL;
-#pragma omp parallel for schedule(static) if (M * N > DP_CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (M * N > DP_CPU_PAR_MIN)
   for (int64_t m = 0; m < M; m++) {
     float *row = yd + m * N;
     if (bd)
