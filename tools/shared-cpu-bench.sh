@@ -3,7 +3,7 @@
 # run with the embedded model (81 frames, 10 steps by default) on an idle
 # machine and beside busy processes (`yes > /dev/null`, one per CPU by
 # default), alternating, REPEAT times; prints every time, the medians and
-# the ratio busy / idle of the medians.  Run from the repository root:
+# the ratio busy / idle of the medians and of the best times.  Run from the repository root:
 #
 #   tools/shared-cpu-bench.sh [BUILD_DIR] [-- EXTRA dualparal-generate OPTIONS]
 #
@@ -41,16 +41,16 @@ cleanup () {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# One run; prints its wall time in seconds.
+# One run; prints its wall time and the CPU time it used (user + system),
+# in seconds.
 run_once () {
-  local t0=$EPOCHREALTIME
+  local TIMEFORMAT='%3R %3U %3S' t
   if [ -n "${GEN_ARGS:-}" ]; then
-    eval "\"$GEN\" $GEN_ARGS -q -o \"$OUTF\" \"\$@\"" || return 1
+    t=$( { time eval "\"$GEN\" $GEN_ARGS -q -o \"$OUTF\" \"\$@\"" 2>&3; } 3>&2 2>&1 ) || return 1
   else
-    "$GEN" -p "a red ball moving to the right" --steps 10 -q -o "$OUTF" "$@" || return 1
+    t=$( { time "$GEN" -p "a red ball moving to the right" --steps 10 -q -o "$OUTF" "$@" 2>&3; } 3>&2 2>&1 ) || return 1
   fi
-  local t1=$EPOCHREALTIME
-  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }'
+  awk '{ printf "%.3f %.3f\n", $1, $2 + $3 }' <<< "$t"
 }
 
 median () {
@@ -64,19 +64,25 @@ run_once "$@" > /dev/null || { echo "shared-cpu-bench: the warm-up run failed" >
 IDLE=()
 LOADED=()
 for ((r = 1; r <= REPEAT; r++)); do
-  t=$(run_once "$@") || exit 1
+  read -r t c < <(run_once "$@") || exit 1
+  [ -n "$t" ] || exit 1
   IDLE+=("$t")
+  ci=$c
   for ((b = 0; b < BUSY; b++)); do
     yes > /dev/null &
     BUSY_PIDS+=("$!")
   done
   sleep 0.2
-  t=$(run_once "$@") || exit 1
+  read -r t c < <(run_once "$@") || exit 1
+  [ -n "$t" ] || exit 1
   LOADED+=("$t")
   for p in "${BUSY_PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   BUSY_PIDS=()
-  echo "round $r: idle ${IDLE[-1]} s, beside $BUSY busy ${LOADED[-1]} s"
+  echo "round $r: idle ${IDLE[-1]} s (CPU $ci s), beside $BUSY busy ${LOADED[-1]} s (CPU $c s)"
 done
 MI=$(printf '%s\n' "${IDLE[@]}" | median)
 ML=$(printf '%s\n' "${LOADED[@]}" | median)
-echo "median idle $MI s, median beside $BUSY busy $ML s, ratio $(awk -v a="$MI" -v b="$ML" 'BEGIN { printf "%.2f", b / a }')"
+NI=$(printf '%s\n' "${IDLE[@]}" | sort -g | head -1)
+NL=$(printf '%s\n' "${LOADED[@]}" | sort -g | head -1)
+echo "median: idle $MI s, beside $BUSY busy $ML s, ratio $(awk -v a="$MI" -v b="$ML" 'BEGIN { printf "%.2f", b / a }')"
+echo "best:   idle $NI s, beside $BUSY busy $NL s, ratio $(awk -v a="$NI" -v b="$NL" 'BEGIN { printf "%.2f", b / a }')"
