@@ -207,16 +207,19 @@ int dp_backend_threads (const dp_backend *be);
  * default spins for milliseconds after every parallel region, which takes
  * the CPU from an encoder or any other process beside it.  When the user
  * has set neither, dp_openmp_quiet_env () sets OMP_WAIT_POLICY=passive
- * (threads sleep in the kernel at once); it only works before libgomp is
+ * (threads sleep in the kernel at once), and OPENBLAS_NUM_THREADS=1 when
+ * unset (the backend runs OpenBLAS single-threaded; this keeps OpenBLAS
+ * from starting a pool of its own); it only works before libgomp is
  * initialised: from the constructor of a shared object linked with
  * -z initfirst (the GStreamer plugin does this), or in a program through
  * dp_openmp_quiet_reexec ().  Uses libc alone; idempotent. */
 void dp_openmp_quiet_env (void);
-/* For a program's main (): when OMP_WAIT_POLICY and GOMP_SPINCOUNT are both
- * unset, sets OMP_WAIT_POLICY=passive and executes the program again
- * (/proc/self/exe, same arguments) so that libgomp reads it; returns when
- * the setting is in effect, when the user set one of them, or when the new
- * execution fails (the program then runs with libgomp's defaults). */
+/* For a program's main (): when there is something to set (see above),
+ * sets it and executes the program again (/proc/self/exe, same arguments)
+ * so that libgomp and OpenBLAS read it; returns when the settings are in
+ * effect, when the user made them all, or when the new execution fails (the
+ * program then runs with the libraries' defaults).  Marks the environment
+ * (DUALPARAL_OPENMP_ENV) so that it never executes twice. */
 void dp_openmp_quiet_reexec (char **argv);
 /* Whether OpenMP waits passively: "passive" (set by dualparal),
  * "user: OMP_WAIT_POLICY=..." / "user: GOMP_SPINCOUNT=..." (the user's

@@ -9,6 +9,8 @@
  * costs some speed on an idle machine (a futex wake per region and
  * thread; docs/performance.md) and makes a shared one usable.
  *
+ * OpenBLAS's pool (OPENBLAS_NUM_THREADS) is the same story; see below.
+ *
  * These functions use libc alone: dp_openmp_quiet_env () runs in an ELF
  * constructor, before GLib may be ready in that library's view. */
 #include "dualparal/backend.h"
@@ -28,9 +30,22 @@ user_has_setting (void)
   return getenv ("OMP_WAIT_POLICY") != NULL || getenv ("GOMP_SPINCOUNT") != NULL;
 }
 
+/* Whether there is anything to set. */
+static int
+needs_setting (void)
+{
+  return !user_has_setting () || getenv ("OPENBLAS_NUM_THREADS") == NULL;
+}
+
 void
 dp_openmp_quiet_env (void)
 {
+  /* The backend runs OpenBLAS single-threaded (openblas_set_num_threads
+   * (1)), but OpenBLAS's pthreads build starts its own pool when it is
+   * loaded, and those threads spin (sched_yield) for a while before they
+   * sleep: with OPENBLAS_NUM_THREADS=1 the pool is never made. */
+  if (getenv ("OPENBLAS_NUM_THREADS") == NULL)
+    setenv ("OPENBLAS_NUM_THREADS", "1", 0);
   if (user_has_setting ())
     return;
   setenv ("OMP_WAIT_POLICY", "passive", 0);
@@ -40,18 +55,22 @@ dp_openmp_quiet_env (void)
 void
 dp_openmp_quiet_reexec (char **argv)
 {
-  if (user_has_setting () || argv == NULL || argv[0] == NULL)
+  if (!needs_setting () || argv == NULL || argv[0] == NULL)
     return;
   /* Executed again already: the setting is the user's or ours; never loop. */
   if (getenv (DP_OPENMP_MARK) != NULL)
     return;
+  const int ours = !user_has_setting ();
   dp_openmp_quiet_env ();
+  if (!ours)
+    setenv (DP_OPENMP_MARK, "user", 0);
   execv ("/proc/self/exe", argv);
-  /* No /proc, or the binary is gone: run on with libgomp's defaults, and
-   * say so once. */
+  /* No /proc, or the binary is gone: run on with the libraries' defaults,
+   * and say so once. */
   fprintf (stderr, "%s: could not execute again with OMP_WAIT_POLICY=passive (%s); idle OpenMP "
            "threads will spin. Set OMP_WAIT_POLICY=passive to avoid it.\n", argv[0], strerror (errno));
-  unsetenv ("OMP_WAIT_POLICY");
+  if (ours)
+    unsetenv ("OMP_WAIT_POLICY");
   setenv (DP_OPENMP_MARK, "failed", 1);
 }
 
