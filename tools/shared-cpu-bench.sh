@@ -12,6 +12,11 @@
 #   BUSY=N      busy processes beside the busy run (default 2)
 #   GEN_ARGS    the generate options (default: the case,
 #               -p "a red ball moving to the right" --steps 10)
+#   PIPELINE=1  time a GStreamer pipeline instead, the element beside the
+#               encoder it feeds: dualparalsrc (81 frames, 10 steps, the
+#               same prompt, plus the properties in ELEMENT_PROPS, e.g.
+#               "threads=1") ! videoconvert ! x264enc ! fakesink, with
+#               GST_PLUGIN_PATH=BUILD_DIR/gst
 # Anything else in the environment (OMP_WAIT_POLICY, GOMP_SPINCOUNT,
 # OMP_NUM_THREADS) reaches dualparal-generate unchanged, so the old
 # behaviour can be measured in the same call for comparison, e.g.
@@ -28,7 +33,14 @@ fi
 REPEAT=${REPEAT:-5}
 BUSY=${BUSY:-2}
 GEN=$BUILD/tools/dualparal-generate
-if [ ! -x "$GEN" ]; then
+if [ "${PIPELINE:-0}" = 1 ]; then
+  if [ ! -e "$BUILD/gst/libgstdualparal.so" ]; then
+    echo "shared-cpu-bench: $BUILD/gst/libgstdualparal.so not found" >&2
+    exit 2
+  fi
+  export GST_PLUGIN_PATH=$PWD/$BUILD/gst
+  [ "${BUILD#/}" != "$BUILD" ] && export GST_PLUGIN_PATH=$BUILD/gst
+elif [ ! -x "$GEN" ]; then
   echo "shared-cpu-bench: $GEN not found (build first: ninja -C $BUILD)" >&2
   exit 2
 fi
@@ -45,7 +57,11 @@ trap 'exit 130' INT TERM
 # in seconds.
 run_once () {
   local TIMEFORMAT='%3R %3U %3S' t
-  if [ -n "${GEN_ARGS:-}" ]; then
+  if [ "${PIPELINE:-0}" = 1 ]; then
+    # shellcheck disable=SC2086
+    t=$( { time gst-launch-1.0 -q dualparalsrc prompt="a red ball moving to the right" num-frames=81 \
+             steps=10 ${ELEMENT_PROPS:-} ! videoconvert ! x264enc ! fakesink > /dev/null 2>&3; } 3>&2 2>&1 ) || return 1
+  elif [ -n "${GEN_ARGS:-}" ]; then
     t=$( { time eval "\"$GEN\" $GEN_ARGS -q -o \"$OUTF\" \"\$@\"" 2>&3; } 3>&2 2>&1 ) || return 1
   else
     t=$( { time "$GEN" -p "a red ball moving to the right" --steps 10 -q -o "$OUTF" "$@" 2>&3; } 3>&2 2>&1 ) || return 1
@@ -58,7 +74,11 @@ median () {
 }
 
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs available, load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# $GEN ${GEN_ARGS:--p \"a red ball moving to the right\" --steps 10} $*"
+if [ "${PIPELINE:-0}" = 1 ]; then
+  echo "# gst-launch-1.0 dualparalsrc prompt=\"a red ball moving to the right\" num-frames=81 steps=10 ${ELEMENT_PROPS:-} ! videoconvert ! x264enc ! fakesink (GST_PLUGIN_PATH=$GST_PLUGIN_PATH)"
+else
+  echo "# $GEN ${GEN_ARGS:--p \"a red ball moving to the right\" --steps 10} $*"
+fi
 echo "# OMP_WAIT_POLICY=${OMP_WAIT_POLICY-(unset)} GOMP_SPINCOUNT=${GOMP_SPINCOUNT-(unset)} OMP_NUM_THREADS=${OMP_NUM_THREADS-(unset)}; $BUSY busy processes"
 run_once "$@" > /dev/null || { echo "shared-cpu-bench: the warm-up run failed" >&2; exit 1; }
 IDLE=()
