@@ -48,6 +48,26 @@ test_spec (void)
 }
 
 static void
+test_quota (void)
+{
+  g_assert_cmpint (dp_cpu_quota_cpus ("max 100000\n", NULL), ==, 0);
+  g_assert_cmpint (dp_cpu_quota_cpus ("200000 100000\n", NULL), ==, 2);
+  g_assert_cmpint (dp_cpu_quota_cpus ("150000 100000", NULL), ==, 2); /* 1.5 CPUs: 2 threads */
+  g_assert_cmpint (dp_cpu_quota_cpus ("50000 100000", NULL), ==, 1);
+  g_assert_cmpint (dp_cpu_quota_cpus ("-1\n", "100000\n"), ==, 0);
+  g_assert_cmpint (dp_cpu_quota_cpus ("400000\n", "100000\n"), ==, 4);
+  g_assert_cmpint (dp_cpu_quota_cpus ("", NULL), ==, 0);
+  g_assert_cmpint (dp_cpu_quota_cpus ("garbage", NULL), ==, 0);
+  g_assert_cmpint (dp_cpu_quota_cpus (NULL, NULL), ==, 0);
+  /* Whatever this machine's quota, auto stays within the affinity mask
+   * unless OMP_NUM_THREADS says otherwise. */
+  if (g_getenv ("OMP_NUM_THREADS") == NULL) {
+    g_assert_cmpint (dp_cpu_available (), >=, 1);
+    g_assert_cmpint (dp_cpu_available (), <=, (int) g_get_num_processors ());
+  }
+}
+
+static void
 test_assign (void)
 {
   const int avail = dp_cpu_available ();
@@ -252,6 +272,7 @@ main (int argc, char **argv)
   dp_openmp_quiet_reexec (argv);
   g_test_init (&argc, &argv, NULL);
   g_test_add_func ("/cpu_threads/spec", test_spec);
+  g_test_add_func ("/cpu_threads/quota", test_quota);
   g_test_add_func ("/cpu_threads/assign", test_assign);
   g_test_add_func ("/cpu_threads/same_results", test_same_results);
   g_test_add_func ("/cpu_threads/generator", test_generator);

@@ -28,8 +28,14 @@ dp_backend *dp_cpu_backend_new (int threads, GError **error);
 
 /* The threads "auto" means: OMP_NUM_THREADS when set (as OpenMP reads it),
  * else the CPUs this process may run on (sched_getaffinity, so taskset and
- * cpusets count).  At least 1. */
+ * cpusets count), at most its cgroup's CPU quota rounded up (a container's
+ * --cpus).  At least 1. */
 int dp_cpu_available (void);
+
+/* CPUs a cgroup CPU quota allows, rounded up; 0 for none or unreadable
+ * text.  quota: cgroup v2 cpu.max ("150000 100000", "max 100000"; period
+ * NULL) or v1 cpu.cfs_quota_us ("-1": none) with period cpu.cfs_period_us. */
+int dp_cpu_quota_cpus (const char *quota, const char *period);
 
 /* The team of an operation of be: its thread count, or 1 when called from
  * inside a parallel region already (no nested teams). */
