@@ -99,7 +99,8 @@ typedef struct {
                                 * stages (at least 1 each; "cpu:N" entries of devices keep
                                 * their N); 0 = what the machine leaves (default):
                                 * OMP_NUM_THREADS when set, else the CPUs this process may
-                                * run on.  No effect on GPU stages. */
+                                * run on (affinity, cgroup CPU quota).  No effect on GPU
+                                * stages. */
 } dp_generator_params;
 
 /* Progress after each finished block of frames. */
