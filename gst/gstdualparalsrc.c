@@ -64,6 +64,7 @@ enum {
   PROP_CONTEXT_FRAMES,
   PROP_DEVICES,
   PROP_TEXT_LEN,
+  PROP_THREADS,
   PROP_QUEUE_FRAMES,
   PROP_IS_LIVE,
   PROP_TRANSITION_BLOCKS,
@@ -88,6 +89,7 @@ typedef struct {
   gint block_frames;
   gint context_frames;
   gint text_len;   /* 0: the model's */
+  gint threads;    /* CPU threads; 0: what the machine leaves */
   guint queue_frames;
   gint transition_blocks;
   gchar *prompt_schedule; /* NULL: none */
@@ -426,6 +428,7 @@ create_generator (GstDualParalSrc *self, gint width, gint height, GError **error
    * would-be worker) belong in the debug log. */
   p.warning_cb = on_core_warning;
   p.warning_data = self;
+  p.threads = self->run.threads;
 
   GST_INFO_OBJECT (self, "loading model '%s' (%dx%d, %d frames, %d steps, devices %s)",
                    p.model_dir, width, height, p.num_frames, p.steps, p.devices);
@@ -1517,6 +1520,9 @@ gst_dual_paral_src_set_property (GObject *object, guint prop_id, const GValue *v
     case PROP_TEXT_LEN:
       self->props.text_len = g_value_get_int (value);
       break;
+    case PROP_THREADS:
+      self->props.threads = g_value_get_int (value);
+      break;
     case PROP_QUEUE_FRAMES:
       self->props.queue_frames = g_value_get_uint (value);
       break;
@@ -1615,6 +1621,9 @@ gst_dual_paral_src_get_property (GObject *object, guint prop_id, GValue *value,
     case PROP_TEXT_LEN:
       g_value_set_int (value, self->props.text_len);
       break;
+    case PROP_THREADS:
+      g_value_set_int (value, self->props.threads);
+      break;
     case PROP_QUEUE_FRAMES:
       g_value_set_uint (value, self->props.queue_frames);
       break;
@@ -1670,6 +1679,7 @@ gst_dual_paral_src_init (GstDualParalSrc *self)
   self->props.block_frames = d->block_frames;
   self->props.context_frames = d->context_frames;
   self->props.text_len = d->text_len;
+  self->props.threads = d->threads;
   self->props.queue_frames = DEFAULT_QUEUE_FRAMES;
   self->props.transition_blocks = d->transition_blocks;
   self->props.prompt_schedule = NULL;
@@ -1777,6 +1787,12 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
           "\"_dualparal\", else 512)",
           0, DP_GENERATOR_MAX_TEXT_LEN, CLAMP (d->text_len, 0, DP_GENERATOR_MAX_TEXT_LEN),
           SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_THREADS,
+      g_param_spec_int ("threads", "Threads",
+          "CPU threads in all, shared out among the CPU stages of devices (at least 1 each); "
+          "0: what the machine leaves (OMP_NUM_THREADS when set, else the CPUs this process "
+          "may run on). Idle threads sleep (OMP_WAIT_POLICY=passive unless set)",
+          0, 1024, CLAMP (d->threads, 0, 1024), SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_QUEUE_FRAMES,
       g_param_spec_uint ("queue-frames", "Queue frames",
           "Frames held between the generator and downstream; generation pauses while "

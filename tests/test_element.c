@@ -239,7 +239,7 @@ test_properties (void)
   static const gchar *settings[] = {
     "model", "num-frames", "steps", "flow-shift", "seed", "sampler", "engine", "block-frames",
     "context-frames", "devices", "text-len", "queue-frames", "is-live", "processes", "wire-bf16",
-    "prompt-schedule",
+    "prompt-schedule", "threads",
   };
   /* Changeable while playing (DualParal engine). */
   static const gchar *steering[] = {
@@ -281,6 +281,23 @@ test_properties (void)
   g_assert_nonnull (g_enum_get_value_by_nick (sampler, "unipc"));
   g_assert_nonnull (g_enum_get_value_by_nick (sampler, "euler"));
   g_type_class_unref (sampler);
+
+  /* threads: 0 (what the machine leaves) by default, negative refused by
+   * the property's range. */
+  {
+    GParamSpecInt *threads = G_PARAM_SPEC_INT (g_object_class_find_property (klass, "threads"));
+    gint n = -1;
+
+    g_assert_cmpint (threads->default_value, ==, 0);
+    g_assert_cmpint (threads->minimum, ==, 0);
+    g_assert_cmpint (threads->maximum, ==, 1024);
+    g_object_get (src, "threads", &n, NULL);
+    g_assert_cmpint (n, ==, 0);
+    g_object_set (src, "threads", 3, NULL);
+    g_object_get (src, "threads", &n, NULL);
+    g_assert_cmpint (n, ==, 3);
+    g_object_set (src, "threads", 0, NULL);
+  }
 
   /* A valid count is taken silently; a bad one is kept (start refuses it)
    * and warned about at once. */
@@ -521,7 +538,8 @@ test_auto_engine_devices (void)
     return;
   pipeline = source_pipeline (&src);
   configure (src, TEST_FRAMES);
-  g_object_set (src, "devices", "cpu,cpu", NULL);
+  /* three CPU threads shared by the two stages: cpu:2,cpu:1 */
+  g_object_set (src, "devices", "cpu,cpu", "threads", 3, NULL);
   g_object_get (src, "engine", &engine, NULL);
   g_assert_cmpint (engine, ==, 0); /* auto, the default */
   assert_no_error (run_to_end (pipeline, NULL, NULL));

@@ -426,6 +426,9 @@ test_errors (void)
     { { "--model", model, "--prompt", "x", "--engine", "dualparal", "--block-frames", "2",
         "--context-frames", "3", "--output", "@OUT" }, "context" },
     { { "--model", model, "--prompt", "x", "stray", "--output", "@OUT" }, "stray" },
+    { { "--model", model, "--prompt", "x", "--threads", "-1", "--output", "@OUT" }, "--threads -1" },
+    { { "--model", model, "--prompt", "x", "--threads", "2000", "--output", "@OUT" }, "threads 2000" },
+    { { "--model", model, "--prompt", "x", "--device", "cpu:0", "--output", "@OUT" }, "cpu:0" },
     { { "--model", model, "--prompt", "x", "--frames", "1", "--steps", "1", "--output",
         missing_dir }, "Cannot create" },
   };

@@ -48,6 +48,7 @@ static char *opt_seed = NULL;
 static char *opt_sampler = NULL;
 static char *opt_device = NULL;
 static int opt_text_len = 0;
+static int opt_threads = 0;
 static char *opt_output = NULL;
 static char *opt_chroma = NULL;
 static char *opt_png_dir = NULL;
@@ -90,6 +91,9 @@ static GOptionEntry entries[] = {
   { "device", 'd', 0, G_OPTION_ARG_STRING, &opt_device,
     "cpu (default), cuda, cuda:N or N; DualParal: a list such as 0,1,2,3 or cpu,cpu (one stage "
     "each)", "DEV" },
+  { "threads", 't', 0, G_OPTION_ARG_INT, &opt_threads,
+    "CPU threads in all, shared out among the CPU stages (default 0: OMP_NUM_THREADS when set, "
+    "else the CPUs this process may run on)", "N" },
   { "text-len", 0, 0, G_OPTION_ARG_INT, &opt_text_len,
     "Text tokens the prompt is padded to (default: the model's, else 512)", "N" },
   { "output", 'o', 0, G_OPTION_ARG_FILENAME, &opt_output,
@@ -476,6 +480,11 @@ main (int argc, char **argv)
   char *stage_devices = NULL;
   char *schedule_text = NULL;
 
+  /* Idle OpenMP threads sleep instead of spinning, unless the user chose
+   * (OMP_WAIT_POLICY / GOMP_SPINCOUNT): libgomp reads this only when it is
+   * loaded, so this executes the program again once with it set. */
+  dp_openmp_quiet_reexec (argv);
+
   /* The character type only (the charset of non-UTF-8 prompts); numbers keep
    * the C locale's decimal point. */
   setlocale (LC_CTYPE, "");
@@ -563,6 +572,10 @@ main (int argc, char **argv)
   if (opt_device)
     params.devices = opt_device;
   params.text_len = opt_text_len;
+  if (opt_threads < 0)
+    return fail ("--threads %d: give a number of CPU threads, 1 or more, or 0 for the CPUs this "
+                 "process may run on", opt_threads);
+  params.threads = opt_threads;
   if (!engine_options (&params, &stage_devices))
     return 1;
 
@@ -576,14 +589,18 @@ main (int argc, char **argv)
   }
   dp_generator_get_size (gen, &st.width, &st.height);
   if (!opt_quiet) {
-    char frames[32] = "endless video";
+    char frames[32] = "endless video", cpu_threads[160] = "";
+    if (dp_generator_threads (gen) > 0)
+      g_snprintf (cpu_threads, sizeof cpu_threads, ", CPU threads: %d (OpenMP waiting: %s)",
+                  dp_generator_threads (gen), dp_openmp_wait_policy ());
     if (dp_generator_num_frames (gen) >= 0)
       g_snprintf (frames, sizeof frames, "%" G_GINT64_FORMAT " frames", dp_generator_num_frames (gen));
     g_printerr ("%s: %dx%d, %s at %d fps, %d %s steps, guidance %g, seed %" G_GUINT64_FORMAT
-                ", text length %d, %s engine\n", PROG, st.width, st.height, frames,
+                ", text length %d, %s engine%s\n", PROG, st.width, st.height, frames,
                 dp_generator_fps (gen), params.steps, dp_sampler_kind_name (params.sampler),
                 params.guidance_scale, params.seed, dp_generator_text_len (gen),
-                dp_generator_engine (gen, NULL, NULL) == DP_ENGINE_DUALPARAL ? "DualParal" : "classic");
+                dp_generator_engine (gen, NULL, NULL) == DP_ENGINE_DUALPARAL ? "DualParal" : "classic",
+                cpu_threads);
     dp_generator_set_step_callback (gen, on_step, NULL);
     dp_generator_set_prompt_callback (gen, on_prompt, NULL);
   }

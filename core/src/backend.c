@@ -27,7 +27,16 @@ dp_backend *
 dp_backend_new (const char *spec, GError **error)
 {
   if (spec == NULL || g_strcmp0 (spec, "cpu") == 0)
-    return dp_cpu_backend_new (error);
+    return dp_cpu_backend_new (0, error);
+  if (g_str_has_prefix (spec, "cpu:")) {
+    guint64 v = 0;
+    if (!g_ascii_string_to_unsigned (spec + 4, 10, 1, DP_CPU_MAX_THREADS, &v, NULL)) {
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "bad device \"%s\": expected cpu or cpu:N with N "
+                   "threads, 1 to %d", spec, DP_CPU_MAX_THREADS);
+      return NULL;
+    }
+    return dp_cpu_backend_new ((int) v, error);
+  }
   if (g_str_has_prefix (spec, "cuda")) {
     int device = 0;
     const char *rest = spec + 4;
@@ -52,7 +61,7 @@ dp_backend_new (const char *spec, GError **error)
     return NULL;
 #endif
   }
-  g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "unknown backend \"%s\" (expected cpu or cuda:N)", spec);
+  g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "unknown backend \"%s\" (expected cpu, cpu:N or cuda:N)", spec);
   return NULL;
 }
 

@@ -14,13 +14,15 @@
 
 #include "generator_private.h"
 #include "engine/generate.h"
+#include "cpu/backend_cpu.h"
 
 struct dp_generator {
   /* Settings (own copies). */
   char *model_dir;
   char *prompt;
   char *negative_prompt;
-  char *device;          /* the backend spec: "cpu", "cuda:N" */
+  char *device;          /* the backend spec: "cpu:N", "cuda:N" */
+  char *devices;         /* the devices list, CPU threads given ("cpu:2,cpu:2") */
   int width, height;     /* pixels */
   int num_frames;
   int text_len;
@@ -86,6 +88,7 @@ dp_generator_params_init (dp_generator_params *p)
   p->context_frames = 0;
   p->devices = "cpu";
   p->text_len = 0;
+  p->threads = 0;
 }
 
 /* ------------------------------------------------------------ settings */
@@ -314,10 +317,10 @@ parse_devices (const char *devices, gboolean several, GError **error)
       }
       if (i == 0)
         spec = g_strdup_printf ("cuda:%lu", v);
-    } else if (strcmp (item, "cpu") == 0 || strcmp (item, "cuda") == 0
-               || g_str_has_prefix (item, "cuda:")) {
+    } else if (strcmp (item, "cpu") == 0 || g_str_has_prefix (item, "cpu:")
+               || strcmp (item, "cuda") == 0 || g_str_has_prefix (item, "cuda:")) {
       if (i == 0)
-        spec = g_strdup (item); /* dp_backend_new judges "cuda:N" */
+        spec = g_strdup (item); /* dp_backend_new judges "cpu:N", "cuda:N" */
     } else {
       g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "devices \"%s\": \"%s\" is not a device (use "
                    "cpu, cuda:N or a GPU number N)", devices, item);
@@ -512,7 +515,7 @@ load_dualparal (dp_generator *gen, const dp_generator_params *p, const dp_sample
     return FALSE;
   }
   dp_dualparal_config c = {
-    .model_dir = gen->model_dir, .devices = p->devices, .be0 = gen->be,
+    .model_dir = gen->model_dir, .devices = gen->devices, .be0 = gen->be,
     .block_frames = gen->block_frames, .context_frames = gen->context_frames,
     .latent_frames = gen->latent_frames, .latent_height = gen->latent_height,
     .latent_width = gen->latent_width, .settings = settings, .steps = p->steps,
@@ -709,7 +712,7 @@ dp_generator_new (const dp_generator_params *p, GError **error)
 {
   dp_generator *gen;
   model_hints hints;
-  char *device;
+  char *device, *devices;
 
   g_return_val_if_fail (p != NULL, NULL);
   g_return_val_if_fail (error == NULL || *error == NULL, NULL);
@@ -719,19 +722,28 @@ dp_generator_new (const dp_generator_params *p, GError **error)
   device = parse_devices (p->devices, p->engine != DP_ENGINE_CLASSIC && p->processes != DP_PROCESSES_LAUNCHER, error);
   if (device == NULL)
     return NULL;
+  g_free (device);
+  /* The CPU threads, shared out among the CPU stages: "cpu,cpu" -> "cpu:1,cpu:1". */
+  devices = dp_cpu_assign_threads (p->devices, p->threads, error);
+  if (devices == NULL)
+    return NULL;
+  device = parse_devices (devices, TRUE, NULL);
   if (!g_file_test (p->model_dir, G_FILE_TEST_IS_DIR)) {
     g_set_error (error, DP_ERROR, DP_ERROR_MISSING, "Model directory '%s' does not exist or is not "
                  "a directory", p->model_dir);
     g_free (device);
+    g_free (devices);
     return NULL;
   }
   if (!read_model_index (p->model_dir, &hints, error) || !check_components (p->model_dir, error)) {
     g_free (device);
+    g_free (devices);
     return NULL;
   }
 
   gen = g_new0 (dp_generator, 1);
   gen->device = device;
+  gen->devices = devices;
   gen->model_dir = g_strdup (p->model_dir);
   if (p->prompt_schedule && !parse_schedule (p->prompt_schedule, &gen->schedule, &gen->n_schedule, error)) {
     g_free (gen->device);
@@ -808,6 +820,7 @@ dp_generator_free (dp_generator *gen)
   g_free (gen->prompt);
   g_free (gen->negative_prompt);
   g_free (gen->device);
+  g_free (gen->devices);
   g_free (gen);
 }
 
@@ -848,6 +861,12 @@ int
 dp_generator_text_len (const dp_generator *gen)
 {
   return gen->text_len;
+}
+
+int
+dp_generator_threads (const dp_generator *gen)
+{
+  return dp_cpu_threads_in (gen->devices);
 }
 
 void

@@ -109,7 +109,8 @@ typedef struct {
   int context_frames;          /* DualParal C; 0 = the model's, else the engine default (5, at most P) */
   const char *devices;         /* "cpu" (default), "cuda" / "cuda:N" / "N" (one GPU), or a
                                 * comma-separated list, one DualParal stage each: "0,1,2,3"
-                                * (several GPUs) or "cpu,cpu" (DualParal engine only) */
+                                * (several GPUs) or "cpu,cpu" (DualParal engine only);
+                                * "cpu:N" is a CPU stage of N threads */
   int text_len;                /* text tokens (prompt padded / truncated to it), 1..
                                 * DP_GENERATOR_MAX_TEXT_LEN; 0 = the model's (default) */
   dp_processes processes;      /* default DP_PROCESSES_THREADS; others need the DualParal engine */
@@ -128,6 +129,12 @@ typedef struct {
                                 * in the log domain "dualparal"); see
                                 * dp_generator_set_warning_callback() */
   void *warning_data;
+  int threads;                 /* CPU threads in all, 1..1024, shared out among the CPU
+                                * stages (at least 1 each; "cpu:N" entries of devices keep
+                                * their N); 0 = what the machine leaves (default):
+                                * OMP_NUM_THREADS when set, else the CPUs this process may
+                                * run on (affinity, cgroup CPU quota).  No effect on GPU
+                                * stages. */
 } dp_generator_params;
 
 /* Progress after each finished block of frames. */
@@ -198,6 +205,8 @@ int dp_generator_fps (const dp_generator *gen);
 int64_t dp_generator_num_frames (const dp_generator *gen);
 /* The text length the prompts are encoded to (see above). */
 int dp_generator_text_len (const dp_generator *gen);
+/* The CPU threads the generator's CPU stages use in all (0: none on the CPU). */
+int dp_generator_threads (const dp_generator *gen);
 /* The engine that runs (DP_ENGINE_AUTO resolved), and for the DualParal
  * engine the block and context frames asked for (0: the engine's defaults). */
 dp_engine_kind dp_generator_engine (const dp_generator *gen, int *block_frames, int *context_frames);

@@ -74,6 +74,7 @@ static void
 cpu_destroy (dp_backend *be)
 {
   g_clear_error (&be->error);
+  g_free (be->priv);
   g_free (be);
 }
 
@@ -125,9 +126,17 @@ static const dp_backend_ops cpu_ops = {
 };
 
 dp_backend *
-dp_cpu_backend_new (GError **error)
+dp_cpu_backend_new (int threads, GError **error)
 {
+  if (threads < 0 || threads > DP_CPU_MAX_THREADS) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "CPU threads %d is not valid: use 1 to %d, or 0 "
+                 "for the CPUs this process may use", threads, DP_CPU_MAX_THREADS);
+    return NULL;
+  }
+  dp_cpu_state *st = g_new0 (dp_cpu_state, 1);
+  st->threads = threads > 0 ? threads : dp_cpu_available ();
   dp_backend *be = g_new0 (dp_backend, 1);
+  be->priv = st;
   be->ops = &cpu_ops;
   be->name = "cpu";
   be->act_dtype = DP_F32;
@@ -141,4 +150,176 @@ dp_cpu_backend_new (GError **error)
   openblas_set_num_threads (1);
 #endif
   return be;
+}
+
+int
+dp_cpu_quota_cpus (const char *quota, const char *period)
+{
+  if (quota == NULL)
+    return 0;
+  /* cgroup v2 cpu.max: "QUOTA PERIOD" or "max PERIOD"; v1: the two files
+   * cpu.cfs_quota_us (-1: none) and cpu.cfs_period_us. */
+  char *text = g_strdup_printf ("%s %s", quota, period ? period : "");
+  char **f = g_strsplit_set (g_strstrip (text), " \t\n", -1);
+  char *words[2] = { NULL, NULL };
+  int k = 0;
+  for (char **w = f; *w && k < 2; w++)
+    if (**w)
+      words[k++] = *w;
+  gint64 qv = 0, pv = 0;
+  int n = 0;
+  if (k == 2 && g_ascii_string_to_signed (words[0], 10, 1, G_MAXINT64, &qv, NULL)
+      && g_ascii_string_to_signed (words[1], 10, 1, G_MAXINT64, &pv, NULL))
+    n = (int) MIN (qv / pv + (qv % pv != 0), (gint64) DP_CPU_MAX_THREADS);
+  g_strfreev (f);
+  g_free (text);
+  return n;
+}
+
+/* The CPU quota of this process's cgroup, in CPUs rounded up; 0: none. */
+static int
+cgroup_quota_cpus (void)
+{
+  char *self = NULL, *path = g_strdup ("/"), *v1path = g_strdup ("/");
+  if (g_file_get_contents ("/proc/self/cgroup", &self, NULL, NULL)) {
+    char **lines = g_strsplit (self, "\n", -1);
+    for (char **l = lines; *l; l++) {
+      if (g_str_has_prefix (*l, "0::")) {
+        g_free (path);
+        path = g_strdup (*l + 3);
+      } else {
+        char **f = g_strsplit (*l, ":", 3);
+        if (f[0] && f[1] && f[2] && (strcmp (f[1], "cpu,cpuacct") == 0 || strcmp (f[1], "cpu") == 0)) {
+          g_free (v1path);
+          v1path = g_strdup (f[2]);
+        }
+        g_strfreev (f);
+      }
+    }
+    g_strfreev (lines);
+    g_free (self);
+  }
+  int n = 0;
+  char *a = NULL, *b = NULL;
+  /* Inside a cgroup namespace the path is "/" and the files are at the top. */
+  const char *v2[] = { path, "/" };
+  for (guint i = 0; i < G_N_ELEMENTS (v2) && n == 0; i++) {
+    char *f = g_build_filename ("/sys/fs/cgroup", v2[i], "cpu.max", NULL);
+    if (g_file_get_contents (f, &a, NULL, NULL))
+      n = dp_cpu_quota_cpus (a, NULL);
+    g_clear_pointer (&a, g_free);
+    g_free (f);
+  }
+  const char *v1[] = { v1path, "/" };
+  for (guint i = 0; i < G_N_ELEMENTS (v1) && n == 0; i++) {
+    char *fq = g_build_filename ("/sys/fs/cgroup/cpu", v1[i], "cpu.cfs_quota_us", NULL);
+    char *fp = g_build_filename ("/sys/fs/cgroup/cpu", v1[i], "cpu.cfs_period_us", NULL);
+    if (g_file_get_contents (fq, &a, NULL, NULL) && g_file_get_contents (fp, &b, NULL, NULL))
+      n = dp_cpu_quota_cpus (a, b);
+    g_clear_pointer (&a, g_free);
+    g_clear_pointer (&b, g_free);
+    g_free (fq);
+    g_free (fp);
+  }
+  g_free (path);
+  g_free (v1path);
+  return n;
+}
+
+int
+dp_cpu_available (void)
+{
+  int n = 0;
+#ifdef _OPENMP
+  /* OpenMP's own reading of OMP_NUM_THREADS (its first level): the user's
+   * word, taken as it is. */
+  if (g_getenv ("OMP_NUM_THREADS") != NULL)
+    n = omp_get_max_threads ();
+#endif
+  if (n < 1) {
+    n = (int) g_get_num_processors (); /* sched_getaffinity */
+    /* A container's CPU quota: more threads than it allows only wait. */
+    const int quota = cgroup_quota_cpus ();
+    if (quota > 0)
+      n = MIN (n, quota);
+  }
+  return CLAMP (n, 1, DP_CPU_MAX_THREADS);
+}
+
+int
+dp_cpu_team_size (dp_backend *be)
+{
+  int n = 1;
+  const int nt = dp_cpu_threads (be);
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+#pragma omp single
+    n = omp_get_num_threads ();
+#endif
+  }
+  return n;
+}
+
+static gboolean
+is_bare_cpu (const char *item)
+{
+  return strcmp (item, "cpu") == 0;
+}
+
+char *
+dp_cpu_assign_threads (const char *devices, int threads, GError **error)
+{
+  if (threads < 0 || threads > DP_CPU_MAX_THREADS) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "threads %d is not valid: use 1 to %d, or 0 for "
+                 "the CPUs this process may use", threads, DP_CPU_MAX_THREADS);
+    return NULL;
+  }
+  char **items = g_strsplit (devices ? devices : "cpu", ",", -1);
+  int n_bare = 0;
+  for (char **it = items; *it; it++)
+    n_bare += is_bare_cpu (g_strstrip (*it));
+  if (n_bare == 0) {
+    g_strfreev (items);
+    return g_strdup (devices ? devices : "cpu");
+  }
+  const int total = threads > 0 ? threads : dp_cpu_available ();
+  const int each = total / n_bare, extra = total % n_bare;
+  GString *out = g_string_new (NULL);
+  int k = 0;
+  for (char **it = items; *it; it++) {
+    if (it != items)
+      g_string_append_c (out, ',');
+    if (is_bare_cpu (*it)) {
+      g_string_append_printf (out, "cpu:%d", MAX (1, each + (k < extra)));
+      k++;
+    } else {
+      g_string_append (out, *it);
+    }
+  }
+  g_strfreev (items);
+  return g_string_free (out, FALSE);
+}
+
+int
+dp_backend_threads (const dp_backend *be)
+{
+  if (be == NULL || be->ops != &cpu_ops)
+    return 0;
+  return ((const dp_cpu_state *) be->priv)->threads;
+}
+
+int
+dp_cpu_threads_in (const char *devices)
+{
+  int sum = 0;
+  char **items = g_strsplit (devices ? devices : "", ",", -1);
+  for (char **it = items; *it; it++) {
+    const char *item = g_strstrip (*it);
+    guint64 v;
+    if (g_str_has_prefix (item, "cpu:") && g_ascii_string_to_unsigned (item + 4, 10, 1, DP_CPU_MAX_THREADS, &v, NULL))
+      sum += (int) v;
+  }
+  g_strfreev (items);
+  return sum;
 }

@@ -1,13 +1,70 @@
 /* The CPU backend: F32 everywhere, CBLAS GEMMs, OpenMP threads.  Private to
- * the core: users create it with dp_backend_new ("cpu", ...). */
+ * the core: users create it with dp_backend_new ("cpu" or "cpu:N", ...). */
 #ifndef DP_BACKEND_CPU_H
 #define DP_BACKEND_CPU_H
 
 #include "dualparal/backend.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 G_BEGIN_DECLS
 
-dp_backend *dp_cpu_backend_new (GError **error);
+/* Most threads one CPU backend accepts. */
+#define DP_CPU_MAX_THREADS 1024
+
+/* be->priv of a CPU backend. */
+typedef struct {
+  int threads; /* the OpenMP team of every operation, >= 1 */
+} dp_cpu_state;
+
+/* threads: the size of the OpenMP team every operation of this backend
+ * uses (each parallel region says num_threads, so the setting belongs to
+ * the backend, whichever thread calls it: DualParal's CPU stages each run
+ * their own team); 0 = dp_cpu_available ().  NULL with DP_ERROR_INVALID
+ * outside 0..DP_CPU_MAX_THREADS. */
+dp_backend *dp_cpu_backend_new (int threads, GError **error);
+
+/* The threads "auto" means: OMP_NUM_THREADS when set (as OpenMP reads it),
+ * else the CPUs this process may run on (sched_getaffinity, so taskset and
+ * cpusets count), at most its cgroup's CPU quota rounded up (a container's
+ * --cpus).  At least 1. */
+int dp_cpu_available (void);
+
+/* CPUs a cgroup CPU quota allows, rounded up; 0 for none or unreadable
+ * text.  quota: cgroup v2 cpu.max ("150000 100000", "max 100000"; period
+ * NULL) or v1 cpu.cfs_quota_us ("-1": none) with period cpu.cfs_period_us. */
+int dp_cpu_quota_cpus (const char *quota, const char *period);
+
+/* The team of an operation of be: its thread count, or 1 when called from
+ * inside a parallel region already (no nested teams). */
+static inline int
+dp_cpu_threads (const dp_backend *be)
+{
+#ifdef _OPENMP
+  if (omp_in_parallel ())
+    return 1;
+  return ((const dp_cpu_state *) be->priv)->threads;
+#else
+  return 1;
+#endif
+}
+
+/* Opens one parallel region as the operations do and returns the number
+ * of threads OpenMP actually gave it (for tests and diagnostics). */
+int dp_cpu_team_size (dp_backend *be);
+
+/* A devices list ("cpu", "cpu,cpu", "cuda:0", "cpu:3,cpu") with the CPU
+ * threads shared out: every bare "cpu" entry becomes "cpu:N", the
+ * threads (0: dp_cpu_available ()) divided evenly among the bare entries,
+ * the first ones taking the remainder, at least 1 each; "cpu:N" entries
+ * and GPUs are kept as they are.  A newly allocated string; NULL with
+ * DP_ERROR_INVALID when threads is negative or too large. */
+char *dp_cpu_assign_threads (const char *devices, int threads, GError **error);
+
+/* The sum of N over the "cpu:N" entries of a devices list. */
+int dp_cpu_threads_in (const char *devices);
 
 /* Operations, one file per family (cpu_*.c). */
 void dp_cpu_linear (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *w,

@@ -7,6 +7,10 @@
 
 #include <math.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 /* torch.nn.functional.gelu (x, approximate="tanh"):
  * 0.5 x (1 + tanh (u)), u = sqrt (2/pi) (x + 0.044715 x^3), evaluated as the
  * identical x / (1 + exp (-2u)) (1 + tanh u = 2 / (1 + exp (-2u))): one expf
@@ -63,21 +67,6 @@ dp_cpu_overlap (const dp_tensor *a, const dp_tensor *b)
  * of waking the OpenMP team exceeds the work. */
 #define DP_CPU_PAR_MIN 32768
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-/* Threads of the OpenMP team (1 without OpenMP or inside a parallel region). */
-static inline int
-dp_cpu_max_threads (void)
-{
-#ifdef _OPENMP
-  return omp_in_parallel () ? 1 : omp_get_max_threads ();
-#else
-  return 1;
-#endif
-}
-
 static inline int
 dp_cpu_thread_num (void)
 {
@@ -91,10 +80,11 @@ dp_cpu_thread_num (void)
 /* Row-major C [M, N] = A [M, K] op (B) + beta C, op (B) = B^T ([N, K], ldb)
  * when trans_b, else B ([K, N], ldb).  The CPU backend runs OpenBLAS
  * single-threaded (dp_cpu_backend_new) and threads GEMMs itself: this splits
- * the larger of M and N over the OpenMP team, one single-threaded CBLAS call
- * per part, so only one thread pool ever runs (cpu_linear.c).  Sizes must
- * fit in int (callers check). */
-void dp_cpu_sgemm (gboolean trans_b, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+ * the larger of M and N over an OpenMP team of at most nt threads
+ * (dp_cpu_threads), one single-threaded CBLAS call per part, so only one
+ * thread pool ever runs (cpu_linear.c).  Sizes must fit in int (callers
+ * check). */
+void dp_cpu_sgemm (int nt, gboolean trans_b, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                    const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 
 #endif

@@ -24,7 +24,7 @@ dp_cpu_gelu_tanh (dp_backend *be, dp_tensor *y, const dp_tensor *x)
   const int64_t n = dp_tensor_nelem (x);
   const float *xd = x->data;
   float *yd = y->data;
-#pragma omp parallel for schedule(static) if (n > DP_CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (n > DP_CPU_PAR_MIN)
   for (int64_t i = 0; i < n; i++)
     yd[i] = dp_cpu_gelu_tanh_1 (xd[i]);
 }
@@ -37,7 +37,7 @@ dp_cpu_silu (dp_backend *be, dp_tensor *y, const dp_tensor *x)
   const int64_t n = dp_tensor_nelem (x);
   const float *xd = x->data;
   float *yd = y->data;
-#pragma omp parallel for schedule(static) if (n > DP_CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (n > DP_CPU_PAR_MIN)
   for (int64_t i = 0; i < n; i++)
     yd[i] = dp_cpu_silu_1 (xd[i]);
 }

@@ -90,7 +90,7 @@ dp_cpu_attention (dp_backend *be, dp_tensor *o, const dp_tensor *q, const dp_ten
 
   const int64_t Le = p->key_len > 0 ? p->key_len : Lk; /* keys attended */
   const int64_t ld = H * d;
-  const int nt = dp_cpu_max_threads ();
+  const int nt = dp_cpu_threads (be);
   int64_t qblock = ATTN_SCORE_BUDGET / nt / Le;
   qblock = CLAMP (qblock, 1, ATTN_MAX_QBLOCK);
   qblock = MIN (qblock, Lq);

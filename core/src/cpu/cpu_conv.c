@@ -80,9 +80,9 @@ dp_cpu_conv3d (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor
   } else if (kt == 1 && kh == 1 && kw == 1 && p->stride_t == 1 && p->stride_h == 1 && p->stride_w == 1 &&
              p->pad_t_front == 0 && p->pad_t_back == 0 && p->pad_h == 0 && p->pad_w == 0) {
     /* pointwise: y [Cout, T*H*W] = w [Cout, Cin] x [Cin, T*H*W] */
-    dp_cpu_sgemm (FALSE, Cout, Ny, Cin, wd, Cin, xd, Ny, 0.0f, yd, Ny);
+    dp_cpu_sgemm (dp_cpu_threads (be), FALSE, Cout, Ny, Cin, wd, Cin, xd, Ny, 0.0f, yd, Ny);
   } else {
-    const int nt = dp_cpu_max_threads ();
+    const int nt = dp_cpu_threads (be);
     int64_t chunk = MIN (P, MAX (1, CONV_COL_BUDGET / nt / K));
     /* enough tasks to keep every thread busy (not below 64 columns) */
     while (chunk > 64 && To * ((P + chunk - 1) / chunk) < 2 * nt)
@@ -140,7 +140,7 @@ dp_cpu_conv3d (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor
 
   if (bias) {
     const float *bd = bias->data;
-#pragma omp parallel for schedule(static) if (Cout * Ny > DP_CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (Cout * Ny > DP_CPU_PAR_MIN)
     for (int64_t co = 0; co < Cout; co++) {
       float *yr = yd + co * Ny;
       for (int64_t i = 0; i < Ny; i++)

@@ -29,7 +29,7 @@ dp_cpu_add (dp_backend *be, dp_tensor *y, const dp_tensor *a, const dp_tensor *b
   const int64_t n = dp_tensor_nelem (y);
   const float *ad = a->data, *bd = b->data;
   float *yd = y->data;
-#pragma omp parallel for schedule(static) if (n > DP_CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (n > DP_CPU_PAR_MIN)
   for (int64_t i = 0; i < n; i++)
     yd[i] = ad[i] + bd[i];
 }
@@ -42,7 +42,7 @@ dp_cpu_mul (dp_backend *be, dp_tensor *y, const dp_tensor *a, const dp_tensor *b
   const int64_t n = dp_tensor_nelem (y);
   const float *ad = a->data, *bd = b->data;
   float *yd = y->data;
-#pragma omp parallel for schedule(static) if (n > DP_CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (n > DP_CPU_PAR_MIN)
   for (int64_t i = 0; i < n; i++)
     yd[i] = ad[i] * bd[i];
 }
@@ -55,7 +55,7 @@ dp_cpu_axpby (dp_backend *be, dp_tensor *y, float alpha, const dp_tensor *a, flo
   const int64_t n = dp_tensor_nelem (y);
   const float *ad = a->data, *bd = b->data;
   float *yd = y->data;
-#pragma omp parallel for schedule(static) if (n > DP_CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (n > DP_CPU_PAR_MIN)
   for (int64_t i = 0; i < n; i++)
     yd[i] = alpha * ad[i] + beta * bd[i];
 }
@@ -77,7 +77,7 @@ dp_cpu_gated_add (dp_backend *be, dp_tensor *x, const dp_tensor *y, const dp_ten
   float *xd = x->data;
   const float *yd = y->data;
   if (!gate) {
-#pragma omp parallel for schedule(static) if (n > DP_CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (n > DP_CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++)
       xd[i] += yd[i];
     return;
@@ -92,7 +92,7 @@ dp_cpu_gated_add (dp_backend *be, dp_tensor *x, const dp_tensor *y, const dp_ten
   }
   const int64_t L = R / B;
   const float *gd = gate->data;
-#pragma omp parallel for schedule(static) if (n > DP_CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (n > DP_CPU_PAR_MIN)
   for (int64_t r = 0; r < R; r++) {
     const float *g = gd + (r / L) * D;
     float *xr = xd + r * D;
@@ -127,7 +127,7 @@ dp_cpu_upsample_nearest2x (dp_backend *be, dp_tensor *y, const dp_tensor *x)
   const float *xd = x->data;
   float *yd = y->data;
   /* one output row pair per input row */
-#pragma omp parallel for schedule(static) if (dp_tensor_nelem (y) > DP_CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (dp_tensor_nelem (y) > DP_CPU_PAR_MIN)
   for (int64_t r = 0; r < planes * H; r++) {
     const float *xr = xd + r * W;
     float *y0 = yd + r * 4 * W;
@@ -174,7 +174,7 @@ dp_cpu_patchify (dp_backend *be, dp_tensor *tokens, const dp_tensor *x, int pt, 
   const int64_t Hp = H / ph, Wp = W / pw, ntok = (F / pt) * Hp * Wp, width = C * pt * ph * pw;
   const float *xd = x->data;
   float *td = tokens->data;
-#pragma omp parallel for schedule(static) if (ntok * width > DP_CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (ntok * width > DP_CPU_PAR_MIN)
   for (int64_t t = 0; t < ntok; t++) {
     const int64_t fp = t / (Hp * Wp), hp = (t / Wp) % Hp, wp = t % Wp;
     float *row = td + t * width;
@@ -199,7 +199,7 @@ dp_cpu_unpatchify (dp_backend *be, dp_tensor *x, const dp_tensor *tokens, int pt
   const int64_t Hp = H / ph, Wp = W / pw, ntok = (F / pt) * Hp * Wp, width = C * pt * ph * pw;
   const float *td = tokens->data;
   float *xd = x->data;
-#pragma omp parallel for schedule(static) if (ntok * width > DP_CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (ntok * width > DP_CPU_PAR_MIN)
   for (int64_t t = 0; t < ntok; t++) {
     const int64_t fp = t / (Hp * Wp), hp = (t / Wp) % Hp, wp = t % Wp;
     const float *row = td + t * width;

@@ -66,7 +66,7 @@ dp_cpu_layer_norm (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_te
     return;
   const float *xd = x->data, *wd = w ? w->data : NULL, *bd = b ? b->data : NULL;
   float *yd = y->data;
-#pragma omp parallel for schedule(static) if (R * D > DP_CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (R * D > DP_CPU_PAR_MIN)
   for (int64_t r = 0; r < R; r++) {
     const float *xr = xd + r * D;
     float *yr = yd + r * D;
@@ -111,7 +111,7 @@ dp_cpu_layer_norm_modulate (dp_backend *be, dp_tensor *y, const dp_tensor *x, co
   const int64_t L = R / B;
   const float *xd = x->data, *shd = shift->data, *scd = scale->data;
   float *yd = y->data;
-#pragma omp parallel for schedule(static) if (R * D > DP_CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (R * D > DP_CPU_PAR_MIN)
   for (int64_t r = 0; r < R; r++) {
     const float *xr = xd + r * D;
     float *yr = yd + r * D;
@@ -134,7 +134,7 @@ dp_cpu_rms_norm (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tens
     return;
   const float *xd = x->data, *wd = w ? w->data : NULL;
   float *yd = y->data;
-#pragma omp parallel for schedule(static) if (R * D > DP_CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (R * D > DP_CPU_PAR_MIN)
   for (int64_t r = 0; r < R; r++) {
     const float *xr = xd + r * D;
     float *yr = yd + r * D;

@@ -53,7 +53,7 @@ dp_cpu_rope_3d (dp_backend *be, dp_tensor *x, const dp_rope_grid *grid)
   axis_table (cw, sw, (int) Wg, NULL, nw, dw, theta);
 
   float *xd = x->data;
-#pragma omp parallel for schedule(static) if (B * L * H * d > DP_CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (B * L * H * d > DP_CPU_PAR_MIN)
   for (int64_t bl = 0; bl < B * L; bl++) {
     const int64_t l = bl % L;
     const int64_t f = l / (Hg * Wg), hh = (l / Wg) % Hg, ww = l % Wg;

@@ -46,7 +46,7 @@ dp_cpu_channel_rms_norm (dp_backend *be, dp_tensor *y, const dp_tensor *x, const
   const float scale = sqrtf ((float) C);
   const int64_t ntiles = (L + NORM_TILE - 1) / NORM_TILE;
 
-#pragma omp parallel for schedule(static) if (n > DP_CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (n > DP_CPU_PAR_MIN)
   for (int64_t tile = 0; tile < ntiles; tile++) {
     const int64_t l0 = tile * NORM_TILE;
     const int64_t nl = MIN (NORM_TILE, L - l0);
@@ -110,7 +110,7 @@ dp_cpu_copy_cols (dp_backend *be, dp_tensor *dst, int64_t dst_col0, const dp_ten
   const size_t es = dp_dtype_size (dst->dtype);
   uint8_t *d = dst->data;
   const uint8_t *s = src->data;
-#pragma omp parallel for schedule(static) if (R * ncols > DP_CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (R * ncols > DP_CPU_PAR_MIN)
   for (int64_t r = 0; r < R; r++)
     memcpy (d + (size_t) (r * dcols + dst_col0) * es, s + (size_t) (r * scols + src_col0) * es,
             (size_t) ncols * es);
@@ -143,7 +143,7 @@ dp_cpu_transpose (dp_backend *be, dp_tensor *y, const dp_tensor *x)
   const int64_t tiles_b = (B + TRANSPOSE_TILE - 1) / TRANSPOSE_TILE;
   const size_t es = dp_dtype_size (x->dtype);
 
-#pragma omp parallel for schedule(static) if (A * B > DP_CPU_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (A * B > DP_CPU_PAR_MIN)
   for (int64_t t = 0; t < tiles_a * tiles_b; t++) {
     const int64_t a0 = (t / tiles_b) * TRANSPOSE_TILE, b0 = (t % tiles_b) * TRANSPOSE_TILE;
     const int64_t a1 = MIN (A, a0 + TRANSPOSE_TILE), b1 = MIN (B, b0 + TRANSPOSE_TILE);
