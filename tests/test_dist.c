@@ -689,6 +689,21 @@ test_intruder (gconstpointer data)
   launcher_env_clear ();
 }
 
+/* A worker that cannot make its stage (here: a device that does not exist)
+ * fails the start with its own error, prefixed with its rank, and leaves
+ * no process. */
+static void
+test_worker_cannot_load (void)
+{
+  GError *err = NULL;
+  g_assert_null (make_generator ("cpu,cuda:99", DP_PROCESSES_SPAWN, 3, &err));
+  g_test_message ("%s", err->message);
+  g_assert_nonnull (strstr (err->message, "rank 1 ("));
+  g_assert_nonnull (strstr (err->message, "cuda:99"));
+  g_clear_error (&err);
+  g_assert_cmpint (list_workers ((int[16]){ 0 }, (int[16]){ 0 }, 16), ==, 0);
+}
+
 /* A worker whose model is not rank 0's: refused at start. */
 static void
 test_other_model (void)
@@ -743,6 +758,7 @@ main (int argc, char **argv)
   g_test_add_data_func ("/dist/wrong-version", GINT_TO_POINTER (FALSE), test_intruder);
   g_test_add_data_func ("/dist/forged-proof", GINT_TO_POINTER (TRUE), test_intruder);
   g_test_add_func ("/dist/other-model", test_other_model);
+  g_test_add_func ("/dist/worker-cannot-load", test_worker_cannot_load);
   const int status = g_test_run ();
   g_ptr_array_unref (warnings);
   return status;
