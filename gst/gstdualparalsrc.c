@@ -1229,7 +1229,8 @@ live_timestamp (GstDualParalSrc *self, GstClockTime index_pts, gboolean have_now
 }
 
 /* The stream's tags: the prompt as title and description, the generator
- * and its settings as encoder and comment.  Object lock not held. */
+ * and its settings as encoder and comment.  Object lock not held: the
+ * prompt and guidance are copied under it (they change while playing). */
 static GstTagList *
 stream_tags (GstDualParalSrc *self)
 {
@@ -1237,22 +1238,29 @@ stream_tags (GstDualParalSrc *self)
   gchar *model = g_path_get_basename (self->run.model);
   gchar *comment;
   gchar guidance[G_ASCII_DTOSTR_BUF_SIZE];
+  gchar *prompt, *negative_prompt;
+  gdouble guidance_scale;
 
-  if (self->run.prompt != NULL && self->run.prompt[0] != '\0') {
-    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE, GST_TAG_TITLE, self->run.prompt, NULL);
-    if (self->run.negative_prompt != NULL && self->run.negative_prompt[0] != '\0') {
-      gchar *description = g_strdup_printf ("%s (avoiding: %s)", self->run.prompt,
-                                            self->run.negative_prompt);
+  GST_OBJECT_LOCK (self);
+  prompt = g_strdup (self->run.prompt);
+  negative_prompt = g_strdup (self->run.negative_prompt);
+  guidance_scale = self->run.guidance_scale;
+  GST_OBJECT_UNLOCK (self);
+  if (prompt != NULL && prompt[0] != '\0') {
+    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE, GST_TAG_TITLE, prompt, NULL);
+    if (negative_prompt != NULL && negative_prompt[0] != '\0') {
+      gchar *description = g_strdup_printf ("%s (avoiding: %s)", prompt, negative_prompt);
 
       gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE, GST_TAG_DESCRIPTION, description, NULL);
       g_free (description);
     } else {
-      gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE, GST_TAG_DESCRIPTION, self->run.prompt,
-                        NULL);
+      gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE, GST_TAG_DESCRIPTION, prompt, NULL);
     }
   }
   /* The guidance with a '.' whatever the locale. */
-  g_ascii_formatd (guidance, sizeof guidance, "%g", self->run.guidance_scale);
+  g_free (prompt);
+  g_free (negative_prompt);
+  g_ascii_formatd (guidance, sizeof guidance, "%g", guidance_scale);
   comment = g_strdup_printf ("model %s, seed %" G_GUINT64_FORMAT ", steps %d, guidance %s, "
                              "sampler %s", model, self->run.seed, self->run.steps, guidance,
                              self->run.sampler == GST_DUAL_PARAL_SAMPLER_EULER ? "euler"
