@@ -1798,7 +1798,7 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
   g_object_class_install_property (gobject_class, PROP_THREADS,
       g_param_spec_int ("threads", "Threads",
           "CPU threads in all, shared out among the CPU stages of devices (at least 1 each); "
-          "0: what the machine leaves (OMP_NUM_THREADS when set, else the CPUs this process "
+          "0: what the machine leaves, for each stage (OMP_NUM_THREADS when set, else the CPUs this process "
           "may run on). Idle threads sleep (OMP_WAIT_POLICY=passive unless set)",
           0, 1024, CLAMP (d->threads, 0, 1024), SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_QUEUE_FRAMES,

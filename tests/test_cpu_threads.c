@@ -92,7 +92,7 @@ test_assign (void)
     g_assert_cmpstr (got, ==, cases[i].want);
     g_free (got);
   }
-  /* Auto: the available CPUs, shared out. */
+  /* Auto: the available CPUs, for each stage. */
   GError *err = NULL;
   char *got = dp_cpu_assign_threads ("cpu", 0, &err);
   g_assert_no_error (err);
@@ -100,7 +100,9 @@ test_assign (void)
   g_free (got);
   got = dp_cpu_assign_threads ("cpu,cpu", 0, &err);
   g_assert_no_error (err);
-  g_assert_cmpint (dp_cpu_threads_in (got), ==, MAX (avail, 2));
+  char *want = g_strdup_printf ("cpu:%d,cpu:%d", avail, avail); /* each stage the machine */
+  g_assert_cmpstr (got, ==, want);
+  g_free (want);
   g_free (got);
   /* Refused. */
   g_assert_null (dp_cpu_assign_threads ("cpu", -1, &err));
@@ -195,10 +197,14 @@ test_generator (void)
   g_assert_no_error (err);
   g_assert_cmpint (dp_generator_threads (gen), ==, dp_cpu_available ());
   dp_generator_free (gen);
-  /* Two CPU stages share the threads, and run. */
+  /* Two CPU stages share a number given; auto gives each the machine. */
   gen = tiny_generator ("cpu,cpu", 3, &err);
   g_assert_no_error (err);
   g_assert_cmpint (dp_generator_threads (gen), ==, 3);
+  dp_generator_free (gen);
+  gen = tiny_generator ("cpu,cpu", 0, &err);
+  g_assert_no_error (err);
+  g_assert_cmpint (dp_generator_threads (gen), ==, 2 * dp_cpu_available ());
   dp_generator_free (gen);
   gen = tiny_generator ("cpu:2,cpu", 1, &err);
   g_assert_no_error (err);

@@ -92,7 +92,7 @@ static GOptionEntry entries[] = {
     "cpu (default), cuda, cuda:N or N; DualParal: a list such as 0,1,2,3 or cpu,cpu (one stage "
     "each)", "DEV" },
   { "threads", 't', 0, G_OPTION_ARG_INT, &opt_threads,
-    "CPU threads in all, shared out among the CPU stages (default 0: OMP_NUM_THREADS when set, "
+    "CPU threads in all, shared out among the CPU stages (default 0: each stage OMP_NUM_THREADS when set, "
     "else the CPUs this process may run on)", "N" },
   { "text-len", 0, 0, G_OPTION_ARG_INT, &opt_text_len,
     "Text tokens the prompt is padded to (default: the model's, else 512)", "N" },

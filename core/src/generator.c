@@ -723,7 +723,7 @@ dp_generator_new (const dp_generator_params *p, GError **error)
   if (device == NULL)
     return NULL;
   g_free (device);
-  /* The CPU threads, shared out among the CPU stages: "cpu,cpu" -> "cpu:1,cpu:1". */
+  /* The CPU threads of each CPU stage: "cpu,cpu" with 3 threads -> "cpu:2,cpu:1". */
   devices = dp_cpu_assign_threads (p->devices, p->threads, error);
   if (devices == NULL)
     return NULL;

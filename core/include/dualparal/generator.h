@@ -131,10 +131,10 @@ typedef struct {
   void *warning_data;
   int threads;                 /* CPU threads in all, 1..1024, shared out among the CPU
                                 * stages (at least 1 each; "cpu:N" entries of devices keep
-                                * their N); 0 = what the machine leaves (default):
-                                * OMP_NUM_THREADS when set, else the CPUs this process may
-                                * run on (affinity, cgroup CPU quota).  No effect on GPU
-                                * stages. */
+                                * their N); 0 = what the machine leaves (default), for
+                                * each CPU stage: OMP_NUM_THREADS when set, else the CPUs
+                                * this process may run on (affinity, cgroup CPU quota).
+                                * No effect on GPU stages. */
 } dp_generator_params;
 
 /* Progress after each finished block of frames. */

@@ -283,7 +283,11 @@ dp_cpu_assign_threads (const char *devices, int threads, GError **error)
     g_strfreev (items);
     return g_strdup (devices ? devices : "cpu");
   }
-  const int total = threads > 0 ? threads : dp_cpu_available ();
+  /* Auto: every stage may use the whole machine (its threads sleep while
+   * it waits for its neighbours; docs/performance.md measured 1 + 1
+   * threads for two stages on 2 CPUs took 25-80 % longer than 2 + 2).  A number
+   * given is a total, shared out. */
+  const int total = threads > 0 ? threads : dp_cpu_available () * n_bare;
   const int each = total / n_bare, extra = total % n_bare;
   GString *out = g_string_new (NULL);
   int k = 0;

@@ -56,11 +56,13 @@ dp_cpu_threads (const dp_backend *be)
 int dp_cpu_team_size (dp_backend *be);
 
 /* A devices list ("cpu", "cpu,cpu", "cuda:0", "cpu:3,cpu") with the CPU
- * threads shared out: every bare "cpu" entry becomes "cpu:N", the
- * threads (0: dp_cpu_available ()) divided evenly among the bare entries,
- * the first ones taking the remainder, at least 1 each; "cpu:N" entries
- * and GPUs are kept as they are.  A newly allocated string; NULL with
- * DP_ERROR_INVALID when threads is negative or too large. */
+ * threads given: every bare "cpu" entry becomes "cpu:N".  threads > 0 is
+ * a total, divided evenly among the bare entries, the first ones taking
+ * the remainder, at least 1 each; threads 0 gives each bare entry
+ * dp_cpu_available () (idle teams sleep, and the stages rarely all
+ * compute at once).  "cpu:N" entries and GPUs are kept as they are.  A
+ * newly allocated string; NULL with DP_ERROR_INVALID when threads is
+ * negative or too large. */
 char *dp_cpu_assign_threads (const char *devices, int threads, GError **error);
 
 /* The sum of N over the "cpu:N" entries of a devices list. */
