@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <glib/gstdio.h>
+
 #include <dualparal/generator.h>
 
 typedef struct {
@@ -56,6 +58,10 @@ main (int argc, char **argv)
     return 2;
   }
   out.dir = argv[1];
+  if (g_mkdir_with_parents (out.dir, 0755) != 0) {
+    fprintf (stderr, "embed: cannot make the folder %s\n", out.dir);
+    return 1;
+  }
   model = dp_default_model_dir (&error);
   if (model == NULL) {
     fprintf (stderr, "embed: %s\n", error->message);

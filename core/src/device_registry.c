@@ -5,10 +5,15 @@
 #include "dualparal/device.h"
 
 #include <gmodule.h>
+
+#include "install_dirs.h"
 #include <string.h>
 
 #ifndef DP_MODULE_BUILD_DIR
 #error "DP_MODULE_BUILD_DIR must name the build tree's module folder (meson.build sets it)"
+#endif
+#ifndef DP_MODULE_RELATIVE_DIR
+#error "DP_MODULE_RELATIVE_DIR must name the module folder from the library's (meson.build)"
 #endif
 #ifndef DP_MODULE_INSTALL_DIR
 #error "DP_MODULE_INSTALL_DIR must name the installed module folder (meson.build sets it)"
@@ -90,8 +95,12 @@ dp_device_provider_get (const char *name, GError **error)
   g_mutex_unlock (&lock);
 
   if (p == NULL && message == NULL) {
+    /* The user's folder, the installed one beside the loaded library
+     * (wherever the installation went), the configured one, the build
+     * tree's. */
     const char *env = g_getenv ("DUALPARAL_MODULE_DIR");
-    const char *dirs[] = { env && *env ? env : NULL, DP_MODULE_BUILD_DIR, DP_MODULE_INSTALL_DIR };
+    char *relocated = dp_install_path (DP_MODULE_RELATIVE_DIR);
+    const char *dirs[] = { env && *env ? env : NULL, relocated, DP_MODULE_INSTALL_DIR, DP_MODULE_BUILD_DIR };
     GString *why = g_string_new (NULL);
     for (guint i = 0; i < G_N_ELEMENTS (dirs) && p == NULL; i++) {
       if (dirs[i] && try_load (dirs[i], name, why)) {
@@ -114,6 +123,7 @@ dp_device_provider_get (const char *name, GError **error)
       g_mutex_unlock (&lock);
     }
     g_string_free (why, TRUE);
+    g_free (relocated);
   }
   g_mutex_unlock (&load_lock);
 

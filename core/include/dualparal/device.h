@@ -39,7 +39,8 @@ typedef void (*dp_module_register_fn) (void);
 void dp_device_register (const dp_device_provider *p);
 
 /* The provider `name`, loading libdualparal-<name>.so on first use from
- * DUALPARAL_MODULE_DIR, the build tree, then the installed module folder.
+ * DUALPARAL_MODULE_DIR, the installed module folder (beside the loaded
+ * library, then the configured one), then the build tree.
  * NULL with DP_ERROR_UNSUPPORTED naming the module, where it looked and why
  * it did not load (absent, or its libraries are missing). */
 const dp_device_provider *dp_device_provider_get (const char *name, GError **error);
