@@ -74,7 +74,9 @@ set -euo pipefail
 fail () { echo "install-check: FAIL: \$*" >&2; exit 1; }
 [ ! -e "$src/models/shapes-tiny/model_index.json" ] || fail "the source tree is not hidden"
 [ ! -e "$build/build.ninja" ] || fail "the build tree is not hidden"
-unset DUALPARAL_MODEL DUALPARAL_WORKER DUALPARAL_MODULE_DIR GST_PLUGIN_PATH_1_0 || :
+# meson test points LD_LIBRARY_PATH at the build tree: the installed
+# programs must find the installed library by themselves.
+unset DUALPARAL_MODEL DUALPARAL_WORKER DUALPARAL_MODULE_DIR GST_PLUGIN_PATH_1_0 LD_LIBRARY_PATH || :
 export G_DEBUG=fatal-criticals
 
 # 1. The installed dualparal-generate, default model, one process.
@@ -98,13 +100,44 @@ if [ -e "$plugin" ]; then
 fi
 
 # 4. The example, built through pkg-config against the installed library.
-flags=\$(PKG_CONFIG_PATH="$root$libdir/pkgconfig" pkg-config --define-variable=prefix="$root$prefix" \
-         --cflags --libs dualparal) || fail "pkg-config dualparal"
+# The .pc names the configured prefix: point it at where the files went
+# (--define-variable would move glib's prefix too).
+mkdir -p "$tmp/pc"
+sed 's|^prefix=.*|prefix=$root$prefix|' "$root$libdir/pkgconfig/dualparal.pc" >"$tmp/pc/dualparal.pc"
+flags=\$(PKG_CONFIG_PATH="$tmp/pc" pkg-config --cflags --libs dualparal) || fail "pkg-config dualparal"
 cc "$tmp/embed.c" -o "$tmp/embed" \$flags -Wl,-rpath,"$root$libdir" || fail "building the example with: \$flags"
 "$tmp/embed" "$tmp/frames" || fail "the example"
 [ "\$(ls "$tmp/frames" | wc -l)" -eq 5 ] || fail "the example did not write 5 frames"
 
-# 5. devices=cuda without the CUDA module: a clear error, no crash.
+# 5. devices=cuda.  With the CUDA module installed (a CUDA build): it is
+#    loaded (the run works on a GPU, or fails with a CUDA error without
+#    one), and with its CUDA libraries hidden the error says so.  Then
+#    without the module: a clear error, no crash.
+module="$root$libdir/dualparal/libdualparal-cuda.so"
+if [ -e "\$module" ]; then
+  set +e
+  "$root$bindir/dualparal-generate" -q --prompt x --frames 5 --steps 1 --device cuda -o "$tmp/cuda.y4m" \
+      2>"$tmp/cuda.err"
+  rc=\$?
+  set -e
+  cat "$tmp/cuda.err"
+  [ \$rc -lt 128 ] || fail "devices=cuda with the module: exit status \$rc"
+  ! grep -q "could not be loaded" "$tmp/cuda.err" || fail "devices=cuda: the installed module did not load"
+  # Each CUDA library the module needs, replaced by an empty file.
+  hide=""
+  for l in \$(ldd "\$module" | awk '/libcudart|libcublas|libnccl/ { print \$3 }'); do
+    hide="\$hide mount --bind /dev/null '\$l' &&"
+  done
+  [ -n "\$hide" ] || fail "ldd names no CUDA library of the module"
+  set +e
+  unshare --user --map-root-user --mount bash -c "\$hide exec '$root$bindir/dualparal-generate' -q --prompt x \
+      --frames 5 --steps 1 --device cuda -o '$tmp/cuda.y4m'" 2>"$tmp/cuda.err"
+  rc=\$?
+  set -e
+  cat "$tmp/cuda.err"
+  [ \$rc -ne 0 ] && [ \$rc -lt 128 ] || fail "devices=cuda without the CUDA libraries: exit status \$rc"
+  grep -q "libdualparal-cuda.so could not be loaded" "$tmp/cuda.err" || fail "devices=cuda without CUDA libraries: unclear error"
+fi
 rm -rf "$root$libdir/dualparal"
 set +e
 "$root$bindir/dualparal-generate" -q --prompt x --frames 5 --steps 1 --device cuda -o "$tmp/cuda.y4m" \
