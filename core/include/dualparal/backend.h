@@ -178,7 +178,8 @@ struct dp_backend {
 };
 
 /* "cpu", "cpu:N", "cuda" (device 0) or "cuda:N".  NULL with an error when
- * the spec is unknown, CUDA support was not built, or the device is missing.
+ * the spec is unknown, the CUDA module or its libraries cannot be loaded
+ * (DP_ERROR_UNSUPPORTED, device.h), or the device is missing.
  * "cpu:N" runs every operation on N threads (1..1024); "cpu" on the CPUs
  * the process may use (OMP_NUM_THREADS when set, else sched_getaffinity's
  * count).  The threads belong to the backend: two CPU backends used from two
@@ -211,7 +212,9 @@ void dp_openmp_quiet_reexec (char **argv);
  * "user: OMP_WAIT_POLICY=..." / "user: GOMP_SPINCOUNT=..." (the user's
  * setting, kept), or "spinning (libgomp default)".  Reads the environment. */
 const char *dp_openmp_wait_policy (void);
-/* Whether the CUDA backend was compiled in (not whether a GPU is present). */
+/* Whether the CUDA device module (kernels/, libdualparal-cuda.so) loads:
+ * this installation has it and its CUDA libraries (not whether a GPU is
+ * present).  The first call may open it (device.h). */
 gboolean dp_backend_have_cuda (void);
 
 /* Records the first error; later calls keep the first.  For implementations. */
