@@ -137,6 +137,10 @@ if [ -e "\$module" ]; then
   cat "$tmp/cuda.err"
   [ \$rc -ne 0 ] && [ \$rc -lt 128 ] || fail "devices=cuda without the CUDA libraries: exit status \$rc"
   grep -q "libdualparal-cuda.so could not be loaded" "$tmp/cuda.err" || fail "devices=cuda without CUDA libraries: unclear error"
+  # A CPU run needs none of them, though the module is installed.
+  unshare --user --map-root-user --mount bash -c "\$hide exec '$root$bindir/dualparal-generate' -q \
+      --prompt 'a red ball moving to the right' --frames 5 --steps 2 --device cpu -o '$tmp/cpu.y4m'" ||
+    fail "a CPU run with the CUDA libraries hidden"
 fi
 rm -rf "$root$libdir/dualparal"
 set +e
