@@ -141,6 +141,12 @@ if [ -e "\$module" ]; then
   unshare --user --map-root-user --mount bash -c "\$hide exec '$root$bindir/dualparal-generate' -q \
       --prompt 'a red ball moving to the right' --frames 5 --steps 2 --device cpu -o '$tmp/cpu.y4m'" ||
     fail "a CPU run with the CUDA libraries hidden"
+  if [ -e "$plugin" ]; then
+    unshare --user --map-root-user --mount bash -c "\$hide GST_PLUGIN_PATH='$root$libdir/gstreamer-1.0' \
+        GST_REGISTRY_1_0='$tmp/registry-nocuda.bin' exec gst-launch-1.0 -q dualparalsrc \
+        prompt='a red ball moving to the right' num-frames=5 steps=2 devices=cpu ! fakesink" ||
+      fail "the installed plugin on the CPU with the CUDA libraries hidden"
+  fi
 fi
 rm -rf "$root$libdir/dualparal"
 set +e
