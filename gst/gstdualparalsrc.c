@@ -29,10 +29,6 @@
 GST_DEBUG_CATEGORY_STATIC (gst_dual_paral_src_debug);
 #define GST_CAT_DEFAULT gst_dual_paral_src_debug
 
-#ifndef DP_DEFAULT_MODEL_DIR
-#error "DP_DEFAULT_MODEL_DIR must name the default model directory (gst/meson.build sets it)"
-#endif
-
 #define DEFAULT_QUEUE_FRAMES 32
 #define DEFAULT_ENGINE GST_DUAL_PARAL_ENGINE_AUTO
 #define DEFAULT_IS_LIVE FALSE
@@ -735,16 +731,22 @@ gst_dual_paral_src_start (GstBaseSrc *bsrc)
     goto failed;
   }
 
+  /* No model property: the library's default model, looked up now (not
+   * at build time) so that an installed plugin finds the installed model
+   * wherever the source tree went (dp_default_model_dir). */
+  if (self->run.model == NULL) {
+    self->run.model = dp_default_model_dir (&error);
+    if (self->run.model == NULL) {
+      GST_ELEMENT_ERROR (self, RESOURCE, NOT_FOUND, ("%s", error->message),
+          ("set the model property to a Wan2.1 text-to-video model in diffusers layout"));
+      g_clear_error (&error);
+      goto failed;
+    }
+  }
   if (!g_file_test (self->run.model, G_FILE_TEST_IS_DIR)) {
-    if (g_strcmp0 (self->run.model, DP_DEFAULT_MODEL_DIR) == 0)
-      GST_ELEMENT_ERROR (self, RESOURCE, NOT_FOUND,
-          ("The default model directory '%s' does not exist; set the model property "
-           "to a Wan2.1 text-to-video model in diffusers layout", self->run.model),
-          ("the default is fixed at build time (DP_DEFAULT_MODEL_DIR)"));
-    else
-      GST_ELEMENT_ERROR (self, RESOURCE, NOT_FOUND,
-          ("Model directory '%s' does not exist or is not a directory", self->run.model),
-          (NULL));
+    GST_ELEMENT_ERROR (self, RESOURCE, NOT_FOUND,
+        ("Model directory '%s' does not exist or is not a directory", self->run.model),
+        (NULL));
     goto failed;
   }
 
@@ -1484,9 +1486,10 @@ gst_dual_paral_src_set_property (GObject *object, guint prop_id, const GValue *v
       break;
     case PROP_MODEL:
       g_free (self->props.model);
+      /* NULL (or "") means the default model, found at start. */
       self->props.model = g_value_dup_string (value);
-      if (self->props.model == NULL)
-        self->props.model = g_strdup (DP_DEFAULT_MODEL_DIR);
+      if (self->props.model != NULL && *self->props.model == '\0')
+        g_clear_pointer (&self->props.model, g_free);
       break;
     case PROP_NUM_FRAMES:
       /* Kept as given so that start () refuses it with an element error on
@@ -1594,7 +1597,11 @@ gst_dual_paral_src_get_property (GObject *object, guint prop_id, GValue *value,
       g_value_set_string (value, self->props.negative_prompt);
       break;
     case PROP_MODEL:
-      g_value_set_string (value, self->props.model);
+      /* Unset: the directory the default lookup finds now (NULL if none). */
+      if (self->props.model != NULL)
+        g_value_set_string (value, self->props.model);
+      else
+        g_value_take_string (value, dp_default_model_dir (NULL));
       break;
     case PROP_NUM_FRAMES:
       g_value_set_int (value, self->props.num_frames);
@@ -1675,7 +1682,7 @@ gst_dual_paral_src_init (GstDualParalSrc *self)
 
   self->props.prompt = g_strdup ("");
   self->props.negative_prompt = g_strdup (d->negative_prompt ? d->negative_prompt : "");
-  self->props.model = g_strdup (DP_DEFAULT_MODEL_DIR);
+  self->props.model = NULL; /* the default model, looked up at start */
   self->props.devices = g_strdup (d->devices ? d->devices : "cpu");
   self->props.num_frames = d->num_frames;
   self->props.steps = d->steps;
@@ -1738,8 +1745,9 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
   g_object_class_install_property (gobject_class, PROP_MODEL,
       g_param_spec_string ("model", "Model directory",
           "Wan2.1 text-to-video model in diffusers layout (model_index.json, transformer/, "
-          "vae/, text_encoder/, tokenizer/, scheduler/); the default is the embedded model",
-          DP_DEFAULT_MODEL_DIR, SETTING_FLAGS));
+          "vae/, text_encoder/, tokenizer/, scheduler/); unset: the embedded model, found "
+          "through DUALPARAL_MODEL, the installed data folder, then the source tree",
+          NULL, SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_NUM_FRAMES,
       g_param_spec_int ("num-frames", "Number of frames",
           "Frames to generate, 4k+1 (1, 5, 9, ..., 81, ...), then EOS; -1 for endless video "

@@ -54,6 +54,11 @@ G_BEGIN_DECLS
  * device (or no GPU at all) or a handle cannot be created. */
 dp_backend *dp_cuda_backend_new (int device, GError **error);
 
+/* Registers the CUDA device provider (core device.h) from a program that
+ * links the CUDA code directly (GPU tests, dualparal-bench); the module
+ * libdualparal-cuda.so does the same when libdualparal opens it. */
+void dp_cuda_register (void);
+
 /* Number of CUDA devices; 0 when there is no usable driver or GPU (never an
  * error: tests use it to skip). */
 int dp_cuda_device_count (void);

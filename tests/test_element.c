@@ -1181,6 +1181,35 @@ test_missing_model (void)
   g_free (missing);
 }
 
+/* No model property and the default lookup finds nothing usable (here a
+ * DUALPARAL_MODEL that is no model): NOT_FOUND on the bus naming where it
+ * looked, and reading the property gives NULL rather than a made-up path. */
+static void
+test_default_model_missing (void)
+{
+  GstElement *src, *pipeline;
+  GError *error;
+  gchar *model = NULL;
+  gchar *missing = g_build_filename (g_get_tmp_dir (), "dualparal-no-such-model", NULL);
+
+  if (!require_element ())
+    return;
+  g_setenv ("DUALPARAL_MODEL", missing, TRUE);
+  pipeline = source_pipeline (&src);
+  configure (src, TEST_FRAMES);
+  g_object_set (src, "model", NULL, NULL);
+  g_object_get (src, "model", &model, NULL);
+  g_assert_null (model);
+  error = expect_error (pipeline);
+  g_unsetenv ("DUALPARAL_MODEL");
+  g_assert_error (error, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_NOT_FOUND);
+  g_assert_nonnull (strstr (error->message, "DUALPARAL_MODEL"));
+  g_assert_nonnull (strstr (error->message, missing));
+  g_error_free (error);
+  gst_object_unref (pipeline);
+  g_free (missing);
+}
+
 /* A directory that is not a model: the generator's own error text reaches
  * the bus. */
 static void
@@ -1896,6 +1925,7 @@ main (int argc, char **argv)
   g_test_add_func ("/dualparalsrc/tags", test_tags);
   g_test_add_func ("/dualparalsrc/mp4", test_mp4_round_trip);
   g_test_add_func ("/dualparalsrc/default-model", test_default_model);
+  g_test_add_func ("/dualparalsrc/default-model-missing", test_default_model_missing);
   g_test_add_func ("/dualparalsrc/non-ascii-prompt", test_non_ascii_prompt);
 
   result = g_test_run ();

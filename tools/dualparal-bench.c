@@ -605,6 +605,8 @@ main (int argc, char **argv)
     { NULL },
   };
   GError *err = NULL;
+  /* The CUDA code is linked in: register it rather than load the module. */
+  dp_cuda_register ();
   GOptionContext *octx = g_option_context_new ("- benchmark the CUDA backend");
   g_option_context_add_main_entries (octx, entries, NULL);
   if (!g_option_context_parse (octx, &argc, &argv, &err)) {

@@ -26,9 +26,6 @@
 #include "dualparal/generator.h"
 #include "png_write.h"
 
-#ifndef DP_DEFAULT_MODEL_DIR
-#error "DP_DEFAULT_MODEL_DIR must name the default model directory (tools/meson.build sets it)"
-#endif
 
 #define PROG "dualparal-generate"
 
@@ -61,7 +58,7 @@ static gboolean opt_wire_bf16 = FALSE;
 
 static GOptionEntry entries[] = {
   { "model", 'm', 0, G_OPTION_ARG_FILENAME, &opt_model,
-    "Wan2.1 text-to-video model, diffusers layout (default: the embedded model)", "DIR" },
+    "Wan2.1 text-to-video model, diffusers layout (default: DUALPARAL_MODEL, else the installed embedded model, else the source tree's)", "DIR" },
   /* The prompts are read as bytes (G_OPTION_ARG_FILENAME): GLib would convert a
    * G_OPTION_ARG_STRING from the locale's charset, which is ASCII until
    * setlocale runs and refuses any non-ASCII prompt.  prompt_to_utf8 decodes them. */
@@ -538,10 +535,17 @@ main (int argc, char **argv)
     params.seed = seed;
   }
 
-  params.model_dir = opt_model ? opt_model : DP_DEFAULT_MODEL_DIR;
-  if (opt_model == NULL && !g_file_test (params.model_dir, G_FILE_TEST_IS_DIR))
-    return fail ("the default model directory '%s' does not exist; give --model DIR (a Wan2.1 "
-                 "text-to-video model in diffusers layout)", params.model_dir);
+  /* No --model: the library's default lookup (DUALPARAL_MODEL, the installed
+   * data folder, the source tree), whose error names where it looked. */
+  if (opt_model == NULL) {
+    opt_model = dp_default_model_dir (&error);
+    if (opt_model == NULL) {
+      status = fail ("%s; give --model DIR", error->message);
+      g_error_free (error);
+      return status;
+    }
+  }
+  params.model_dir = opt_model;
   params.prompt = opt_prompt;
   if (opt_prompt_file != NULL) {
     if (!g_file_get_contents (opt_prompt_file, &schedule_text, NULL, &error)) {

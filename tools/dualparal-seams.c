@@ -34,9 +34,6 @@
 #include "dualparal/generator.h"
 #include "video_metrics.h"
 
-#ifndef DP_DEFAULT_MODEL_DIR
-#error "DP_DEFAULT_MODEL_DIR must name the default model directory (tools/meson.build sets it)"
-#endif
 
 #define PROG "dualparal-seams"
 
@@ -186,8 +183,14 @@ main (int argc, char **argv)
     g_printerr (PROG ": --prompt is required\n");
     return 2;
   }
-  if (opt_model == NULL)
-    opt_model = g_strdup (DP_DEFAULT_MODEL_DIR);
+  if (opt_model == NULL) {
+    opt_model = dp_default_model_dir (&error);
+    if (opt_model == NULL) {
+      g_printerr (PROG ": %s; give --model DIR\n", error->message);
+      g_error_free (error);
+      return 2;
+    }
+  }
   const char *colour_name = opt_colour ? opt_colour : vm_colour_in_text (opt_prompt);
   double colour[3];
   if (!vm_colour_by_name (colour_name, colour)) {

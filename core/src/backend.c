@@ -7,20 +7,14 @@
 #include <string.h>
 
 #include "cpu/backend_cpu.h"
-#ifdef DP_HAVE_CUDA
-#include "cuda_backend.h"
-#endif
+#include "dualparal/device.h"
 
 G_DEFINE_QUARK (dp-error-quark, dp_error)
 
 gboolean
 dp_backend_have_cuda (void)
 {
-#ifdef DP_HAVE_CUDA
-  return TRUE;
-#else
-  return FALSE;
-#endif
+  return dp_device_provider_get ("cuda", NULL) != NULL;
 }
 
 dp_backend *
@@ -52,14 +46,14 @@ dp_backend_new (const char *spec, GError **error)
       g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "unknown backend \"%s\" (expected cpu or cuda:N)", spec);
       return NULL;
     }
-#ifdef DP_HAVE_CUDA
-    return dp_cuda_backend_new (device, error);
-#else
-    (void) device;
-    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED,
-                 "backend \"%s\": this build has no CUDA support (configure with -Dcuda=enabled)", spec);
-    return NULL;
-#endif
+    /* The CUDA backend is a module (kernels/), opened on this first
+     * request: a CPU-only process never loads the CUDA libraries. */
+    const dp_device_provider *p = dp_device_provider_get ("cuda", error);
+    if (p == NULL) {
+      g_prefix_error (error, "backend \"%s\": ", spec);
+      return NULL;
+    }
+    return p->backend_new (device, error);
   }
   g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "unknown backend \"%s\" (expected cpu, cpu:N or cuda:N)", spec);
   return NULL;

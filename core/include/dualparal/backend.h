@@ -22,26 +22,11 @@
 #ifndef DUALPARAL_BACKEND_H
 #define DUALPARAL_BACKEND_H
 
+#include "dualparal/error.h"
 #include "dualparal/tensor.h"
 
 G_BEGIN_DECLS
 
-#define DP_ERROR (dp_error_quark ())
-GQuark dp_error_quark (void);
-
-typedef enum {
-  DP_ERROR_FAILED,      /* generic */
-  DP_ERROR_IO,          /* cannot open / read / map a file */
-  DP_ERROR_FORMAT,      /* malformed file (safetensors, json, config) */
-  DP_ERROR_MISSING,     /* a required tensor / file / key is absent */
-  DP_ERROR_SHAPE,       /* a tensor has the wrong shape or dtype */
-  DP_ERROR_UNSUPPORTED, /* valid but not supported (dtype, size, option) */
-  DP_ERROR_NOMEM,       /* allocation failed (host or device) */
-  DP_ERROR_DEVICE,      /* CUDA / cuBLAS / NCCL failure */
-  DP_ERROR_INVALID,     /* bad argument or setting */
-  DP_ERROR_CANCELLED,   /* stopped on request */
-  DP_ERROR_NUMERIC,     /* the model produced NaN or Inf (broken weights, overflow) */
-} dp_error_code;
 
 typedef struct dp_backend dp_backend;
 
@@ -193,7 +178,8 @@ struct dp_backend {
 };
 
 /* "cpu", "cpu:N", "cuda" (device 0) or "cuda:N".  NULL with an error when
- * the spec is unknown, CUDA support was not built, or the device is missing.
+ * the spec is unknown, the CUDA module or its libraries cannot be loaded
+ * (DP_ERROR_UNSUPPORTED, device.h), or the device is missing.
  * "cpu:N" runs every operation on N threads (1..1024); "cpu" on the CPUs
  * the process may use (OMP_NUM_THREADS when set, else sched_getaffinity's
  * count).  The threads belong to the backend: two CPU backends used from two
@@ -226,7 +212,9 @@ void dp_openmp_quiet_reexec (char **argv);
  * "user: OMP_WAIT_POLICY=..." / "user: GOMP_SPINCOUNT=..." (the user's
  * setting, kept), or "spinning (libgomp default)".  Reads the environment. */
 const char *dp_openmp_wait_policy (void);
-/* Whether the CUDA backend was compiled in (not whether a GPU is present). */
+/* Whether the CUDA device module (kernels/, libdualparal-cuda.so) loads:
+ * this installation has it and its CUDA libraries (not whether a GPU is
+ * present).  The first call may open it (device.h). */
 gboolean dp_backend_have_cuda (void);
 
 /* Records the first error; later calls keep the first.  For implementations. */

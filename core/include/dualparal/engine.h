@@ -267,9 +267,9 @@ typedef struct dp_engine dp_engine;
  * dp_engine_split_layers() on backends[r] (one distinct backend per stage,
  * not owned, outliving the engine).  transport carries data between the
  * stages (not owned); NULL makes one: the in-process transport when every
- * backend has host memory (cpu), the device transport (kernels/
- * nccl_transport.h: NCCL between distinct GPUs, device copies between
- * stages on one GPU) when every backend is a CUDA one; a mix of the two is
+ * backend has host memory (cpu), the device provider's stage transport
+ * (device.h; the CUDA module's: NCCL between distinct GPUs, device copies
+ * between stages on one GPU) when every backend is that provider's; a mix is
  * refused (DP_ERROR_UNSUPPORTED).  Checks the parameters against the model
  * (sizes, P, C, RoPE range, at most one stage per layer: DP_ERROR_INVALID). */
 dp_engine *dp_engine_new (const char *transformer_dir, dp_backend *const *backends, int n_stages,

@@ -45,9 +45,12 @@
 #include <glib.h>
 #include <stdint.h>
 
-/* dp_sampler_kind: DP_SAMPLER_UNIPC (UniPC multistep, flow prediction, order
- * 2, Wan's default) or DP_SAMPLER_EULER (flow-matching Euler). */
-#include "dualparal/sampler.h"
+/* The error domain (DP_ERROR) and dp_sampler_kind: DP_SAMPLER_UNIPC (UniPC
+ * multistep, flow prediction, order 2, Wan's default) or DP_SAMPLER_EULER
+ * (flow-matching Euler).  This header and those two are the installed,
+ * public API (the rest of core/include is private to the library). */
+#include "dualparal/error.h"
+#include "dualparal/sampler_kind.h"
 
 G_BEGIN_DECLS
 
@@ -186,6 +189,13 @@ typedef struct {
 typedef void (*dp_prompt_cb) (const dp_prompt_change *change, void *user_data);
 
 void dp_generator_params_init (dp_generator_params *p);
+
+/* The default model directory, looked up in this order: the environment
+ * variable DUALPARAL_MODEL, the installed data folder
+ * (<datadir>/dualparal/models/shapes-tiny), then the source tree of an
+ * uninstalled build.  A newly allocated path (g_free), or NULL with
+ * DP_ERROR_MISSING naming every place it looked. */
+char *dp_default_model_dir (GError **error);
 /* Checks the settings, then loads the model and checks the settings against
  * it (sizes, frame counts, steps...), and allocates what a run needs.  NULL
  * with an error: DP_ERROR_INVALID naming a wrong setting; DP_ERROR_UNSUPPORTED

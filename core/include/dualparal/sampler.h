@@ -25,13 +25,10 @@
 
 #include "dualparal/backend.h"
 #include "dualparal/config.h"
+#include "dualparal/sampler_kind.h"
 
 G_BEGIN_DECLS
 
-typedef enum {
-  DP_SAMPLER_UNIPC = 0, /* UniPC multistep, diffusers UniPCMultistepScheduler */
-  DP_SAMPLER_EULER = 1, /* flow-matching Euler, diffusers FlowMatchEulerDiscreteScheduler */
-} dp_sampler_kind;
 
 /* UniPC's B(h): bh2 uses expm1(-h) (diffusers' default), bh1 uses -h. */
 typedef enum {
@@ -55,10 +52,6 @@ typedef struct {
                                * (no final denoising); FALSE ("zero", Wan): sigmas[N] = 0 */
 } dp_sampler_settings;
 
-/* "unipc" / "euler". */
-const char *dp_sampler_kind_name (dp_sampler_kind kind);
-/* Parses "unipc" or "euler" (case-insensitive); DP_ERROR_INVALID otherwise. */
-gboolean dp_sampler_kind_parse (const char *name, dp_sampler_kind *out, GError **error);
 
 /* Wan2.1's settings (those of its diffusers scheduler_config.json) with the
  * given kind and shift. */

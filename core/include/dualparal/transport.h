@@ -95,9 +95,10 @@ dp_transport *dp_transport_new_socket (int n_stages, int stage, dp_backend *be, 
 
 /* A transport between processes for this process's stage `stage` of
  * n_stages on be (docs/distributed.md): kind "socket" (any backend; device
- * buffers staged through host memory), "nccl" (CUDA backends in a CUDA
- * build: NCCL point-to-point between the processes' GPUs), or NULL: nccl
- * for a CUDA backend, else socket.  DP_ERROR_UNSUPPORTED when the kind does
+ * buffers staged through host memory), "nccl" (CUDA backends, from the
+ * CUDA module's provider (device.h): NCCL point-to-point between the
+ * processes' GPUs), or NULL: the backend's provider's own transport (nccl
+ * for a CUDA backend), else socket.  DP_ERROR_UNSUPPORTED when the kind does
  * not suit the backend or the build. */
 dp_transport *dp_transport_new_process (int n_stages, int stage, dp_backend *be, gboolean hidden_bf16,
                                         const char *kind, GError **error);

@@ -23,7 +23,8 @@ G_BEGIN_DECLS
  * (FALSE with an error naming it: no launcher environment, rank 0, a
  * missing secret, a refused connection, a model that does not load, rank 0
  * gone silent or away).  device: the backend spec of this worker ("cpu",
- * "cuda:N"); NULL: DUALPARAL_DEVICE, else GPU LOCAL_RANK in a CUDA build,
+ * "cuda:N"); NULL: DUALPARAL_DEVICE, else GPU LOCAL_RANK when the CUDA
+ * module loads (dp_backend_have_cuda),
  * else "cpu".  model_dir: this machine's copy of the model; NULL: the path
  * rank 0 uses (the same shared file system).  Either way every worker's
  * model must match rank 0's (config and tensor index). */

@@ -9,11 +9,15 @@
 
 #include "dist/dist.h"
 #include "dualparal/transport.h"
+#include "install_dirs.h"
 
 #include <string.h>
 
 #ifndef DP_WORKER_BUILD_PATH
 #define DP_WORKER_BUILD_PATH ""
+#endif
+#ifndef DP_WORKER_RELATIVE_PATH
+#define DP_WORKER_RELATIVE_PATH ""
 #endif
 #ifndef DP_WORKER_INSTALL_PATH
 #define DP_WORKER_INSTALL_PATH ""
@@ -206,15 +210,23 @@ find_worker_program (GError **error)
   const char *env = g_getenv ("DUALPARAL_WORKER");
   if (env && *env)
     return g_strdup (env);
-  const char *candidates[] = { DP_WORKER_BUILD_PATH, DP_WORKER_INSTALL_PATH };
-  for (size_t i = 0; i < G_N_ELEMENTS (candidates); i++)
+  /* The installed worker beside the loaded library comes first, so that an
+   * installation (wherever it went) runs its own worker, then the build
+   * tree's, the configured install path, PATH. */
+  char *relocated = *DP_WORKER_RELATIVE_PATH ? dp_install_path (DP_WORKER_RELATIVE_PATH) : NULL;
+  const char *candidates[] = { relocated ? relocated : "", DP_WORKER_BUILD_PATH, DP_WORKER_INSTALL_PATH };
+  char *found = NULL;
+  for (size_t i = 0; i < G_N_ELEMENTS (candidates) && !found; i++)
     if (*candidates[i] && g_file_test (candidates[i], G_FILE_TEST_IS_EXECUTABLE))
-      return g_strdup (candidates[i]);
-  char *found = g_find_program_in_path ("dualparal-worker");
+      found = g_strdup (candidates[i]);
+  if (!found)
+    found = g_find_program_in_path ("dualparal-worker");
   if (!found)
     g_set_error (error, DP_ERROR, DP_ERROR_MISSING,
-                 "the dualparal-worker program was not found (looked at DUALPARAL_WORKER, %s%s%s and PATH)",
-                 DP_WORKER_BUILD_PATH, *DP_WORKER_INSTALL_PATH ? ", " : "", DP_WORKER_INSTALL_PATH);
+                 "the dualparal-worker program was not found (looked at DUALPARAL_WORKER, %s%s%s%s%s and PATH)",
+                 relocated ? relocated : "", relocated ? ", " : "", DP_WORKER_BUILD_PATH,
+                 *DP_WORKER_INSTALL_PATH ? ", " : "", DP_WORKER_INSTALL_PATH);
+  g_free (relocated);
   return found;
 }
 

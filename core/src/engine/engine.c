@@ -5,10 +5,7 @@
 
 #include <string.h>
 
-#ifdef DP_HAVE_CUDA
-#include "cuda_backend.h"
-#include "nccl_transport.h"
-#endif
+#include "dualparal/device.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -154,6 +151,7 @@ engine_new (const char *transformer_dir, dp_backend *const *backends, int n_stag
    * the device one (NCCL between GPUs, device copies on one GPU) for CUDA
    * stages.  Nothing moves data between host and device stages. */
   gboolean device_stages = FALSE;
+  const dp_device_provider *device_provider = NULL;
   if (local_stage >= 0 && !transport) {
     g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "engine: stage %d of %d without a transport to the others",
                  local_stage, n_stages);
@@ -176,15 +174,15 @@ engine_new (const char *transformer_dir, dp_backend *const *backends, int n_stag
     }
     device_stages = device >= 0;
     for (int r = 0; r < n_stages && device_stages; r++) {
-#ifdef DP_HAVE_CUDA
-      const gboolean movable = dp_cuda_backend_is_cuda (backends[r]);
-#else
-      const gboolean movable = FALSE;
-#endif
-      if (!movable) {
+      /* Device stages need their provider's transport, and one provider
+       * for them all (the transport moves its own device's buffers). */
+      const dp_device_provider *p = dp_device_provider_of (backends[r]);
+      if (r == 0)
+        device_provider = p;
+      if (p == NULL || p != device_provider || p->stage_transport_new == NULL) {
         g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED,
                      "engine: backend %s of stage %d is not host-addressable and this build has no transport for "
-                     "it (the device transport needs CUDA backends and a build with -Dcuda=enabled)",
+                     "it (the device transport needs the stages all on CUDA devices)",
                      backends[r]->name, r);
         return NULL;
       }
@@ -275,12 +273,8 @@ engine_new (const char *transformer_dir, dp_backend *const *backends, int n_stag
   if (transport) {
     e->transport = transport;
   } else if (n_stages > 1) {
-#ifdef DP_HAVE_CUDA
-    e->transport = device_stages ? dp_nccl_transport_new (backends, n_stages, error)
+    e->transport = device_stages ? device_provider->stage_transport_new (backends, n_stages, error)
                                  : dp_transport_new_inproc (n_stages, error);
-#else
-    e->transport = dp_transport_new_inproc (n_stages, error);
-#endif
     e->own_transport = TRUE;
     if (!e->transport) {
       g_prefix_error (error, "engine: ");

@@ -4,10 +4,7 @@
 
 #include <string.h>
 
-#ifdef DP_HAVE_CUDA
-#include "cuda_backend.h"
-#include "nccl_transport.h"
-#endif
+#include "dualparal/device.h"
 
 static gboolean
 check_stages (dp_transport *t, const char *op, int a, int b, const dp_tensor *buf, GError **error)
@@ -92,29 +89,23 @@ dp_transport *
 dp_transport_new_process (int n_stages, int stage, dp_backend *be, gboolean hidden_bf16, const char *kind,
                           GError **error)
 {
-#ifdef DP_HAVE_CUDA
-  const gboolean cuda = dp_cuda_backend_is_cuda (be);
-#else
-  const gboolean cuda = FALSE;
-#endif
+  /* A device backend's own transport (NCCL for CUDA) is the default; the
+   * socket transport stages any backend's tensors through host memory. */
+  const dp_device_provider *p = dp_device_provider_of (be);
+  const char *native = p && p->process_transport_new ? p->process_transport_name : NULL;
   if (!kind || !*kind)
-    kind = cuda ? "nccl" : "socket";
+    kind = native ? native : "socket";
   if (strcmp (kind, "socket") == 0)
     return dp_transport_new_socket (n_stages, stage, be, hidden_bf16 ? DP_BF16 : DP_F32, error);
   if (strcmp (kind, "nccl") != 0) {
     g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "transport \"%s\": use socket or nccl", kind);
     return NULL;
   }
-  if (!cuda) {
+  if (native == NULL || strcmp (native, kind) != 0) {
     g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED,
-                 "transport nccl: stage %d runs on %s; NCCL needs a CUDA device%s (DUALPARAL_TRANSPORT=socket "
-                 "moves data through host memory for any device)", stage, be->name,
-                 dp_backend_have_cuda () ? "" : " and a build with CUDA");
+                 "transport %s: stage %d runs on %s; NCCL needs a CUDA device (DUALPARAL_TRANSPORT=socket "
+                 "moves data through host memory for any device)", kind, stage, be->name);
     return NULL;
   }
-#ifdef DP_HAVE_CUDA
-  return dp_nccl_process_transport_new (n_stages, stage, be, hidden_bf16, error);
-#else
-  return NULL;
-#endif
+  return p->process_transport_new (n_stages, stage, be, hidden_bf16, error);
 }
