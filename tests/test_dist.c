@@ -73,22 +73,30 @@ warned (const char *needle)
   return FALSE;
 }
 
+/* The settings every case shares: the embedded model, blocks of 2 latent
+ * frames with 1 of context, seed 3. */
+static void
+dist_params (dp_generator_params *p, const char *devices, dp_processes processes, int steps)
+{
+  dp_generator_params_init (p);
+  p->model_dir = model_dir ();
+  p->prompt = "a red ball moving to the right";
+  p->num_frames = FRAMES;
+  p->steps = steps;
+  p->engine = DP_ENGINE_DUALPARAL;
+  p->block_frames = 2;
+  p->context_frames = 1;
+  p->devices = devices;
+  p->processes = processes;
+  p->seed = 3;
+  p->warning_cb = on_warning;
+}
+
 static dp_generator *
 make_generator (const char *devices, dp_processes processes, int steps, GError **error)
 {
   dp_generator_params p;
-  dp_generator_params_init (&p);
-  p.model_dir = model_dir ();
-  p.prompt = "a red ball moving to the right";
-  p.num_frames = FRAMES;
-  p.steps = steps;
-  p.engine = DP_ENGINE_DUALPARAL;
-  p.block_frames = 2;
-  p.context_frames = 1;
-  p.devices = devices;
-  p.processes = processes;
-  p.seed = 3;
-  p.warning_cb = on_warning;
+  dist_params (&p, devices, processes, steps);
   return dp_generator_new (&p, error);
 }
 
@@ -233,18 +241,10 @@ steer_run (const char *devices, dp_processes processes, int64_t *live_block)
 {
   GError *err = NULL;
   dp_generator_params p;
-  dp_generator_params_init (&p);
-  p.model_dir = model_dir ();
+  dist_params (&p, devices, processes, 3);
+  p.prompt = NULL;
   p.prompt_schedule = "0: a red ball moving to the right\n9: a blue square moving to the left\n";
   p.num_frames = STEER_FRAMES;
-  p.steps = 3;
-  p.engine = DP_ENGINE_DUALPARAL;
-  p.block_frames = 2;
-  p.context_frames = 1;
-  p.devices = devices;
-  p.processes = processes;
-  p.seed = 3;
-  p.warning_cb = on_warning;
   steer_sink ss = { { g_byte_array_new (), 0, 0, 0 } };
   ss.gen = dp_generator_new (&p, &err);
   g_assert_no_error (err);
@@ -490,18 +490,8 @@ test_wire_bf16 (void)
   g_assert_no_error (err);
   dp_generator_free (one);
   dp_generator_params p;
-  dp_generator_params_init (&p);
-  p.model_dir = model_dir ();
-  p.prompt = "a red ball moving to the right";
-  p.num_frames = FRAMES;
-  p.steps = 3;
-  p.engine = DP_ENGINE_DUALPARAL;
-  p.block_frames = 2;
-  p.context_frames = 1;
-  p.devices = "cpu,cpu";
-  p.processes = DP_PROCESSES_SPAWN;
+  dist_params (&p, "cpu,cpu", DP_PROCESSES_SPAWN, 3);
   p.wire_bf16 = TRUE;
-  p.seed = 3;
   dp_generator *gen = dp_generator_new (&p, &err);
   g_assert_no_error (err);
   GByteArray *got = run_once (gen, &err);
