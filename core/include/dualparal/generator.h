@@ -102,7 +102,12 @@ typedef struct {
   int num_frames;              /* 4k+1, or -1 for endless (DualParal engine only); default 81 */
   int steps;                   /* sampler steps, default 50 */
   double guidance_scale;       /* >= 1, default 5.0; 1.0 runs the conditional pass only
-                                * (as diffusers, which guides only when > 1) */
+                                * (as diffusers, which guides only when > 1); with a Wan2.2
+                                * two-expert model the guidance of the high-noise expert */
+  double guidance_scale_2;     /* Wan2.2 two-expert models: the guidance of the low-noise
+                                * expert (transformer_2), >= 1; 0 (default): guidance_scale,
+                                * as diffusers' WanPipeline.  Refused for other models, and
+                                * above 1 when guidance_scale is 1 (the batch is unguided) */
   double flow_shift;           /* <= 0: from scheduler/scheduler_config.json (default 0) */
   uint64_t seed;               /* default 0 */
   dp_sampler_kind sampler;     /* default UniPC */
