@@ -896,6 +896,161 @@ test_bad_models (void)
   golden_close (&g);
 }
 
+/* ------------------------------------------------------------ Wan2.2 two experts */
+
+typedef struct {
+  dp_tensor want;  /* [N, C, F, h, w] diffusers' latents after each step (boundary 900) */
+  double err[8];   /* relative L2 per step */
+  int experts[8];
+  int steps;
+} switch_run;
+
+static void
+switch_step (int i, const dp_tensor *latents, int expert, void *data)
+{
+  switch_run *r = data;
+  const size_t n = dp_tensor_nelem (latents);
+  g_assert_cmpint (i, <, 8);
+  r->err[i] = dp_test_rel_l2 (latents->data, (const float *) r->want.data + i * n, n);
+  r->experts[i] = expert;
+  r->steps = i + 1;
+}
+
+/* The switch step matters: the golden UniPC case has a timestep equal to the
+ * boundary (t = 900 at step 1, boundary_ratio 0.9), which transformer/ runs
+ * (t >= boundary).  With the boundary moved just above it (0.9001), step 1 runs
+ * transformer_2/: step 0 still matches diffusers, step 1 is far off, so a
+ * wrong expert at a single step fails the golden test.  0.8999 leaves every
+ * step's expert, and the latents, as they were. */
+static void
+test_wan22_switch (void)
+{
+  golden_data g;
+  golden_open_set (&g, "wan22", "tiny-wan22");
+  JsonObject *c = golden_case (&g, "a22_unipc");
+  char *tmp = dp_test_make_tmp_dir ("dp-pipeline-XXXXXX");
+  char *dir = g_build_filename (tmp, "model", NULL);
+  char *index = g_build_filename (dir, "model_index.json", NULL);
+  const struct {
+    const char *ratio;
+    int experts[4];
+    gboolean matches;
+  } cases[] = {
+    { "0.9001", { 0, 1, 1, 1 }, FALSE },
+    { "0.8999", { 0, 0, 1, 1 }, TRUE },
+  };
+
+  for (size_t k = 0; k < G_N_ELEMENTS (cases); k++) {
+    dp_generator_params p;
+    GError *err = NULL;
+    char *ratio = g_strdup_printf ("\"boundary_ratio\": %s", cases[k].ratio);
+
+    dp_test_copy_tree (g.model_dir, dir);
+    edit_file (index, "\"boundary_ratio\": 0.9", ratio);
+    golden_params (&g, &p);
+    p.model_dir = dir;
+    p.steps = 4;
+    p.guidance_scale = json_object_get_double_member (c, "guidance");
+    p.guidance_scale_2 = json_object_get_double_member (c, "guidance_2");
+    dp_generator *gen = generator_new_ok (&p);
+    switch_run r = { golden_tensor (&g, "a22_unipc.latents") };
+    dp_tensor noise = golden_tensor (&g, "noise");
+    dp_classic_trace trace = { NULL, switch_step, NULL, &r };
+    sink s;
+    sink_init (&s, gen);
+    g_assert_true (dp_generator_run_traced (gen, &noise, &trace, sink_frames, &s, &err));
+    g_assert_no_error (err);
+    g_assert_cmpint (r.steps, ==, 4);
+    for (int i = 0; i < 4; i++) {
+      g_test_message ("boundary_ratio %s: step %d expert %d, latents relative L2 to diffusers' (0.9) %.3g",
+                      cases[k].ratio, i, r.experts[i], r.err[i]);
+      g_assert_cmpint (r.experts[i], ==, cases[k].experts[i]);
+    }
+    g_assert_cmpfloat (r.err[0], <=, LATENT_TOL);
+    if (cases[k].matches)
+      g_assert_cmpfloat (r.err[3], <=, LATENT_TOL);
+    else /* the wrong expert at step 1 alone: far beyond the tolerance */
+      g_assert_cmpfloat (r.err[1], >, 1000 * LATENT_TOL);
+    dp_tensor_free (&r.want);
+    dp_tensor_free (&noise);
+    sink_clear (&s);
+    dp_generator_free (gen);
+    dp_test_remove_tree (dir);
+    g_free (ratio);
+  }
+  g_free (index);
+  g_free (dir);
+  g_rmdir (tmp);
+  g_free (tmp);
+  golden_close (&g);
+}
+
+/* What a two-expert model refuses, and the guidance_scale_2 setting's rules. */
+static void
+test_wan22_bad (void)
+{
+  golden_data g, g21;
+  golden_open_set (&g, "wan22", "tiny-wan22");
+  golden_open (&g21);
+  char *tmp = dp_test_make_tmp_dir ("dp-pipeline-XXXXXX");
+  char *dir = g_build_filename (tmp, "model", NULL);
+  const struct {
+    const char *file, *from, *to; /* an edit of the model (file NULL: none; to NULL: remove file) */
+    double guidance, guidance_2;
+    gboolean wan21;
+    int code;
+    const char *needle;
+  } cases[] = {
+    { "transformer_2", NULL, NULL, 5, 0, FALSE, DP_ERROR_MISSING, "no transformer_2/" },
+    { "transformer_2/config.json", "\"num_layers\": 2", "\"num_layers\": 3", 5, 0, FALSE, DP_ERROR_SHAPE,
+      "is not shaped like transformer/" },
+    { "model_index.json", "\"boundary_ratio\": 0.9", "\"boundary_ratio\": 1.5", 5, 0, FALSE, DP_ERROR_FORMAT,
+      "\"boundary_ratio\" 1.5 is not valid" },
+    { "model_index.json", "\"boundary_ratio\": 0.9", "\"boundary_ratio\": \"0.9\"", 5, 0, FALSE,
+      DP_ERROR_FORMAT, "is not a number" },
+    { "transformer_2/diffusion_pytorch_model.safetensors", NULL, NULL, 5, 0, FALSE, DP_ERROR_MISSING,
+      "Transformer 2 (the low-noise expert)" },
+    { NULL, NULL, NULL, 5, 0.5, FALSE, DP_ERROR_INVALID, "guidance_scale_2 0.5" },
+    { NULL, NULL, NULL, 1, 3, FALSE, DP_ERROR_INVALID, "needs guidance_scale above 1" },
+    { NULL, NULL, NULL, 5, 3, TRUE, DP_ERROR_INVALID, "has one transformer" },
+  };
+
+  for (size_t k = 0; k < G_N_ELEMENTS (cases); k++) {
+    dp_generator_params p;
+    GError *err = NULL;
+
+    dp_test_copy_tree (cases[k].wan21 ? g21.model_dir : g.model_dir, dir);
+    if (cases[k].file) {
+      char *path = g_build_filename (dir, cases[k].file, NULL);
+      if (cases[k].from)
+        edit_file (path, cases[k].from, cases[k].to);
+      else if (g_file_test (path, G_FILE_TEST_IS_DIR))
+        dp_test_remove_tree (path);
+      else
+        g_unlink (path);
+      g_free (path);
+    }
+    golden_params (&g, &p);
+    p.model_dir = dir;
+    p.guidance_scale = cases[k].guidance;
+    p.guidance_scale_2 = cases[k].guidance_2;
+    dp_generator *gen = dp_generator_new (&p, &err);
+    g_assert_null (gen);
+    g_assert_nonnull (err);
+    g_test_message ("wan22 bad case %d: %s", (int) k, err->message);
+    g_assert_true (err->domain == DP_ERROR);
+    g_assert_cmpint (err->code, ==, cases[k].code);
+    g_assert_nonnull (strstr (err->message, cases[k].needle));
+    g_clear_error (&err);
+    dp_test_remove_tree (dir);
+  }
+  g_free (dir);
+  g_rmdir (tmp);
+  g_free (tmp);
+  golden_close (&g);
+  golden_close (&g21);
+}
+
 /* DP_ENGINE_AUTO: classic for a short video on one device, DualParal for
  * endless video, for several devices, when P or C is asked for, and for a
  * video longer than the window model_index.json names (block_frames P,
@@ -1092,6 +1247,8 @@ main (int argc, char **argv)
   g_test_add_data_func ("/pipeline/golden/unipc_g1", "unipc_g1", test_golden);
   g_test_add_data_func ("/pipeline/wan22/a22_unipc", "wan22/a22_unipc", test_golden);
   g_test_add_data_func ("/pipeline/wan22/a22_euler", "wan22/a22_euler", test_golden);
+  g_test_add_func ("/pipeline/wan22/switch", test_wan22_switch);
+  g_test_add_func ("/pipeline/wan22/bad", test_wan22_bad);
   g_test_add_func ("/pipeline/seeded", test_seeded);
   g_test_add_func ("/pipeline/cancel/thread", test_cancel_thread);
   g_test_add_func ("/pipeline/cancel/before-run", test_cancel_before_run);
