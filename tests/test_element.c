@@ -239,7 +239,7 @@ test_properties (void)
   static const gchar *settings[] = {
     "model", "num-frames", "steps", "flow-shift", "seed", "sampler", "engine", "block-frames",
     "context-frames", "devices", "text-len", "queue-frames", "is-live", "processes", "wire-bf16",
-    "prompt-schedule", "threads",
+    "prompt-schedule", "threads", "guidance-scale-2",
   };
   /* Changeable while playing (DualParal engine). */
   static const gchar *steering[] = {

@@ -41,6 +41,7 @@ static int opt_frames = G_MININT;
 static int opt_steps = G_MININT;
 static double opt_guidance = -G_MAXDOUBLE;
 static double opt_shift = 0.0;
+static double opt_guidance_2 = 0.0;
 static char *opt_seed = NULL;
 static char *opt_sampler = NULL;
 static char *opt_device = NULL;
@@ -81,6 +82,9 @@ static GOptionEntry entries[] = {
     "Sampler steps (default 50; DualParal: of each block)", "N" },
   { "guidance", 'g', 0, G_OPTION_ARG_DOUBLE, &opt_guidance,
     "Guidance scale; 1 runs the conditional pass alone (default 5)", "G" },
+  { "guidance-2", 0, 0, G_OPTION_ARG_DOUBLE, &opt_guidance_2,
+    "Wan2.2 two-expert models (T2V-A14B): guidance scale of the low-noise expert (default: --guidance's)",
+    "G" },
   { "shift", 0, 0, G_OPTION_ARG_DOUBLE, &opt_shift,
     "Flow shift of the noise schedule (default: the model's scheduler config)", "S" },
   { "seed", 0, 0, G_OPTION_ARG_STRING, &opt_seed, "Seed of the initial noise (default 0)", "N" },
@@ -573,6 +577,7 @@ main (int argc, char **argv)
   if (opt_guidance != -G_MAXDOUBLE)
     params.guidance_scale = opt_guidance;
   params.flow_shift = opt_shift;
+  params.guidance_scale_2 = opt_guidance_2;
   if (opt_device)
     params.devices = opt_device;
   params.text_len = opt_text_len;
