@@ -579,6 +579,7 @@ load_dualparal (dp_generator *gen, const dp_generator_params *p, const dp_sample
     .latent_frames = gen->latent_frames, .latent_height = gen->latent_height,
     .latent_width = gen->latent_width, .settings = settings, .steps = p->steps,
     .guidance = gen->guidance, .seed = gen->seed,
+    .two_experts = gen->boundary_ratio > 0.0, .boundary = gen->boundary, .guidance_2 = p->guidance_scale_2,
     .processes = p->processes, .wire_bf16 = p->wire_bf16, .warn = warn_cb, .warn_data = gen,
   };
   gen->dualparal = dp_dualparal_pipe_new (&c, error);
@@ -735,11 +736,6 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
   }
 
   /* The big parts. */
-  if (gen->engine == DP_ENGINE_DUALPARAL && gen->boundary_ratio > 0.0) {
-    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "Model '%s' is a Wan2.2 two-expert model: the "
-                 "DualParal engine does not run it yet (use the classic engine)", gen->model_dir);
-    goto fail;
-  }
   if (gen->engine == DP_ENGINE_DUALPARAL) {
     g_clear_pointer (&sched, dp_schedule_free);
     return load_dualparal (gen, p, &settings, error);
