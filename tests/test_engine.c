@@ -1430,13 +1430,15 @@ sink_frames (const uint8_t *rgb, int n_frames, int64_t first_frame, const dp_pro
   return s->stop_at == 0 || s->frames < s->stop_at;
 }
 
+/* model: a model folder under tests/data ("pipeline/tiny-wan"); guidance_2 0: not given. */
 static GByteArray *
-generate (dp_engine_kind engine, const char *devices, int P, int C, int num_frames, int64_t stop_at,
-          GError **error)
+generate_model (const char *model, double guidance_2, dp_engine_kind engine, const char *devices, int P, int C,
+                int num_frames, int64_t stop_at, GError **error)
 {
   dp_generator_params p;
   dp_generator_params_init (&p);
-  char *dir = g_build_filename (g_getenv ("DP_TEST_DATA"), "pipeline", "tiny-wan", NULL);
+  char *dir = g_build_filename (g_getenv ("DP_TEST_DATA"), model, NULL);
+  p.guidance_scale_2 = guidance_2;
   p.model_dir = dir;
   p.prompt = "a red circle moves to the left";
   p.negative_prompt = "static";
@@ -1460,6 +1462,45 @@ generate (dp_engine_kind engine, const char *devices, int P, int C, int num_fram
     return NULL;
   }
   return s.rgb;
+}
+
+static GByteArray *
+generate (dp_engine_kind engine, const char *devices, int P, int C, int num_frames, int64_t stop_at,
+          GError **error)
+{
+  return generate_model ("pipeline/tiny-wan", 0.0, engine, devices, P, C, num_frames, stop_at, error);
+}
+
+/* The Wan2.2 two-expert model (tests/data/wan22/tiny-wan22, boundary 900: 3
+ * UniPC steps at 999, 857, 600 run transformer/ once, then transformer_2/ twice):
+ * one block is the classic pipeline (which test_pipeline holds against
+ * diffusers), on 1 and 2 stages; several blocks, whose passes in flight mix
+ * the experts, give the same frames on 1 and 2 stages (the model has 2 layers;
+ * /engine/experts runs 3 stages on 5-layer experts). */
+static void
+test_generator_wan22 (void)
+{
+  GError *err = NULL;
+  const char *m = "wan22/tiny-wan22";
+  GByteArray *classic = generate_model (m, 3.0, DP_ENGINE_CLASSIC, "cpu", 0, 0, 9, 0, &err);
+  g_assert_no_error (err);
+  GByteArray *one = generate_model (m, 3.0, DP_ENGINE_DUALPARAL, "cpu", 0, 0, 9, 0, &err);
+  g_assert_no_error (err);
+  GByteArray *two = generate_model (m, 3.0, DP_ENGINE_DUALPARAL, "cpu,cpu", 0, 0, 9, 0, &err);
+  g_assert_no_error (err);
+  g_assert_cmpmem (one->data, one->len, classic->data, classic->len);
+  g_assert_cmpmem (two->data, two->len, classic->data, classic->len);
+  /* guidance_2 matters. */
+  GByteArray *g5 = generate_model (m, 0.0, DP_ENGINE_CLASSIC, "cpu", 0, 0, 9, 0, &err);
+  g_assert_no_error (err);
+  g_assert_true (g5->len == classic->len && memcmp (g5->data, classic->data, g5->len) != 0);
+  GByteArray *blocks1 = generate_model (m, 3.0, DP_ENGINE_DUALPARAL, "cpu", 2, 1, 17, 0, &err);
+  g_assert_no_error (err);
+  GByteArray *blocks2 = generate_model (m, 3.0, DP_ENGINE_DUALPARAL, "cpu,cpu", 2, 1, 17, 0, &err);
+  g_assert_no_error (err);
+  g_assert_cmpmem (blocks2->data, blocks2->len, blocks1->data, blocks1->len);
+  for (GByteArray **a = (GByteArray *[]){ classic, one, two, g5, blocks1, blocks2, NULL }; *a; a++)
+    g_byte_array_unref (*a);
 }
 
 static void
@@ -1519,5 +1560,6 @@ main (int argc, char **argv)
   g_test_add_func ("/engine/cancel", test_cancel);
   g_test_add_func ("/engine/errors", test_errors);
   g_test_add_func ("/engine/generator", test_generator);
+  g_test_add_func ("/engine/generator/wan22", test_generator_wan22);
   return g_test_run ();
 }
