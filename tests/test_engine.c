@@ -849,7 +849,7 @@ test_stages (void)
 /* Wan2.2 two experts: two random 5-layer transformers of one shape (other
  * weights).  With the boundary between two steps, blocks in flight sit on
  * both sides of it, so passes in a row use different experts on every
- * stage: 1, 2 and 3 stages give bitwise the same latents, equal to the
+ * stage: 1, 2 and 3 stages give bitwise the same latents and decoded frames, equal to the
  * plain scheme that picks the expert per step; the result differs from
  * either expert alone (the switch matters), and a boundary below every
  * timestep gives exactly the first expert's run. */
@@ -883,17 +883,25 @@ test_experts (void)
   for (size_t i = 0; i < G_N_ELEMENTS (cfgs); i++) {
     run_cfg cfg = cfgs[i];
     float *seq = run_sequential (&cfg);
+    GByteArray *rgb1 = NULL;
     cfg.stages = 1;
-    float *one = run_engine (&cfg, NULL, NULL);
+    cfg.vae = TRUE; /* frames too */
+    float *one = run_engine (&cfg, &rgb1, NULL);
     assert_same_latents (one, seq, &cfg, "two experts: 1 stage vs the sequential scheme");
     for (int n = 2; n <= 3; n++) {
+      GByteArray *rgb = NULL;
       cfg.stages = n;
-      float *many = run_engine (&cfg, NULL, NULL);
+      float *many = run_engine (&cfg, &rgb, NULL);
       char what[64];
       g_snprintf (what, sizeof what, "two experts, case %zu: %d stages vs 1", i, n);
       assert_same_latents (many, one, &cfg, what);
+      g_assert_cmpmem (rgb->data, rgb->len, rgb1->data, rgb1->len);
+      g_byte_array_unref (rgb);
       g_free (many);
     }
+    g_assert_cmpint (rgb1->len, ==, (guint) (1 + 4 * (cfg.F - 1)) * (cfg.H * 8) * (cfg.W * 8) * 3);
+    g_byte_array_unref (rgb1);
+    cfg.vae = FALSE;
     /* Either expert alone gives other latents. */
     const size_t n = (size_t) 16 * cfg.F * cfg.H * cfg.W;
     run_cfg alone = cfg;
