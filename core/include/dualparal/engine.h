@@ -216,7 +216,8 @@ typedef struct {
   double first_frame_seconds; /* run start to the first delivered block; -1 before */
   int64_t cond_changes;       /* conditionings taken by entering blocks (block_cond) */
   int64_t contexts_computed;  /* cross-attention K/V computed by the stages of this process
-                               * this run (1 per stage at the start, more on prompt changes) */
+                               * this run (1 per stage and expert at the start, more on prompt
+                              * changes) */
   double context_seconds;     /* their time on the stages (included in busy time) */
   double run_seconds;         /* run start to now (or to the end) */
 } dp_engine_stats;

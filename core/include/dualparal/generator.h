@@ -15,7 +15,10 @@
  * The model directory is a diffusers WanPipeline: model_index.json,
  * tokenizer/spiece.model, text_encoder/, transformer/, vae/ (each with
  * config.json and one or sharded *.safetensors) and
- * scheduler/scheduler_config.json.  model_index.json may carry a private key
+ * scheduler/scheduler_config.json; a Wan2.2 T2V-A14B directory also has
+ * transformer_2/ and "boundary_ratio" in model_index.json (two experts,
+ * docs/algorithm.md "Two experts").  What it cannot run (image-to-video,
+ * S2V, Animate, TI2V-5B) is refused with DP_ERROR_UNSUPPORTED naming why.  model_index.json may carry a private key
  * that diffusers ignores, with the model's own defaults (docs/usage.md):
  *
  *   "_dualparal": { "width": 48, "height": 32, "text_len": 32, "fps": 16 }
