@@ -755,6 +755,7 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
       g_prefix_error (error, "Transformer 2 (the low-noise expert): ");
       goto fail;
     }
+    dp_wan_dit_share_arena (gen->dit2, gen->dit); /* they take turns: one activation arena */
   }
   dir = g_build_filename (gen->model_dir, "text_encoder", NULL);
   gen->text_encoder = dp_umt5_load (gen->be, dir, error);

@@ -312,6 +312,8 @@ engine_new (const char *transformer_dir, dp_backend *const *backends, int n_stag
         dp_engine_free (e);
         return NULL;
       }
+      /* The experts take turns on the stage's thread: one activation arena. */
+      dp_wan_dit_share_arena (st->dit2, st->dit);
       st->model_bytes += dp_wan_dit_memory_bytes (st->dit2);
       dp_wan_dit_set_cancel (st->dit2, engine_cancel_hook, e);
     }
