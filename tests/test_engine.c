@@ -907,8 +907,19 @@ test_experts (void)
     run_cfg alone = cfg;
     alone.stages = 2;
     alone.expert2 = NULL;
-    float *first = run_engine (&alone, NULL, NULL);
+    dp_engine_stats st1, st2;
+    float *first = run_engine (&alone, NULL, &st1);
     g_assert_true (memcmp (first, one, n * sizeof (float)) != 0);
+    /* Each stage holds both experts' layers but one activation arena: more
+     * than one expert's bytes, less than twice. */
+    cfg.stages = 2;
+    g_free (run_engine (&cfg, NULL, &st2));
+    for (int r = 0; r < 2; r++) {
+      g_test_message ("stage %d model bytes: one expert %zu, two %zu", r, st1.stage[r].model_bytes,
+                      st2.stage[r].model_bytes);
+      g_assert_cmpuint (st2.stage[r].model_bytes, >, st1.stage[r].model_bytes);
+      g_assert_cmpuint (st2.stage[r].model_bytes, <, 2 * st1.stage[r].model_bytes);
+    }
     alone.expert1 = d2;
     float *second = run_engine (&alone, NULL, NULL);
     g_assert_true (memcmp (second, one, n * sizeof (float)) != 0);
