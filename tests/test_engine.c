@@ -936,6 +936,29 @@ test_experts (void)
     g_free (seq);
   }
 
+  /* Prompt changes (block 3: another context and guidance, block 5 a blend)
+   * with two experts: each expert keeps the contexts of its own passes;
+   * 1, 2 and 3 stages give bitwise the same latents, and the change is seen. */
+  {
+    run_cfg cc = { .stages = 1, .P = 2, .C = 1, .T = 4, .F = 15, .kind = DP_SAMPLER_UNIPC, .batch = 2,
+                   .guidance = 5.0, .H = 4, .W = 6, .seed = 5, .expert1 = d1, .expert2 = d2, .boundary = mid };
+    dp_engine_stats st;
+    float *plain = run_with_changes (&cc, FALSE, &st);
+    g_assert_cmpint (st.contexts_computed, ==, 2); /* one per expert */
+    float *ref = run_with_changes (&cc, TRUE, &st);
+    g_assert_cmpint (st.cond_changes, ==, 2);
+    const size_t n = (size_t) 16 * cc.F * cc.H * cc.W;
+    g_assert_true (memcmp (plain, ref, n * sizeof (float)) != 0);
+    for (int s = 2; s <= 3; s++) {
+      cc.stages = s;
+      float *got = run_with_changes (&cc, TRUE, &st);
+      assert_same_latents (got, ref, &cc, s == 2 ? "two experts, changes, 2 stages" : "two experts, changes, 3 stages");
+      g_free (got);
+    }
+    g_free (plain);
+    g_free (ref);
+  }
+
   /* The second expert must have the first's shape. */
   char *d3 = g_build_filename (tmp, "other", NULL);
   random_wan_dit_size m3 = m;

@@ -322,12 +322,11 @@ dp_engine_stage_use_cond (dp_engine *e, engine_stage *st, int64_t block, int64_t
   gboolean ok = dp_wan_dit_use_context (dit, c->id, &c->context, &computed, error);
   if (ok && step < 0 && st->dit2)
     ok = dp_wan_dit_use_context (st->dit2, c->id, &c->context, &computed2, error);
-  computed = computed || computed2;
-  if (ok && computed)
+  if (ok && (computed || computed2))
     ok = st->be->ops->sync (st->be, error);
-  if (computed) {
+  if (computed || computed2) {
     g_mutex_lock (&e->stats_lock);
-    e->stats.contexts_computed++;
+    e->stats.contexts_computed += (computed ? 1 : 0) + (computed2 ? 1 : 0);
     e->stats.context_seconds += (g_get_monotonic_time () - t0) / 1e6;
     g_mutex_unlock (&e->stats_lock);
   }
