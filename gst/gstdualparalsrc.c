@@ -52,6 +52,7 @@ enum {
   PROP_NUM_FRAMES,
   PROP_STEPS,
   PROP_GUIDANCE_SCALE,
+  PROP_GUIDANCE_SCALE_2,
   PROP_FLOW_SHIFT,
   PROP_SEED,
   PROP_SAMPLER,
@@ -78,6 +79,7 @@ typedef struct {
   gint num_frames; /* -1 endless */
   gint steps;
   gdouble guidance_scale;
+  gdouble guidance_scale_2; /* Wan2.2 two experts: the low-noise expert's; 0: guidance_scale */
   gdouble flow_shift;
   guint64 seed;
   GstDualParalSampler sampler;
@@ -411,6 +413,7 @@ create_generator (GstDualParalSrc *self, gint width, gint height, GError **error
   p.num_frames = self->run.num_frames;
   p.steps = self->run.steps;
   p.flow_shift = self->run.flow_shift;
+  p.guidance_scale_2 = self->run.guidance_scale_2;
   p.seed = self->run.seed;
   p.sampler = (dp_sampler_kind) self->run.sampler;
   p.engine = engine_for (&self->run);
@@ -1503,6 +1506,9 @@ gst_dual_paral_src_set_property (GObject *object, guint prop_id, const GValue *v
     case PROP_GUIDANCE_SCALE:
       self->props.guidance_scale = g_value_get_double (value);
       break;
+    case PROP_GUIDANCE_SCALE_2:
+      self->props.guidance_scale_2 = g_value_get_double (value);
+      break;
     case PROP_FLOW_SHIFT:
       self->props.flow_shift = g_value_get_double (value);
       break;
@@ -1612,6 +1618,9 @@ gst_dual_paral_src_get_property (GObject *object, guint prop_id, GValue *value,
     case PROP_GUIDANCE_SCALE:
       g_value_set_double (value, self->props.guidance_scale);
       break;
+    case PROP_GUIDANCE_SCALE_2:
+      g_value_set_double (value, self->props.guidance_scale_2);
+      break;
     case PROP_FLOW_SHIFT:
       g_value_set_double (value, self->props.flow_shift);
       break;
@@ -1687,6 +1696,7 @@ gst_dual_paral_src_init (GstDualParalSrc *self)
   self->props.num_frames = d->num_frames;
   self->props.steps = d->steps;
   self->props.guidance_scale = d->guidance_scale;
+  self->props.guidance_scale_2 = d->guidance_scale_2;
   self->props.flow_shift = d->flow_shift;
   self->props.seed = d->seed;
   self->props.sampler = (GstDualParalSampler) d->sampler;
@@ -1763,6 +1773,12 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
           "(for guidance-distilled checkpoints); may change while playing, like prompt "
           "(not from 1 to more: a run started at 1 has no unconditional pass)",
           1.0, 100.0, CLAMP (d->guidance_scale, 1.0, 100.0), STEERING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_GUIDANCE_SCALE_2,
+      g_param_spec_double ("guidance-scale-2", "Guidance scale 2",
+          "Wan2.2 two-expert models (T2V-A14B): the guidance scale of the low-noise expert "
+          "(transformer_2); 0 takes guidance-scale, as diffusers; refused for one-transformer "
+          "models when set",
+          0.0, 100.0, CLAMP (d->guidance_scale_2, 0.0, 100.0), SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_FLOW_SHIFT,
       g_param_spec_double ("flow-shift", "Flow shift",
           "Shift of the sampler's noise schedule (3 at 480p, 5 at 720p); 0 or less takes "

@@ -239,7 +239,7 @@ test_properties (void)
   static const gchar *settings[] = {
     "model", "num-frames", "steps", "flow-shift", "seed", "sampler", "engine", "block-frames",
     "context-frames", "devices", "text-len", "queue-frames", "is-live", "processes", "wire-bf16",
-    "prompt-schedule", "threads",
+    "prompt-schedule", "threads", "guidance-scale-2",
   };
   /* Changeable while playing (DualParal engine). */
   static const gchar *steering[] = {
@@ -1881,6 +1881,65 @@ test_non_ascii_prompt (void)
     g_bytes_unref (frames[i]);
 }
 
+/* Wan2.2 T2V-A14B's two experts (tests/data/wan22/tiny-wan22): the element
+ * runs it, guidance-scale-2 reaches the low-noise expert (another value,
+ * other frames; guidance-scale's value, the frames of not setting it), and a
+ * one-transformer model refuses guidance-scale-2 with an error naming it. */
+static GBytes *
+wan22_frames (const gchar *model, gdouble guidance_2)
+{
+  GstHarness *h = gst_harness_new ("dualparalsrc");
+  GByteArray *all = g_byte_array_new ();
+  gint i;
+
+  configure (h->element, TEST_FRAMES);
+  g_object_set (h->element, "model", model, "guidance-scale", 5.0, "guidance-scale-2", guidance_2, NULL);
+  gst_harness_set_sink_caps_str (h, "video/x-raw, format=RGB");
+  gst_harness_play (h);
+  for (i = 0; i < TEST_FRAMES; i++) {
+    GstBuffer *buffer = gst_harness_pull (h);
+    GstMapInfo map;
+
+    g_assert_nonnull (buffer);
+    g_assert_true (gst_buffer_map (buffer, &map, GST_MAP_READ));
+    g_byte_array_append (all, map.data, (guint) map.size);
+    gst_buffer_unmap (buffer, &map);
+    gst_buffer_unref (buffer);
+  }
+  gst_harness_teardown (h);
+  return g_byte_array_free_to_bytes (all);
+}
+
+static void
+test_wan22 (void)
+{
+  const gchar *data = g_getenv ("DP_TEST_DATA");
+  gchar *model = g_build_filename (data ? data : "tests/data", "wan22", "tiny-wan22", NULL);
+  GBytes *unset, *same, *other;
+  GstElement *src, *pipeline;
+  GError *error;
+
+  if (!require_model ())
+    return;
+  unset = wan22_frames (model, 0.0);
+  same = wan22_frames (model, 5.0);
+  other = wan22_frames (model, 2.0);
+  g_assert_true (g_bytes_equal (unset, same));
+  g_assert_false (g_bytes_equal (unset, other));
+  g_bytes_unref (unset);
+  g_bytes_unref (same);
+  g_bytes_unref (other);
+
+  pipeline = source_pipeline (&src);
+  configure (src, TEST_FRAMES);
+  g_object_set (src, "guidance-scale-2", 3.0, NULL); /* model_dir: the one-transformer tiny-wan */
+  error = expect_error (pipeline);
+  g_assert_nonnull (strstr (error->message, "guidance_scale_2"));
+  g_error_free (error);
+  gst_object_unref (pipeline);
+  g_free (model);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1927,6 +1986,7 @@ main (int argc, char **argv)
   g_test_add_func ("/dualparalsrc/default-model", test_default_model);
   g_test_add_func ("/dualparalsrc/default-model-missing", test_default_model_missing);
   g_test_add_func ("/dualparalsrc/non-ascii-prompt", test_non_ascii_prompt);
+  g_test_add_func ("/dualparalsrc/wan22", test_wan22);
 
   result = g_test_run ();
   g_free (reference.rgb);

@@ -33,6 +33,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <glib/gstdio.h>
+
+#include "random_wan.h"
 #include "test_util.h"
 
 #define TEXT_LEN 6
@@ -425,6 +428,10 @@ typedef struct {
   gboolean vae;
   int H, W;
   uint64_t seed;
+  /* Two experts (Wan2.2): expert1 / expert2 transformer directories (NULL:
+   * tiny5 alone), expert2 below the timestep boundary, with guidance_2. */
+  const char *expert1, *expert2;
+  double boundary, guidance_2;
 } run_cfg;
 
 typedef struct {
@@ -510,12 +517,13 @@ free_backends (dp_backend **be, int n)
 static dp_engine *
 make_engine (const run_cfg *cfg, dp_backend **be, dp_schedule **sched_out, GError **error)
 {
-  char *dir = tiny5_dir ();
+  char *dir = cfg->expert1 ? g_strdup (cfg->expert1) : tiny5_dir ();
   dp_schedule *sched = make_schedule (cfg->kind, cfg->T);
   dp_engine_params p = {
     .block_frames = cfg->P, .context_frames = cfg->C, .latent_frames = cfg->F, .latent_height = cfg->H,
     .latent_width = cfg->W, .schedule = sched, .guidance = cfg->guidance, .seed = cfg->seed,
-    .noise_stream = DP_ENGINE_NOISE_STREAM,
+    .noise_stream = DP_ENGINE_NOISE_STREAM, .expert2_dir = cfg->expert2, .boundary = cfg->boundary,
+    .guidance_2 = cfg->guidance_2,
   };
   dp_engine *e = dp_engine_new (dir, be, cfg->stages, NULL, &p, error);
   g_free (dir);
@@ -581,12 +589,17 @@ run_sequential (const run_cfg *cfg)
 {
   GError *err = NULL;
   dp_backend *be = dp_backend_new ("cpu", &err);
-  char *dir = tiny5_dir ();
-  dp_wan_dit *dit = dp_wan_dit_load (be, dir, 0, -1, &err);
+  char *dir = cfg->expert1 ? g_strdup (cfg->expert1) : tiny5_dir ();
+  dp_wan_dit *dit = dp_wan_dit_load (be, dir, 0, -1, &err), *dit2 = NULL;
   g_assert_no_error (err);
   g_free (dir);
   dp_tensor ctx = make_context (cfg->batch);
   g_assert_true (dp_wan_dit_set_context (dit, &ctx, &err));
+  if (cfg->expert2) {
+    dit2 = dp_wan_dit_load (be, cfg->expert2, 0, -1, &err);
+    g_assert_no_error (err);
+    g_assert_true (dp_wan_dit_set_context (dit2, &ctx, &err));
+  }
   const dp_wan_config *wc = dp_wan_dit_config (dit);
   const int ch = wc->in_channels, H = cfg->H, W = cfg->W, C = cfg->C;
   const size_t hw = (size_t) H * W;
@@ -648,7 +661,10 @@ run_sequential (const run_cfg *cfg)
         span.export_k = &ck;
         span.export_v = &cv;
       }
-      g_assert_true (dp_wan_dit_forward (dit, &span, &wv, (float) sched->timesteps[step], (float) cfg->guidance, &vv,
+      /* Two experts: diffusers' rule, t >= boundary (float32) runs the first. */
+      const gboolean low = dit2 && !((float) sched->timesteps[step] >= (float) cfg->boundary);
+      const double g = low && cfg->guidance_2 > 0 ? cfg->guidance_2 : cfg->guidance;
+      g_assert_true (dp_wan_dit_forward (low ? dit2 : dit, &span, &wv, (float) sched->timesteps[step], (float) g, &vv,
                                          &err));
       g_assert_true (dp_sampler_step (smp[b], &x[b], &vv, &err));
       g_assert_no_error (err);
@@ -675,6 +691,7 @@ run_sequential (const run_cfg *cfg)
   dp_block_noise_free (noise);
   dp_tensor_free (&ctx);
   dp_wan_dit_free (dit);
+  dp_wan_dit_free (dit2);
   dp_backend_free (be);
   return out;
 }
@@ -827,6 +844,145 @@ test_stages (void)
     g_free (one);
     g_free (seq);
   }
+}
+
+/* Wan2.2 two experts: two random 5-layer transformers of one shape (other
+ * weights).  With the boundary between two steps, blocks in flight sit on
+ * both sides of it, so passes in a row use different experts on every
+ * stage: 1, 2 and 3 stages give bitwise the same latents and decoded frames, equal to the
+ * plain scheme that picks the expert per step; the result differs from
+ * either expert alone (the switch matters), and a boundary below every
+ * timestep gives exactly the first expert's run. */
+static void
+test_experts (void)
+{
+  GError *err = NULL;
+  char *tmp = dp_test_make_tmp_dir ("dp-experts-XXXXXX");
+  char *d1 = g_build_filename (tmp, "transformer", NULL), *d2 = g_build_filename (tmp, "transformer_2", NULL);
+  const random_wan_dit_size m = { .dim = 24, .heads = 2, .ffn = 48, .layers = 5, .text_dim = 16, .freq_dim = 64,
+                                  .channels = 16 };
+  g_assert_cmpint (g_mkdir (d1, 0700), ==, 0);
+  g_assert_cmpint (g_mkdir (d2, 0700), ==, 0);
+  g_assert_true (random_wan_dit_write (d1, &m, DP_F32, 11, &err));
+  g_assert_true (random_wan_dit_write (d2, &m, DP_F32, 12, &err));
+  g_assert_no_error (err);
+
+  dp_schedule *sched = make_schedule (DP_SAMPLER_UNIPC, 4);
+  const double mid = 0.5 * (sched->timesteps[1] + sched->timesteps[2]);
+  g_test_message ("timesteps %g %g %g %g, boundary %g", sched->timesteps[0], sched->timesteps[1],
+                  sched->timesteps[2], sched->timesteps[3], mid);
+  dp_schedule_free (sched);
+  /* 4 blocks of P 2, C 1, T 4: iterations 2..4 hold blocks on both sides. */
+  run_cfg cfgs[] = {
+    { .P = 2, .C = 1, .T = 4, .F = 8, .kind = DP_SAMPLER_UNIPC, .batch = 2, .guidance = 5.0, .H = 4, .W = 6,
+      .seed = 3, .expert1 = d1, .expert2 = d2, .boundary = mid, .guidance_2 = 2.0 },
+    /* guidance_2 0: the conditioning's guidance */
+    { .P = 1, .C = 1, .T = 4, .F = 6, .kind = DP_SAMPLER_UNIPC, .batch = 2, .guidance = 4.0, .H = 2, .W = 4,
+      .seed = 5, .expert1 = d1, .expert2 = d2, .boundary = mid },
+  };
+  for (size_t i = 0; i < G_N_ELEMENTS (cfgs); i++) {
+    run_cfg cfg = cfgs[i];
+    float *seq = run_sequential (&cfg);
+    GByteArray *rgb1 = NULL;
+    cfg.stages = 1;
+    cfg.vae = TRUE; /* frames too */
+    float *one = run_engine (&cfg, &rgb1, NULL);
+    assert_same_latents (one, seq, &cfg, "two experts: 1 stage vs the sequential scheme");
+    for (int n = 2; n <= 3; n++) {
+      GByteArray *rgb = NULL;
+      cfg.stages = n;
+      float *many = run_engine (&cfg, &rgb, NULL);
+      char what[64];
+      g_snprintf (what, sizeof what, "two experts, case %zu: %d stages vs 1", i, n);
+      assert_same_latents (many, one, &cfg, what);
+      g_assert_cmpmem (rgb->data, rgb->len, rgb1->data, rgb1->len);
+      g_byte_array_unref (rgb);
+      g_free (many);
+    }
+    g_assert_cmpint (rgb1->len, ==, (guint) (1 + 4 * (cfg.F - 1)) * (cfg.H * 8) * (cfg.W * 8) * 3);
+    g_byte_array_unref (rgb1);
+    cfg.vae = FALSE;
+    /* Either expert alone gives other latents. */
+    const size_t n = (size_t) 16 * cfg.F * cfg.H * cfg.W;
+    run_cfg alone = cfg;
+    alone.stages = 2;
+    alone.expert2 = NULL;
+    dp_engine_stats st1, st2;
+    float *first = run_engine (&alone, NULL, &st1);
+    g_assert_true (memcmp (first, one, n * sizeof (float)) != 0);
+    /* Each stage holds both experts' layers but one activation arena: more
+     * than one expert's bytes, less than twice. */
+    cfg.stages = 2;
+    g_free (run_engine (&cfg, NULL, &st2));
+    for (int r = 0; r < 2; r++) {
+      g_test_message ("stage %d model bytes: one expert %zu, two %zu", r, st1.stage[r].model_bytes,
+                      st2.stage[r].model_bytes);
+      g_assert_cmpuint (st2.stage[r].model_bytes, >, st1.stage[r].model_bytes);
+      g_assert_cmpuint (st2.stage[r].model_bytes, <, 2 * st1.stage[r].model_bytes);
+    }
+    alone.expert1 = d2;
+    float *second = run_engine (&alone, NULL, NULL);
+    g_assert_true (memcmp (second, one, n * sizeof (float)) != 0);
+    /* Every timestep >= a boundary of 0: the first expert throughout. */
+    run_cfg high = cfg;
+    high.stages = 3;
+    high.boundary = 0.0;
+    float *all_high = run_engine (&high, NULL, NULL);
+    assert_same_latents (all_high, first, &cfg, "two experts, boundary 0 vs the first expert alone");
+    g_free (first);
+    g_free (second);
+    g_free (all_high);
+    g_free (one);
+    g_free (seq);
+  }
+
+  /* Prompt changes (block 3: another context and guidance, block 5 a blend)
+   * with two experts: each expert keeps the contexts of its own passes;
+   * 1, 2 and 3 stages give bitwise the same latents, and the change is seen. */
+  {
+    run_cfg cc = { .stages = 1, .P = 2, .C = 1, .T = 4, .F = 15, .kind = DP_SAMPLER_UNIPC, .batch = 2,
+                   .guidance = 5.0, .H = 4, .W = 6, .seed = 5, .expert1 = d1, .expert2 = d2, .boundary = mid };
+    dp_engine_stats st;
+    float *plain = run_with_changes (&cc, FALSE, &st);
+    g_assert_cmpint (st.contexts_computed, ==, 2); /* one per expert */
+    float *ref = run_with_changes (&cc, TRUE, &st);
+    g_assert_cmpint (st.cond_changes, ==, 2);
+    const size_t n = (size_t) 16 * cc.F * cc.H * cc.W;
+    g_assert_true (memcmp (plain, ref, n * sizeof (float)) != 0);
+    for (int s = 2; s <= 3; s++) {
+      cc.stages = s;
+      float *got = run_with_changes (&cc, TRUE, &st);
+      assert_same_latents (got, ref, &cc, s == 2 ? "two experts, changes, 2 stages" : "two experts, changes, 3 stages");
+      g_free (got);
+    }
+    g_free (plain);
+    g_free (ref);
+  }
+
+  /* The second expert must have the first's shape. */
+  char *d3 = g_build_filename (tmp, "other", NULL);
+  random_wan_dit_size m3 = m;
+  m3.layers = 4;
+  g_assert_cmpint (g_mkdir (d3, 0700), ==, 0);
+  g_assert_true (random_wan_dit_write (d3, &m3, DP_F32, 13, &err));
+  run_cfg bad = cfgs[0];
+  bad.stages = 2;
+  bad.expert2 = d3;
+  dp_backend **be = make_backends (2);
+  g_assert_null (make_engine (&bad, be, NULL, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_SHAPE);
+  g_assert_nonnull (strstr (err->message, "is not shaped like"));
+  g_clear_error (&err);
+  free_backends (be, 2);
+
+  random_wan_remove (d1);
+  random_wan_remove (d2);
+  random_wan_remove (d3);
+  g_rmdir (tmp);
+  g_free (d1);
+  g_free (d2);
+  g_free (d3);
+  g_free (tmp);
 }
 
 /* One block covering the video, C = 0: the classic loop. */
@@ -1316,13 +1472,15 @@ sink_frames (const uint8_t *rgb, int n_frames, int64_t first_frame, const dp_pro
   return s->stop_at == 0 || s->frames < s->stop_at;
 }
 
+/* model: a model folder under tests/data ("pipeline/tiny-wan"); guidance_2 0: not given. */
 static GByteArray *
-generate (dp_engine_kind engine, const char *devices, int P, int C, int num_frames, int64_t stop_at,
-          GError **error)
+generate_model (const char *model, double guidance_2, dp_engine_kind engine, const char *devices, int P, int C,
+                int num_frames, int64_t stop_at, GError **error)
 {
   dp_generator_params p;
   dp_generator_params_init (&p);
-  char *dir = g_build_filename (g_getenv ("DP_TEST_DATA"), "pipeline", "tiny-wan", NULL);
+  char *dir = g_build_filename (g_getenv ("DP_TEST_DATA"), model, NULL);
+  p.guidance_scale_2 = guidance_2;
   p.model_dir = dir;
   p.prompt = "a red circle moves to the left";
   p.negative_prompt = "static";
@@ -1346,6 +1504,45 @@ generate (dp_engine_kind engine, const char *devices, int P, int C, int num_fram
     return NULL;
   }
   return s.rgb;
+}
+
+static GByteArray *
+generate (dp_engine_kind engine, const char *devices, int P, int C, int num_frames, int64_t stop_at,
+          GError **error)
+{
+  return generate_model ("pipeline/tiny-wan", 0.0, engine, devices, P, C, num_frames, stop_at, error);
+}
+
+/* The Wan2.2 two-expert model (tests/data/wan22/tiny-wan22, boundary 900: 3
+ * UniPC steps at 999, 857, 600 run transformer/ once, then transformer_2/ twice):
+ * one block is the classic pipeline (which test_pipeline holds against
+ * diffusers), on 1 and 2 stages; several blocks, whose passes in flight mix
+ * the experts, give the same frames on 1 and 2 stages (the model has 2 layers;
+ * /engine/experts runs 3 stages on 5-layer experts). */
+static void
+test_generator_wan22 (void)
+{
+  GError *err = NULL;
+  const char *m = "wan22/tiny-wan22";
+  GByteArray *classic = generate_model (m, 3.0, DP_ENGINE_CLASSIC, "cpu", 0, 0, 9, 0, &err);
+  g_assert_no_error (err);
+  GByteArray *one = generate_model (m, 3.0, DP_ENGINE_DUALPARAL, "cpu", 0, 0, 9, 0, &err);
+  g_assert_no_error (err);
+  GByteArray *two = generate_model (m, 3.0, DP_ENGINE_DUALPARAL, "cpu,cpu", 0, 0, 9, 0, &err);
+  g_assert_no_error (err);
+  g_assert_cmpmem (one->data, one->len, classic->data, classic->len);
+  g_assert_cmpmem (two->data, two->len, classic->data, classic->len);
+  /* guidance_2 matters. */
+  GByteArray *g5 = generate_model (m, 0.0, DP_ENGINE_CLASSIC, "cpu", 0, 0, 9, 0, &err);
+  g_assert_no_error (err);
+  g_assert_true (g5->len == classic->len && memcmp (g5->data, classic->data, g5->len) != 0);
+  GByteArray *blocks1 = generate_model (m, 3.0, DP_ENGINE_DUALPARAL, "cpu", 2, 1, 17, 0, &err);
+  g_assert_no_error (err);
+  GByteArray *blocks2 = generate_model (m, 3.0, DP_ENGINE_DUALPARAL, "cpu,cpu", 2, 1, 17, 0, &err);
+  g_assert_no_error (err);
+  g_assert_cmpmem (blocks2->data, blocks2->len, blocks1->data, blocks1->len);
+  for (GByteArray **a = (GByteArray *[]){ classic, one, two, g5, blocks1, blocks2, NULL }; *a; a++)
+    g_byte_array_unref (*a);
 }
 
 static void
@@ -1397,6 +1594,7 @@ main (int argc, char **argv)
   g_test_add_func ("/engine/transport", test_transport);
   g_test_add_func ("/engine/stages", test_stages);
   g_test_add_func ("/engine/conds", test_conds);
+  g_test_add_func ("/engine/experts", test_experts);
   g_test_add_func ("/engine/classic", test_classic);
   g_test_add_func ("/engine/decode", test_decode);
   g_test_add_func ("/engine/stats", test_stats);
@@ -1404,5 +1602,6 @@ main (int argc, char **argv)
   g_test_add_func ("/engine/cancel", test_cancel);
   g_test_add_func ("/engine/errors", test_errors);
   g_test_add_func ("/engine/generator", test_generator);
+  g_test_add_func ("/engine/generator/wan22", test_generator_wan22);
   return g_test_run ();
 }

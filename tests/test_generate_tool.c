@@ -340,6 +340,41 @@ test_dualparal (void)
   g_free (model);
 }
 
+/* --guidance-2 with the Wan2.2 two-expert model (tests/data/wan22/tiny-wan22):
+ * the frames of the API with guidance_scale_2 (and not those without it); a
+ * one-transformer model refuses it. */
+static void
+test_guidance_2 (void)
+{
+  char *model = dp_test_data_path ("wan22", "tiny-wan22", NULL);
+  const char *args[] = { "--model", model, "--prompt", PROMPT, "--negative-prompt", NEGATIVE,
+                         "--frames", "5", "--steps", "3", "--seed", "3", "--guidance-2", "2.5",
+                         "--output", "-", "--y4m-chroma", "444", "--quiet", NULL };
+  GByteArray *out = g_byte_array_new ();
+  dp_generator_params p;
+
+  g_assert_cmpint (run_tool_stdout (args, out), ==, 0);
+  dp_generator_params_init (&p);
+  p.guidance_scale_2 = 2.5;
+  GByteArray *want = api_frames_engine (&p, model, 5, 3, 3, DP_SAMPLER_UNIPC);
+  check_y4m (out->data, out->len, 48, 32, 5, TRUE, want->data);
+  dp_generator_params_init (&p);
+  GByteArray *without = api_frames_engine (&p, model, 5, 3, 3, DP_SAMPLER_UNIPC);
+  g_assert_true (without->len == want->len && memcmp (without->data, want->data, want->len) != 0);
+  g_byte_array_unref (without);
+  g_byte_array_unref (want);
+  g_byte_array_unref (out);
+  g_free (model);
+
+  char *wan21 = model_dir (), *err = NULL;
+  const char *bad[] = { "--model", wan21, "--prompt", PROMPT, "--frames", "5", "--steps", "2",
+                        "--guidance-2", "3", "--output", "-", NULL };
+  g_assert_cmpint (run_tool (bad, &err), !=, 0);
+  g_assert_nonnull (strstr (err, "guidance_scale_2 is for Wan2.2 two-expert models"));
+  g_free (err);
+  g_free (wan21);
+}
+
 /* --prompt-file: the frames of the API with the same prompt schedule (and
  * not those without the change). */
 static void
@@ -547,6 +582,7 @@ main (int argc, char **argv)
   g_test_add_func ("/generate_tool/y4m-and-png", test_y4m_and_png);
   g_test_add_func ("/generate_tool/stdout-444", test_stdout_444);
   g_test_add_func ("/generate_tool/dualparal", test_dualparal);
+  g_test_add_func ("/generate_tool/guidance-2", test_guidance_2);
   g_test_add_func ("/generate_tool/errors", test_errors);
   g_test_add_func ("/generate_tool/prompt-file", test_prompt_file);
   g_test_add_func ("/generate_tool/non-ascii-prompt", test_non_ascii_prompt);

@@ -12,6 +12,14 @@
  * - float frames rel. L2 <= 1e-5 (6.5e-7);
  * - uint8 frames: every value within 1 level, and >= 99.9% exactly equal
  *   (rounding at .5 may flip; 99.988% to 99.998% exact).
+ * Wan2.2 T2V-A14B, two experts (tests/data/wan22, tools/make_wan22_golden.py:
+ * transformer/ and transformer_2/ with other weights, boundary_ratio 0.9, the
+ * same prompts, size and noise), the same tolerances: which expert ran each
+ * step equals diffusers' (forward hooks), latents after every step rel. L2
+ * 9.5e-7 (UniPC, guidance_scale_2 3) and 2.1e-6 (Euler, guidance_scale_2 not
+ * given), uint8 frames 99.993% exact, worst difference 1; the boundary moved
+ * just past the timestep of step 1 makes step 1 run the other expert, whose
+ * latents are then 0.39 away (rel. L2): a wrong switch step fails.
  * Also: the frames come as 1, then blocks of 4, in order; the seeded noise
  * path and reruns are deterministic; cancel from another thread, before a
  * run and from the frame callback; bad settings and broken model
@@ -37,12 +45,6 @@
 
 /* ------------------------------------------------------------ helpers */
 
-static char *
-data_path (const char *rel)
-{
-  return dp_test_data_path ("pipeline", rel, NULL);
-}
-
 typedef struct {
   JsonParser *parser;
   JsonObject *root;
@@ -50,19 +52,27 @@ typedef struct {
   char *model_dir;
 } golden_data;
 
+/* set: a folder of tests/data ("pipeline": Wan2.1, tools/make_pipeline_golden.py;
+ * "wan22": two experts, tools/make_wan22_golden.py), model: its model folder. */
 static void
-golden_open (golden_data *g)
+golden_open_set (golden_data *g, const char *set, const char *model)
 {
   GError *err = NULL;
-  char *path = data_path ("cases.json");
+  char *path = dp_test_data_path (set, "cases.json", NULL);
   g->parser = dp_test_parse_json (path);
   g->root = json_node_get_object (json_parser_get_root (g->parser));
   g_free (path);
-  path = data_path ("golden.safetensors");
+  path = dp_test_data_path (set, "golden.safetensors", NULL);
   g->golden = dp_safetensors_open (path, &err);
   g_assert_no_error (err);
   g_free (path);
-  g->model_dir = data_path ("tiny-wan");
+  g->model_dir = dp_test_data_path (set, model, NULL);
+}
+
+static void
+golden_open (golden_data *g)
+{
+  golden_open_set (g, "pipeline", "tiny-wan");
 }
 
 static void
@@ -207,6 +217,7 @@ typedef struct {
   float *video;           /* the run's float frames as [F, H, W, 3] in [0, 1] */
   int W, H;
   double worst_latent, worst_context[2];
+  JsonArray *experts;     /* the expert diffusers ran at each step, or NULL (one) */
 } golden_run;
 
 static void
@@ -232,13 +243,14 @@ trace_context (const dp_tensor *context, const int *n_tokens, void *data)
 }
 
 static void
-trace_step (int i, const dp_tensor *latents, void *data)
+trace_step (int i, const dp_tensor *latents, int expert, void *data)
 {
   golden_run *r = data;
   const size_t n = dp_tensor_nelem (latents);
   g_assert_cmpint (i, ==, r->steps_seen);
   g_assert_cmpint (i, <, r->want_latents.shape[0]);
   g_assert_cmpint (n * r->want_latents.shape[0], ==, dp_tensor_nelem (&r->want_latents));
+  g_assert_cmpint (expert, ==, r->experts ? json_array_get_int_element (r->experts, i) : 0);
   double e = dp_test_rel_l2 (latents->data, (const float *) r->want_latents.data + i * n, n);
   g_test_message ("%s: step %d latents relative L2 %.3g", r->name, i, e);
   r->worst_latent = MAX (r->worst_latent, e);
@@ -259,12 +271,18 @@ trace_video (const float *video, int n, int64_t first, void *data)
   r->video_frames = first + n;
 }
 
+/* data: "CASE" (Wan2.1, tests/data/pipeline) or "wan22/CASE" (two experts). */
 static void
 test_golden (gconstpointer data)
 {
   const char *name = data;
   golden_data g;
-  golden_open (&g);
+  if (g_str_has_prefix (name, "wan22/")) {
+    name += strlen ("wan22/");
+    golden_open_set (&g, "wan22", "tiny-wan22");
+  } else {
+    golden_open (&g);
+  }
   JsonObject *c = golden_case (&g, name);
   dp_generator_params p;
   GError *err = NULL;
@@ -273,6 +291,8 @@ test_golden (gconstpointer data)
   golden_params (&g, &p);
   p.steps = (int) json_object_get_int_member (c, "steps");
   p.guidance_scale = json_object_get_double_member (c, "guidance");
+  if (json_object_has_member (c, "guidance_2") && !json_object_get_null_member (c, "guidance_2"))
+    p.guidance_scale_2 = json_object_get_double_member (c, "guidance_2");
   g_assert_true (dp_sampler_kind_parse (json_object_get_string_member (c, "sampler"), &p.sampler,
                                         &err));
   /* flow_shift 0: the scheduler config's flow_shift, the shift of both cases. */
@@ -288,6 +308,8 @@ test_golden (gconstpointer data)
   g_assert_cmpint (dp_generator_fps (gen), ==, json_object_get_int_member (g.root, "fps"));
 
   golden_run r = { &g, name, p.guidance_scale > 1.0 };
+  if (json_object_has_member (c, "experts"))
+    r.experts = json_object_get_array_member (c, "experts");
   r.W = W;
   r.H = H;
   g_snprintf (key, sizeof key, "%s.latents", name);
@@ -314,10 +336,13 @@ test_golden (gconstpointer data)
   g_assert_cmpfloat (r.worst_context[1], <=, CONTEXT_TOL);
   g_assert_cmpfloat (r.worst_latent, <=, LATENT_TOL);
 
-  /* uint8 frames. */
+  /* uint8 frames (the Wan2.2 data keeps them for one case). */
   g_snprintf (key, sizeof key, "%s.frames", name);
-  dp_tensor want = golden_tensor (&g, key);
   const size_t nvals = (size_t) p.num_frames * H * W * 3;
+  dp_tensor want = { 0 };
+  if (!dp_safetensors_contains (g.golden, key))
+    goto no_frames;
+  want = golden_tensor (&g, key);
   g_assert_cmpint (dp_tensor_nelem (&want), ==, nvals);
   g_assert_cmpint (s.rgb->len, ==, nvals);
   size_t exact = 0;
@@ -332,6 +357,7 @@ test_golden (gconstpointer data)
   g_assert_cmpint (worst, <=, 1);
   g_assert_cmpfloat ((double) exact / nvals, >=, FRAMES_EXACT_MIN);
 
+no_frames:
   if (r.want_video.data) {
     double e = dp_test_rel_l2 (r.video, r.want_video.data, nvals);
     g_test_message ("%s: float frames relative L2 %.3g", name, e);
@@ -701,6 +727,9 @@ typedef enum {
   BROKEN_INDEX_JSON,
   BROKEN_INDEX_CLASS,
   BROKEN_INDEX_WAN22,
+  BROKEN_INDEX_TI2V,
+  BROKEN_INDEX_S2V,
+  BROKEN_INDEX_ANIMATE,
   BROKEN_HINT,
   BROKEN_HINT_BLOCK,
   BROKEN_NO_VAE,
@@ -726,7 +755,10 @@ static const broken_case broken_cases[] = {
   { BROKEN_NO_INDEX, DP_ERROR_MISSING, "model_index.json" },
   { BROKEN_INDEX_JSON, DP_ERROR_FORMAT, "model_index.json" },
   { BROKEN_INDEX_CLASS, DP_ERROR_UNSUPPORTED, "WanImageToVideoPipeline" },
-  { BROKEN_INDEX_WAN22, DP_ERROR_UNSUPPORTED, "boundary_ratio" },
+  { BROKEN_INDEX_WAN22, DP_ERROR_FORMAT, "\"transformer_2\" (the low-noise expert) is not" },
+  { BROKEN_INDEX_TI2V, DP_ERROR_UNSUPPORTED, "TI2V-5B" },
+  { BROKEN_INDEX_S2V, DP_ERROR_UNSUPPORTED, "S2V" },
+  { BROKEN_INDEX_ANIMATE, DP_ERROR_UNSUPPORTED, "Animate is not supported" },
   { BROKEN_HINT, DP_ERROR_FORMAT, "\"text_len\"" },
   { BROKEN_HINT_BLOCK, DP_ERROR_FORMAT, "\"block_frames\"" },
   { BROKEN_NO_VAE, DP_ERROR_MISSING, "vae/" },
@@ -772,8 +804,21 @@ test_bad_models (void)
         edit_file (path, "\"WanPipeline\"", "\"WanImageToVideoPipeline\"");
         break;
       case BROKEN_INDEX_WAN22:
+        /* Two experts announced, the second one not named. */
         path = IN ("model_index.json");
         edit_file (path, "\"boundary_ratio\": null", "\"boundary_ratio\": 0.875");
+        break;
+      case BROKEN_INDEX_TI2V:
+        path = IN ("model_index.json");
+        edit_file (path, "\"expand_timesteps\": false", "\"expand_timesteps\": true");
+        break;
+      case BROKEN_INDEX_S2V:
+        path = IN ("model_index.json");
+        edit_file (path, "\"WanPipeline\"", "\"WanSpeechToVideoPipeline\"");
+        break;
+      case BROKEN_INDEX_ANIMATE:
+        path = IN ("model_index.json");
+        edit_file (path, "\"WanPipeline\"", "\"WanAnimatePipeline\"");
         break;
       case BROKEN_HINT:
         path = IN ("model_index.json");
@@ -857,6 +902,161 @@ test_bad_models (void)
   g_rmdir (tmp);
   g_free (tmp);
   golden_close (&g);
+}
+
+/* ------------------------------------------------------------ Wan2.2 two experts */
+
+typedef struct {
+  dp_tensor want;  /* [N, C, F, h, w] diffusers' latents after each step (boundary 900) */
+  double err[8];   /* relative L2 per step */
+  int experts[8];
+  int steps;
+} switch_run;
+
+static void
+switch_step (int i, const dp_tensor *latents, int expert, void *data)
+{
+  switch_run *r = data;
+  const size_t n = dp_tensor_nelem (latents);
+  g_assert_cmpint (i, <, 8);
+  r->err[i] = dp_test_rel_l2 (latents->data, (const float *) r->want.data + i * n, n);
+  r->experts[i] = expert;
+  r->steps = i + 1;
+}
+
+/* The switch step matters: the golden UniPC case has a timestep equal to the
+ * boundary (t = 900 at step 1, boundary_ratio 0.9), which transformer/ runs
+ * (t >= boundary).  With the boundary moved just above it (0.9001), step 1 runs
+ * transformer_2/: step 0 still matches diffusers, step 1 is far off, so a
+ * wrong expert at a single step fails the golden test.  0.8999 leaves every
+ * step's expert, and the latents, as they were. */
+static void
+test_wan22_switch (void)
+{
+  golden_data g;
+  golden_open_set (&g, "wan22", "tiny-wan22");
+  JsonObject *c = golden_case (&g, "a22_unipc");
+  char *tmp = dp_test_make_tmp_dir ("dp-pipeline-XXXXXX");
+  char *dir = g_build_filename (tmp, "model", NULL);
+  char *index = g_build_filename (dir, "model_index.json", NULL);
+  const struct {
+    const char *ratio;
+    int experts[4];
+    gboolean matches;
+  } cases[] = {
+    { "0.9001", { 0, 1, 1, 1 }, FALSE },
+    { "0.8999", { 0, 0, 1, 1 }, TRUE },
+  };
+
+  for (size_t k = 0; k < G_N_ELEMENTS (cases); k++) {
+    dp_generator_params p;
+    GError *err = NULL;
+    char *ratio = g_strdup_printf ("\"boundary_ratio\": %s", cases[k].ratio);
+
+    dp_test_copy_tree (g.model_dir, dir);
+    edit_file (index, "\"boundary_ratio\": 0.9", ratio);
+    golden_params (&g, &p);
+    p.model_dir = dir;
+    p.steps = 4;
+    p.guidance_scale = json_object_get_double_member (c, "guidance");
+    p.guidance_scale_2 = json_object_get_double_member (c, "guidance_2");
+    dp_generator *gen = generator_new_ok (&p);
+    switch_run r = { golden_tensor (&g, "a22_unipc.latents") };
+    dp_tensor noise = golden_tensor (&g, "noise");
+    dp_classic_trace trace = { NULL, switch_step, NULL, &r };
+    sink s;
+    sink_init (&s, gen);
+    g_assert_true (dp_generator_run_traced (gen, &noise, &trace, sink_frames, &s, &err));
+    g_assert_no_error (err);
+    g_assert_cmpint (r.steps, ==, 4);
+    for (int i = 0; i < 4; i++) {
+      g_test_message ("boundary_ratio %s: step %d expert %d, latents relative L2 to diffusers' (0.9) %.3g",
+                      cases[k].ratio, i, r.experts[i], r.err[i]);
+      g_assert_cmpint (r.experts[i], ==, cases[k].experts[i]);
+    }
+    g_assert_cmpfloat (r.err[0], <=, LATENT_TOL);
+    if (cases[k].matches)
+      g_assert_cmpfloat (r.err[3], <=, LATENT_TOL);
+    else /* the wrong expert at step 1 alone: far beyond the tolerance */
+      g_assert_cmpfloat (r.err[1], >, 1000 * LATENT_TOL);
+    dp_tensor_free (&r.want);
+    dp_tensor_free (&noise);
+    sink_clear (&s);
+    dp_generator_free (gen);
+    dp_test_remove_tree (dir);
+    g_free (ratio);
+  }
+  g_free (index);
+  g_free (dir);
+  g_rmdir (tmp);
+  g_free (tmp);
+  golden_close (&g);
+}
+
+/* What a two-expert model refuses, and the guidance_scale_2 setting's rules. */
+static void
+test_wan22_bad (void)
+{
+  golden_data g, g21;
+  golden_open_set (&g, "wan22", "tiny-wan22");
+  golden_open (&g21);
+  char *tmp = dp_test_make_tmp_dir ("dp-pipeline-XXXXXX");
+  char *dir = g_build_filename (tmp, "model", NULL);
+  const struct {
+    const char *file, *from, *to; /* an edit of the model (file NULL: none; to NULL: remove file) */
+    double guidance, guidance_2;
+    gboolean wan21;
+    int code;
+    const char *needle;
+  } cases[] = {
+    { "transformer_2", NULL, NULL, 5, 0, FALSE, DP_ERROR_MISSING, "no transformer_2/" },
+    { "transformer_2/config.json", "\"num_layers\": 2", "\"num_layers\": 3", 5, 0, FALSE, DP_ERROR_SHAPE,
+      "is not shaped like transformer/" },
+    { "model_index.json", "\"boundary_ratio\": 0.9", "\"boundary_ratio\": 1.5", 5, 0, FALSE, DP_ERROR_FORMAT,
+      "\"boundary_ratio\" 1.5 is not valid" },
+    { "model_index.json", "\"boundary_ratio\": 0.9", "\"boundary_ratio\": \"0.9\"", 5, 0, FALSE,
+      DP_ERROR_FORMAT, "is not a number" },
+    { "transformer_2/diffusion_pytorch_model.safetensors", NULL, NULL, 5, 0, FALSE, DP_ERROR_MISSING,
+      "Transformer 2 (the low-noise expert)" },
+    { NULL, NULL, NULL, 5, 0.5, FALSE, DP_ERROR_INVALID, "guidance_scale_2 0.5" },
+    { NULL, NULL, NULL, 1, 3, FALSE, DP_ERROR_INVALID, "needs guidance_scale above 1" },
+    { NULL, NULL, NULL, 5, 3, TRUE, DP_ERROR_INVALID, "has one transformer" },
+  };
+
+  for (size_t k = 0; k < G_N_ELEMENTS (cases); k++) {
+    dp_generator_params p;
+    GError *err = NULL;
+
+    dp_test_copy_tree (cases[k].wan21 ? g21.model_dir : g.model_dir, dir);
+    if (cases[k].file) {
+      char *path = g_build_filename (dir, cases[k].file, NULL);
+      if (cases[k].from)
+        edit_file (path, cases[k].from, cases[k].to);
+      else if (g_file_test (path, G_FILE_TEST_IS_DIR))
+        dp_test_remove_tree (path);
+      else
+        g_unlink (path);
+      g_free (path);
+    }
+    golden_params (&g, &p);
+    p.model_dir = dir;
+    p.guidance_scale = cases[k].guidance;
+    p.guidance_scale_2 = cases[k].guidance_2;
+    dp_generator *gen = dp_generator_new (&p, &err);
+    g_assert_null (gen);
+    g_assert_nonnull (err);
+    g_test_message ("wan22 bad case %d: %s", (int) k, err->message);
+    g_assert_true (err->domain == DP_ERROR);
+    g_assert_cmpint (err->code, ==, cases[k].code);
+    g_assert_nonnull (strstr (err->message, cases[k].needle));
+    g_clear_error (&err);
+    dp_test_remove_tree (dir);
+  }
+  g_free (dir);
+  g_rmdir (tmp);
+  g_free (tmp);
+  golden_close (&g);
+  golden_close (&g21);
 }
 
 /* DP_ENGINE_AUTO: classic for a short video on one device, DualParal for
@@ -1053,6 +1253,10 @@ main (int argc, char **argv)
   g_test_add_data_func ("/pipeline/golden/unipc_g5", "unipc_g5", test_golden);
   g_test_add_data_func ("/pipeline/golden/euler_g5", "euler_g5", test_golden);
   g_test_add_data_func ("/pipeline/golden/unipc_g1", "unipc_g1", test_golden);
+  g_test_add_data_func ("/pipeline/wan22/a22_unipc", "wan22/a22_unipc", test_golden);
+  g_test_add_data_func ("/pipeline/wan22/a22_euler", "wan22/a22_euler", test_golden);
+  g_test_add_func ("/pipeline/wan22/switch", test_wan22_switch);
+  g_test_add_func ("/pipeline/wan22/bad", test_wan22_bad);
   g_test_add_func ("/pipeline/seeded", test_seeded);
   g_test_add_func ("/pipeline/cancel/thread", test_cancel_thread);
   g_test_add_func ("/pipeline/cancel/before-run", test_cancel_before_run);

@@ -633,6 +633,60 @@ test_partial (void)
   golden_close (&g);
 }
 
+/* ------------------------------------------------------------ shared arena */
+
+/* Two models sharing one activation arena (Wan2.2's two experts take turns):
+ * their outputs equal those of a model with its own arena, bitwise, when the
+ * sharer runs first, when it grows the shared arena and when the owner runs
+ * after it; the arena is counted once, in its owner's memory. */
+static void
+test_shared_arena (void)
+{
+  golden g;
+  golden_open (&g, "tiny_a");
+  dp_wan_dit *owner = load ("tiny_a", 0, -1), *sharer = load ("tiny_a", 0, -1), *alone = load ("tiny_a", 0, -1);
+  set_context (owner, &g, 1);
+  set_context (sharer, &g, 1);
+  set_context (alone, &g, 1);
+  dp_wan_dit_share_arena (sharer, owner);
+  const int F = (int) g.latent.shape[1], H = (int) g.latent.shape[2], W = (int) g.latent.shape[3];
+  dp_tensor two = host_frames (&g.latent, 0, 2);
+  dp_wan_span small, full;
+  dp_wan_span_init (&small, 2, H, W);
+  dp_wan_span_init (&full, F, H, W);
+  /* sharer first, small; then the sharer grows the arena; then the owner */
+  dp_tensor s_small = forward (sharer, &g, &small, &two, 1.0f, 2);
+  const size_t owner_small = dp_wan_dit_memory_bytes (owner);
+  dp_tensor s_full = forward (sharer, &g, &full, &g.latent, 1.0f, F);
+  g_assert_cmpuint (dp_wan_dit_memory_bytes (owner), >, owner_small); /* the owner's arena grew */
+  dp_tensor o_full = forward (owner, &g, &full, &g.latent, 1.0f, F);
+  dp_tensor o_small = forward (owner, &g, &small, &two, 1.0f, 2);
+  dp_tensor a_small = forward (alone, &g, &small, &two, 1.0f, 2);
+  dp_tensor a_full = forward (alone, &g, &full, &g.latent, 1.0f, F);
+  g_assert_cmpmem (s_small.data, dp_tensor_nbytes (&s_small), a_small.data, dp_tensor_nbytes (&a_small));
+  g_assert_cmpmem (o_small.data, dp_tensor_nbytes (&o_small), a_small.data, dp_tensor_nbytes (&a_small));
+  g_assert_cmpmem (s_full.data, dp_tensor_nbytes (&s_full), a_full.data, dp_tensor_nbytes (&a_full));
+  g_assert_cmpmem (o_full.data, dp_tensor_nbytes (&o_full), a_full.data, dp_tensor_nbytes (&a_full));
+  /* Same weights and context: the sharer holds the arena's size less. */
+  const size_t m_owner = dp_wan_dit_memory_bytes (owner), m_sharer = dp_wan_dit_memory_bytes (sharer),
+               m_alone = dp_wan_dit_memory_bytes (alone);
+  g_test_message ("memory: owner %zu, sharer %zu, alone %zu bytes", m_owner, m_sharer, m_alone);
+  g_assert_cmpuint (m_owner, ==, m_alone);
+  g_assert_cmpuint (m_sharer, <, m_alone);
+  /* Unshared again: its own arena, allocated on the next call. */
+  dp_wan_dit_share_arena (sharer, NULL);
+  dp_tensor u_small = forward (sharer, &g, &small, &two, 1.0f, 2);
+  g_assert_cmpmem (u_small.data, dp_tensor_nbytes (&u_small), a_small.data, dp_tensor_nbytes (&a_small));
+  g_assert_cmpuint (dp_wan_dit_memory_bytes (sharer), >, m_sharer);
+  dp_tensor *ts[] = { &two, &s_small, &s_full, &o_full, &o_small, &a_small, &a_full, &u_small };
+  for (guint i = 0; i < G_N_ELEMENTS (ts); i++)
+    dp_tensor_free (ts[i]);
+  dp_wan_dit_free (owner); /* before the sharer: the sharer no longer points at it */
+  dp_wan_dit_free (sharer);
+  dp_wan_dit_free (alone);
+  golden_close (&g);
+}
+
 /* ------------------------------------------------------------ broken checkpoints */
 
 /* A fresh copy of a golden transformer/ directory (caller removes it). */
@@ -1015,6 +1069,7 @@ main (int argc, char **argv)
   g_test_add_data_func ("/wan_dit/cache/tiny_b", "tiny_b", test_cache);
   g_test_add_func ("/wan_dit/positions", test_positions);
   g_test_add_func ("/wan_dit/partial", test_partial);
+  g_test_add_func ("/wan_dit/shared-arena", test_shared_arena);
   g_test_add_func ("/wan_dit/errors/tensors", test_errors_tensors);
   g_test_add_func ("/wan_dit/errors/config", test_errors_config);
   g_test_add_func ("/wan_dit/errors/shards", test_errors_shards);

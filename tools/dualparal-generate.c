@@ -41,6 +41,7 @@ static int opt_frames = G_MININT;
 static int opt_steps = G_MININT;
 static double opt_guidance = -G_MAXDOUBLE;
 static double opt_shift = 0.0;
+static double opt_guidance_2 = 0.0;
 static char *opt_seed = NULL;
 static char *opt_sampler = NULL;
 static char *opt_device = NULL;
@@ -58,7 +59,7 @@ static gboolean opt_wire_bf16 = FALSE;
 
 static GOptionEntry entries[] = {
   { "model", 'm', 0, G_OPTION_ARG_FILENAME, &opt_model,
-    "Wan2.1 text-to-video model, diffusers layout (default: DUALPARAL_MODEL, else the installed embedded model, else the source tree's)", "DIR" },
+    "Wan text-to-video model (Wan2.1, Wan2.2 T2V-A14B), diffusers layout (default: DUALPARAL_MODEL, else the installed embedded model, else the source tree's)", "DIR" },
   /* The prompts are read as bytes (G_OPTION_ARG_FILENAME): GLib would convert a
    * G_OPTION_ARG_STRING from the locale's charset, which is ASCII until
    * setlocale runs and refuses any non-ASCII prompt.  prompt_to_utf8 decodes them. */
@@ -81,6 +82,9 @@ static GOptionEntry entries[] = {
     "Sampler steps (default 50; DualParal: of each block)", "N" },
   { "guidance", 'g', 0, G_OPTION_ARG_DOUBLE, &opt_guidance,
     "Guidance scale; 1 runs the conditional pass alone (default 5)", "G" },
+  { "guidance-2", 0, 0, G_OPTION_ARG_DOUBLE, &opt_guidance_2,
+    "Wan2.2 two-expert models (T2V-A14B): guidance scale of the low-noise expert (default: --guidance's)",
+    "G" },
   { "shift", 0, 0, G_OPTION_ARG_DOUBLE, &opt_shift,
     "Flow shift of the noise schedule (default: the model's scheduler config)", "S" },
   { "seed", 0, 0, G_OPTION_ARG_STRING, &opt_seed, "Seed of the initial noise (default 0)", "N" },
@@ -485,7 +489,7 @@ main (int argc, char **argv)
   /* The character type only (the charset of non-UTF-8 prompts); numbers keep
    * the C locale's decimal point. */
   setlocale (LC_CTYPE, "");
-  ctx = g_option_context_new ("- make a video from a text prompt with a Wan2.1 model");
+  ctx = g_option_context_new ("- make a video from a text prompt with a Wan2.1 or Wan2.2 T2V-A14B model");
   g_option_context_add_main_entries (ctx, entries, NULL);
   g_option_context_set_description (ctx,
       "Writes the frames as they are decoded: a YUV4MPEG2 file (--output) and / or PNG frames\n"
@@ -573,6 +577,7 @@ main (int argc, char **argv)
   if (opt_guidance != -G_MAXDOUBLE)
     params.guidance_scale = opt_guidance;
   params.flow_shift = opt_shift;
+  params.guidance_scale_2 = opt_guidance_2;
   if (opt_device)
     params.devices = opt_device;
   params.text_len = opt_text_len;

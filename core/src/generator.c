@@ -31,6 +31,9 @@ struct dp_generator {
   int block_frames, context_frames; /* 0: the engine's defaults */
   int model_window;                 /* latent frames of the model's window (C + P + C), 0: none named */
   double guidance;
+  double guidance2;      /* the low-noise expert's (two experts) */
+  double boundary_ratio; /* two experts: transformer_2 runs below boundary_ratio x num_train_timesteps; 0: one */
+  double boundary;       /* that timestep */
   uint64_t seed;
   int channels, latent_frames, latent_height, latent_width;
 
@@ -39,6 +42,7 @@ struct dp_generator {
   dp_tokenizer *tokenizer;
   dp_umt5 *text_encoder;
   dp_wan_dit *dit;
+  dp_wan_dit *dit2; /* Wan2.2: the low-noise expert (transformer_2/), else NULL */
   dp_wan_vae *vae;
   dp_wan_vae_decoder *decoder;
   dp_sampler *sampler;
@@ -66,6 +70,7 @@ struct dp_generator {
 typedef struct {
   int width, height, text_len, fps;
   int block_frames, context_frames; /* DualParal P and C suited to the model's training window */
+  double boundary_ratio;            /* Wan2.2 two experts: transformer_2 below it (0: Wan2.1) */
 } model_hints;
 
 void
@@ -224,6 +229,17 @@ check_params (const dp_generator_params *p, GError **error)
                  "conditional pass alone) or more (classifier-free guidance)", p->guidance_scale);
     return FALSE;
   }
+  if (p->guidance_scale_2 != 0.0 && (!isfinite (p->guidance_scale_2) || p->guidance_scale_2 < 1.0)) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "guidance_scale_2 %g is not valid: use 1 or more, "
+                 "or 0 for guidance_scale's", p->guidance_scale_2);
+    return FALSE;
+  }
+  if (p->guidance_scale_2 > 1.0 && p->guidance_scale <= 1.0) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "guidance_scale_2 %g needs guidance_scale above 1: "
+                 "with guidance_scale 1 no unconditional pass is run (as in diffusers, where "
+                 "guidance_scale alone turns guidance on)", p->guidance_scale_2);
+    return FALSE;
+  }
   if (!isfinite (p->flow_shift)) {
     g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "flow_shift %g is not valid: use a positive "
                  "shift, or 0 for the model's", p->flow_shift);
@@ -366,8 +382,10 @@ hint_int (JsonObject *obj, const char *path, const char *key, int min, int max, 
   return TRUE;
 }
 
-/* Reads model_index.json: it must be a text-to-video WanPipeline (Wan2.1
- * layout, one transformer), and may hold "_dualparal" hints. */
+/* Reads model_index.json: it must be a text-to-video WanPipeline, Wan2.1
+ * (one transformer) or Wan2.2 T2V-A14B ("boundary_ratio" and transformer_2,
+ * the low-noise expert), and may hold "_dualparal" hints.  What it cannot
+ * run (image-to-video, S2V, Animate, TI2V-5B) is refused naming the reason. */
 static gboolean
 read_model_index (const char *model_dir, model_hints *hints, GError **error)
 {
@@ -410,23 +428,53 @@ read_model_index (const char *model_dir, model_hints *hints, GError **error)
       goto out;
     }
     if (strcmp (cls, "WanPipeline") != 0) {
+      /* Name the reason for the Wan variants diffusers knows. */
+      const char *why = strstr (cls, "ImageToVideo") ? "image-to-video models (Wan2.1 / Wan2.2 I2V) "
+                                                       "are not supported"
+                        : strstr (cls, "SpeechToVideo") || strstr (cls, "S2V")
+                            ? "Wan2.2 S2V (speech-to-video) is not supported"
+                        : strstr (cls, "Animate") ? "Wan2.2 Animate is not supported"
+                        : strstr (cls, "VACE") ? "Wan VACE (video editing) is not supported"
+                        : strstr (cls, "VideoToVideo") ? "video-to-video is not supported"
+                        : "it is not a Wan text-to-video pipeline";
       g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "%s: pipeline class \"%s\" is not "
-                   "supported: dualparal runs Wan text-to-video models (\"WanPipeline\")", path, cls);
+                   "supported: %s; dualparal runs Wan text-to-video models (\"WanPipeline\": "
+                   "Wan2.1 T2V, Wan2.2 T2V-A14B)", path, cls, why);
       goto out;
     }
-  }
-  node = json_object_get_member (obj, "boundary_ratio");
-  if (node != NULL && !JSON_NODE_HOLDS_NULL (node)) {
-    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "%s: \"boundary_ratio\" is set: Wan2.2 "
-                 "models with two transformers are not supported", path);
-    goto out;
   }
   node = json_object_get_member (obj, "expand_timesteps");
   if (node != NULL && JSON_NODE_HOLDS_VALUE (node)
       && json_node_get_value_type (node) == G_TYPE_BOOLEAN && json_node_get_boolean (node)) {
-    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "%s: \"expand_timesteps\" is set: Wan2.2 "
-                 "TI2V models are not supported", path);
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "%s: \"expand_timesteps\" is set: this is "
+                 "a Wan2.2 TI2V-5B model (a timestep per token, the Wan2.2 VAE with z_dim 48), "
+                 "which is not supported yet", path);
     goto out;
+  }
+  node = json_object_get_member (obj, "boundary_ratio");
+  if (node != NULL && !JSON_NODE_HOLDS_NULL (node)) {
+    JsonNode *t2 = json_object_get_member (obj, "transformer_2");
+    JsonArray *t2a = t2 != NULL && JSON_NODE_HOLDS_ARRAY (t2) ? json_node_get_array (t2) : NULL;
+    GType vt = JSON_NODE_HOLDS_VALUE (node) ? json_node_get_value_type (node) : G_TYPE_INVALID;
+    double r;
+
+    if (vt != G_TYPE_DOUBLE && vt != G_TYPE_INT64) {
+      g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: \"boundary_ratio\" is not a number", path);
+      goto out;
+    }
+    r = json_node_get_double (node);
+    if (!(r > 0.0 && r < 1.0)) {
+      g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: \"boundary_ratio\" %g is not valid: a "
+                   "Wan2.2 two-expert model switches experts at a ratio between 0 and 1", path, r);
+      goto out;
+    }
+    /* diffusers runs transformer_2 below the boundary: it must be there. */
+    if (t2a == NULL || json_array_get_length (t2a) != 2 || JSON_NODE_HOLDS_NULL (json_array_get_element (t2a, 1))) {
+      g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: \"boundary_ratio\" is set (a Wan2.2 "
+                   "two-expert model) but \"transformer_2\" (the low-noise expert) is not", path);
+      goto out;
+    }
+    hints->boundary_ratio = r;
   }
 
   node = json_object_get_member (obj, "_dualparal");
@@ -463,7 +511,7 @@ out:
 /* Every component directory must be there before anything is loaded, so
  * that a missing one is named at once. */
 static gboolean
-check_components (const char *model_dir, GError **error)
+check_components (const char *model_dir, gboolean two_experts, GError **error)
 {
   static const struct {
     const char *name, *what;
@@ -486,6 +534,17 @@ check_components (const char *model_dir, GError **error)
     g_free (dir);
     if (!there)
       return FALSE;
+  }
+  if (two_experts) {
+    char *dir = g_build_filename (model_dir, "transformer_2", NULL);
+    gboolean there = g_file_test (dir, G_FILE_TEST_IS_DIR);
+
+    if (!there)
+      g_set_error (error, DP_ERROR, DP_ERROR_MISSING, "Model directory '%s' has no transformer_2/: "
+                   "model_index.json sets \"boundary_ratio\" (a Wan2.2 two-expert model), whose "
+                   "low-noise expert is transformer_2/", model_dir);
+    g_free (dir);
+    return there;
   }
   return TRUE;
 }
@@ -520,6 +579,7 @@ load_dualparal (dp_generator *gen, const dp_generator_params *p, const dp_sample
     .latent_frames = gen->latent_frames, .latent_height = gen->latent_height,
     .latent_width = gen->latent_width, .settings = settings, .steps = p->steps,
     .guidance = gen->guidance, .seed = gen->seed,
+    .two_experts = gen->boundary_ratio > 0.0, .boundary = gen->boundary, .guidance_2 = p->guidance_scale_2,
     .processes = p->processes, .wire_bf16 = p->wire_bf16, .warn = warn_cb, .warn_data = gen,
   };
   gen->dualparal = dp_dualparal_pipe_new (&c, error);
@@ -551,6 +611,8 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
   }
   if (p->flow_shift > 0.0)
     settings.shift = p->flow_shift;
+  /* diffusers: boundary_timestep = boundary_ratio * scheduler.config.num_train_timesteps. */
+  gen->boundary = gen->boundary_ratio * settings.num_train_timesteps;
   sched = dp_schedule_new (&settings, p->steps, error);
   if (sched == NULL) {
     g_prefix_error (error, "Scheduler: ");
@@ -576,6 +638,33 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
   if (!ok) {
     g_prefix_error (error, "Transformer: ");
     goto fail;
+  }
+  if (gen->boundary_ratio > 0.0) {
+    /* The low-noise expert takes the same latents, text and positions. */
+    dp_wan_config c2;
+
+    dir = g_build_filename (gen->model_dir, "transformer_2", NULL);
+    ok = dp_wan_config_load (dir, &c2, error);
+    g_free (dir);
+    if (!ok) {
+      g_prefix_error (error, "Transformer 2 (the low-noise expert): ");
+      goto fail;
+    }
+    if (c2.patch_t != wc->patch_t || c2.patch_h != wc->patch_h || c2.patch_w != wc->patch_w
+        || c2.num_heads != wc->num_heads || c2.head_dim != wc->head_dim || c2.in_channels != wc->in_channels
+        || c2.out_channels != wc->out_channels || c2.text_dim != wc->text_dim || c2.num_layers != wc->num_layers
+        || c2.rope_max_seq_len != wc->rope_max_seq_len) {
+      g_set_error (error, DP_ERROR, DP_ERROR_SHAPE, "Model '%s' does not fit together: transformer_2/ "
+                   "(%d layers, %d heads x %d, channels %d -> %d, text_dim %d, patch %dx%dx%d, "
+                   "rope_max_seq_len %d) is not shaped like transformer/ (%d layers, %d heads x %d, "
+                   "channels %d -> %d, text_dim %d, patch %dx%dx%d, rope_max_seq_len %d): the two "
+                   "experts of a Wan2.2 model take turns on the same latents", gen->model_dir,
+                   c2.num_layers, c2.num_heads, c2.head_dim, c2.in_channels, c2.out_channels, c2.text_dim,
+                   c2.patch_t, c2.patch_h, c2.patch_w, c2.rope_max_seq_len, wc->num_layers, wc->num_heads,
+                   wc->head_dim, wc->in_channels, wc->out_channels, wc->text_dim, wc->patch_t, wc->patch_h,
+                   wc->patch_w, wc->rope_max_seq_len);
+      goto fail;
+    }
   }
   dir = g_build_filename (gen->model_dir, "vae", NULL);
   gen->vae = dp_wan_vae_load (gen->be, dir, error);
@@ -658,6 +747,16 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
     g_prefix_error (error, "Transformer: ");
     goto fail;
   }
+  if (gen->boundary_ratio > 0.0) {
+    dir = g_build_filename (gen->model_dir, "transformer_2", NULL);
+    gen->dit2 = dp_wan_dit_load (gen->be, dir, 0, -1, error);
+    g_free (dir);
+    if (gen->dit2 == NULL) {
+      g_prefix_error (error, "Transformer 2 (the low-noise expert): ");
+      goto fail;
+    }
+    dp_wan_dit_share_arena (gen->dit2, gen->dit); /* they take turns: one activation arena */
+  }
   dir = g_build_filename (gen->model_dir, "text_encoder", NULL);
   gen->text_encoder = dp_umt5_load (gen->be, dir, error);
   g_free (dir);
@@ -692,6 +791,8 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
 
     dp_wan_span_init (&span, gen->latent_frames, gen->latent_height, gen->latent_width);
     ok = dp_wan_dit_set_context (gen->dit, &ctx, error) && dp_wan_dit_reserve (gen->dit, &span, error);
+    if (ok && gen->dit2 != NULL)
+      ok = dp_wan_dit_set_context (gen->dit2, &ctx, error) && dp_wan_dit_reserve (gen->dit2, &span, error);
     dp_tensor_free (&ctx);
     if (!ok) {
       g_prefix_error (error, "Transformer: ");
@@ -735,7 +836,15 @@ dp_generator_new (const dp_generator_params *p, GError **error)
     g_free (devices);
     return NULL;
   }
-  if (!read_model_index (p->model_dir, &hints, error) || !check_components (p->model_dir, error)) {
+  if (!read_model_index (p->model_dir, &hints, error)
+      || !check_components (p->model_dir, hints.boundary_ratio > 0.0, error)) {
+    g_free (device);
+    g_free (devices);
+    return NULL;
+  }
+  if (hints.boundary_ratio == 0.0 && p->guidance_scale_2 != 0.0) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "guidance_scale_2 is for Wan2.2 two-expert models "
+                 "(model_index.json with \"boundary_ratio\"); '%s' has one transformer", p->model_dir);
     g_free (device);
     g_free (devices);
     return NULL;
@@ -763,6 +872,8 @@ dp_generator_new (const dp_generator_params *p, GError **error)
   gen->warning_data = p->warning_cb ? p->warning_data : NULL;
   gen->engine = p->engine; /* DP_ENGINE_AUTO is resolved in load_parts */
   gen->guidance = p->guidance_scale;
+  gen->guidance2 = p->guidance_scale_2 > 0.0 ? p->guidance_scale_2 : p->guidance_scale;
+  gen->boundary_ratio = hints.boundary_ratio;
   gen->seed = p->seed;
   if (p->width > 0) {
     gen->width = p->width;
@@ -804,6 +915,8 @@ dp_generator_free (dp_generator *gen)
     dp_wan_vae_free (gen->vae);
   if (gen->dit)
     dp_wan_dit_free (gen->dit);
+  if (gen->dit2)
+    dp_wan_dit_free (gen->dit2);
   if (gen->text_encoder)
     dp_umt5_free (gen->text_encoder);
   if (gen->tokenizer)
@@ -1051,13 +1164,15 @@ dp_generator_run_traced (dp_generator *gen, const dp_tensor *initial_noise,
   }
 
   parts = (dp_classic_parts){
-    gen->be, gen->tokenizer, gen->text_encoder, gen->dit, gen->decoder, gen->sampler,
+    gen->be, gen->tokenizer, gen->text_encoder, gen->dit, gen->decoder, gen->sampler, gen->dit2,
   };
   job = (dp_classic_job){
     .prompt = gen->prompt,
     .negative_prompt = gen->negative_prompt,
     .text_len = gen->text_len,
     .guidance = gen->guidance,
+    .guidance2 = gen->guidance2,
+    .boundary = gen->boundary,
     .channels = gen->channels,
     .latent_frames = gen->latent_frames,
     .latent_height = gen->latent_height,

@@ -172,6 +172,17 @@ typedef struct {
   double guidance;             /* used when the context has B = 2 */
   uint64_t seed;
   uint64_t noise_stream;       /* DP_ENGINE_NOISE_STREAM */
+  /* Wan2.2 two experts (T2V-A14B; docs/algorithm.md "Two experts"): the
+   * low-noise expert's transformer directory (transformer_2), NULL: one
+   * transformer.  Every stage then holds its layer range of both experts
+   * and each pass runs the expert of its block's step: transformer_dir's
+   * when (float) timestep >= (float) boundary, else expert2_dir's (as
+   * diffusers' WanPipeline).  Stages in other processes do not take it
+   * (their params are 0: one expert). */
+  const char *expert2_dir;     /* borrowed, used only by dp_engine_new* */
+  double boundary;             /* boundary_ratio x num_train_timesteps */
+  double guidance_2;           /* the low-noise expert's guidance (B = 2); 0: the block's
+                                * conditioning's, as the high-noise expert */
 } dp_engine_params;
 
 /* Per stage figures.  Times, bytes moved and passes add up over the current
@@ -205,7 +216,8 @@ typedef struct {
   double first_frame_seconds; /* run start to the first delivered block; -1 before */
   int64_t cond_changes;       /* conditionings taken by entering blocks (block_cond) */
   int64_t contexts_computed;  /* cross-attention K/V computed by the stages of this process
-                               * this run (1 per stage at the start, more on prompt changes) */
+                               * this run (1 per stage and expert at the start, more on prompt
+                              * changes) */
   double context_seconds;     /* their time on the stages (included in busy time) */
   double run_seconds;         /* run start to now (or to the end) */
 } dp_engine_stats;

@@ -15,7 +15,10 @@
  * The model directory is a diffusers WanPipeline: model_index.json,
  * tokenizer/spiece.model, text_encoder/, transformer/, vae/ (each with
  * config.json and one or sharded *.safetensors) and
- * scheduler/scheduler_config.json.  model_index.json may carry a private key
+ * scheduler/scheduler_config.json; a Wan2.2 T2V-A14B directory also has
+ * transformer_2/ and "boundary_ratio" in model_index.json (two experts,
+ * docs/algorithm.md "Two experts").  What it cannot run (image-to-video,
+ * S2V, Animate, TI2V-5B) is refused with DP_ERROR_UNSUPPORTED naming why.  model_index.json may carry a private key
  * that diffusers ignores, with the model's own defaults (docs/usage.md):
  *
  *   "_dualparal": { "width": 48, "height": 32, "text_len": 32, "fps": 16 }
@@ -102,7 +105,12 @@ typedef struct {
   int num_frames;              /* 4k+1, or -1 for endless (DualParal engine only); default 81 */
   int steps;                   /* sampler steps, default 50 */
   double guidance_scale;       /* >= 1, default 5.0; 1.0 runs the conditional pass only
-                                * (as diffusers, which guides only when > 1) */
+                                * (as diffusers, which guides only when > 1); with a Wan2.2
+                                * two-expert model the guidance of the high-noise expert */
+  double guidance_scale_2;     /* Wan2.2 two-expert models: the guidance of the low-noise
+                                * expert (transformer_2), >= 1; 0 (default): guidance_scale,
+                                * as diffusers' WanPipeline.  Refused for other models, and
+                                * above 1 when guidance_scale is 1 (the batch is unguided) */
   double flow_shift;           /* <= 0: from scheduler/scheduler_config.json (default 0) */
   uint64_t seed;               /* default 0 */
   dp_sampler_kind sampler;     /* default UniPC */

@@ -128,6 +128,15 @@ uint64_t dp_wan_dit_contexts_computed (const dp_wan_dit *dit);
  * and velocity then hold partial results.  NULL removes the hook.  data is
  * not owned and must outlive the calls. */
 void dp_wan_dit_set_cancel (dp_wan_dit *dit, gboolean (*is_cancelled) (gpointer data), gpointer data);
+/* Makes dit use owner's activation arena instead of its own (NULL: its own
+ * again, allocated when next needed), for models that take turns on one
+ * backend and thread, never within one call of each other (Wan2.2's two
+ * experts): the arena is sized for the larger of their needs and counted in
+ * owner's dp_wan_dit_memory_bytes only.  Both on the same backend; owner
+ * must not share another's and must outlive dit (or dit be unshared
+ * first).  Nothing lives in the arena between calls, so the order of the
+ * two models' calls does not matter. */
+void dp_wan_dit_share_arena (dp_wan_dit *dit, dp_wan_dit *owner);
 
 /* B set by the last dp_wan_dit_set_context(), 0 before. */
 int dp_wan_dit_batch (const dp_wan_dit *dit);

@@ -303,8 +303,8 @@ conds_get (dp_engine *e, engine_stage *st, int64_t block, int64_t low)
 }
 
 gboolean
-dp_engine_stage_use_cond (dp_engine *e, engine_stage *st, int64_t block, int64_t low, double *guidance,
-                          GError **error)
+dp_engine_stage_use_cond (dp_engine *e, engine_stage *st, int64_t block, int64_t low, int step,
+                          double *guidance, GError **error)
 {
   dp_engine_cond *c = conds_get (e, st, block, low);
   if (!c && dp_engine_is_cancelled (e)) {
@@ -317,18 +317,21 @@ dp_engine_stage_use_cond (dp_engine *e, engine_stage *st, int64_t block, int64_t
     return FALSE;
   }
   const gint64 t0 = g_get_monotonic_time ();
-  gboolean computed = FALSE;
-  gboolean ok = dp_wan_dit_use_context (st->dit, c->id, &c->context, &computed, error);
-  if (ok && computed)
+  gboolean computed = FALSE, computed2 = FALSE;
+  dp_wan_dit *dit = step >= 0 ? dp_engine_stage_expert (e, st, step) : st->dit;
+  gboolean ok = dp_wan_dit_use_context (dit, c->id, &c->context, &computed, error);
+  if (ok && step < 0 && st->dit2)
+    ok = dp_wan_dit_use_context (st->dit2, c->id, &c->context, &computed2, error);
+  if (ok && (computed || computed2))
     ok = st->be->ops->sync (st->be, error);
-  if (computed) {
+  if (computed || computed2) {
     g_mutex_lock (&e->stats_lock);
-    e->stats.contexts_computed++;
+    e->stats.contexts_computed += (computed ? 1 : 0) + (computed2 ? 1 : 0);
     e->stats.context_seconds += (g_get_monotonic_time () - t0) / 1e6;
     g_mutex_unlock (&e->stats_lock);
   }
   if (guidance)
-    *guidance = c->guidance;
+    *guidance = dit == st->dit2 && e->params.guidance_2 > 0.0 ? e->params.guidance_2 : c->guidance;
   dp_engine_cond_unref (c);
   return ok;
 }

@@ -3,6 +3,7 @@
  * stage.c (stages 1..N-1) and engine_run.c (stage 0). */
 #include "engine/engine_private.h"
 
+#include <math.h>
 #include <string.h>
 
 #include "dualparal/device.h"
@@ -64,6 +65,16 @@ dp_engine_stage_account (dp_engine *e, engine_stage *st, gboolean busy, gint64 *
   *t0 = now;
 }
 
+dp_wan_dit *
+dp_engine_stage_expert (dp_engine *e, engine_stage *st, int step)
+{
+  if (!e->two_experts || st->dit2 == NULL)
+    return st->dit;
+  /* diffusers: t >= boundary_timestep, the timestep tensor against a Python
+   * float, compared in float32 (pipeline/classic.h dp_classic_expert). */
+  return (float) e->schedule->timesteps[step] >= (float) e->params.boundary ? st->dit : st->dit2;
+}
+
 dp_tensor
 dp_engine_hidden_view (dp_engine *e, engine_stage *st, int k, int frames)
 {
@@ -92,7 +103,7 @@ gboolean
 dp_engine_stage_prepare (dp_engine *e, engine_stage *st, GError **error)
 {
   /* Block 0's conditioning: the run's context. */
-  if (!dp_engine_stage_use_cond (e, st, 0, 0, NULL, error))
+  if (!dp_engine_stage_use_cond (e, st, 0, 0, -1, NULL, error))
     return FALSE;
   /* The largest pass: the biggest window with the cache in and out. */
   dp_wan_span span;
@@ -105,9 +116,11 @@ dp_engine_stage_prepare (dp_engine *e, engine_stage *st, GError **error)
     span.export_frames = e->bs.context_frames;
   }
   gboolean ok = dp_wan_dit_reserve (st->dit, &span, error);
+  if (ok && st->dit2)
+    ok = dp_wan_dit_reserve (st->dit2, &span, error);
   /* Read here, on the stage's thread, for dp_engine_get_stats. */
   g_mutex_lock (&e->stats_lock);
-  st->model_bytes = dp_wan_dit_memory_bytes (st->dit);
+  st->model_bytes = dp_wan_dit_memory_bytes (st->dit) + (st->dit2 ? dp_wan_dit_memory_bytes (st->dit2) : 0);
   g_mutex_unlock (&e->stats_lock);
   return ok;
 }
@@ -199,6 +212,26 @@ engine_new (const char *transformer_dir, dp_backend *const *backends, int n_stag
   dp_wan_config cfg;
   if (!dp_wan_config_load (transformer_dir, &cfg, error))
     return NULL;
+  if (params->expert2_dir) {
+    /* The experts take turns on the same hidden states and caches. */
+    dp_wan_config c2;
+    if (!dp_wan_config_load (params->expert2_dir, &c2, error))
+      return NULL;
+    if (c2.num_layers != cfg.num_layers || c2.dim != cfg.dim || c2.num_heads != cfg.num_heads
+        || c2.in_channels != cfg.in_channels || c2.out_channels != cfg.out_channels || c2.text_dim != cfg.text_dim
+        || c2.patch_t != cfg.patch_t || c2.patch_h != cfg.patch_h || c2.patch_w != cfg.patch_w
+        || c2.rope_max_seq_len != cfg.rope_max_seq_len) {
+      g_set_error (error, DP_ERROR, DP_ERROR_SHAPE, "engine: the second expert %s is not shaped like %s (layers, "
+                   "width, heads, channels, text_dim, patch, rope_max_seq_len must be equal)",
+                   params->expert2_dir, transformer_dir);
+      return NULL;
+    }
+    if (!isfinite (params->boundary) || !isfinite (params->guidance_2) || params->guidance_2 < 0.0) {
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "engine: two experts with boundary %g and guidance_2 %g",
+                   params->boundary, params->guidance_2);
+      return NULL;
+    }
+  }
   if (n_stages > cfg.num_layers) {
     g_set_error (error, DP_ERROR, DP_ERROR_INVALID,
                  "engine: %d stages for a transformer of %d layers: each stage needs at least one layer, so use "
@@ -251,6 +284,8 @@ engine_new (const char *transformer_dir, dp_backend *const *backends, int n_stag
   e->schedule->sigmas = g_memdup2 (src->sigmas, sizeof (double) * (src->steps + 1));
   e->schedule->timesteps = g_memdup2 (src->timesteps, sizeof (double) * src->steps);
   e->params.schedule = e->schedule;
+  e->params.expert2_dir = NULL; /* borrowed: used only here */
+  e->two_experts = params->expert2_dir != NULL;
   e->stats.first_frame_seconds = -1;
 
   for (int r = 0; r < n_stages; r++) {
@@ -269,6 +304,19 @@ engine_new (const char *transformer_dir, dp_backend *const *backends, int n_stag
     }
     st->model_bytes = dp_wan_dit_memory_bytes (st->dit);
     dp_wan_dit_set_cancel (st->dit, engine_cancel_hook, e);
+    if (params->expert2_dir) {
+      st->dit2 = dp_wan_dit_load (st->be, params->expert2_dir, st->layer_begin, st->layer_end, error);
+      if (!st->dit2) {
+        g_prefix_error (error, "engine: stage %d (layers %d..%d of the second expert): ", r, st->layer_begin,
+                        st->layer_end);
+        dp_engine_free (e);
+        return NULL;
+      }
+      /* The experts take turns on the stage's thread: one activation arena. */
+      dp_wan_dit_share_arena (st->dit2, st->dit);
+      st->model_bytes += dp_wan_dit_memory_bytes (st->dit2);
+      dp_wan_dit_set_cancel (st->dit2, engine_cancel_hook, e);
+    }
   }
   if (transport) {
     e->transport = transport;
@@ -311,8 +359,10 @@ dp_engine_free (dp_engine *e)
 {
   if (!e)
     return;
-  for (int r = 0; r < e->n; r++)
+  for (int r = 0; r < e->n; r++) {
     dp_wan_dit_free (e->st[r].dit);
+    dp_wan_dit_free (e->st[r].dit2);
+  }
   if (e->own_transport)
     dp_transport_free (e->transport);
   dp_schedule_free (e->schedule);

@@ -42,6 +42,7 @@ typedef struct {
   int layer_begin, layer_end;
   dp_backend *be;  /* not owned */
   dp_wan_dit *dit; /* owned */
+  dp_wan_dit *dit2; /* owned: the low-noise expert's layers (two experts), else NULL */
 
   /* per run */
   dp_tensor hidden[2];      /* [B, window tokens, dim] F32 */
@@ -79,6 +80,7 @@ struct dp_engine {
   int64_t tokens_per_frame;  /* (H / patch_h) (W / patch_w) */
   int max_window;            /* frames of the largest window */
   int *positions;            /* 0, 1, ..., max_window + C */
+  gboolean two_experts;      /* params.expert2_dir was given: every local stage has dit2 */
 
   gint cancelled;            /* atomic */
   const gint *ext_cancel;    /* the run's dp_engine_output.cancel, atomic */
@@ -116,9 +118,14 @@ gboolean dp_engine_conds_add (dp_engine *e, int64_t block, dp_engine_cond *cond,
 /* Makes stage st's DiT use the context of block's conditioning (computing
  * its cross-attention K/V unless a slot holds them) and gives its
  * guidance; low: the lowest block the stage may still run (its current
- * queue's). */
-gboolean dp_engine_stage_use_cond (dp_engine *e, engine_stage *st, int64_t block, int64_t low, double *guidance,
-                                   GError **error);
+ * queue's).  With two experts, the DiT of step's expert (each expert has its
+ * own text embedding and cross-attention weights, so its own K/V slots) and
+ * its guidance; step -1: both experts (a run's start). */
+gboolean dp_engine_stage_use_cond (dp_engine *e, engine_stage *st, int64_t block, int64_t low, int step,
+                                   double *guidance, GError **error);
+/* The expert (st->dit or st->dit2) that runs sampler step `step` on stage
+ * st: two experts switch at params.boundary (engine.h). */
+dp_wan_dit *dp_engine_stage_expert (dp_engine *e, engine_stage *st, int step);
 
 /* Records a stage's failure (the first one wins; a cancellation is not a
  * failure) and stops every stage. */

@@ -157,13 +157,13 @@ slot_check (const block_slot *s, int64_t block, const char *what, GError **error
  * pass is exactly dp_wan_dit_forward of its window (the patch embedding's
  * GEMM rounds differently when split by rows). */
 static gboolean
-embed_window (driver *d, const dp_block_pass *p, dp_tensor *hidden, GError **error)
+embed_window (driver *d, dp_wan_dit *dit, const dp_block_pass *p, dp_tensor *hidden, GError **error)
 {
   block_slot *own = slot_of (d, p->block);
   if (!slot_check (own, p->block, "the", error))
     return FALSE;
   if (p->context_frames == 0)
-    return dp_wan_dit_embed (d->st->dit, &own->latent, 0, hidden, error);
+    return dp_wan_dit_embed (dit, &own->latent, 0, hidden, error);
   block_slot *prev = slot_of (d, p->block - 1);
   if (!slot_check (prev, p->block - 1, "the context", error))
     return FALSE;
@@ -174,7 +174,7 @@ embed_window (driver *d, const dp_block_pass *p, dp_tensor *hidden, GError **err
   d->be->ops->copy_cols (d->be, &dst, 0, &src, (prev->frames - C) * hw, C * hw);
   d->be->ops->copy_cols (d->be, &dst, C * hw, &mine, 0, own->frames * hw);
   dp_tensor window = dp_tensor_view (d->window.data, DP_F32, 4, (int64_t[]){ d->channels, p->window_frames, d->H, d->W });
-  return dp_wan_dit_embed (d->st->dit, &window, 0, hidden, error);
+  return dp_wan_dit_embed (dit, &window, 0, hidden, error);
 }
 
 static gboolean
@@ -410,13 +410,14 @@ drive (driver *d, GError **error)
     dp_wan_span span;
     const float t = (float) e->schedule->timesteps[p.step];
     double guidance = 1.0;
-    if (!dp_engine_stage_use_cond (e, st, p.block, p.queue_lo, &guidance, error) ||
-        !dp_engine_pass_span (e, st, &p, &span, error) || !embed_window (d, &p, &hidden, error) ||
-        !dp_wan_dit_run_layers (st->dit, &span, t, &hidden, error))
+    dp_wan_dit *dit = dp_engine_stage_expert (e, st, p.step); /* two experts: the block's step's */
+    if (!dp_engine_stage_use_cond (e, st, p.block, p.queue_lo, p.step, &guidance, error) ||
+        !dp_engine_pass_span (e, st, &p, &span, error) || !embed_window (d, dit, &p, &hidden, error) ||
+        !dp_wan_dit_run_layers (dit, &span, t, &hidden, error))
       return FALSE;
     if (N == 1) {
       dp_tensor v = dp_engine_velocity_view (e, st, 0, p.own_frames);
-      if (!dp_wan_dit_head (st->dit, &span, t, (float) guidance, &hidden, &v, error) ||
+      if (!dp_wan_dit_head (dit, &span, t, (float) guidance, &hidden, &v, error) ||
           !apply_prediction (d, &v, error))
         return FALSE;
     } else {

@@ -67,6 +67,13 @@ dp_dualparal_pipe *
 dp_dualparal_pipe_new (const dp_dualparal_config *cfg, GError **error)
 {
   const gboolean threads = cfg->processes == DP_PROCESSES_THREADS;
+  if (cfg->two_experts && !threads) {
+    /* The workers' setup (core/src/dist) carries one transformer. */
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "DualParal engine: a Wan2.2 two-expert model runs with "
+                 "its stages on threads of one process; stages in worker processes do not load the second "
+                 "expert yet");
+    return NULL;
+  }
   const int n = cfg->processes == DP_PROCESSES_LAUNCHER ? launcher_world_size (error)
                                                         : dp_dualparal_count_devices (cfg->devices ? cfg->devices : "cpu");
   if (n == 0 && cfg->processes == DP_PROCESSES_LAUNCHER)
@@ -104,10 +111,12 @@ dp_dualparal_pipe_new (const dp_dualparal_config *cfg, GError **error)
     dp_dualparal_pipe_free (pipe);
     return NULL;
   }
+  char *dir2 = cfg->two_experts ? g_build_filename (cfg->model_dir, "transformer_2", NULL) : NULL;
   dp_engine_params p = {
     .block_frames = P, .context_frames = C, .latent_frames = cfg->latent_frames,
     .latent_height = cfg->latent_height, .latent_width = cfg->latent_width, .schedule = sched,
     .guidance = cfg->guidance, .seed = cfg->seed, .noise_stream = DP_ENGINE_NOISE_STREAM,
+    .expert2_dir = dir2, .boundary = cfg->boundary, .guidance_2 = cfg->guidance_2,
   };
   char *dir = g_build_filename (cfg->model_dir, "transformer", NULL);
   if (threads) {
@@ -142,6 +151,7 @@ dp_dualparal_pipe_new (const dp_dualparal_config *cfg, GError **error)
   }
   g_strfreev (items);
   g_free (dir);
+  g_free (dir2);
   dp_schedule_free (sched);
   if (!pipe->engine || (!threads && !pipe->cluster)) {
     g_prefix_error (error, "DualParal engine: ");

@@ -35,6 +35,11 @@ typedef struct {
   const dp_sampler_settings *settings;
   int steps;
   double guidance;
+  /* Wan2.2 two experts: model_dir/transformer_2 is the low-noise expert,
+   * run below boundary (a timestep), with guidance_2 (0: the conditioning's). */
+  gboolean two_experts;
+  double boundary;
+  double guidance_2;
   uint64_t seed;
   dp_processes processes;  /* threads, or stages in worker processes (docs/distributed.md) */
   gboolean wire_bf16;      /* hidden states between processes as BF16 */

@@ -43,10 +43,13 @@ compute_pass (dp_engine *e, engine_stage *st, const dp_block_pass *p, dp_tensor 
   double guidance = 1.0;
   /* The block's own conditioning (prompt changes: blocks in flight may
    * hold different ones). */
-  if (!dp_engine_stage_use_cond (e, st, p->block, p->queue_lo, &guidance, error) ||
-      !dp_engine_pass_span (e, st, p, &span, error) || !dp_wan_dit_run_layers (st->dit, &span, t, hidden, error))
+  /* Two experts: the one of the block's step (blocks in flight sit at
+   * different steps, so passes in a row may use different experts). */
+  dp_wan_dit *dit = dp_engine_stage_expert (e, st, p->step);
+  if (!dp_engine_stage_use_cond (e, st, p->block, p->queue_lo, p->step, &guidance, error) ||
+      !dp_engine_pass_span (e, st, p, &span, error) || !dp_wan_dit_run_layers (dit, &span, t, hidden, error))
     return FALSE;
-  if (velocity && !dp_wan_dit_head (st->dit, &span, t, (float) guidance, hidden, velocity, error))
+  if (velocity && !dp_wan_dit_head (dit, &span, t, (float) guidance, hidden, velocity, error))
     return FALSE;
   return st->be->ops->sync (st->be, error);
 }

@@ -557,10 +557,11 @@ resolve_span (dp_wan_dit *dit, const dp_wan_span *s, gboolean with_tensors, span
 static gboolean
 ensure_arena (dp_wan_dit *dit, size_t need, GError **error)
 {
-  if (dit->arena.base && dit->arena.size >= need)
+  dp_arena *a = wan_dit_arena (dit);
+  if (a->base && a->size >= need)
     return TRUE;
-  dp_arena_release (&dit->arena);
-  if (!dp_arena_init (&dit->arena, dit->be, need, error)) {
+  dp_arena_release (a);
+  if (!dp_arena_init (a, dit->be, need, error)) {
     g_prefix_error (error, "wan_dit: activation arena of %zu bytes: ", need);
     return FALSE;
   }
@@ -579,8 +580,9 @@ run_planned (dp_wan_dit *dit, plan_fn plan, gpointer data, GError **error)
   plan (&r, data);
   if (!ensure_arena (dit, dp_arena_peak (&m), error))
     return FALSE;
-  dp_arena_reset (&dit->arena, 0);
-  r.a = &dit->arena;
+  dp_arena *arena = wan_dit_arena (dit);
+  dp_arena_reset (arena, 0);
+  r.a = arena;
   r.measure = FALSE;
   plan (&r, data);
   if (r.cancelled) {
@@ -590,8 +592,8 @@ run_planned (dp_wan_dit *dit, plan_fn plan, gpointer data, GError **error)
     g_set_error (error, DP_ERROR, DP_ERROR_CANCELLED, "wan_dit: cancelled between layers");
     return FALSE;
   }
-  if (dit->arena.overflow) {
-    dit->arena.overflow = FALSE;
+  if (arena->overflow) {
+    arena->overflow = FALSE;
     g_set_error (error, DP_ERROR, DP_ERROR_FAILED, "wan_dit: internal error: activation arena overflow");
     return FALSE;
   }
@@ -599,6 +601,15 @@ run_planned (dp_wan_dit *dit, plan_fn plan, gpointer data, GError **error)
 }
 
 /* ------------------------------------------------------------ public */
+
+void
+dp_wan_dit_share_arena (dp_wan_dit *dit, dp_wan_dit *owner)
+{
+  g_return_if_fail (dit != NULL && dit != owner);
+  g_return_if_fail (owner == NULL || (owner->be == dit->be && owner->arena_owner == NULL));
+  dp_arena_release (&dit->arena);
+  dit->arena_owner = owner;
+}
 
 void
 dp_wan_dit_set_cancel (dp_wan_dit *dit, gboolean (*is_cancelled) (gpointer data), gpointer data)

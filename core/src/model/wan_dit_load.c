@@ -420,5 +420,6 @@ dp_wan_dit_memory_bytes (const dp_wan_dit *dit)
   size_t time = 0;
   if (dit->time_mem)
     time = (size_t) ((uint8_t *) dit->e0.data - (uint8_t *) dit->time_mem) + dp_tensor_nbytes (&dit->e0);
-  return dp_weights_bytes (dit->weights) + dit->cross_bytes + dit->arena.size + time;
+  /* A shared arena is counted once, by its owner. */
+  return dp_weights_bytes (dit->weights) + dit->cross_bytes + (dit->arena_owner ? 0 : dit->arena.size) + time;
 }

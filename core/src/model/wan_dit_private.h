@@ -73,9 +73,17 @@ struct dp_wan_dit {
   gboolean (*is_cancelled) (gpointer data); /* dp_wan_dit_set_cancel(); NULL: never */
   gpointer cancel_data;
 
-  dp_arena arena;
+  dp_arena arena;           /* own activations, unused while arena_owner is set */
+  struct dp_wan_dit *arena_owner; /* dp_wan_dit_share_arena(): whose arena the calls use, NULL: own */
   int64_t ffn_chunk_rows; /* FFN rows per GEMM pair (tests shrink it to cover the chunking) */
 };
+
+/* The arena the calls use: the owner's when shared (dp_wan_dit_share_arena). */
+static inline dp_arena *
+wan_dit_arena (struct dp_wan_dit *dit)
+{
+  return dit->arena_owner ? &dit->arena_owner->arena : &dit->arena;
+}
 
 G_END_DECLS
 

@@ -87,7 +87,8 @@ load_config (const char *vae_dir, dp_wan_vae_config *cfg, GError **error)
     goto out;
   if (residual || dp_config_has (c, "patch_size")) {
     g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED,
-                 "%s: %s is set: only the Wan2.1 VAE is supported (not Wan2.2's residual / patched one)", path,
+                 "%s: %s is set: this is the Wan2.2 VAE (TI2V-5B: z_dim 48, residual blocks, patchify), "
+                 "which is not supported yet; only the Wan2.1 VAE is (Wan2.1 models, Wan2.2 T2V-A14B)", path,
                  residual ? "is_residual" : "patch_size");
     goto out;
   }

@@ -76,8 +76,10 @@ denoise (const dp_classic_parts *parts, const dp_classic_job *job, float guidanc
     g_snprintf (when, sizeof when, "before sampler step %d of %d", i + 1, steps);
     if (cancelled (job, when, error))
       return FALSE;
-    if (!dp_wan_dit_forward (parts->dit, NULL, x, (float) dp_sampler_timestep (s, i), guidance, v,
-                             error)) {
+    const double t = dp_sampler_timestep (s, i);
+    const int expert = dp_classic_expert (parts->dit2 != NULL, job->boundary, t);
+    if (!dp_wan_dit_forward (expert ? parts->dit2 : parts->dit, NULL, x, (float) t,
+                             expert ? (float) job->guidance2 : guidance, v, error)) {
       g_prefix_error (error, "Sampler step %d of %d, transformer: ", i + 1, steps);
       return FALSE;
     }
@@ -104,7 +106,7 @@ denoise (const dp_classic_parts *parts, const dp_classic_job *job, float guidanc
     if (job->trace && job->trace->step) {
       if (!trace_copy (parts->be, x, trace_host, error))
         return FALSE;
-      job->trace->step (i, trace_host, job->trace->data);
+      job->trace->step (i, trace_host, expert, job->trace->data);
     }
     if (job->step_cb) {
       dp_step_progress p = { i + 1, steps, (g_get_monotonic_time () - t0) / 1e6 };
@@ -202,6 +204,11 @@ dp_classic_run (const dp_classic_parts *parts, const dp_classic_job *job, GError
     g_prefix_error (error, "Transformer text context: ");
     goto out;
   }
+  /* Each expert has its own text embedding and cross-attention K/V. */
+  if (parts->dit2 != NULL && !dp_wan_dit_set_context (parts->dit2, &context, error)) {
+    g_prefix_error (error, "Transformer 2 text context: ");
+    goto out;
+  }
 
   /* 2. Initial noise, x_0. */
   x = dp_backend_tensor_new (be, DP_F32, 4, shape);
@@ -235,10 +242,15 @@ dp_classic_run (const dp_classic_parts *parts, const dp_classic_job *job, GError
 
   /* 3. Denoising; the transformer also asks for a cancel between layers. */
   dp_sampler_reset (parts->sampler);
-  if (job->cancel)
+  if (job->cancel) {
     dp_wan_dit_set_cancel (parts->dit, cancel_hook, (gpointer) job->cancel);
+    if (parts->dit2)
+      dp_wan_dit_set_cancel (parts->dit2, cancel_hook, (gpointer) job->cancel);
+  }
   ok = denoise (parts, job, (float) job->guidance, &x, &v, &trace_host, error);
   dp_wan_dit_set_cancel (parts->dit, NULL, NULL);
+  if (parts->dit2)
+    dp_wan_dit_set_cancel (parts->dit2, NULL, NULL);
   if (!ok)
     goto out;
 

@@ -37,6 +37,9 @@ typedef struct {
   dp_wan_dit *dit;
   dp_wan_vae_decoder *decoder;
   dp_sampler *sampler;
+  /* Wan2.2 two experts: the low-noise expert (transformer_2), which runs the
+   * steps whose timestep is below job->boundary; NULL: dit runs every step. */
+  dp_wan_dit *dit2;
 } dp_classic_parts;
 
 /* Hooks to look inside a run (tests); host data valid during the call. */
@@ -44,8 +47,9 @@ typedef struct {
   /* The DiT's text context [B, text_len, text_dim] (B 2: conditional then
    * unconditional; 1: conditional only) and each entry's real token count. */
   void (*context) (const dp_tensor *context, const int *n_tokens, void *data);
-  /* The latents after step i (x_{i+1}), [channels, F, h, w]. */
-  void (*step) (int i, const dp_tensor *latents, void *data);
+  /* The latents after step i (x_{i+1}), [channels, F, h, w], and the
+   * expert that step ran (0: transformer, 1: transformer_2). */
+  void (*step) (int i, const dp_tensor *latents, int expert, void *data);
   /* The decoder's float output of frames [first_frame, first_frame + n),
    * [3, n, H, W] clamped to [-1, 1]. */
   void (*video) (const float *video, int n, int64_t first_frame, void *data);
@@ -57,6 +61,10 @@ typedef struct {
   const char *negative_prompt;  /* UTF-8; used only when guidance > 1 */
   int text_len;
   double guidance;              /* > 1: classifier-free guidance (batch 2) */
+  double guidance2;             /* two experts: the guidance of dit2's steps */
+  double boundary;              /* two experts: dit runs step i when (float) t_i >= (float) boundary
+                                 * (diffusers' WanPipeline: t >= boundary_timestep, compared in
+                                 * float32 as torch promotes the scalar), dit2 otherwise */
   int channels, latent_frames, latent_height, latent_width;
   uint64_t seed;
   /* NULL: Philox noise from seed (DP_CLASSIC_NOISE_STREAM); else the initial
@@ -69,6 +77,17 @@ typedef struct {
   void *step_data;
   const dp_classic_trace *trace; /* may be NULL */
 } dp_classic_job;
+
+/* Which expert of a Wan2.2 two-expert model runs timestep t: 0 (transformer,
+ * high noise) when t >= boundary, else 1 (transformer_2, low noise); always 0
+ * with one expert.  As diffusers' WanPipeline, which compares the timestep
+ * tensor with the Python float boundary_ratio * num_train_timesteps in the
+ * tensor's float32 (UniPC's int64 timesteps promote to float32 too). */
+static inline int
+dp_classic_expert (gboolean two_experts, double boundary, double t)
+{
+  return two_experts && !((float) t >= (float) boundary) ? 1 : 0;
+}
 
 /* Runs job on parts.  FALSE with an error; DP_ERROR_CANCELLED when *cancel
  * was set or the frames callback returned FALSE.  Frames delivered before a
