@@ -33,6 +33,7 @@ typedef struct {
   int64_t frames;
   int64_t stop_after; /* frames; 0: never */
   gint64 first_us;    /* when the first frames arrived */
+  guint frame_bytes;  /* 0: the embedded model's 64 x 64 RGB */
 } sink;
 
 static gboolean
@@ -40,7 +41,7 @@ on_frames (const uint8_t *rgb, int n, int64_t first, const dp_progress *p, void 
 {
   sink *s = data;
   g_assert_cmpint (first, ==, s->frames);
-  g_byte_array_append (s->rgb, rgb, (guint) (n * 64 * 64 * 3));
+  g_byte_array_append (s->rgb, rgb, (guint) n * (s->frame_bytes ? s->frame_bytes : 64 * 64 * 3));
   if (s->frames == 0)
     s->first_us = g_get_monotonic_time ();
   s->frames += n;
@@ -510,6 +511,44 @@ test_wire_bf16 (void)
   dp_generator_free (gen);
 }
 
+/* A Wan2.2 two-expert model (tests/data/wan22/tiny-wan22, the switch after
+ * step 0): a worker process loads its layers of both experts, and 2
+ * processes give the frames of 2 thread stages. */
+static GByteArray *
+two_expert_run (dp_processes processes)
+{
+  GError *err = NULL;
+  dp_generator_params p;
+  dist_params (&p, "cpu,cpu", processes, 4);
+  char *dir = dp_test_data_path ("wan22", "tiny-wan22", NULL);
+  p.model_dir = dir;
+  p.num_frames = 9;
+  p.block_frames = 1;
+  p.context_frames = 1;
+  p.guidance_scale_2 = 3.0;
+  dp_generator *gen = dp_generator_new (&p, &err);
+  g_assert_no_error (err);
+  int w, h;
+  dp_generator_get_size (gen, &w, &h);
+  sink s = { g_byte_array_new (), 0, 0, 0, (guint) (w * h * 3) };
+  g_assert_true (dp_generator_run (gen, on_frames, &s, &err));
+  g_assert_no_error (err);
+  g_assert_cmpint (s.frames, ==, 9);
+  dp_generator_free (gen);
+  g_free (dir);
+  return s.rgb;
+}
+
+static void
+test_two_experts (void)
+{
+  GByteArray *threads = two_expert_run (DP_PROCESSES_THREADS);
+  GByteArray *procs = two_expert_run (DP_PROCESSES_SPAWN);
+  g_assert_cmpmem (procs->data, procs->len, threads->data, threads->len);
+  g_byte_array_unref (threads);
+  g_byte_array_unref (procs);
+}
+
 /* ------------------------------------------------------------ refusals */
 
 static int
@@ -741,6 +780,7 @@ main (int argc, char **argv)
   g_test_add_func ("/dist/socket-transport", test_socket_transport);
   g_test_add_func ("/dist/identical", test_identical);
   g_test_add_func ("/dist/wire-bf16", test_wire_bf16);
+  g_test_add_func ("/dist/two-experts", test_two_experts);
   g_test_add_func ("/dist/steer", test_steer);
   g_test_add_data_func ("/dist/worker-killed", GINT_TO_POINTER (SIGKILL), test_fault);
   g_test_add_data_func ("/dist/worker-hung", GINT_TO_POINTER (SIGSTOP), test_fault);

@@ -177,8 +177,8 @@ typedef struct {
    * transformer.  Every stage then holds its layer range of both experts
    * and each pass runs the expert of its block's step: transformer_dir's
    * when (float) timestep >= (float) boundary, else expert2_dir's (as
-   * diffusers' WanPipeline).  Stages in other processes do not take it
-   * (their params are 0: one expert). */
+   * diffusers' WanPipeline).  Workers in other processes load their own
+   * model directory's transformer_2 (docs/distributed.md). */
   const char *expert2_dir;     /* borrowed, used only by dp_engine_new* */
   double boundary;             /* boundary_ratio x num_train_timesteps */
   double guidance_2;           /* the low-noise expert's guidance (B = 2); 0: the block's

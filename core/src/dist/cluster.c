@@ -54,6 +54,7 @@ struct dp_cluster {
   char *model_dir;
   dp_engine_params params;
   dp_schedule *schedule;
+  char *expert2_dir;       /* Wan2.2 second expert, or NULL */
   char *secret;
   char *fingerprint;
   char *listen_host;
@@ -560,6 +561,8 @@ dp_cluster_new (const dp_cluster_config *cfg, GError **error)
   c->schedule->sigmas = g_memdup2 (cfg->params->schedule->sigmas, sizeof (double) * (c->schedule->steps + 1));
   c->schedule->timesteps = g_memdup2 (cfg->params->schedule->timesteps, sizeof (double) * c->schedule->steps);
   c->params.schedule = c->schedule;
+  c->expert2_dir = g_strdup (cfg->params->expert2_dir); /* the caller's may not outlive us */
+  c->params.expert2_dir = c->expert2_dir;
   c->cfg.params = &c->params;
   c->heartbeat = dp_dist_timeout ("DUALPARAL_HEARTBEAT_TIMEOUT", DP_DIST_HEARTBEAT_TIMEOUT);
   c->connect_timeout = dp_dist_timeout ("DUALPARAL_CONNECT_TIMEOUT", DP_DIST_CONNECT_TIMEOUT);
@@ -636,6 +639,7 @@ dp_cluster_free (dp_cluster *c)
   g_clear_object (&c->listener);
   g_clear_object (&c->data_listener);
   dp_schedule_free (c->schedule);
+  g_free (c->expert2_dir);
   g_strfreev (c->devices);
   g_free (c->model_dir);
   g_free (c->secret);

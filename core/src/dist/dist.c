@@ -89,12 +89,12 @@ compare_names (gconstpointer a, gconstpointer b)
   return strcmp (*(char *const *) a, *(char *const *) b);
 }
 
-char *
-dp_dist_model_fingerprint (const char *model_dir, GError **error)
+/* Adds one transformer folder (config.json, then each safetensors header
+ * in name order) to sum. */
+static gboolean
+hash_transformer (GChecksum *sum, const char *dir, GError **error)
 {
-  char *dir = g_build_filename (model_dir, "transformer", NULL);
   char *config = g_build_filename (dir, "config.json", NULL);
-  GChecksum *sum = g_checksum_new (G_CHECKSUM_SHA256);
   char *text = NULL;
   gsize len = 0;
   GError *io = NULL;
@@ -102,6 +102,7 @@ dp_dist_model_fingerprint (const char *model_dir, GError **error)
   if (ok)
     g_checksum_update (sum, (const guchar *) text, len);
   g_free (text);
+  g_free (config);
   GPtrArray *names = g_ptr_array_new_with_free_func (g_free);
   GDir *d = ok ? g_dir_open (dir, 0, &io) : NULL;
   ok = d != NULL;
@@ -129,15 +130,27 @@ dp_dist_model_fingerprint (const char *model_dir, GError **error)
       fclose (f);
     g_free (path);
   }
-  char *hex = ok ? g_strdup (g_checksum_get_string (sum)) : NULL;
+  g_ptr_array_unref (names);
   if (!ok) {
     g_set_error (error, DP_ERROR, DP_ERROR_MISSING, "model fingerprint of %s: %s", dir, io ? io->message : "");
     g_clear_error (&io);
   }
-  g_ptr_array_unref (names);
+  return ok;
+}
+
+char *
+dp_dist_model_fingerprint (const char *model_dir, GError **error)
+{
+  GChecksum *sum = g_checksum_new (G_CHECKSUM_SHA256);
+  char *dir = g_build_filename (model_dir, "transformer", NULL);
+  char *dir2 = g_build_filename (model_dir, "transformer_2", NULL);
+  /* A Wan2.2 two-expert model's second transformer counts too. */
+  gboolean ok = hash_transformer (sum, dir, error) &&
+                (!g_file_test (dir2, G_FILE_TEST_IS_DIR) || hash_transformer (sum, dir2, error));
+  char *hex = ok ? g_strdup (g_checksum_get_string (sum)) : NULL;
   g_checksum_free (sum);
-  g_free (config);
   g_free (dir);
+  g_free (dir2);
   return hex;
 }
 
@@ -157,6 +170,11 @@ dp_dist_add_engine_params (JsonBuilder *b, const dp_engine_params *p)
   json_builder_set_member_name (b, "seed");
   json_builder_add_string_value (b, seed);
   dp_ctl_add_int (b, "noise_stream", (gint64) p->noise_stream);
+  /* Wan2.2 two experts: the worker loads transformer_2 beside
+   * transformer (of its own model directory). */
+  dp_ctl_add_int (b, "two_experts", p->expert2_dir != NULL);
+  dp_ctl_add_double (b, "boundary", p->boundary);
+  dp_ctl_add_double (b, "guidance_2", p->guidance_2);
   dp_ctl_add_int (b, "steps", p->schedule->steps);
   dp_ctl_add_int (b, "sampler", p->schedule->settings.kind);
   json_builder_set_member_name (b, "schedule");
@@ -174,9 +192,10 @@ dp_dist_add_engine_params (JsonBuilder *b, const dp_engine_params *p)
 }
 
 gboolean
-dp_dist_read_engine_params (JsonObject *o, dp_engine_params *p, dp_schedule **schedule, GError **error)
+dp_dist_read_engine_params (JsonObject *o, dp_engine_params *p, dp_schedule **schedule, gboolean *two_experts,
+                            GError **error)
 {
-  gint64 P, C, F, H, W, stream, steps, kind;
+  gint64 P, C, F, H, W, stream, steps, kind, experts;
   const char *seed;
   memset (p, 0, sizeof *p);
   *schedule = NULL;
@@ -189,8 +208,12 @@ dp_dist_read_engine_params (JsonObject *o, dp_engine_params *p, dp_schedule **sc
       !(seed = dp_ctl_get_string (o, "seed", error)) ||
       !dp_ctl_get_int (o, "noise_stream", 0, G_MAXINT64, &stream, error) ||
       !dp_ctl_get_int (o, "steps", 1, DP_SAMPLER_MAX_STEPS, &steps, error) ||
-      !dp_ctl_get_int (o, "sampler", 0, 16, &kind, error))
+      !dp_ctl_get_int (o, "sampler", 0, 16, &kind, error) ||
+      !dp_ctl_get_int (o, "two_experts", 0, 1, &experts, error) ||
+      !dp_ctl_get_double (o, "boundary", &p->boundary, error) ||
+      !dp_ctl_get_double (o, "guidance_2", &p->guidance_2, error))
     return FALSE;
+  *two_experts = experts != 0;
   guint64 seed_v;
   if (!g_ascii_string_to_unsigned (seed, 10, 0, G_MAXUINT64, &seed_v, error))
     return FALSE;

@@ -36,7 +36,8 @@ gboolean dp_launch_env_read (dp_launch_env *env, GError **error);
 void dp_launch_env_clear (dp_launch_env *env);
 
 /* SHA-256 over transformer/config.json and the JSON header (tensor names,
- * dtypes, shapes, offsets) of each of its safetensors files, in name order:
+ * dtypes, shapes, offsets) of each of its safetensors files, in name order
+ * (and the same of transformer_2/ when there is one):
  * two processes with equal fingerprints load the same architecture and the
  * same tensor index (the weights' bytes are not read: a 28 GB model would
  * take minutes).  Hex, g_free. */
@@ -45,8 +46,11 @@ char *dp_dist_model_fingerprint (const char *model_dir, GError **error);
 /* The engine settings of a stage: written by rank 0 into SETUP, read by the
  * worker (the schedule exactly: doubles round-trip). */
 void dp_dist_add_engine_params (JsonBuilder *b, const dp_engine_params *p);
-/* Fills *p and a schedule the caller frees (dp_schedule_free). */
-gboolean dp_dist_read_engine_params (JsonObject *o, dp_engine_params *p, dp_schedule **schedule, GError **error);
+/* Fills *p (expert2_dir NULL: *two_experts says whether the worker must set
+ * it to its transformer_2) and a schedule the caller frees
+ * (dp_schedule_free). */
+gboolean dp_dist_read_engine_params (JsonObject *o, dp_engine_params *p, dp_schedule **schedule,
+                                     gboolean *two_experts, GError **error);
 
 /* Data links: the streams of the socket transport, made for each run.  The
  * sending side connects to the receiver's listener and starts with a

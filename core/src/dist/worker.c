@@ -235,9 +235,10 @@ setup (worker *w, JsonObject *o, GError **error)
   if (model_dir && w->model_dir)
     model_dir = w->model_dir;
   dp_engine_params params;
+  gboolean two_experts = FALSE;
   if (!model_dir || !dp_ctl_get_int (o, "n_stages", 2, DP_ENGINE_MAX_STAGES, &n, error) ||
       !dp_ctl_get_int (o, "stage", 1, n - 1, &stage, error) || !dp_ctl_get_int (o, "wire_bf16", 0, 1, &bf16, error) ||
-      !dp_dist_read_engine_params (o, &params, &w->schedule, error))
+      !dp_dist_read_engine_params (o, &params, &w->schedule, &two_experts, error))
     return FALSE;
   if (stage != w->env.rank) {
     g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "rank %d was given stage %" G_GINT64_FORMAT, w->env.rank, stage);
@@ -255,7 +256,10 @@ setup (worker *w, JsonObject *o, GError **error)
   if (!w->transport)
     return FALSE;
   char *dir = g_build_filename (model_dir, "transformer", NULL);
+  char *dir2 = two_experts ? g_build_filename (model_dir, "transformer_2", NULL) : NULL;
+  params.expert2_dir = dir2;
   w->engine = dp_engine_new_stage (dir, w->be, w->n_stages, w->stage, w->transport, &params, error);
+  g_free (dir2);
   g_free (dir);
   if (!w->engine)
     return FALSE;

@@ -67,13 +67,6 @@ dp_dualparal_pipe *
 dp_dualparal_pipe_new (const dp_dualparal_config *cfg, GError **error)
 {
   const gboolean threads = cfg->processes == DP_PROCESSES_THREADS;
-  if (cfg->two_experts && !threads) {
-    /* The workers' setup (core/src/dist) carries one transformer. */
-    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "DualParal engine: a Wan2.2 two-expert model runs with "
-                 "its stages on threads of one process; stages in worker processes do not load the second "
-                 "expert yet");
-    return NULL;
-  }
   const int n = cfg->processes == DP_PROCESSES_LAUNCHER ? launcher_world_size (error)
                                                         : dp_dualparal_count_devices (cfg->devices ? cfg->devices : "cpu");
   if (n == 0 && cfg->processes == DP_PROCESSES_LAUNCHER)
