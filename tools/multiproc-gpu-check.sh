@@ -39,7 +39,7 @@ if ! "$gen" "${common[@]}" --device "$device" -o "$out/one.y4m"; then
   echo "multiproc-gpu-check: 0 passed, 1 failed"
   exit 1
 fi
-echo "reference: 1 process, $device: $(echo "$(date +%s.%N) - $t0" | bc) s"
+echo "reference: 1 process, $device: $(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { printf "%.1f", a - b }') s"
 
 # run_case NAME N TRANSPORT: rank 0 (dualparal-generate) and N - 1 workers,
 # all on GPU 0, each with its own NCCL host id.
@@ -62,7 +62,7 @@ run_case () {
     wait "$p" || ok=false
   done
   local secs
-  secs=$(echo "$(date +%s.%N) - $t0" | bc)
+  secs=$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { printf "%.1f", a - b }')
   if $ok && cmp -s "$out/one.y4m" "$out/$name.y4m"; then
     echo "PASS $name: $n processes on $device, $transport transport, frames equal the one-process run ($secs s)"
     passed=$((passed + 1))
