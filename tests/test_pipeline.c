@@ -767,7 +767,8 @@ static const broken_case broken_cases[] = {
   { BROKEN_NO_SCHEDULER_CONFIG, DP_ERROR_MISSING, "scheduler_config.json" },
   { BROKEN_DIT_CONFIG, DP_ERROR_SHAPE, "transformer" },
   { BROKEN_DIT_CONFIG_TYPE, DP_ERROR_FORMAT, "num_layers" },
-  { BROKEN_VAE_CONFIG, DP_ERROR_UNSUPPORTED, "is_residual" },
+  /* A residual (Wan2.2) VAE config over Wan2.1 weights: the Wan2.2 upsampler is missing. */
+  { BROKEN_VAE_CONFIG, DP_ERROR_MISSING, "decoder.up_blocks.0.upsampler.resample.1.weight" },
   { BROKEN_SCHEDULER_CONFIG, DP_ERROR_UNSUPPORTED, "prediction_type" },
   { BROKEN_DIT_SHARD, -1, "diffusion_pytorch_model.safetensors" },
   { BROKEN_TEXT_SHARD, -1, "model.safetensors" },

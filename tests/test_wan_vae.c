@@ -8,6 +8,11 @@
  *   may flip; measured: all exact or within 1).
  * - Whole-video decode, a reset decoder, and per-frame 3-D latent tensors
  *   give bitwise the same frames as the streaming decode (same code path).
+ * - The same two checks on the Wan2.2 VAE (tests/data/vae22, made by
+ *   tools/make_vae22_golden.py: a decoder base_dim 4 residual
+ *   AutoencoderKLWan, z_dim 48, patch_size 2, a [48, 3, 2, 3] latent -> 9
+ *   frames of 32x48) with the same tolerances; measured rel L2 8.6e-7, max
+ *   abs 1.8e-6, uint8 99.998% exact, all within 1.
  * - Bad model directories and bad calls fail with the right error code and a
  *   message naming the key / tensor. */
 #include <math.h>
@@ -23,10 +28,14 @@
 
 /* ------------------------------------------------------------ helpers */
 
+/* The golden set under tests/data the current test reads: "vae" (Wan2.1) or
+ * "vae22" (Wan2.2). */
+static const char *data_set = "vae";
+
 static char *
 vae_path (const char *rel)
 {
-  return dp_test_data_path ("vae", rel, NULL);
+  return dp_test_data_path (data_set, rel, NULL);
 }
 
 typedef struct {
@@ -152,8 +161,10 @@ stream_decode (dp_backend *be, dp_wan_vae *vae, dp_wan_vae_decoder *dec, const d
 /* ------------------------------------------------------------ golden */
 
 static void
-test_golden_stream (void)
+test_golden_stream (gconstpointer set)
 {
+  data_set = set;
+  const gboolean v22 = g_str_equal (data_set, "vae22");
   GError *err = NULL;
   dp_backend *be = dp_backend_new ("cpu", &err);
   g_assert_no_error (err);
@@ -161,8 +172,12 @@ test_golden_stream (void)
   golden_load (&g);
   dp_wan_vae *vae = load_golden_vae (be);
   const dp_wan_vae_config *cfg = dp_wan_vae_get_config (vae);
-  g_assert_cmpint (cfg->z_dim, ==, 16);
-  g_assert_cmpint (cfg->spatial_scale, ==, 8);
+  g_assert_cmpint (cfg->z_dim, ==, v22 ? 48 : 16);
+  g_assert_cmpint (cfg->spatial_scale, ==, v22 ? 16 : 8);
+  g_assert_cmpint (cfg->patch_size, ==, v22 ? 2 : 1);
+  g_assert_cmpint (cfg->is_residual, ==, v22);
+  g_assert_cmpint (cfg->out_channels, ==, v22 ? 12 : 3);
+  g_assert_cmpint (cfg->video_channels, ==, 3);
   g_assert_cmpint (cfg->temporal_scale, ==, 4);
   g_assert_false (cfg->temporal_upsample[2]);
   g_assert_true (cfg->temporal_upsample[0] && cfg->temporal_upsample[1]);
@@ -200,10 +215,10 @@ test_golden_stream (void)
     within1 += diff <= 1;
     max_diff = MAX (max_diff, diff);
   }
-  g_test_message ("VAE golden: %" G_GINT64_FORMAT " frames %dx%d, video rel L2 %.3g, max abs %.3g; "
+  g_test_message ("VAE golden (%s): %" G_GINT64_FORMAT " frames %dx%d, video rel L2 %.3g, max abs %.3g; "
                   "uint8 exact %.4f%%, within 1 %.4f%%, max diff %d; decoder setup %.1f ms, decode %.1f ms, "
                   "decoder memory %zu bytes",
-                  d.frames, d.W, d.H, rel, max_abs, 100.0 * exact / nf, 100.0 * within1 / nf, max_diff,
+                  data_set, d.frames, d.W, d.H, rel, max_abs, 100.0 * exact / nf, 100.0 * within1 / nf, max_diff,
                   (t1 - t0) / 1e3, (t2 - t1) / 1e3, dp_wan_vae_decoder_memory_bytes (dec));
   g_assert_cmpfloat (rel, <=, 1e-4);
   g_assert_cmpfloat ((double) within1 / nf, >=, 0.999);
@@ -219,8 +234,9 @@ test_golden_stream (void)
 /* Whole-video decode, a reset decoder and per-frame tensors: bitwise equal
  * to the streaming decode. */
 static void
-test_whole_equals_stream (void)
+test_whole_equals_stream (gconstpointer set)
 {
+  data_set = set;
   GError *err = NULL;
   dp_backend *be = dp_backend_new ("cpu", &err);
   g_assert_no_error (err);
@@ -394,8 +410,21 @@ edit_other_class (JsonObject *r)
 }
 
 static void
+edit_out_channels_6 (JsonObject *r)
+{
+  json_object_set_int_member (r, "out_channels", 6);
+}
+
+static void
+edit_not_residual (JsonObject *r)
+{
+  json_object_set_boolean_member (r, "is_residual", FALSE);
+}
+
+static void
 test_errors_config (void)
 {
+  data_set = "vae";
   /* A sane directory first, so the failures below come from the edits. */
   char *dir = make_model_dir (NULL, NULL);
   GError *err = NULL;
@@ -412,15 +441,30 @@ test_errors_config (void)
   expect_load_error (edit_no_base_dim, NULL, DP_ERROR_MISSING, "base_dim");
   expect_load_error (edit_mean_short, NULL, DP_ERROR_FORMAT, "latents_mean");
   expect_load_error (edit_std_string, NULL, DP_ERROR_FORMAT, "latents_std");
-  expect_load_error (edit_residual, NULL, DP_ERROR_UNSUPPORTED, "is_residual");
+  /* Wan2.1 weights under a residual config: the Wan2.2 upsampler's name. */
+  expect_load_error (edit_residual, NULL, DP_ERROR_MISSING, "decoder.up_blocks.0.upsampler.resample.1.weight");
   expect_load_error (edit_other_class, NULL, DP_ERROR_UNSUPPORTED, "AutoencoderKL");
   /* Config and weights disagree: the first tensor checked has another shape. */
   expect_load_error (edit_base_dim_8, NULL, DP_ERROR_SHAPE, "decoder.conv_in.weight");
 }
 
+/* The Wan2.2 set: a patchify that does not divide out_channels, and Wan2.2
+ * weights under a Wan2.1 (non-residual) config. */
+static void
+test_errors_config22 (void)
+{
+  data_set = "vae22";
+  expect_load_error (edit_out_channels_6, NULL, DP_ERROR_FORMAT, "patch_size");
+  expect_load_error (edit_not_residual, NULL, DP_ERROR_MISSING, "decoder.up_blocks.0.upsamplers.0.resample.1.weight");
+  expect_load_error (NULL, "decoder.up_blocks.0.upsampler.time_conv.weight", DP_ERROR_MISSING,
+                     "decoder.up_blocks.0.upsampler.time_conv.weight");
+  data_set = "vae";
+}
+
 static void
 test_errors_weights (void)
 {
+  data_set = "vae";
   expect_load_error (NULL, "decoder.conv_out.bias", DP_ERROR_MISSING, "decoder.conv_out.bias");
   expect_load_error (NULL, "decoder.up_blocks.1.upsamplers.0.time_conv.weight", DP_ERROR_MISSING,
                      "decoder.up_blocks.1.upsamplers.0.time_conv.weight");
@@ -441,6 +485,7 @@ test_errors_weights (void)
 static void
 test_errors_push (void)
 {
+  data_set = "vae";
   GError *err = NULL;
   dp_backend *be = dp_backend_new ("cpu", &err);
   golden g;
@@ -488,8 +533,11 @@ int
 main (int argc, char **argv)
 {
   g_test_init (&argc, &argv, NULL);
-  g_test_add_func ("/wan_vae/golden_stream", test_golden_stream);
-  g_test_add_func ("/wan_vae/whole_equals_stream", test_whole_equals_stream);
+  g_test_add_data_func ("/wan_vae/golden_stream", "vae", test_golden_stream);
+  g_test_add_data_func ("/wan_vae/whole_equals_stream", "vae", test_whole_equals_stream);
+  g_test_add_data_func ("/wan_vae/wan22/golden_stream", "vae22", test_golden_stream);
+  g_test_add_data_func ("/wan_vae/wan22/whole_equals_stream", "vae22", test_whole_equals_stream);
+  g_test_add_func ("/wan_vae/wan22/errors_config", test_errors_config22);
   g_test_add_func ("/wan_vae/errors_config", test_errors_config);
   g_test_add_func ("/wan_vae/errors_weights", test_errors_weights);
   g_test_add_func ("/wan_vae/errors_push", test_errors_push);

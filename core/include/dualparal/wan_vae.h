@@ -11,6 +11,14 @@
  * one gives 2^(temporal upsamplers) = 4 (Wan2.1): F latent frames decode to
  * 1 + 4 (F - 1) frames, 8x the latent size (2^(levels-1)).
  *
+ * The Wan2.2 VAE (TI2V-5B: is_residual, patch_size 2, z_dim 48) runs in the
+ * same structure: its residual up blocks add DupUp3D(block input) (channels
+ * duplicated into 2x2 pixels and, with a temporal upsampler, 2 frames; the
+ * first latent frame keeps only the last of those, diffusers' first_chunk) to
+ * the output of their resnets and upsampler, whose width stays the block's.
+ * The decoder's 12 output channels are unpatchified 2x2 on the host (3
+ * channels, 16x the latent size).
+ *
  * Streaming is the only code path: dp_wan_vae_decode() (a whole video) is a
  * loop over dp_wan_vae_decoder_push(), so both give bitwise the same frames.
  *
@@ -50,10 +58,13 @@ typedef struct {
   int num_res_blocks;  /* the decoder has num_res_blocks + 1 resnets per up block */
   /* Up block i < n_levels - 1 doubles time too (temperal_downsample reversed). */
   gboolean temporal_upsample[DP_WAN_VAE_MAX_LEVELS];
-  int out_channels;    /* 3 */
+  int out_channels;    /* the decoder's output channels: 3, or 3 * patch_size^2 (Wan2.2: 12) */
+  gboolean is_residual;/* Wan2.2: residual up blocks (WanResidualUpBlock, DupUp3D shortcuts) */
+  int patch_size;      /* pixel patchify (Wan2.2: 2; 1 when null): the output is unpatchified */
+  int video_channels;  /* out_channels / patch_size^2: the video's channels (3) */
   float latents_mean[DP_WAN_VAE_MAX_Z];
   float latents_std[DP_WAN_VAE_MAX_Z];
-  int spatial_scale;   /* 2^(n_levels - 1): 8 */
+  int spatial_scale;   /* 2^(n_levels - 1) * patch_size: 8 (Wan2.1), 16 (Wan2.2) */
   int temporal_scale;  /* 2^(number of temporal upsamplers): 4 */
 } dp_wan_vae_config;
 
@@ -61,9 +72,9 @@ typedef struct dp_wan_vae dp_wan_vae;
 
 /* Reads vae_dir/config.json and the decoder's weights (post_quant_conv.*,
  * decoder.*; every shape checked; encoder tensors are ignored) onto be (not
- * owned; it must outlive the dp_wan_vae).  Wan2.2-style configurations
- * (is_residual, patch_size) are refused with DP_ERROR_UNSUPPORTED; a backend
- * without the operations listed above with DP_ERROR_UNSUPPORTED.  Errors name
+ * owned; it must outlive the dp_wan_vae).  Both the Wan2.1 VAE and the
+ * Wan2.2 one (is_residual, patch_size, z_dim 48) load; a backend without the
+ * operations listed above is refused with DP_ERROR_UNSUPPORTED.  Errors name
  * the file and the key or tensor. */
 dp_wan_vae *dp_wan_vae_load (dp_backend *be, const char *vae_dir, GError **error);
 void dp_wan_vae_free (dp_wan_vae *vae);

@@ -48,6 +48,11 @@ typedef struct {
   vae_up_mode mode;
   vae_conv resample;           /* out_dim -> out_dim / 2 */
   vae_conv time_conv;          /* UP_3D only */
+  /* Wan2.2 residual up block with an upsampler: y = up (resnets (x)) + DupUp3D (x),
+   * DupUp3D: out[o, t*ft + a, 2h + b, 2w + d] = x[((o*ft + a)*4 + 2b + d) / dup_rep, t, h, w]. */
+  gboolean dup;
+  int dup_cin, dup_cout, dup_ft, dup_rep;
+  gboolean dup_rows_same;      /* the source channel does not depend on b */
 } vae_up_block;
 
 /* One causal cache: [channels, CACHE_T, height, width] at spatial level
@@ -82,16 +87,9 @@ load_config (const char *vae_dir, dp_wan_vae_config *cfg, GError **error)
 
   if (!dp_config_expect_string (c, "_class_name", "AutoencoderKLWan", error))
     goto out;
-  gboolean residual = FALSE;
-  if (!dp_config_bool_or (c, "is_residual", FALSE, &residual, error))
+  if (!dp_config_bool_or (c, "is_residual", FALSE, &cfg->is_residual, error) ||
+      !dp_config_int_range_or (c, "patch_size", 1, 1, 16, &cfg->patch_size, error))
     goto out;
-  if (residual || dp_config_has (c, "patch_size")) {
-    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED,
-                 "%s: %s is set: this is the Wan2.2 VAE (TI2V-5B: z_dim 48, residual blocks, patchify), "
-                 "which is not supported yet; only the Wan2.1 VAE is (Wan2.1 models, Wan2.2 T2V-A14B)", path,
-                 residual ? "is_residual" : "patch_size");
-    goto out;
-  }
 
   int base_dim;
   if (!dp_config_int_range (c, "base_dim", 1, 1 << 14, &base_dim, error) ||
@@ -134,7 +132,15 @@ load_config (const char *vae_dir, dp_wan_vae_config *cfg, GError **error)
     if (cfg->temporal_upsample[i])
       cfg->temporal_scale *= 2;
   }
-  cfg->spatial_scale = 1 << (cfg->n_levels - 1);
+  cfg->spatial_scale = (1 << (cfg->n_levels - 1)) * cfg->patch_size;
+  const int pp = cfg->patch_size * cfg->patch_size;
+  if (cfg->out_channels % pp != 0) {
+    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT,
+                 "%s: out_channels %d is not a multiple of patch_size^2 = %d (the unpatchify needs that)", path,
+                 cfg->out_channels, pp);
+    goto out;
+  }
+  cfg->video_channels = cfg->out_channels / pp;
 
   double v[DP_WAN_VAE_MAX_Z];
   if (!dp_config_double_array (c, "latents_mean", v, cfg->z_dim, error))
@@ -292,7 +298,8 @@ dp_wan_vae_load (dp_backend *be, const char *vae_dir, GError **error)
 
   for (int i = 0; i < n; i++) {
     vae_up_block *ub = &vae->up[i];
-    int in_dim = i == 0 ? dims[0] : dims[i] / 2, out_dim = dims[i + 1];
+    /* Wan2.1's upsamplers halve the width; Wan2.2's residual ones keep it. */
+    int in_dim = i == 0 || c->is_residual ? dims[i] : dims[i] / 2, out_dim = dims[i + 1];
     if (in_dim < 1) {
       g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: up block %d would have no input channels", vae_dir, i);
       goto fail;
@@ -309,21 +316,52 @@ dp_wan_vae_load (dp_backend *be, const char *vae_dir, GError **error)
     if (i == n - 1)
       continue;
     ub->mode = c->temporal_upsample[i] ? UP_3D : UP_2D;
-    if (out_dim / 2 < 1) {
+    const int up_out = c->is_residual ? out_dim : out_dim / 2;
+    if (up_out < 1) {
       g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: up block %d has too few channels to upsample", vae_dir, i);
       goto fail;
     }
-    char *p = g_strdup_printf ("decoder.up_blocks.%d.upsamplers.0.resample.1", i);
-    gboolean ok = load_conv (vae, &ub->resample, p, out_dim, out_dim / 2, 1, 3, 3, TRUE, i + 1, error);
+    const char *up_name = c->is_residual ? "upsampler" : "upsamplers.0";
+    char *p = g_strdup_printf ("decoder.up_blocks.%d.%s.resample.1", i, up_name);
+    gboolean ok = load_conv (vae, &ub->resample, p, out_dim, up_out, 1, 3, 3, TRUE, i + 1, error);
     g_free (p);
     if (!ok)
       goto fail;
     if (ub->mode == UP_3D) {
-      p = g_strdup_printf ("decoder.up_blocks.%d.upsamplers.0.time_conv", i);
+      p = g_strdup_printf ("decoder.up_blocks.%d.%s.time_conv", i, up_name);
       ok = load_conv (vae, &ub->time_conv, p, out_dim, 2 * out_dim, 3, 1, 1, FALSE, i, error);
       g_free (p);
       if (!ok)
         goto fail;
+    }
+    if (c->is_residual) {
+      /* DupUp3D (in_dim, out_dim, factor_t, factor_s 2): repeat_interleave by
+       * out_dim * factor_t * 4 / in_dim channels. */
+      ub->dup = TRUE;
+      ub->dup_cin = in_dim;
+      ub->dup_cout = out_dim;
+      ub->dup_ft = ub->mode == UP_3D ? 2 : 1;
+      const int64_t f = (int64_t) out_dim * ub->dup_ft * 4;
+      if (f % in_dim != 0) {
+        g_set_error (error, DP_ERROR, DP_ERROR_FORMAT,
+                     "%s: up block %d: DupUp3D needs out_dim * %d to be a multiple of in_dim (%d -> %d)", vae_dir, i,
+                     ub->dup_ft * 4, in_dim, out_dim);
+        goto fail;
+      }
+      ub->dup_rep = (int) (f / in_dim);
+      ub->dup_rows_same = TRUE;
+      for (int o = 0; o < out_dim; o++)
+        for (int a = 0; a < ub->dup_ft; a++) {
+          const int k = (o * ub->dup_ft + a) * 4;
+          if (k / ub->dup_rep != (k + 1) / ub->dup_rep || (k + 2) / ub->dup_rep != (k + 3) / ub->dup_rep) {
+            g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED,
+                         "%s: up block %d: a DupUp3D shortcut %d -> %d channels that differs between neighbouring "
+                         "columns is not supported", vae_dir, i, in_dim, out_dim);
+            goto fail;
+          }
+          if (k / ub->dup_rep != (k + 2) / ub->dup_rep)
+            ub->dup_rows_same = FALSE;
+        }
     }
   }
   if (!load_gamma (vae, &vae->norm_out, "decoder.norm_out", dims[n], 4, error) ||
@@ -374,7 +412,8 @@ struct dp_wan_vae_decoder {
   dp_tensor mean, std;         /* [z, 1, h, w]: latents_mean / latents_std broadcast */
   dp_arena io[2];              /* ping-pong layer outputs */
   dp_arena scratch;            /* per-layer temporaries */
-  float *host;                 /* [out_channels, temporal_scale, H, W] clamped output */
+  float *host;                 /* [video_channels, temporal_scale, H, W] clamped output */
+  float *host_raw;             /* [out_channels, temporal_scale, H/p, W/p] before the unpatchify (p > 1) */
 };
 
 /* One forward pass over a chunk.  measure: allocations only (sizing). */
@@ -572,6 +611,46 @@ up_apply (vae_run *r, const vae_up_block *ub)
   set_x (r, y);
 }
 
+/* DupUp3D (diffusers), the shortcut of a Wan2.2 residual up block:
+ * y[o, t*ft + a, 2h + b, 2w + d] = x[((o*ft + a)*4 + 2b + d) / rep, t, h, w]
+ * (d never changes the source channel: checked at load).  On the video's
+ * first latent frame only the last of the ft frames is kept (first_chunk).
+ * Per (a, b): gather the source channels, upsample 2x nearest, copy the
+ * frames (or, when the source depends on b, the rows of parity b) into y. */
+static void
+dup_apply (vae_run *r, const vae_up_block *ub, dp_tensor *y, const dp_tensor *x)
+{
+  dp_backend *be = r->be;
+  const int64_t T = x->shape[1], H = x->shape[2], W = x->shape[3], hw = H * W, hw4 = 4 * hw, W2 = 2 * W;
+  const int ft = ub->dup_ft, skip = r->first ? ft - 1 : 0;
+  size_t mark = dp_arena_mark (r->scratch);
+  dp_tensor g = t4 (r->scratch, ub->dup_cout, T, H, W);
+  dp_tensor u = t4 (r->scratch, ub->dup_cout, T, 2 * H, 2 * W);
+  if (!r->measure)
+    for (int a = 0; a < ft; a++)
+      for (int b = 0; b < 2; b++) {
+        if (b == 1 && ub->dup_rows_same)
+          break;
+        for (int o = 0; o < ub->dup_cout; o++) {
+          const int src = ((o * ft + a) * 4 + 2 * b) / ub->dup_rep;
+          dp_tensor go = dp_tensor_slice0 (&g, o, 1), xs = dp_tensor_slice0 (x, src, 1);
+          be->ops->copy_cols (be, &go, 0, &xs, 0, T * hw);
+        }
+        be->ops->upsample_nearest2x (be, &u, &g);
+        for (int64_t t = 0; t < T; t++) {
+          const int64_t to = t * ft + a - skip;
+          if (to < 0)
+            continue;
+          if (ub->dup_rows_same)
+            be->ops->copy_cols (be, y, to * hw4, &u, t * hw4, hw4);
+          else
+            for (int64_t row = b; row < 2 * H; row += 2)
+              be->ops->copy_cols (be, y, to * hw4 + row * W2, &u, t * hw4 + row * W2, W2);
+        }
+      }
+  dp_arena_reset (r->scratch, mark);
+}
+
 /* The decoder on one latent frame; leaves [out_channels, T, H, W] in r->x. */
 static void
 forward_chunk (vae_run *r, const dp_tensor *latents, int64_t index, const dp_tensor *mean,
@@ -607,10 +686,23 @@ forward_chunk (vae_run *r, const dp_tensor *latents, int64_t index, const dp_ten
 
   for (int i = 0; i < vae->cfg.n_levels; i++) {
     const vae_up_block *ub = &vae->up[i];
+    /* Wan2.2: the shortcut of the block's input, kept in the scratch arena
+     * below everything the resnets and the upsampler use. */
+    size_t mark = dp_arena_mark (r->scratch);
+    dp_tensor sc = { 0 };
+    if (ub->dup) {
+      const dp_tensor xin = r->x;
+      const int64_t T = xin.shape[1] * ub->dup_ft - (r->first ? ub->dup_ft - 1 : 0);
+      sc = t4 (r->scratch, ub->dup_cout, T, 2 * xin.shape[2], 2 * xin.shape[3]);
+      dup_apply (r, ub, &sc, &xin);
+    }
     for (int j = 0; j < ub->n_resnets; j++)
       resnet_apply (r, &ub->resnets[j]);
     if (ub->mode != UP_NONE)
       up_apply (r, ub);
+    if (ub->dup && !r->measure)
+      be->ops->add (be, &r->x, &r->x, &sc);
+    dp_arena_reset (r->scratch, mark);
   }
 
   const dp_tensor xh = r->x;
@@ -732,9 +824,11 @@ dp_wan_vae_decoder_new (dp_wan_vae *vae, int latent_height, int latent_width, GE
     goto fail;
   }
 
-  size_t host_bytes = (size_t) c->out_channels * c->temporal_scale * dec->H * dec->W * sizeof (float);
+  size_t host_bytes = (size_t) c->video_channels * c->temporal_scale * dec->H * dec->W * sizeof (float);
   dec->host = g_try_malloc (host_bytes);
-  if (!dec->host) {
+  if (c->patch_size > 1)
+    dec->host_raw = g_try_malloc (host_bytes);
+  if (!dec->host || (c->patch_size > 1 && !dec->host_raw)) {
     g_set_error (error, DP_ERROR, DP_ERROR_NOMEM, "VAE decoder %dx%d: cannot allocate %zu bytes of host memory",
                  dec->W, dec->H, host_bytes);
     goto fail;
@@ -764,6 +858,7 @@ dp_wan_vae_decoder_free (dp_wan_vae_decoder *dec)
   dp_arena_release (&dec->io[1]);
   dp_arena_release (&dec->scratch);
   g_free (dec->host);
+  g_free (dec->host_raw);
   g_free (dec);
 }
 
@@ -842,19 +937,35 @@ push_frame (dp_wan_vae_decoder *dec, const dp_tensor *latents, int64_t index, in
   }
   const dp_tensor out = r.x;
   const int64_t n = out.shape[1], count = dp_tensor_nelem (&out);
-  dp_tensor host = dp_tensor_view (dec->host, DP_F32, 4, out.shape);
+  const int p = c->patch_size;
+  float *raw = p > 1 ? dec->host_raw : dec->host;
+  dp_tensor host = dp_tensor_view (raw, DP_F32, 4, out.shape);
   be->ops->to_host (be, &host, &out);
   if (!be->ops->sync (be, error))
     return FALSE;
   for (int64_t i = 0; i < count; i++)
-    if (!isfinite (dec->host[i])) {
+    if (!isfinite (raw[i])) {
       g_set_error (error, DP_ERROR, DP_ERROR_NUMERIC,
                    "VAE decoder: the VAE produced %s decoding latent frame %" G_GINT64_FORMAT
                    " (value %" G_GINT64_FORMAT " of %" G_GINT64_FORMAT "): its weights give non-finite numbers",
-                   dp_nonfinite_name (dec->host[i]), index, i, count);
+                   dp_nonfinite_name (raw[i]), index, i, count);
       return FALSE;
     }
-  /* vae.decode's torch.clamp (out, -1, 1). */
+  if (p > 1) {
+    /* diffusers' unpatchify: video[c, f, h*p + q2, w*p + q1] = out[c*p*p + q1*p + q2, f, h, w]. */
+    const int64_t h = out.shape[2], w = out.shape[3];
+    for (int ch = 0; ch < c->video_channels; ch++)
+      for (int q1 = 0; q1 < p; q1++)
+        for (int q2 = 0; q2 < p; q2++) {
+          const float *src = raw + (int64_t) (ch * p * p + q1 * p + q2) * n * h * w;
+          float *dst = dec->host + (int64_t) ch * n * h * w * p * p;
+          for (int64_t f = 0; f < n; f++)
+            for (int64_t y = 0; y < h; y++)
+              for (int64_t x = 0; x < w; x++)
+                dst[(f * h * p + y * p + q2) * w * p + x * p + q1] = src[(f * h + y) * w + x];
+        }
+  }
+  /* vae.decode's torch.clamp (out, -1, 1) (after the unpatchify there). */
   for (int64_t i = 0; i < count; i++)
     dec->host[i] = CLAMP (dec->host[i], -1.0f, 1.0f);
   dec->position++;
@@ -869,7 +980,7 @@ write_outputs (const dp_wan_vae_decoder *dec, int n, uint8_t *rgb, float *video,
                int64_t first)
 {
   const int64_t hw = (int64_t) dec->H * dec->W;
-  const int C = dec->vae->cfg.out_channels;
+  const int C = dec->vae->cfg.video_channels;
   if (video)
     for (int c = 0; c < C; c++)
       memcpy (video + (c * total + first) * hw, dec->host + (int64_t) c * n * hw, (size_t) (n * hw) * sizeof (float));
@@ -890,9 +1001,9 @@ write_outputs (const dp_wan_vae_decoder *dec, int n, uint8_t *rgb, float *video,
 static gboolean
 check_rgb (const dp_wan_vae *vae, const uint8_t *rgb, GError **error)
 {
-  if (rgb && vae->cfg.out_channels != 3) {
+  if (rgb && vae->cfg.video_channels != 3) {
     g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "VAE decoder: RGB output needs 3 output channels, the model has %d",
-                 vae->cfg.out_channels);
+                 vae->cfg.video_channels);
     return FALSE;
   }
   return TRUE;
