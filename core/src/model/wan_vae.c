@@ -615,8 +615,9 @@ up_apply (vae_run *r, const vae_up_block *ub)
  * y[o, t*ft + a, 2h + b, 2w + d] = x[((o*ft + a)*4 + 2b + d) / rep, t, h, w]
  * (d never changes the source channel: checked at load).  On the video's
  * first latent frame only the last of the ft frames is kept (first_chunk).
- * Per (a, b): gather the source channels, upsample 2x nearest, copy the
- * frames (or, when the source depends on b, the rows of parity b) into y. */
+ * Per (a, b): gather the source channels (one strided copy for Wan2.2's
+ * widths), upsample 2x nearest, copy the frames (or, when the source depends
+ * on b, the rows of parity b) into y. */
 static void
 dup_apply (vae_run *r, const vae_up_block *ub, dp_tensor *y, const dp_tensor *x)
 {
@@ -631,11 +632,24 @@ dup_apply (vae_run *r, const vae_up_block *ub, dp_tensor *y, const dp_tensor *x)
       for (int b = 0; b < 2; b++) {
         if (b == 1 && ub->dup_rows_same)
           break;
-        for (int o = 0; o < ub->dup_cout; o++) {
-          const int src = ((o * ft + a) * 4 + 2 * b) / ub->dup_rep;
-          dp_tensor go = dp_tensor_slice0 (&g, o, 1), xs = dp_tensor_slice0 (x, src, 1);
-          be->ops->copy_cols (be, &go, 0, &xs, 0, T * hw);
-        }
+        /* Source channel src(o) = q o + c0 with cin = q cout (the Wan2.2
+         * widths): one strided copy from x seen as [cout, q T h w];
+         * otherwise channel by channel. */
+        const int c0 = (a * 4 + 2 * b) / ub->dup_rep;
+        const int q = ub->dup_cout > 1 ? ((ft + a) * 4 + 2 * b) / ub->dup_rep - c0 : 1;
+        gboolean strided = q >= 1 && (int64_t) q * ub->dup_cout == ub->dup_cin;
+        for (int o = 0; strided && o < ub->dup_cout; o++)
+          strided = ((o * ft + a) * 4 + 2 * b) / ub->dup_rep == q * o + c0;
+        if (strided) {
+          int64_t vshape[2] = { ub->dup_cout, (int64_t) q * T * hw };
+          dp_tensor xv = dp_tensor_view (x->data, DP_F32, 2, vshape);
+          be->ops->copy_cols (be, &g, 0, &xv, c0 * T * hw, T * hw);
+        } else
+          for (int o = 0; o < ub->dup_cout; o++) {
+            const int src = ((o * ft + a) * 4 + 2 * b) / ub->dup_rep;
+            dp_tensor go = dp_tensor_slice0 (&g, o, 1), xs = dp_tensor_slice0 (x, src, 1);
+            be->ops->copy_cols (be, &go, 0, &xs, 0, T * hw);
+          }
         be->ops->upsample_nearest2x (be, &u, &g);
         for (int64_t t = 0; t < T; t++) {
           const int64_t to = t * ft + a - skip;
