@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import torch
@@ -36,26 +37,15 @@ from diffusers import AutoencoderKLWan
 from diffusers.video_processor import VideoProcessor
 from safetensors.torch import load_file, save_file
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_vae_golden import randomize  # noqa: E402  (the Wan2.1 VAE's parameter draw)
+
 SEED = 2025
 Z = 48
 LATENT_FRAMES, LATENT_H, LATENT_W = 3, 2, 3
 MODEL = dict(base_dim=4, decoder_base_dim=4, z_dim=Z, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
              temperal_downsample=[False, True, True], is_residual=True, patch_size=2,
              in_channels=12, out_channels=12, scale_factor_spatial=16, scale_factor_temporal=4)
-
-
-def randomize(model):
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gamma"):
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-            else:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn_like(p) / fan_in ** 0.5)
-        # Keep most output pixels inside the [-1, 1] clamp.
-        model.decoder.conv_out.weight.mul_(0.5)
 
 
 def main():
@@ -68,7 +58,8 @@ def main():
     mean = [round(v, 4) for v in (torch.randn(Z) * 0.5).tolist()]
     std = [round(v, 4) for v in (0.5 + 2.5 * torch.rand(Z)).tolist()]
     model = AutoencoderKLWan(latents_mean=mean, latents_std=std, **MODEL).float().eval()
-    randomize(model)
+    # Keep most output pixels inside the [-1, 1] clamp.
+    randomize(model, out_scale=0.5)
 
     shutil.rmtree(args.out, ignore_errors=True)
     vdir = os.path.join(args.out, "vae")

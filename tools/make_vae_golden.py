@@ -46,10 +46,11 @@ MODEL = dict(base_dim=4, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
              temperal_downsample=[False, True, True])
 
 
-def randomize(model):
+def randomize(model, out_scale=0.8):
     """Re-draw every parameter: diffusers initialises RMS gammas to one and
     the convs with small uniform weights; random gammas and biases make every
-    path of the decoder matter."""
+    path of the decoder matter.  out_scale shrinks conv_out (also used by
+    make_vae22_golden.py)."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("gamma"):
@@ -61,7 +62,7 @@ def randomize(model):
                 p.copy_(torch.randn_like(p) / fan_in ** 0.5)
         # Keep most output pixels inside the [-1, 1] clamp so the float
         # comparison sees real values, not the clamp bounds.
-        model.decoder.conv_out.weight.mul_(0.8)
+        model.decoder.conv_out.weight.mul_(out_scale)
 
 
 def main():
