@@ -546,20 +546,11 @@ test_auto_engine_devices (void)
   gst_object_unref (pipeline);
 }
 
-/* The frames of a two-stage DualParal run, RGB, with the stages as threads
- * or as processes ("threads" / "spawn"). */
-static GByteArray *
-pull_two_stage_video (const gchar *processes)
+/* Pulls n buffers from h (RGB frames) and appends their bytes to video. */
+static void
+append_pulled_frames (GstHarness *h, gint n, GByteArray *video)
 {
-  GstHarness *h = gst_harness_new ("dualparalsrc");
-  GByteArray *video = g_byte_array_new ();
-
-  configure (h->element, 9);
-  g_object_set (h->element, "devices", "cpu,cpu", "block-frames", 1, "context-frames", 1, NULL);
-  gst_util_set_object_arg (G_OBJECT (h->element), "processes", processes);
-  gst_harness_set_sink_caps_str (h, "video/x-raw,format=RGB");
-  gst_harness_play (h);
-  for (gint i = 0; i < 9; i++) {
+  for (gint i = 0; i < n; i++) {
     GstBuffer *buf = gst_harness_pull (h);
     GstMapInfo map;
 
@@ -569,6 +560,25 @@ pull_two_stage_video (const gchar *processes)
     gst_buffer_unmap (buf, &map);
     gst_buffer_unref (buf);
   }
+}
+
+/* The frames (`frames` of them, RGB) of a two-stage DualParal run with the
+ * stages as threads or as processes ("threads" / "spawn"), and a prompt
+ * schedule when schedule is not NULL. */
+static GByteArray *
+pull_two_stage_video (const gchar *processes, gint frames, const gchar *schedule)
+{
+  GstHarness *h = gst_harness_new ("dualparalsrc");
+  GByteArray *video = g_byte_array_new ();
+
+  configure (h->element, frames);
+  g_object_set (h->element, "devices", "cpu,cpu", "block-frames", 1, "context-frames", 1, NULL);
+  if (schedule != NULL)
+    g_object_set (h->element, "prompt-schedule", schedule, NULL);
+  gst_util_set_object_arg (G_OBJECT (h->element), "processes", processes);
+  gst_harness_set_sink_caps_str (h, "video/x-raw,format=RGB");
+  gst_harness_play (h);
+  append_pulled_frames (h, frames, video);
   gst_harness_teardown (h);
   return video;
 }
@@ -606,8 +616,8 @@ test_processes_spawn (void)
 {
   if (!require_model ())
     return;
-  GByteArray *threads = pull_two_stage_video ("threads");
-  GByteArray *spawned = pull_two_stage_video ("spawn");
+  GByteArray *threads = pull_two_stage_video ("threads", 9, NULL);
+  GByteArray *spawned = pull_two_stage_video ("spawn", 9, NULL);
 
   g_assert_cmpuint (spawned->len, >, 0);
   g_assert_cmpmem (spawned->data, spawned->len, threads->data, threads->len);
@@ -1066,27 +1076,8 @@ test_steer_processes (void)
 
   if (!require_model ())
     return;
-  for (gint k = 0; k < 2; k++) {
-    h = gst_harness_new ("dualparalsrc");
-    video[k] = g_byte_array_new ();
-    configure (h->element, 17);
-    g_object_set (h->element, "devices", "cpu,cpu", "block-frames", 1, "context-frames", 1,
-                  "prompt-schedule", schedule, NULL);
-    gst_util_set_object_arg (G_OBJECT (h->element), "processes", k ? "spawn" : "threads");
-    gst_harness_set_sink_caps_str (h, "video/x-raw,format=RGB");
-    gst_harness_play (h);
-    for (gint i = 0; i < 17; i++) {
-      GstBuffer *buf = gst_harness_pull (h);
-      GstMapInfo map;
-
-      g_assert_nonnull (buf);
-      g_assert_true (gst_buffer_map (buf, &map, GST_MAP_READ));
-      g_byte_array_append (video[k], map.data, (guint) map.size);
-      gst_buffer_unmap (buf, &map);
-      gst_buffer_unref (buf);
-    }
-    gst_harness_teardown (h);
-  }
+  for (gint k = 0; k < 2; k++)
+    video[k] = pull_two_stage_video (k ? "spawn" : "threads", 17, schedule);
   g_assert_cmpuint (video[1]->len, >, 0);
   g_assert_cmpmem (video[1]->data, video[1]->len, video[0]->data, video[0]->len);
   g_byte_array_unref (video[0]);
@@ -1890,22 +1881,12 @@ wan22_frames (const gchar *model, gdouble guidance_2)
 {
   GstHarness *h = gst_harness_new ("dualparalsrc");
   GByteArray *all = g_byte_array_new ();
-  gint i;
 
   configure (h->element, TEST_FRAMES);
   g_object_set (h->element, "model", model, "guidance-scale", 5.0, "guidance-scale-2", guidance_2, NULL);
   gst_harness_set_sink_caps_str (h, "video/x-raw, format=RGB");
   gst_harness_play (h);
-  for (i = 0; i < TEST_FRAMES; i++) {
-    GstBuffer *buffer = gst_harness_pull (h);
-    GstMapInfo map;
-
-    g_assert_nonnull (buffer);
-    g_assert_true (gst_buffer_map (buffer, &map, GST_MAP_READ));
-    g_byte_array_append (all, map.data, (guint) map.size);
-    gst_buffer_unmap (buffer, &map);
-    gst_buffer_unref (buffer);
-  }
+  append_pulled_frames (h, TEST_FRAMES, all);
   gst_harness_teardown (h);
   return g_byte_array_free_to_bytes (all);
 }
