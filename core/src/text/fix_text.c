@@ -68,23 +68,7 @@ ftfy_unescape_ref (GString *out, const char *p)
 static char *
 unescape_html (const char *text)
 {
-  GString *out = g_string_sized_new (strlen (text));
-  const char *p = text;
-  while (*p) {
-    const char *amp = strchr (p, '&');
-    if (!amp) {
-      g_string_append (out, p);
-      break;
-    }
-    g_string_append_len (out, p, amp - p);
-    const char *after = ftfy_unescape_ref (out, amp);
-    if (!after) {
-      g_string_append_c (out, '&');
-      after = amp + 1;
-    }
-    p = after;
-  }
-  return g_string_free (out, FALSE);
+  return dp_text_replace_refs (text, ftfy_unescape_ref);
 }
 
 /* --- the character maps --------------------------------------------------------- */

@@ -145,7 +145,7 @@ unescape_ref (GString *out, const char *p)
 }
 
 char *
-dp_html_unescape (const char *text)
+dp_text_replace_refs (const char *text, const char *(*decode_ref) (GString *out, const char *p))
 {
   GString *out = g_string_sized_new (strlen (text));
   const char *p = text;
@@ -156,9 +156,20 @@ dp_html_unescape (const char *text)
       break;
     }
     g_string_append_len (out, p, amp - p);
-    p = unescape_ref (out, amp);
+    const char *after = decode_ref (out, amp);
+    if (!after) {
+      g_string_append_c (out, '&');
+      after = amp + 1;
+    }
+    p = after;
   }
   return g_string_free (out, FALSE);
+}
+
+char *
+dp_html_unescape (const char *text)
+{
+  return dp_text_replace_refs (text, unescape_ref);
 }
 
 /* Python's str.isspace: what str.strip() removes. */

@@ -45,6 +45,13 @@ extern const gunichar dp_cp1252_80[32];
  * string. */
 char *dp_ftfy_fix_text (const char *text);
 
+/* Copies text, handing each '&' to decode_ref (out, p): it appends what the
+ * reference at p stands for and returns where the text goes on, or NULL
+ * when p starts no reference (the '&' is then kept).  The loop of both
+ * unescapers (Python's html.unescape in prompt_clean.c, ftfy's in
+ * fix_text.c). */
+char *dp_text_replace_refs (const char *text, const char *(*decode_ref) (GString *out, const char *p));
+
 /* --- sentencepiece's precompiled normalization map (charsmap.c) --------- */
 
 typedef struct dp_charsmap dp_charsmap;
