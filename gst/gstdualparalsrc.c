@@ -1823,7 +1823,7 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
       g_param_spec_int ("threads", "Threads",
           "CPU threads in all, shared out among the CPU stages of devices (at least 1 each); "
           "0: what the machine leaves, for each stage (OMP_NUM_THREADS when set, else the CPUs this process "
-          "may run on). Idle threads sleep (OMP_WAIT_POLICY=passive unless set)",
+          "may run on). Idle threads sleep",
           0, 1024, CLAMP (d->threads, 0, 1024), SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_QUEUE_FRAMES,
       g_param_spec_uint ("queue-frames", "Queue frames",

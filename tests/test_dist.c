@@ -771,10 +771,10 @@ test_other_model (void)
 int
 main (int argc, char **argv)
 {
-  /* Rank 0 and the workers it spawns (they inherit the environment): idle
-   * OpenMP threads sleep, as in dualparal-generate; three processes share
+  /* Rank 0 and the workers it spawns (they inherit the environment): no
+   * spinning OpenBLAS pool, as in dualparal-generate; three processes share
    * two cores here. */
-  dp_openmp_quiet_reexec (argv);
+  dp_openblas_quiet_reexec (argv);
   g_test_init (&argc, &argv, NULL);
   warnings = g_ptr_array_new_with_free_func (g_free);
   g_test_add_func ("/dist/socket-transport", test_socket_transport);

@@ -481,10 +481,10 @@ main (int argc, char **argv)
   char *stage_devices = NULL;
   char *schedule_text = NULL;
 
-  /* Idle OpenMP threads sleep instead of spinning, unless the user chose
-   * (OMP_WAIT_POLICY / GOMP_SPINCOUNT): libgomp reads this only when it is
-   * loaded, so this executes the program again once with it set. */
-  dp_openmp_quiet_reexec (argv);
+  /* OpenBLAS starts no spinning pool of its own (OPENBLAS_NUM_THREADS=1
+   * unless the user set it): OpenBLAS reads this only when it is loaded, so
+   * this executes the program again once with it set. */
+  dp_openblas_quiet_reexec (argv);
 
   /* The character type only (the charset of non-UTF-8 prompts); numbers keep
    * the C locale's decimal point. */
@@ -600,8 +600,7 @@ main (int argc, char **argv)
   if (!opt_quiet) {
     char frames[32] = "endless video", cpu_threads[160] = "";
     if (dp_generator_threads (gen) > 0)
-      g_snprintf (cpu_threads, sizeof cpu_threads, ", CPU threads: %d (OpenMP waiting: %s)",
-                  dp_generator_threads (gen), dp_openmp_wait_policy ());
+      g_snprintf (cpu_threads, sizeof cpu_threads, ", CPU threads: %d", dp_generator_threads (gen));
     if (dp_generator_num_frames (gen) >= 0)
       g_snprintf (frames, sizeof frames, "%" G_GINT64_FORMAT " frames", dp_generator_num_frames (gen));
     g_printerr ("%s: %dx%d, %s at %d fps, %d %s steps, guidance %g, seed %" G_GUINT64_FORMAT

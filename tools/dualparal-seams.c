@@ -170,7 +170,7 @@ int
 main (int argc, char **argv)
 {
   GError *error = NULL;
-  dp_openmp_quiet_reexec (argv); /* idle OpenMP threads sleep (as dualparal-generate) */
+  dp_openblas_quiet_reexec (argv); /* no spinning OpenBLAS pool (as dualparal-generate) */
   GOptionContext *ctx = g_option_context_new ("- seam figures of a long generated video");
   g_option_context_add_main_entries (ctx, entries, NULL);
   if (!g_option_context_parse (ctx, &argc, &argv, &error)) {

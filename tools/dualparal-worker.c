@@ -32,9 +32,9 @@ static GOptionEntry entries[] = {
 int
 main (int argc, char **argv)
 {
-  /* Idle OpenMP threads sleep instead of spinning (as dualparal-generate):
+  /* OpenBLAS starts no spinning pool of its own (as dualparal-generate):
    * a worker shares its machine with the other stages' processes. */
-  dp_openmp_quiet_reexec (argv);
+  dp_openblas_quiet_reexec (argv);
   GError *err = NULL;
   GOptionContext *ctx = g_option_context_new ("- one stage of a DualParal pipeline over processes");
   g_option_context_add_main_entries (ctx, entries, NULL);

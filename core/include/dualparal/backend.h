@@ -183,35 +183,28 @@ struct dp_backend {
  * "cpu:N" runs every operation on N threads (1..1024); "cpu" on the CPUs
  * the process may use (OMP_NUM_THREADS when set, else sched_getaffinity's
  * count).  The threads belong to the backend: two CPU backends used from two
- * threads (DualParal's "cpu,cpu" stages) each have their own team. */
+ * threads (DualParal's "cpu,cpu" stages) each have their own pool. */
 dp_backend *dp_backend_new (const char *spec, GError **error);
 void dp_backend_free (dp_backend *be);
 /* A CPU backend's thread count; 0 for other backends. */
 int dp_backend_threads (const dp_backend *be);
 
-/* OpenMP's waiting (docs/architecture.md, "The CPU backend").  libgomp
- * reads OMP_WAIT_POLICY / GOMP_SPINCOUNT once, when it is loaded, and by
- * default spins for milliseconds after every parallel region, which takes
- * the CPU from an encoder or any other process beside it.  When the user
- * has set neither, dp_openmp_quiet_env () sets OMP_WAIT_POLICY=passive
- * (threads sleep in the kernel at once), and OPENBLAS_NUM_THREADS=1 when
- * unset (the backend runs OpenBLAS single-threaded; this keeps OpenBLAS
- * from starting a pool of its own); it only works before libgomp is
- * initialised: from the constructor of a shared object linked with
+/* OpenBLAS's own thread pool (docs/architecture.md, "The CPU backend").
+ * The CPU backend threads with its own pool and runs OpenBLAS
+ * single-threaded, but OpenBLAS's pthreads build starts a pool when it is
+ * loaded, whose threads spin for about 0.1 s, unless OPENBLAS_NUM_THREADS
+ * is set; it reads the variable only then.  dp_openblas_quiet_env () sets
+ * OPENBLAS_NUM_THREADS=1 when unset; it only works before OpenBLAS is
+ * loaded: from the constructor of a shared object linked with
  * -z initfirst (the GStreamer plugin does this), or in a program through
- * dp_openmp_quiet_reexec ().  Uses libc alone; idempotent. */
-void dp_openmp_quiet_env (void);
-/* For a program's main (): when there is something to set (see above),
- * sets it and executes the program again (/proc/self/exe, same arguments)
- * so that libgomp and OpenBLAS read it; returns when the settings are in
- * effect, when the user made them all, or when the new execution fails (the
- * program then runs with the libraries' defaults).  Marks the environment
- * (DUALPARAL_OPENMP_ENV) so that it never executes twice. */
-void dp_openmp_quiet_reexec (char **argv);
-/* Whether OpenMP waits passively: "passive" (set by dualparal),
- * "user: OMP_WAIT_POLICY=..." / "user: GOMP_SPINCOUNT=..." (the user's
- * setting, kept), or "spinning (libgomp default)".  Reads the environment. */
-const char *dp_openmp_wait_policy (void);
+ * dp_openblas_quiet_reexec ().  Uses libc alone; idempotent. */
+void dp_openblas_quiet_env (void);
+/* For a program's main (): when OPENBLAS_NUM_THREADS is unset, sets it and
+ * executes the program again (/proc/self/exe, same arguments) so that
+ * OpenBLAS reads it; returns when it is set, or when the new execution
+ * fails (the program then runs with OpenBLAS's default).  Marks the
+ * environment (DUALPARAL_OPENBLAS_ENV) so that it never executes twice. */
+void dp_openblas_quiet_reexec (char **argv);
 /* Whether the CUDA device module (kernels/, libdualparal-cuda.so) loads:
  * this installation has it and its CUDA libraries (not whether a GPU is
  * present).  The first call may open it (device.h). */

@@ -74,6 +74,7 @@ static void
 cpu_destroy (dp_backend *be)
 {
   g_clear_error (&be->error);
+  dp_cpu_pool_free (((dp_cpu_state *) be->priv)->pool); /* joins the workers */
   g_free (be->priv);
   g_free (be);
 }
@@ -135,6 +136,7 @@ dp_cpu_backend_new (int threads, GError **error)
   }
   dp_cpu_state *st = g_new0 (dp_cpu_state, 1);
   st->threads = threads > 0 ? threads : dp_cpu_available ();
+  st->pool = dp_cpu_pool_new (st->threads);
   dp_backend *be = g_new0 (dp_backend, 1);
   be->priv = st;
   be->ops = &cpu_ops;
@@ -142,8 +144,8 @@ dp_cpu_backend_new (int threads, GError **error)
   be->act_dtype = DP_F32;
   be->weight_dtype = DP_F32;
   be->host_memory = TRUE;
-#if defined(_OPENMP) && defined(OPENBLAS_VERSION)
-  /* The operations thread their GEMMs themselves over the OpenMP team
+#ifdef OPENBLAS_VERSION
+  /* The operations thread their GEMMs themselves over the backend's pool
    * (dp_cpu_sgemm, attention and conv tasks): OpenBLAS's own pool would
    * busy-wait against it between calls (attention measured 2-2.5x slower on
    * 2 cores).  This is a process-wide OpenBLAS setting. */
@@ -230,12 +232,18 @@ int
 dp_cpu_available (void)
 {
   int n = 0;
-#ifdef _OPENMP
-  /* OpenMP's own reading of OMP_NUM_THREADS (its first level): the user's
-   * word, taken as it is. */
-  if (g_getenv ("OMP_NUM_THREADS") != NULL)
-    n = omp_get_max_threads ();
-#endif
+  /* OMP_NUM_THREADS read as OpenMP reads it (the first number of a list,
+   * "4,2": its first level): the user's word, taken as it is.  A value
+   * that is not a positive number is ignored, as libgomp ignores it. */
+  const char *omp = g_getenv ("OMP_NUM_THREADS");
+  if (omp != NULL) {
+    char *end = NULL;
+    const gint64 v = g_ascii_strtoll (omp, &end, 10);
+    while (end && g_ascii_isspace (*end))
+      end++;
+    if (end != omp && (*end == '\0' || *end == ',') && v >= 1)
+      n = (int) MIN (v, (gint64) DP_CPU_MAX_THREADS);
+  }
   if (n < 1) {
     n = (int) g_get_num_processors (); /* sched_getaffinity */
     /* A container's CPU quota: more threads than it allows only wait. */
@@ -244,21 +252,6 @@ dp_cpu_available (void)
       n = MIN (n, quota);
   }
   return CLAMP (n, 1, DP_CPU_MAX_THREADS);
-}
-
-int
-dp_cpu_team_size (dp_backend *be)
-{
-  int n = 1;
-  const int nt = dp_cpu_threads (be);
-#pragma omp parallel num_threads(nt)
-  {
-#ifdef _OPENMP
-#pragma omp single
-    n = omp_get_num_threads ();
-#endif
-  }
-  return n;
 }
 
 static gboolean

@@ -1,32 +1,33 @@
-/* The CPU backend: F32 everywhere, CBLAS GEMMs, OpenMP threads.  Private to
+/* The CPU backend: F32 everywhere, CBLAS GEMMs, its own thread pool.  Private to
  * the core: users create it with dp_backend_new ("cpu" or "cpu:N", ...). */
 #ifndef DP_BACKEND_CPU_H
 #define DP_BACKEND_CPU_H
 
 #include "dualparal/backend.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 G_BEGIN_DECLS
 
 /* Most threads one CPU backend accepts. */
 #define DP_CPU_MAX_THREADS 1024
 
+/* The backend's thread pool (cpu_pool.c). */
+typedef struct dp_cpu_pool dp_cpu_pool;
+
 /* be->priv of a CPU backend. */
 typedef struct {
-  int threads; /* the OpenMP team of every operation, >= 1 */
+  int threads;      /* threads of every operation (the caller included), >= 1 */
+  dp_cpu_pool *pool; /* its threads - 1 workers, started on the first parallel loop */
 } dp_cpu_state;
 
-/* threads: the size of the OpenMP team every operation of this backend
- * uses (each parallel region says num_threads, so the setting belongs to
- * the backend, whichever thread calls it: DualParal's CPU stages each run
- * their own team); 0 = dp_cpu_available ().  NULL with DP_ERROR_INVALID
- * outside 0..DP_CPU_MAX_THREADS. */
+/* threads: the threads every operation of this backend uses, the calling
+ * thread and threads - 1 workers of the backend's own pool (so the setting
+ * belongs to the backend, whichever thread calls it: DualParal's CPU stages
+ * each have their own pool); 0 = dp_cpu_available ().  NULL with
+ * DP_ERROR_INVALID outside 0..DP_CPU_MAX_THREADS. */
 dp_backend *dp_cpu_backend_new (int threads, GError **error);
 
-/* The threads "auto" means: OMP_NUM_THREADS when set (as OpenMP reads it),
+/* The threads "auto" means: OMP_NUM_THREADS when set (its first number, as
+ * OpenMP reads it; the convention is kept though OpenMP is not used),
  * else the CPUs this process may run on (sched_getaffinity, so taskset and
  * cpusets count), at most its cgroup's CPU quota rounded up (a container's
  * --cpus).  At least 1. */
@@ -37,29 +38,40 @@ int dp_cpu_available (void);
  * NULL) or v1 cpu.cfs_quota_us ("-1": none) with period cpu.cfs_period_us. */
 int dp_cpu_quota_cpus (const char *quota, const char *period);
 
-/* The team of an operation of be: its thread count, or 1 when called from
- * inside a parallel region already (no nested teams). */
+/* The threads of an operation of be (for sizing per-thread scratch: a
+ * loop's worker indices are below it). */
 static inline int
 dp_cpu_threads (const dp_backend *be)
 {
-#ifdef _OPENMP
-  if (omp_in_parallel ())
-    return 1;
   return ((const dp_cpu_state *) be->priv)->threads;
-#else
-  return 1;
-#endif
 }
 
-/* Opens one parallel region as the operations do and returns the number
- * of threads OpenMP actually gave it (for tests and diagnostics). */
-int dp_cpu_team_size (dp_backend *be);
+/* A parallel loop's body: items [begin, end), run by thread `worker`
+ * (0 = the caller, else 1..threads - 1; for per-thread scratch). */
+typedef void (*dp_cpu_range_fn) (void *ctx, int64_t begin, int64_t end, int worker);
+
+/* Runs fn over items [0, n_items) in chunks of `chunk` items (0: about 4
+ * chunks per thread), on the calling thread and the pool's workers, and
+ * returns when every chunk is done.  Chunks are claimed one by one, the
+ * caller runs them too, and a worker that has not started yet is never
+ * waited for (a late one finds nothing left).  The chunks are the same
+ * whoever runs them, so results do not depend on scheduling.  A call made
+ * while be's pool runs another loop (from inside a chunk, or from a second
+ * thread) runs its chunks serially in the calling thread.  Callers keep
+ * small loops (DP_CPU_PAR_MIN and the like) out of it. */
+void dp_cpu_parallel_for (dp_backend *be, int64_t n_items, int64_t chunk, dp_cpu_range_fn fn, void *ctx);
+
+/* A pool of threads - 1 workers (none started yet); _free joins them. */
+dp_cpu_pool *dp_cpu_pool_new (int threads);
+void dp_cpu_pool_free (dp_cpu_pool *pool);
+/* Worker threads started so far (0 before the first parallel loop). */
+int dp_cpu_pool_workers (const dp_cpu_pool *pool);
 
 /* A devices list ("cpu", "cpu,cpu", "cuda:0", "cpu:3,cpu") with the CPU
  * threads given: every bare "cpu" entry becomes "cpu:N".  threads > 0 is
  * a total, divided evenly among the bare entries, the first ones taking
  * the remainder, at least 1 each; threads 0 gives each bare entry
- * dp_cpu_available () (idle teams sleep, and the stages rarely all
+ * dp_cpu_available () (idle pools sleep, and the stages rarely all
  * compute at once).  "cpu:N" entries and GPUs are kept as they are.  A
  * newly allocated string; NULL with DP_ERROR_INVALID when threads is
  * negative or too large. */

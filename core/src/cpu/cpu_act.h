@@ -3,13 +3,9 @@
 #ifndef DP_CPU_ACT_H
 #define DP_CPU_ACT_H
 
-#include "dualparal/backend.h"
+#include "cpu/backend_cpu.h"
 
 #include <math.h>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 /* torch.nn.functional.gelu (x, approximate="tanh"):
  * 0.5 x (1 + tanh (u)), u = sqrt (2/pi) (x + 0.044715 x^3), evaluated as the
@@ -64,27 +60,27 @@ dp_cpu_overlap (const dp_tensor *a, const dp_tensor *b)
 }
 
 /* Element-wise loops parallelise above this many elements; below, the cost
- * of waking the OpenMP team exceeds the work. */
+ * of waking the pool's workers exceeds the work. */
 #define DP_CPU_PAR_MIN 32768
 
-static inline int
-dp_cpu_thread_num (void)
+/* Runs fn over [0, n) on be's pool when `parallel`, else at once in this
+ * thread as one range (no pool call). */
+static inline void
+dp_cpu_for (dp_backend *be, gboolean parallel, int64_t n, dp_cpu_range_fn fn, void *ctx)
 {
-#ifdef _OPENMP
-  return omp_get_thread_num ();
-#else
-  return 0;
-#endif
+  if (parallel && dp_cpu_threads (be) > 1)
+    dp_cpu_parallel_for (be, n, 0, fn, ctx);
+  else if (n > 0)
+    fn (ctx, 0, n, 0);
 }
 
 /* Row-major C [M, N] = A [M, K] op (B) + beta C, op (B) = B^T ([N, K], ldb)
  * when trans_b, else B ([K, N], ldb).  The CPU backend runs OpenBLAS
  * single-threaded (dp_cpu_backend_new) and threads GEMMs itself: this splits
- * the larger of M and N over an OpenMP team of at most nt threads
- * (dp_cpu_threads), one single-threaded CBLAS call per part, so only one
- * thread pool ever runs (cpu_linear.c).  Sizes must fit in int (callers
- * check). */
-void dp_cpu_sgemm (int nt, gboolean trans_b, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+ * the larger of M and N in parts run on be's pool (dp_cpu_parallel_for),
+ * one single-threaded CBLAS call per part, so only one thread pool ever
+ * runs (cpu_linear.c).  Sizes must fit in int (callers check). */
+void dp_cpu_sgemm (dp_backend *be, gboolean trans_b, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                    const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 
 #endif

@@ -16,17 +16,35 @@ check_unary (dp_backend *be, const char *op, dp_tensor *y, const dp_tensor *x)
   return TRUE;
 }
 
+typedef struct {
+  const float *x;
+  float *y;
+} unary_job;
+
+static void
+gelu_range (void *ctx, int64_t i0, int64_t i1, int worker)
+{
+  const unary_job *j = ctx;
+  for (int64_t i = i0; i < i1; i++)
+    j->y[i] = dp_cpu_gelu_tanh_1 (j->x[i]);
+}
+
+static void
+silu_range (void *ctx, int64_t i0, int64_t i1, int worker)
+{
+  const unary_job *j = ctx;
+  for (int64_t i = i0; i < i1; i++)
+    j->y[i] = dp_cpu_silu_1 (j->x[i]);
+}
+
 void
 dp_cpu_gelu_tanh (dp_backend *be, dp_tensor *y, const dp_tensor *x)
 {
   if (!check_unary (be, "gelu_tanh", y, x))
     return;
   const int64_t n = dp_tensor_nelem (x);
-  const float *xd = x->data;
-  float *yd = y->data;
-#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (n > DP_CPU_PAR_MIN)
-  for (int64_t i = 0; i < n; i++)
-    yd[i] = dp_cpu_gelu_tanh_1 (xd[i]);
+  unary_job job = { x->data, y->data };
+  dp_cpu_for (be, n > DP_CPU_PAR_MIN, n, gelu_range, &job);
 }
 
 void
@@ -35,9 +53,6 @@ dp_cpu_silu (dp_backend *be, dp_tensor *y, const dp_tensor *x)
   if (!check_unary (be, "silu", y, x))
     return;
   const int64_t n = dp_tensor_nelem (x);
-  const float *xd = x->data;
-  float *yd = y->data;
-#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (n > DP_CPU_PAR_MIN)
-  for (int64_t i = 0; i < n; i++)
-    yd[i] = dp_cpu_silu_1 (xd[i]);
+  unary_job job = { x->data, y->data };
+  dp_cpu_for (be, n > DP_CPU_PAR_MIN, n, silu_range, &job);
 }

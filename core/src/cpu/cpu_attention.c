@@ -1,7 +1,7 @@
 /* CPU backend: softmax attention in query blocks.
  *
  * The work is split into tasks (batch, head, block of queries) spread over
- * the OpenMP team.  A task computes its scores S = scale Q K^T [nq, Le] and
+ * the backend's thread pool.  A task computes its scores S = scale Q K^T [nq, Le] and
  * then O = softmax (S + bias) V with two single-threaded CBLAS GEMMs that
  * read q / k / v / o in place through their row stride H * d (no
  * transposes, no copies), with the softmax rows in between, all in one
@@ -42,6 +42,49 @@ softmax_row (float *s, int64_t n)
   float inv = (float) (1.0 / sum);
   for (int64_t j = 0; j < n; j++)
     s[j] *= inv;
+}
+
+typedef struct {
+  int64_t B, H, Lq, Lk, Le, d, ld, qblock, nblocks;
+  float scale;
+  const float *qd, *kd, *vd, *bias;
+  float *od, *scores; /* scores: one [qblock, Le] buffer per thread */
+} attn_job;
+
+/* Tasks [t0, t1): (batch, head, q block) each, in thread worker's buffer. */
+static void
+attn_tasks (void *ctx, int64_t t0, int64_t t1, int worker)
+{
+  const attn_job *job = ctx;
+  const int64_t H = job->H, Lq = job->Lq, Lk = job->Lk, Le = job->Le, d = job->d, ld = job->ld;
+  const int64_t qblock = job->qblock, nblocks = job->nblocks;
+  const float *qd = job->qd, *kd = job->kd, *vd = job->vd, *bias = job->bias;
+  float *od = job->od;
+  const float scale = job->scale;
+  float *sc = job->scores + (size_t) worker * (size_t) qblock * (size_t) Le;
+  for (int64_t task = t0; task < t1; task++) {
+    const int64_t b = task / (H * nblocks), h = (task / nblocks) % H, q0 = (task % nblocks) * qblock;
+    const int64_t nq = MIN (qblock, Lq - q0);
+    const float *kh = kd + b * Lk * ld + h * d;
+    const float *vh = vd + b * Lk * ld + h * d;
+    const float *qh = qd + (b * Lq + q0) * ld + h * d;
+    float *oh = od + (b * Lq + q0) * ld + h * d;
+    cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasTrans, (int) nq, (int) Le, (int) d, scale, qh, (int) ld, kh,
+                 (int) ld, 0.0f, sc, (int) Le);
+    for (int64_t i = 0; i < nq; i++) {
+      float *s = sc + i * Le;
+      if (bias) {
+        const float *br = bias + (h * Lq + q0 + i) * Lk;
+        for (int64_t j = 0; j < Le; j++)
+          s[j] += br[j];
+      }
+      softmax_row (s, Le);
+    }
+    /* o may be q itself: this block of q was fully read by the first GEMM
+     * and no other task touches these rows of this head. */
+    cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasNoTrans, (int) nq, (int) d, (int) Le, 1.0f, sc, (int) Le, vh,
+                 (int) ld, 0.0f, oh, (int) ld);
+  }
 }
 
 void
@@ -109,33 +152,11 @@ dp_cpu_attention (dp_backend *be, dp_tensor *o, const dp_tensor *q, const dp_ten
   float *od = o->data;
   const float scale = p->scale;
 
-#pragma omp parallel num_threads(nt) if (ntasks > 1 && B * H * Lq * Le * d > DP_CPU_PAR_MIN)
-  {
-    float *sc = scores + (size_t) dp_cpu_thread_num () * (size_t) qblock * (size_t) Le;
-#pragma omp for schedule(dynamic)
-    for (int64_t task = 0; task < ntasks; task++) {
-      const int64_t b = task / (H * nblocks), h = (task / nblocks) % H, q0 = (task % nblocks) * qblock;
-      const int64_t nq = MIN (qblock, Lq - q0);
-      const float *kh = kd + b * Lk * ld + h * d;
-      const float *vh = vd + b * Lk * ld + h * d;
-      const float *qh = qd + (b * Lq + q0) * ld + h * d;
-      float *oh = od + (b * Lq + q0) * ld + h * d;
-      cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasTrans, (int) nq, (int) Le, (int) d, scale, qh, (int) ld, kh,
-                   (int) ld, 0.0f, sc, (int) Le);
-      for (int64_t i = 0; i < nq; i++) {
-        float *s = sc + i * Le;
-        if (bias) {
-          const float *br = bias + (h * Lq + q0 + i) * Lk;
-          for (int64_t j = 0; j < Le; j++)
-            s[j] += br[j];
-        }
-        softmax_row (s, Le);
-      }
-      /* o may be q itself: this block of q was fully read by the first GEMM
-       * and no other task touches these rows of this head. */
-      cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasNoTrans, (int) nq, (int) d, (int) Le, 1.0f, sc, (int) Le, vh,
-                   (int) ld, 0.0f, oh, (int) ld);
-    }
-  }
+  attn_job job = { B, H, Lq, Lk, Le, d, ld, qblock, nblocks, scale, qd, kd, vd, bias, od, scores };
+  /* one task per chunk: tasks are large and unequal at the last q block */
+  if (ntasks > 1 && B * H * Lq * Le * d > DP_CPU_PAR_MIN && nt > 1)
+    dp_cpu_parallel_for (be, ntasks, 1, attn_tasks, &job);
+  else
+    attn_tasks (&job, 0, ntasks, 0);
   free (scores);
 }

@@ -1,7 +1,7 @@
 /* CPU backend: Conv3d as im2col + GEMM.
  *
  * The output is cut into tasks (output frame, chunk of output positions)
- * spread over the OpenMP team.  A task unrolls its input patches into a
+ * spread over the backend's thread pool.  A task unrolls its input patches into a
  * column matrix col [K, n] (K = Cin * kt * kh * kw, row order
  * (ci, dt, dh, dw) = the weight's flattening, zeros where the window reads
  * padding), then one single-threaded CBLAS GEMM writes
@@ -19,6 +19,77 @@
 #include <string.h>
 
 #define CONV_COL_BUDGET (8 * 1024 * 1024) /* floats: 32 MiB */
+
+typedef struct {
+  int64_t T, H, W, Wo, P, Ny, K, Cout, kt, kh, kw, st, sh, sw, pf, ph, pw, chunk, nchunks;
+  const float *xd, *wd;
+  float *yd, *col; /* col: one [K, chunk] buffer per thread */
+} conv_job;
+
+/* Tasks [t0, t1): (output frame, chunk of its pixels) each: unroll the
+ * patches into thread worker's column buffer, then one GEMM. */
+static void
+conv_tasks (void *ctx, int64_t t0, int64_t t1, int worker)
+{
+  const conv_job *job = ctx;
+  const int64_t T = job->T, H = job->H, W = job->W, Wo = job->Wo, P = job->P, Ny = job->Ny, K = job->K;
+  const int64_t Cout = job->Cout, kt = job->kt, kh = job->kh, kw = job->kw;
+  const int64_t st = job->st, sh = job->sh, sw = job->sw, pf = job->pf, ph = job->ph, pw = job->pw;
+  const int64_t chunk = job->chunk, nchunks = job->nchunks, HW = H * W;
+  const float *xd = job->xd, *wd = job->wd;
+  float *yd = job->yd;
+  float *cb = job->col + (size_t) worker * (size_t) (K * chunk);
+  for (int64_t task = t0; task < t1; task++) {
+    const int64_t to = task / nchunks, p0 = (task % nchunks) * chunk, n = MIN (chunk, P - p0);
+    for (int64_t kr = 0; kr < K; kr++) {
+      const int64_t ci = kr / (kt * kh * kw), dt = (kr / (kh * kw)) % kt, dh = (kr / kw) % kh, dw = kr % kw;
+      const int64_t ti = to * st - pf + dt;
+      float *cr = cb + kr * n;
+      if (ti < 0 || ti >= T) {
+        memset (cr, 0, (size_t) n * sizeof (float));
+        continue;
+      }
+      const float *xf = xd + (ci * T + ti) * HW;
+      int64_t ho = p0 / Wo, wo = p0 % Wo;
+      for (int64_t j = 0; j < n;) {
+        /* one output row segment: wi = wo * sw - pw + dw */
+        const int64_t seg = MIN (n - j, Wo - wo);
+        const int64_t hi = ho * sh - ph + dh;
+        if (hi < 0 || hi >= H) {
+          memset (cr + j, 0, (size_t) seg * sizeof (float));
+        } else {
+          const float *xr = xf + hi * W;
+          for (int64_t e = 0; e < seg; e++) {
+            const int64_t wi = (wo + e) * sw - pw + dw;
+            cr[j + e] = (wi >= 0 && wi < W) ? xr[wi] : 0.0f;
+          }
+        }
+        j += seg;
+        wo = 0;
+        ho++;
+      }
+    }
+    cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasNoTrans, (int) Cout, (int) n, (int) K, 1.0f, wd, (int) K, cb,
+                 (int) n, 0.0f, yd + to * P + p0, (int) Ny);
+  }
+}
+
+typedef struct {
+  int64_t Ny;
+  const float *bd;
+  float *yd;
+} bias_job;
+
+static void
+bias_rows (void *ctx, int64_t c0, int64_t c1, int worker)
+{
+  const bias_job *job = ctx;
+  for (int64_t co = c0; co < c1; co++) {
+    float *yr = job->yd + co * job->Ny;
+    for (int64_t i = 0; i < job->Ny; i++)
+      yr[i] += job->bd[co];
+  }
+}
 
 void
 dp_cpu_conv3d (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *w, const dp_tensor *bias,
@@ -80,7 +151,7 @@ dp_cpu_conv3d (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor
   } else if (kt == 1 && kh == 1 && kw == 1 && p->stride_t == 1 && p->stride_h == 1 && p->stride_w == 1 &&
              p->pad_t_front == 0 && p->pad_t_back == 0 && p->pad_h == 0 && p->pad_w == 0) {
     /* pointwise: y [Cout, T*H*W] = w [Cout, Cin] x [Cin, T*H*W] */
-    dp_cpu_sgemm (dp_cpu_threads (be), FALSE, Cout, Ny, Cin, wd, Cin, xd, Ny, 0.0f, yd, Ny);
+    dp_cpu_sgemm (be, FALSE, Cout, Ny, Cin, wd, Cin, xd, Ny, 0.0f, yd, Ny);
   } else {
     const int nt = dp_cpu_threads (be);
     int64_t chunk = MIN (P, MAX (1, CONV_COL_BUDGET / nt / K));
@@ -94,57 +165,19 @@ dp_cpu_conv3d (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor
                        nt, K, chunk);
       return;
     }
-    const int64_t HW = H * W;
     const int64_t st = p->stride_t, sh = p->stride_h, sw = p->stride_w;
     const int64_t pf = p->pad_t_front, ph = p->pad_h, pw = p->pad_w;
-#pragma omp parallel num_threads(nt) if (ntasks > 1 && Cout * K * P > DP_CPU_PAR_MIN)
-    {
-      float *cb = col + (size_t) dp_cpu_thread_num () * (size_t) (K * chunk);
-#pragma omp for schedule(dynamic)
-      for (int64_t task = 0; task < ntasks; task++) {
-        const int64_t to = task / nchunks, p0 = (task % nchunks) * chunk, n = MIN (chunk, P - p0);
-        for (int64_t kr = 0; kr < K; kr++) {
-          const int64_t ci = kr / (kt * kh * kw), dt = (kr / (kh * kw)) % kt, dh = (kr / kw) % kh, dw = kr % kw;
-          const int64_t ti = to * st - pf + dt;
-          float *cr = cb + kr * n;
-          if (ti < 0 || ti >= T) {
-            memset (cr, 0, (size_t) n * sizeof (float));
-            continue;
-          }
-          const float *xf = xd + (ci * T + ti) * HW;
-          int64_t ho = p0 / Wo, wo = p0 % Wo;
-          for (int64_t j = 0; j < n;) {
-            /* one output row segment: wi = wo * sw - pw + dw */
-            const int64_t seg = MIN (n - j, Wo - wo);
-            const int64_t hi = ho * sh - ph + dh;
-            if (hi < 0 || hi >= H) {
-              memset (cr + j, 0, (size_t) seg * sizeof (float));
-            } else {
-              const float *xr = xf + hi * W;
-              for (int64_t e = 0; e < seg; e++) {
-                const int64_t wi = (wo + e) * sw - pw + dw;
-                cr[j + e] = (wi >= 0 && wi < W) ? xr[wi] : 0.0f;
-              }
-            }
-            j += seg;
-            wo = 0;
-            ho++;
-          }
-        }
-        cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasNoTrans, (int) Cout, (int) n, (int) K, 1.0f, wd, (int) K, cb,
-                     (int) n, 0.0f, yd + to * P + p0, (int) Ny);
-      }
-    }
+    conv_job job = { T, H, W, Wo, P, Ny, K, Cout, kt, kh, kw, st, sh, sw, pf, ph, pw, chunk, nchunks, xd, wd, yd, col };
+    /* one task per chunk: tasks are large */
+    if (ntasks > 1 && Cout * K * P > DP_CPU_PAR_MIN && nt > 1)
+      dp_cpu_parallel_for (be, ntasks, 1, conv_tasks, &job);
+    else
+      conv_tasks (&job, 0, ntasks, 0);
     free (col);
   }
 
   if (bias) {
-    const float *bd = bias->data;
-#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (Cout * Ny > DP_CPU_PAR_MIN)
-    for (int64_t co = 0; co < Cout; co++) {
-      float *yr = yd + co * Ny;
-      for (int64_t i = 0; i < Ny; i++)
-        yr[i] += bd[co];
-    }
+    bias_job job = { Ny, bias->data, yd };
+    dp_cpu_for (be, Cout * Ny > DP_CPU_PAR_MIN, Cout, bias_rows, &job);
   }
 }

@@ -1,6 +1,6 @@
 /* CPU backend: element-wise arithmetic, gated residual add, nearest 2x
  * upsampling and the DiT's patch (un)rearrangements.  Large arrays are split
- * over OpenMP threads. */
+ * over the backend's thread pool. */
 #include "cpu/backend_cpu.h"
 #include "cpu/cpu_act.h"
 
@@ -21,17 +21,70 @@ check_binary (dp_backend *be, const char *op, const dp_tensor *y, const dp_tenso
   return TRUE;
 }
 
+/* The loops' arguments: y = alpha a + beta b and the like. */
+typedef struct {
+  float *y;
+  const float *a, *b, *g;
+  float alpha, beta;
+  int64_t D, L; /* gated_add: row length, rows per batch entry */
+} ew_job;
+
+static void
+add_range (void *ctx, int64_t i0, int64_t i1, int worker)
+{
+  const ew_job *j = ctx;
+  for (int64_t i = i0; i < i1; i++)
+    j->y[i] = j->a[i] + j->b[i];
+}
+
+static void
+mul_range (void *ctx, int64_t i0, int64_t i1, int worker)
+{
+  const ew_job *j = ctx;
+  for (int64_t i = i0; i < i1; i++)
+    j->y[i] = j->a[i] * j->b[i];
+}
+
+static void
+axpby_range (void *ctx, int64_t i0, int64_t i1, int worker)
+{
+  const ew_job *j = ctx;
+  for (int64_t i = i0; i < i1; i++)
+    j->y[i] = j->alpha * j->a[i] + j->beta * j->b[i];
+}
+
+/* y += a (gated_add without a gate). */
+static void
+acc_range (void *ctx, int64_t i0, int64_t i1, int worker)
+{
+  const ew_job *j = ctx;
+  for (int64_t i = i0; i < i1; i++)
+    j->y[i] += j->a[i];
+}
+
+/* Rows [r0, r1) of x += gate * y: y is j->y, x j->a, gate j->g. */
+static void
+gated_rows (void *ctx, int64_t r0, int64_t r1, int worker)
+{
+  const ew_job *j = ctx;
+  const int64_t D = j->D;
+  for (int64_t r = r0; r < r1; r++) {
+    const float *g = j->g + (r / j->L) * D;
+    float *xr = j->y + r * D;
+    const float *yr = j->a + r * D;
+    for (int64_t i = 0; i < D; i++)
+      xr[i] += g[i] * yr[i];
+  }
+}
+
 void
 dp_cpu_add (dp_backend *be, dp_tensor *y, const dp_tensor *a, const dp_tensor *b)
 {
   if (!check_binary (be, "add", y, a, b))
     return;
   const int64_t n = dp_tensor_nelem (y);
-  const float *ad = a->data, *bd = b->data;
-  float *yd = y->data;
-#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (n > DP_CPU_PAR_MIN)
-  for (int64_t i = 0; i < n; i++)
-    yd[i] = ad[i] + bd[i];
+  ew_job job = { .y = y->data, .a = a->data, .b = b->data };
+  dp_cpu_for (be, n > DP_CPU_PAR_MIN, n, add_range, &job);
 }
 
 void
@@ -40,11 +93,8 @@ dp_cpu_mul (dp_backend *be, dp_tensor *y, const dp_tensor *a, const dp_tensor *b
   if (!check_binary (be, "mul", y, a, b))
     return;
   const int64_t n = dp_tensor_nelem (y);
-  const float *ad = a->data, *bd = b->data;
-  float *yd = y->data;
-#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (n > DP_CPU_PAR_MIN)
-  for (int64_t i = 0; i < n; i++)
-    yd[i] = ad[i] * bd[i];
+  ew_job job = { .y = y->data, .a = a->data, .b = b->data };
+  dp_cpu_for (be, n > DP_CPU_PAR_MIN, n, mul_range, &job);
 }
 
 void
@@ -53,11 +103,8 @@ dp_cpu_axpby (dp_backend *be, dp_tensor *y, float alpha, const dp_tensor *a, flo
   if (!check_binary (be, "axpby", y, a, b))
     return;
   const int64_t n = dp_tensor_nelem (y);
-  const float *ad = a->data, *bd = b->data;
-  float *yd = y->data;
-#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (n > DP_CPU_PAR_MIN)
-  for (int64_t i = 0; i < n; i++)
-    yd[i] = alpha * ad[i] + beta * bd[i];
+  ew_job job = { .y = y->data, .a = a->data, .b = b->data, .alpha = alpha, .beta = beta };
+  dp_cpu_for (be, n > DP_CPU_PAR_MIN, n, axpby_range, &job);
 }
 
 void
@@ -74,12 +121,9 @@ dp_cpu_gated_add (dp_backend *be, dp_tensor *x, const dp_tensor *y, const dp_ten
                      dp_shape_str (y, by, sizeof by));
     return;
   }
-  float *xd = x->data;
-  const float *yd = y->data;
   if (!gate) {
-#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (n > DP_CPU_PAR_MIN)
-    for (int64_t i = 0; i < n; i++)
-      xd[i] += yd[i];
+    ew_job job = { .y = x->data, .a = y->data };
+    dp_cpu_for (be, n > DP_CPU_PAR_MIN, n, acc_range, &job);
     return;
   }
   /* x [B, L, D]; a 2-D x is one batch entry [L, D]. */
@@ -90,15 +134,28 @@ dp_cpu_gated_add (dp_backend *be, dp_tensor *x, const dp_tensor *y, const dp_ten
                      dp_shape_str (x, bx, sizeof bx), dp_shape_str (gate, bg, sizeof bg));
     return;
   }
-  const int64_t L = R / B;
-  const float *gd = gate->data;
-#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (n > DP_CPU_PAR_MIN)
-  for (int64_t r = 0; r < R; r++) {
-    const float *g = gd + (r / L) * D;
-    float *xr = xd + r * D;
-    const float *yr = yd + r * D;
-    for (int64_t i = 0; i < D; i++)
-      xr[i] += g[i] * yr[i];
+  ew_job job = { .y = x->data, .a = y->data, .g = gate->data, .D = D, .L = R / B };
+  dp_cpu_for (be, n > DP_CPU_PAR_MIN, R, gated_rows, &job);
+}
+
+typedef struct {
+  const float *x;
+  float *y;
+  int64_t W;
+} up_job;
+
+/* Input rows [r0, r1): one output row pair each. */
+static void
+upsample_rows (void *ctx, int64_t r0, int64_t r1, int worker)
+{
+  const up_job *j = ctx;
+  const int64_t W = j->W;
+  for (int64_t r = r0; r < r1; r++) {
+    const float *xr = j->x + r * W;
+    float *y0 = j->y + r * 4 * W;
+    for (int64_t k = 0; k < W; k++)
+      y0[2 * k] = y0[2 * k + 1] = xr[k];
+    memcpy (y0 + 2 * W, y0, (size_t) (2 * W) * sizeof (float));
   }
 }
 
@@ -124,17 +181,8 @@ dp_cpu_upsample_nearest2x (dp_backend *be, dp_tensor *y, const dp_tensor *x)
   }
   const int64_t H = x->shape[x->ndim - 2], W = x->shape[x->ndim - 1];
   const int64_t planes = H * W > 0 ? dp_tensor_nelem (x) / (H * W) : 0;
-  const float *xd = x->data;
-  float *yd = y->data;
-  /* one output row pair per input row */
-#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (dp_tensor_nelem (y) > DP_CPU_PAR_MIN)
-  for (int64_t r = 0; r < planes * H; r++) {
-    const float *xr = xd + r * W;
-    float *y0 = yd + r * 4 * W;
-    for (int64_t j = 0; j < W; j++)
-      y0[2 * j] = y0[2 * j + 1] = xr[j];
-    memcpy (y0 + 2 * W, y0, (size_t) (2 * W) * sizeof (float));
-  }
+  up_job job = { x->data, y->data, W };
+  dp_cpu_for (be, dp_tensor_nelem (y) > DP_CPU_PAR_MIN, planes * H, upsample_rows, &job);
 }
 
 /* Shared checks of patchify / unpatchify: the video v [C, F, H, W] divides
@@ -165,17 +213,23 @@ check_patches (dp_backend *be, const char *op, const dp_tensor *tokens, const dp
   return TRUE;
 }
 
-void
-dp_cpu_patchify (dp_backend *be, dp_tensor *tokens, const dp_tensor *x, int pt, int ph, int pw)
+typedef struct {
+  int64_t C, F, H, W, Hp, Wp, width;
+  int pt, ph, pw;
+  const float *src;
+  float *dst;
+} patch_job;
+
+/* Tokens [t0, t1) from the video (src) into their rows (dst). */
+static void
+patchify_rows (void *ctx, int64_t t0, int64_t t1, int worker)
 {
-  if (!check_patches (be, "patchify", tokens, x, pt, ph, pw))
-    return;
-  const int64_t C = x->shape[0], F = x->shape[1], H = x->shape[2], W = x->shape[3];
-  const int64_t Hp = H / ph, Wp = W / pw, ntok = (F / pt) * Hp * Wp, width = C * pt * ph * pw;
-  const float *xd = x->data;
-  float *td = tokens->data;
-#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (ntok * width > DP_CPU_PAR_MIN)
-  for (int64_t t = 0; t < ntok; t++) {
+  const patch_job *j = ctx;
+  const int64_t C = j->C, F = j->F, H = j->H, W = j->W, Hp = j->Hp, Wp = j->Wp, width = j->width;
+  const int pt = j->pt, ph = j->ph, pw = j->pw;
+  const float *xd = j->src;
+  float *td = j->dst;
+  for (int64_t t = t0; t < t1; t++) {
     const int64_t fp = t / (Hp * Wp), hp = (t / Wp) % Hp, wp = t % Wp;
     float *row = td + t * width;
     /* column (c, kt, kh, kw) row-major = Conv3d weight flattening */
@@ -190,17 +244,16 @@ dp_cpu_patchify (dp_backend *be, dp_tensor *tokens, const dp_tensor *x, int pt, 
   }
 }
 
-void
-dp_cpu_unpatchify (dp_backend *be, dp_tensor *x, const dp_tensor *tokens, int pt, int ph, int pw)
+/* Tokens [t0, t1) (src) back into the video (dst). */
+static void
+unpatchify_rows (void *ctx, int64_t t0, int64_t t1, int worker)
 {
-  if (!check_patches (be, "unpatchify", tokens, x, pt, ph, pw))
-    return;
-  const int64_t C = x->shape[0], F = x->shape[1], H = x->shape[2], W = x->shape[3];
-  const int64_t Hp = H / ph, Wp = W / pw, ntok = (F / pt) * Hp * Wp, width = C * pt * ph * pw;
-  const float *td = tokens->data;
-  float *xd = x->data;
-#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (ntok * width > DP_CPU_PAR_MIN)
-  for (int64_t t = 0; t < ntok; t++) {
+  const patch_job *j = ctx;
+  const int64_t C = j->C, F = j->F, H = j->H, W = j->W, Hp = j->Hp, Wp = j->Wp, width = j->width;
+  const int pt = j->pt, ph = j->ph, pw = j->pw;
+  const float *td = j->src;
+  float *xd = j->dst;
+  for (int64_t t = t0; t < t1; t++) {
     const int64_t fp = t / (Hp * Wp), hp = (t / Wp) % Hp, wp = t % Wp;
     const float *row = td + t * width;
     /* diffusers: reshape [.., pt, ph, pw, C] then permute to [C, F, H, W]:
@@ -214,4 +267,26 @@ dp_cpu_unpatchify (dp_backend *be, dp_tensor *x, const dp_tensor *tokens, int pt
             dst[c * F * H * W] = src[c];
         }
   }
+}
+
+void
+dp_cpu_patchify (dp_backend *be, dp_tensor *tokens, const dp_tensor *x, int pt, int ph, int pw)
+{
+  if (!check_patches (be, "patchify", tokens, x, pt, ph, pw))
+    return;
+  const int64_t C = x->shape[0], F = x->shape[1], H = x->shape[2], W = x->shape[3];
+  const int64_t Hp = H / ph, Wp = W / pw, ntok = (F / pt) * Hp * Wp, width = C * pt * ph * pw;
+  patch_job job = { C, F, H, W, Hp, Wp, width, pt, ph, pw, x->data, tokens->data };
+  dp_cpu_for (be, ntok * width > DP_CPU_PAR_MIN, ntok, patchify_rows, &job);
+}
+
+void
+dp_cpu_unpatchify (dp_backend *be, dp_tensor *x, const dp_tensor *tokens, int pt, int ph, int pw)
+{
+  if (!check_patches (be, "unpatchify", tokens, x, pt, ph, pw))
+    return;
+  const int64_t C = x->shape[0], F = x->shape[1], H = x->shape[2], W = x->shape[3];
+  const int64_t Hp = H / ph, Wp = W / pw, ntok = (F / pt) * Hp * Wp, width = C * pt * ph * pw;
+  patch_job job = { C, F, H, W, Hp, Wp, width, pt, ph, pw, tokens->data, x->data };
+  dp_cpu_for (be, ntok * width > DP_CPU_PAR_MIN, ntok, unpatchify_rows, &job);
 }

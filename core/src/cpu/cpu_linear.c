@@ -1,6 +1,6 @@
-/* CPU backend: y = act (x w^T + bias): one GEMM split over the OpenMP team
- * (dp_cpu_sgemm), bias and activation applied by each thread to its part
- * right after its GEMM, in the same parallel region. */
+/* CPU backend: y = act (x w^T + bias): one GEMM split in parts run on the
+ * backend's pool (dp_cpu_sgemm), bias and activation applied to each part
+ * right after its GEMM, in the same parallel loop. */
 #include "cpu/backend_cpu.h"
 #include "cpu/cpu_act.h"
 
@@ -25,47 +25,80 @@ epilogue (float *C, int64_t ldc, int64_t rows, int64_t cols, const float *bias, 
   }
 }
 
-/* dp_cpu_sgemm, then C = act (C + bias) on each part as soon as its GEMM is
- * done, in the same parallel region (one team wake-up per linear, not two). */
+/* Parts per thread a GEMM is split into.  More than one would let the
+ * others take over more of a late worker's share, but OpenBLAS picks its
+ * kernel by shape (a small-matrix kernel below about 10^6 multiply-adds on
+ * AVX-512, a direct one for some NN shapes), and kernels round
+ * differently: 2 parts per thread changed the frames at 3 threads
+ * (dualparal-generate --threads 3, embedded model), and measured no faster
+ * beside two busy processes (2 and 4 against 1, 2 CPUs).  With one part
+ * per thread the CBLAS calls are those of the OpenMP build, bit for bit;
+ * a worker that has not started is still never waited for (the caller
+ * takes its part). */
+#define GEMM_PARTS_PER_THREAD 1
+
+typedef struct {
+  gboolean trans_b, split_m;
+  int64_t M, N, K, lda, ldb, ldc, part, len;
+  const float *A, *B, *bias;
+  float beta;
+  float *C;
+  dp_act act;
+} gemm_job;
+
+/* Parts [i0, i1): one CBLAS call each, then C = act (C + bias) on the part
+ * as soon as its GEMM is done (one loop per linear, not two). */
 static void
-sgemm_epilogue (int nt, gboolean trans_b, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                const float *B, int64_t ldb, float beta, float *C, int64_t ldc, const float *bias, dp_act act)
+gemm_parts (void *ctx, int64_t i0, int64_t i1, int worker)
 {
-  if (M <= 0 || N <= 0)
-    return;
-  if (nt < 1 || M * N * K < GEMM_PAR_MIN)
-    nt = 1;
-  /* Split the longer side in parts that keep the kernels' blocking (rows in
-   * multiples of 8, columns in multiples of 16). */
-  const gboolean split_m = M >= N;
-  const int64_t len = split_m ? M : N, align = split_m ? 8 : 16;
-  int64_t part = (len + nt - 1) / nt;
-  part = (part + align - 1) / align * align;
-  const int64_t nparts = (len + part - 1) / part;
-  const enum CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
-  const gboolean ep = bias != NULL || act != DP_ACT_NONE;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nparts > 1)
-  for (int64_t i = 0; i < nparts; i++) {
-    const int64_t p0 = i * part, n = MIN (part, len - p0);
-    if (split_m) {
-      cblas_sgemm (CblasRowMajor, CblasNoTrans, tb, (int) n, (int) N, (int) K, 1.0f, A + p0 * lda, (int) lda, B,
-                   (int) ldb, beta, C + p0 * ldc, (int) ldc);
+  const gemm_job *g = ctx;
+  const enum CBLAS_TRANSPOSE tb = g->trans_b ? CblasTrans : CblasNoTrans;
+  const gboolean ep = g->bias != NULL || g->act != DP_ACT_NONE;
+  for (int64_t i = i0; i < i1; i++) {
+    const int64_t p0 = i * g->part, n = MIN (g->part, g->len - p0);
+    if (g->split_m) {
+      cblas_sgemm (CblasRowMajor, CblasNoTrans, tb, (int) n, (int) g->N, (int) g->K, 1.0f, g->A + p0 * g->lda,
+                   (int) g->lda, g->B, (int) g->ldb, g->beta, g->C + p0 * g->ldc, (int) g->ldc);
       if (ep)
-        epilogue (C + p0 * ldc, ldc, n, N, bias, 0, act);
+        epilogue (g->C + p0 * g->ldc, g->ldc, n, g->N, g->bias, 0, g->act);
     } else {
-      cblas_sgemm (CblasRowMajor, CblasNoTrans, tb, (int) M, (int) n, (int) K, 1.0f, A, (int) lda,
-                   trans_b ? B + p0 * ldb : B + p0, (int) ldb, beta, C + p0, (int) ldc);
+      cblas_sgemm (CblasRowMajor, CblasNoTrans, tb, (int) g->M, (int) n, (int) g->K, 1.0f, g->A, (int) g->lda,
+                   g->trans_b ? g->B + p0 * g->ldb : g->B + p0, (int) g->ldb, g->beta, g->C + p0, (int) g->ldc);
       if (ep)
-        epilogue (C + p0, ldc, M, n, bias, p0, act);
+        epilogue (g->C + p0, g->ldc, g->M, n, g->bias, p0, g->act);
     }
   }
 }
 
+/* dp_cpu_sgemm with the epilogue, over be's pool. */
+static void
+sgemm_epilogue (dp_backend *be, gboolean trans_b, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                const float *B, int64_t ldb, float beta, float *C, int64_t ldc, const float *bias, dp_act act)
+{
+  if (M <= 0 || N <= 0)
+    return;
+  const int nt = M * N * K < GEMM_PAR_MIN ? 1 : dp_cpu_threads (be);
+  /* Split the longer side in parts that keep the kernels' blocking (rows in
+   * multiples of 8, columns in multiples of 16); every element is computed
+   * by one CBLAS call whatever the split. */
+  const gboolean split_m = M >= N;
+  const int64_t len = split_m ? M : N, align = split_m ? 8 : 16;
+  const int64_t want = nt == 1 ? 1 : (int64_t) nt * GEMM_PARTS_PER_THREAD;
+  int64_t part = (len + want - 1) / want;
+  part = (part + align - 1) / align * align;
+  const int64_t nparts = (len + part - 1) / part;
+  gemm_job g = { trans_b, split_m, M, N, K, lda, ldb, ldc, part, len, A, B, bias, beta, C, act };
+  if (nparts > 1)
+    dp_cpu_parallel_for (be, nparts, 1, gemm_parts, &g);
+  else
+    gemm_parts (&g, 0, 1, 0);
+}
+
 void
-dp_cpu_sgemm (int nt, gboolean trans_b, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+dp_cpu_sgemm (dp_backend *be, gboolean trans_b, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
               const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
 {
-  sgemm_epilogue (nt, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, NULL, DP_ACT_NONE);
+  sgemm_epilogue (be, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, NULL, DP_ACT_NONE);
 }
 
 void
@@ -115,5 +148,5 @@ dp_cpu_linear (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor
     epilogue (yd, N, M, N, bd, 0, act);
     return;
   }
-  sgemm_epilogue (dp_cpu_threads (be), TRUE, M, N, K, x->data, K, w->data, K, 0.0f, yd, N, bd, act);
+  sgemm_epilogue (be, TRUE, M, N, K, x->data, K, w->data, K, 0.0f, yd, N, bd, act);
 }

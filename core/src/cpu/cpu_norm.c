@@ -1,6 +1,6 @@
 /* CPU backend: row-wise normalisations (LayerNorm, LayerNorm + modulation,
  * RMSNorm).  Statistics are accumulated in double (at least as accurate as
- * PyTorch's F32 kernels); rows are spread over OpenMP threads.  Each row's
+ * PyTorch's F32 kernels); rows are spread over the backend's thread pool.  Each row's
  * statistics are computed before the row is written, so y may alias x. */
 #include "cpu/backend_cpu.h"
 #include "cpu/cpu_act.h"
@@ -55,23 +55,25 @@ check_vec (dp_backend *be, const char *op, const char *what, const dp_tensor *v,
   return TRUE;
 }
 
-void
-dp_cpu_layer_norm (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *w,
-                   const dp_tensor *b, float eps)
+/* The row loops' arguments (rows of D elements). */
+typedef struct {
+  const float *x, *w, *b; /* layer_norm_modulate: w = scale, b = shift, [B, D] */
+  float *y;
+  int64_t D, L;           /* L: rows per batch entry (modulate) */
+  float eps;
+} norm_job;
+
+static void
+layer_norm_rows (void *ctx, int64_t r0, int64_t r1, int worker)
 {
-  if (!check_rows (be, "layer_norm", y, x))
-    return;
-  const int64_t D = dp_tensor_cols (x), R = dp_tensor_rows (x);
-  if (!check_vec (be, "layer_norm", "weight", w, D) || !check_vec (be, "layer_norm", "bias", b, D))
-    return;
-  const float *xd = x->data, *wd = w ? w->data : NULL, *bd = b ? b->data : NULL;
-  float *yd = y->data;
-#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (R * D > DP_CPU_PAR_MIN)
-  for (int64_t r = 0; r < R; r++) {
-    const float *xr = xd + r * D;
-    float *yr = yd + r * D;
+  const norm_job *j = ctx;
+  const int64_t D = j->D;
+  const float *wd = j->w, *bd = j->b;
+  for (int64_t r = r0; r < r1; r++) {
+    const float *xr = j->x + r * D;
+    float *yr = j->y + r * D;
     float mean, rstd;
-    row_moments (xr, D, eps, &mean, &rstd);
+    row_moments (xr, D, j->eps, &mean, &rstd);
     for (int64_t i = 0; i < D; i++) {
       float v = (xr[i] - mean) * rstd;
       if (wd)
@@ -81,6 +83,57 @@ dp_cpu_layer_norm (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_te
       yr[i] = v;
     }
   }
+}
+
+static void
+modulate_rows (void *ctx, int64_t r0, int64_t r1, int worker)
+{
+  const norm_job *j = ctx;
+  const int64_t D = j->D;
+  for (int64_t r = r0; r < r1; r++) {
+    const float *xr = j->x + r * D;
+    float *yr = j->y + r * D;
+    const float *sh = j->b + (r / j->L) * D, *sc = j->w + (r / j->L) * D;
+    float mean, rstd;
+    row_moments (xr, D, j->eps, &mean, &rstd);
+    /* diffusers: norm (x) * (1 + scale) + shift */
+    for (int64_t i = 0; i < D; i++)
+      yr[i] = (xr[i] - mean) * rstd * (1.0f + sc[i]) + sh[i];
+  }
+}
+
+static void
+rms_norm_rows (void *ctx, int64_t r0, int64_t r1, int worker)
+{
+  const norm_job *j = ctx;
+  const int64_t D = j->D;
+  const float *wd = j->w;
+  for (int64_t r = r0; r < r1; r++) {
+    const float *xr = j->x + r * D;
+    float *yr = j->y + r * D;
+    double ss = 0.0;
+    for (int64_t i = 0; i < D; i++)
+      ss += (double) xr[i] * xr[i];
+    /* torch.nn.RMSNorm: x * rsqrt (mean (x^2) + eps) * weight */
+    float rr = (float) (1.0 / sqrt (ss / (double) D + (double) j->eps));
+    for (int64_t i = 0; i < D; i++) {
+      float v = xr[i] * rr;
+      yr[i] = wd ? v * wd[i] : v;
+    }
+  }
+}
+
+void
+dp_cpu_layer_norm (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *w,
+                   const dp_tensor *b, float eps)
+{
+  if (!check_rows (be, "layer_norm", y, x))
+    return;
+  const int64_t D = dp_tensor_cols (x), R = dp_tensor_rows (x);
+  if (!check_vec (be, "layer_norm", "weight", w, D) || !check_vec (be, "layer_norm", "bias", b, D))
+    return;
+  norm_job job = { .x = x->data, .y = y->data, .w = w ? w->data : NULL, .b = b ? b->data : NULL, .D = D, .eps = eps };
+  dp_cpu_for (be, R * D > DP_CPU_PAR_MIN, R, layer_norm_rows, &job);
 }
 
 void
@@ -108,20 +161,8 @@ dp_cpu_layer_norm_modulate (dp_backend *be, dp_tensor *y, const dp_tensor *x, co
     dp_backend_fail (be, DP_ERROR_SHAPE, "layer_norm_modulate: shift / scale rows must have %" G_GINT64_FORMAT " columns", D);
     return;
   }
-  const int64_t L = R / B;
-  const float *xd = x->data, *shd = shift->data, *scd = scale->data;
-  float *yd = y->data;
-#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (R * D > DP_CPU_PAR_MIN)
-  for (int64_t r = 0; r < R; r++) {
-    const float *xr = xd + r * D;
-    float *yr = yd + r * D;
-    const float *sh = shd + (r / L) * D, *sc = scd + (r / L) * D;
-    float mean, rstd;
-    row_moments (xr, D, eps, &mean, &rstd);
-    /* diffusers: norm (x) * (1 + scale) + shift */
-    for (int64_t i = 0; i < D; i++)
-      yr[i] = (xr[i] - mean) * rstd * (1.0f + sc[i]) + sh[i];
-  }
+  norm_job job = { .x = x->data, .y = y->data, .w = scale->data, .b = shift->data, .D = D, .L = R / B, .eps = eps };
+  dp_cpu_for (be, R * D > DP_CPU_PAR_MIN, R, modulate_rows, &job);
 }
 
 void
@@ -132,20 +173,6 @@ dp_cpu_rms_norm (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tens
   const int64_t D = dp_tensor_cols (x), R = dp_tensor_rows (x);
   if (!check_vec (be, "rms_norm", "weight", w, D))
     return;
-  const float *xd = x->data, *wd = w ? w->data : NULL;
-  float *yd = y->data;
-#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (R * D > DP_CPU_PAR_MIN)
-  for (int64_t r = 0; r < R; r++) {
-    const float *xr = xd + r * D;
-    float *yr = yd + r * D;
-    double ss = 0.0;
-    for (int64_t i = 0; i < D; i++)
-      ss += (double) xr[i] * xr[i];
-    /* torch.nn.RMSNorm: x * rsqrt (mean (x^2) + eps) * weight */
-    float rr = (float) (1.0 / sqrt (ss / (double) D + (double) eps));
-    for (int64_t i = 0; i < D; i++) {
-      float v = xr[i] * rr;
-      yr[i] = wd ? v * wd[i] : v;
-    }
-  }
+  norm_job job = { .x = x->data, .y = y->data, .w = w ? w->data : NULL, .D = D, .eps = eps };
+  dp_cpu_for (be, R * D > DP_CPU_PAR_MIN, R, rms_norm_rows, &job);
 }

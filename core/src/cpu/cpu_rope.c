@@ -23,6 +23,40 @@ axis_table (float *cs, float *sn, int npos, const int *pos, int npairs, int part
   }
 }
 
+typedef struct {
+  float *x;
+  int64_t L, H, d, Hg, Wg;
+  const float *cos[3], *sin[3]; /* the frame, height and width tables */
+  int np[3];                    /* their pairs per position */
+} rope_job;
+
+/* Tokens [bl0, bl1) of x [B*L, H, d], every head. */
+static void
+rope_rows (void *ctx, int64_t bl0, int64_t bl1, int worker)
+{
+  const rope_job *j = ctx;
+  const int64_t L = j->L, H = j->H, d = j->d, Hg = j->Hg, Wg = j->Wg;
+  const int *np = j->np;
+  for (int64_t bl = bl0; bl < bl1; bl++) {
+    const int64_t l = bl % L;
+    const int64_t f = l / (Hg * Wg), hh = (l / Wg) % Hg, ww = l % Wg;
+    const float *cs[3] = { j->cos[0] + f * np[0], j->cos[1] + hh * np[1], j->cos[2] + ww * np[2] };
+    const float *sn[3] = { j->sin[0] + f * np[0], j->sin[1] + hh * np[1], j->sin[2] + ww * np[2] };
+    for (int64_t h = 0; h < H; h++) {
+      float *v = j->x + (bl * H + h) * d;
+      for (int part = 0; part < 3; part++) {
+        const float *c = cs[part], *s = sn[part];
+        for (int i = 0; i < np[part]; i++) {
+          float x0 = v[2 * i], x1 = v[2 * i + 1];
+          v[2 * i] = x0 * c[i] - x1 * s[i];
+          v[2 * i + 1] = x0 * s[i] + x1 * c[i];
+        }
+        v += 2 * np[part];
+      }
+    }
+  }
+}
+
 void
 dp_cpu_rope_3d (dp_backend *be, dp_tensor *x, const dp_rope_grid *grid)
 {
@@ -52,27 +86,8 @@ dp_cpu_rope_3d (dp_backend *be, dp_tensor *x, const dp_rope_grid *grid)
   axis_table (ch, sh, (int) Hg, NULL, nh, dh, theta);
   axis_table (cw, sw, (int) Wg, NULL, nw, dw, theta);
 
-  float *xd = x->data;
-#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (B * L * H * d > DP_CPU_PAR_MIN)
-  for (int64_t bl = 0; bl < B * L; bl++) {
-    const int64_t l = bl % L;
-    const int64_t f = l / (Hg * Wg), hh = (l / Wg) % Hg, ww = l % Wg;
-    const float *cs[3] = { ct + f * nt, ch + hh * nh, cw + ww * nw };
-    const float *sn[3] = { st + f * nt, sh + hh * nh, sw + ww * nw };
-    const int np[3] = { nt, nh, nw };
-    for (int64_t h = 0; h < H; h++) {
-      float *v = xd + (bl * H + h) * d;
-      for (int part = 0; part < 3; part++) {
-        const float *c = cs[part], *s = sn[part];
-        for (int i = 0; i < np[part]; i++) {
-          float x0 = v[2 * i], x1 = v[2 * i + 1];
-          v[2 * i] = x0 * c[i] - x1 * s[i];
-          v[2 * i + 1] = x0 * s[i] + x1 * c[i];
-        }
-        v += 2 * np[part];
-      }
-    }
-  }
+  rope_job job = { x->data, L, H, d, Hg, Wg, { ct, ch, cw }, { st, sh, sw }, { nt, nh, nw } };
+  dp_cpu_for (be, B * L * H * d > DP_CPU_PAR_MIN, B * L, rope_rows, &job);
   g_free (ct);
   g_free (st);
   g_free (ch);

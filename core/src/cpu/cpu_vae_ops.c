@@ -11,6 +11,98 @@
 #define NORM_TILE 256
 #define TRANSPOSE_TILE 32
 
+typedef struct {
+  const float *x;
+  float *y;
+  const float *gamma; /* or NULL */
+  int64_t C, L;
+  float scale, eps;
+  dp_act act;
+} crms_job;
+
+/* Column tiles [t0, t1) of x [C, L]. */
+static void
+crms_tiles (void *ctx, int64_t t0, int64_t t1, int worker)
+{
+  const crms_job *j = ctx;
+  const int64_t C = j->C, L = j->L;
+  const float *xd = j->x, *g = j->gamma;
+  float *yd = j->y;
+  for (int64_t tile = t0; tile < t1; tile++) {
+    const int64_t l0 = tile * NORM_TILE;
+    const int64_t nl = MIN (NORM_TILE, L - l0);
+    double ss[NORM_TILE];
+    float denom[NORM_TILE];
+    for (int64_t k = 0; k < nl; k++)
+      ss[k] = 0.0;
+    for (int64_t c = 0; c < C; c++) {
+      const float *row = xd + c * L + l0;
+      for (int64_t k = 0; k < nl; k++)
+        ss[k] += (double) row[k] * row[k];
+    }
+    for (int64_t k = 0; k < nl; k++)
+      denom[k] = fmaxf ((float) sqrt (ss[k]), j->eps);
+    /* Same operation order as diffusers: (x / norm) * sqrt(C) * gamma.
+     * Reading row c before writing it keeps y == x (in place) correct. */
+    for (int64_t c = 0; c < C; c++) {
+      const float *row = xd + c * L + l0;
+      float *out = yd + c * L + l0;
+      const float gc = g ? g[c] : 1.0f;
+      for (int64_t k = 0; k < nl; k++)
+        out[k] = dp_cpu_act_1 (row[k] / denom[k] * j->scale * gc, j->act);
+    }
+  }
+}
+
+typedef struct {
+  uint8_t *dst;
+  const uint8_t *src;
+  int64_t dcols, scols, dst_col0, src_col0, ncols;
+  size_t es;
+} cols_job;
+
+static void
+copy_rows (void *ctx, int64_t r0, int64_t r1, int worker)
+{
+  const cols_job *j = ctx;
+  const size_t es = j->es;
+  for (int64_t r = r0; r < r1; r++)
+    memcpy (j->dst + (size_t) (r * j->dcols + j->dst_col0) * es, j->src + (size_t) (r * j->scols + j->src_col0) * es,
+            (size_t) j->ncols * es);
+}
+
+typedef struct {
+  const void *x;
+  void *y;
+  int64_t A, B, tiles_b;
+  size_t es;
+} transpose_job;
+
+/* Tiles [t0, t1) of y [B, A] = x [A, B]^T. */
+static void
+transpose_tiles (void *ctx, int64_t t0, int64_t t1, int worker)
+{
+  const transpose_job *j = ctx;
+  const int64_t A = j->A, B = j->B, tiles_b = j->tiles_b;
+  for (int64_t t = t0; t < t1; t++) {
+    const int64_t a0 = (t / tiles_b) * TRANSPOSE_TILE, b0 = (t % tiles_b) * TRANSPOSE_TILE;
+    const int64_t a1 = MIN (A, a0 + TRANSPOSE_TILE), b1 = MIN (B, b0 + TRANSPOSE_TILE);
+    if (j->es == 4) {
+      const float *xs = j->x;
+      float *yd = j->y;
+      for (int64_t b = b0; b < b1; b++)
+        for (int64_t a = a0; a < a1; a++)
+          yd[b * A + a] = xs[a * B + b];
+    } else {
+      const uint16_t *xs = j->x;
+      uint16_t *yd = j->y;
+      for (int64_t b = b0; b < b1; b++)
+        for (int64_t a = a0; a < a1; a++)
+          yd[b * A + a] = xs[a * B + b];
+    }
+  }
+}
+
 void
 dp_cpu_channel_rms_norm (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *gamma,
                          float eps, dp_act act)
@@ -40,37 +132,11 @@ dp_cpu_channel_rms_norm (dp_backend *be, dp_tensor *y, const dp_tensor *x, const
     dp_backend_fail (be, DP_ERROR_INVALID, "channel_rms_norm: unknown activation %d", (int) act);
     return;
   }
-  const float *xd = x->data;
-  float *yd = y->data;
-  const float *g = gamma ? gamma->data : NULL;
   const float scale = sqrtf ((float) C);
   const int64_t ntiles = (L + NORM_TILE - 1) / NORM_TILE;
 
-#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (n > DP_CPU_PAR_MIN)
-  for (int64_t tile = 0; tile < ntiles; tile++) {
-    const int64_t l0 = tile * NORM_TILE;
-    const int64_t nl = MIN (NORM_TILE, L - l0);
-    double ss[NORM_TILE];
-    float denom[NORM_TILE];
-    for (int64_t j = 0; j < nl; j++)
-      ss[j] = 0.0;
-    for (int64_t c = 0; c < C; c++) {
-      const float *row = xd + c * L + l0;
-      for (int64_t j = 0; j < nl; j++)
-        ss[j] += (double) row[j] * row[j];
-    }
-    for (int64_t j = 0; j < nl; j++)
-      denom[j] = fmaxf ((float) sqrt (ss[j]), eps);
-    /* Same operation order as diffusers: (x / norm) * sqrt(C) * gamma.
-     * Reading row c before writing it keeps y == x (in place) correct. */
-    for (int64_t c = 0; c < C; c++) {
-      const float *row = xd + c * L + l0;
-      float *out = yd + c * L + l0;
-      const float gc = g ? g[c] : 1.0f;
-      for (int64_t j = 0; j < nl; j++)
-        out[j] = dp_cpu_act_1 (row[j] / denom[j] * scale * gc, act);
-    }
-  }
+  crms_job job = { x->data, y->data, gamma ? gamma->data : NULL, C, L, scale, eps, act };
+  dp_cpu_for (be, n > DP_CPU_PAR_MIN, ntiles, crms_tiles, &job);
 }
 
 void
@@ -107,13 +173,8 @@ dp_cpu_copy_cols (dp_backend *be, dp_tensor *dst, int64_t dst_col0, const dp_ten
     dp_backend_fail (be, DP_ERROR_INVALID, "copy_cols: dst overlaps src");
     return;
   }
-  const size_t es = dp_dtype_size (dst->dtype);
-  uint8_t *d = dst->data;
-  const uint8_t *s = src->data;
-#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (R * ncols > DP_CPU_PAR_MIN)
-  for (int64_t r = 0; r < R; r++)
-    memcpy (d + (size_t) (r * dcols + dst_col0) * es, s + (size_t) (r * scols + src_col0) * es,
-            (size_t) ncols * es);
+  cols_job job = { dst->data, src->data, dcols, scols, dst_col0, src_col0, ncols, dp_dtype_size (dst->dtype) };
+  dp_cpu_for (be, R * ncols > DP_CPU_PAR_MIN, R, copy_rows, &job);
 }
 
 void
@@ -143,22 +204,6 @@ dp_cpu_transpose (dp_backend *be, dp_tensor *y, const dp_tensor *x)
   const int64_t tiles_b = (B + TRANSPOSE_TILE - 1) / TRANSPOSE_TILE;
   const size_t es = dp_dtype_size (x->dtype);
 
-#pragma omp parallel for schedule(static) num_threads(dp_cpu_threads (be)) if (A * B > DP_CPU_PAR_MIN)
-  for (int64_t t = 0; t < tiles_a * tiles_b; t++) {
-    const int64_t a0 = (t / tiles_b) * TRANSPOSE_TILE, b0 = (t % tiles_b) * TRANSPOSE_TILE;
-    const int64_t a1 = MIN (A, a0 + TRANSPOSE_TILE), b1 = MIN (B, b0 + TRANSPOSE_TILE);
-    if (es == 4) {
-      const float *xs = x->data;
-      float *yd = y->data;
-      for (int64_t b = b0; b < b1; b++)
-        for (int64_t a = a0; a < a1; a++)
-          yd[b * A + a] = xs[a * B + b];
-    } else {
-      const uint16_t *xs = x->data;
-      uint16_t *yd = y->data;
-      for (int64_t b = b0; b < b1; b++)
-        for (int64_t a = a0; a < a1; a++)
-          yd[b * A + a] = xs[a * B + b];
-    }
-  }
+  transpose_job job = { x->data, y->data, A, B, tiles_b, es };
+  dp_cpu_for (be, A * B > DP_CPU_PAR_MIN, tiles_a * tiles_b, transpose_tiles, &job);
 }

@@ -10,8 +10,6 @@
 #define PHILOX_W0 0x9E3779B9u
 #define PHILOX_W1 0xBB67AE85u
 
-/* Blocks per parallel chunk: large enough to amortise thread start-up. */
-#define BLOCKS_PER_CHUNK 4096
 
 static inline void
 philox_round (uint32_t c[4], const uint32_t k[2])
@@ -96,7 +94,7 @@ normal_block_fn (uint64_t seed, uint64_t stream, uint64_t block, void *dst)
 }
 
 /* Elements [offset, offset + n) (4 bytes each) in three parts: a partial
- * first block, whole blocks (in parallel), a partial last block.  Every
+ * first block, whole blocks, a partial last block.  Every
  * element depends on its own block only, so the split changes no value. */
 static void
 fill_stream (block_fn fn, uint64_t seed, uint64_t stream, uint64_t offset, void *out, size_t n)
@@ -115,15 +113,10 @@ fill_stream (block_fn fn, uint64_t seed, uint64_t stream, uint64_t offset, void 
   uint64_t first_block = j >> 2;
   size_t whole = (n - k) / 4;
   unsigned char *dst = o + 4 * k;
-  int64_t chunks = (int64_t) ((whole + BLOCKS_PER_CHUNK - 1) / BLOCKS_PER_CHUNK);
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (chunks > 1)
-#endif
-  for (int64_t c = 0; c < chunks; c++) {
-    size_t b1 = MIN (whole, (size_t) (c + 1) * BLOCKS_PER_CHUNK);
-    for (size_t b = (size_t) c * BLOCKS_PER_CHUNK; b < b1; b++)
-      fn (seed, stream, first_block + b, dst + 16 * b);
-  }
+  /* One thread: the noise of a generation is small next to its model
+   * (and this has no backend whose threads it could use). */
+  for (size_t b = 0; b < whole; b++)
+    fn (seed, stream, first_block + b, dst + 16 * b);
   k += whole * 4;
   j += (uint64_t) whole * 4;
   if (k < n) {
