@@ -16,9 +16,11 @@
 # properties), OMP_NUM_THREADS (see below).  Each run's figures are
 # "key: value" lines from dualparal-live-check (gst/, built with the plugin).
 #
-# On a shared or busy machine set OMP_NUM_THREADS=1: with more OpenMP threads
-# than free cores, every parallel region waits for a descheduled thread and
-# generation slows down by one to two orders of magnitude.
+# On a shared or busy machine OMP_NUM_THREADS=1 (the CPU threads) was
+# needed with the OpenMP build: with more threads than free cores, every
+# parallel region waited for a descheduled thread.  The backend's own pool
+# never waits for a thread that has not started, so the default may do now
+# (not measured here again).
 set -eu
 
 build=${1:-build}

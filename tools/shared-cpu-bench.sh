@@ -17,10 +17,10 @@
 #               same prompt, plus the properties in ELEMENT_PROPS, e.g.
 #               "threads=1") ! videoconvert ! x264enc ! fakesink, with
 #               GST_PLUGIN_PATH=BUILD_DIR/gst
-# Anything else in the environment (OMP_WAIT_POLICY, GOMP_SPINCOUNT,
-# OMP_NUM_THREADS) reaches dualparal-generate unchanged, so the old
-# behaviour can be measured in the same call for comparison, e.g.
-#   OMP_WAIT_POLICY=active tools/shared-cpu-bench.sh
+# Anything else in the environment (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS)
+# reaches dualparal-generate unchanged.  To compare two builds under the
+# same load, alternate them (one round of each in turn) rather than run
+# this twice.
 # Other users of the machine make both figures noisy: compare medians,
 # and only figures of one call.
 set -u
@@ -79,7 +79,7 @@ if [ "${PIPELINE:-0}" = 1 ]; then
 else
   echo "# $GEN ${GEN_ARGS:--p \"a red ball moving to the right\" --steps 10} $*"
 fi
-echo "# OMP_WAIT_POLICY=${OMP_WAIT_POLICY-(unset)} GOMP_SPINCOUNT=${GOMP_SPINCOUNT-(unset)} OMP_NUM_THREADS=${OMP_NUM_THREADS-(unset)}; $BUSY busy processes"
+echo "# OMP_NUM_THREADS=${OMP_NUM_THREADS-(unset)} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS-(unset)}; $BUSY busy processes"
 run_once "$@" > /dev/null || { echo "shared-cpu-bench: the warm-up run failed" >&2; exit 1; }
 IDLE=()
 LOADED=()
