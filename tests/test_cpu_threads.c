@@ -67,6 +67,30 @@ test_quota (void)
   }
 }
 
+/* OMP_NUM_THREADS keeps its documented meaning without OpenMP: its first
+ * number, a bad value ignored (as libgomp ignores it). */
+static void
+test_omp_num_threads (void)
+{
+  char *saved = g_strdup (g_getenv ("OMP_NUM_THREADS"));
+  g_unsetenv ("OMP_NUM_THREADS");
+  const int fallback = dp_cpu_available ();
+  struct {
+    const char *value;
+    int want; /* 0: the fallback */
+  } cases[] = { { "3", 3 }, { "4,2", 4 }, { " 5 ", 5 }, { "1", 1 }, { "0", 0 }, { "-2", 0 },
+                { "two", 0 }, { "", 0 }, { "3x", 0 }, { "99999", DP_CPU_MAX_THREADS } };
+  for (guint i = 0; i < G_N_ELEMENTS (cases); i++) {
+    g_setenv ("OMP_NUM_THREADS", cases[i].value, TRUE);
+    g_assert_cmpint (dp_cpu_available (), ==, cases[i].want ? cases[i].want : fallback);
+  }
+  if (saved)
+    g_setenv ("OMP_NUM_THREADS", saved, TRUE);
+  else
+    g_unsetenv ("OMP_NUM_THREADS");
+  g_free (saved);
+}
+
 static void
 test_assign (void)
 {
@@ -553,6 +577,7 @@ main (int argc, char **argv)
   g_test_add_func ("/cpu_threads/spec", test_spec);
   g_test_add_func ("/cpu_threads/quota", test_quota);
   g_test_add_func ("/cpu_threads/assign", test_assign);
+  g_test_add_func ("/cpu_threads/omp_num_threads", test_omp_num_threads);
   g_test_add_func ("/cpu_threads/same_results", test_same_results);
   g_test_add_func ("/cpu_threads/generator", test_generator);
   g_test_add_func ("/cpu_threads/idle_sleeps", test_idle_sleeps);
