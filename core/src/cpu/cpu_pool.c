@@ -17,7 +17,8 @@
  * the new generation is published (release) and read after loading it
  * (acquire); before touching them the caller closes the generation
  * (index CLOSED), so a worker reading fields that are being replaced
- * fails its CAS too.
+ * fails its CAS too.  (The generation has 32 bits: a worker would have to
+ * stall between its load and its CAS for 2^32 loops, days, to be fooled.)
  *
  * Sleeping: workers wait on a futex (`seq`, bumped once per loop) and the
  * caller waits on one (`done`) for the chunks other threads still run; no
