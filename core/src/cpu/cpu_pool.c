@@ -4,7 +4,8 @@
  * waits for every team thread to have run its share.  On a shared machine
  * (an encoder, other jobs) the scheduler often leaves one of our threads
  * behind the others for a whole time slice, and with passive waiting (no
- * spinning) each of the ~17,500 regions of a generation could stall on it.
+ * spinning) each of the ~5,300 multi-threaded regions of a generation (81
+ * frames, embedded model) could stall on it.
  * Here a loop is a list of chunks claimed one at a time from an atomic
  * counter, by the caller as well as the workers; it ends when every chunk
  * is done, and a worker that starts late finds nothing left and sleeps
