@@ -280,6 +280,9 @@ test_golden (gconstpointer data)
   if (g_str_has_prefix (name, "wan22/")) {
     name += strlen ("wan22/");
     golden_open_set (&g, "wan22", "tiny-wan22");
+  } else if (g_str_has_prefix (name, "ti2v/")) {
+    name += strlen ("ti2v/");
+    golden_open_set (&g, "ti2v", "tiny-ti2v");
   } else {
     golden_open (&g);
   }
@@ -728,6 +731,8 @@ typedef enum {
   BROKEN_INDEX_CLASS,
   BROKEN_INDEX_WAN22,
   BROKEN_INDEX_TI2V,
+  BROKEN_INDEX_TI2V_TYPE,
+  BROKEN_INDEX_TI2V_EXPERTS,
   BROKEN_INDEX_S2V,
   BROKEN_INDEX_ANIMATE,
   BROKEN_HINT,
@@ -756,7 +761,10 @@ static const broken_case broken_cases[] = {
   { BROKEN_INDEX_JSON, DP_ERROR_FORMAT, "model_index.json" },
   { BROKEN_INDEX_CLASS, DP_ERROR_UNSUPPORTED, "WanImageToVideoPipeline" },
   { BROKEN_INDEX_WAN22, DP_ERROR_FORMAT, "\"transformer_2\" (the low-noise expert) is not" },
-  { BROKEN_INDEX_TI2V, DP_ERROR_UNSUPPORTED, "TI2V-5B" },
+  /* TI2V-5B announced over Wan2.1 parts: its latents need the Wan2.2 VAE. */
+  { BROKEN_INDEX_TI2V, DP_ERROR_FORMAT, "is not the Wan2.2 VAE" },
+  { BROKEN_INDEX_TI2V_TYPE, DP_ERROR_FORMAT, "\"expand_timesteps\" is not true or false" },
+  { BROKEN_INDEX_TI2V_EXPERTS, DP_ERROR_UNSUPPORTED, "both \"boundary_ratio\"" },
   { BROKEN_INDEX_S2V, DP_ERROR_UNSUPPORTED, "S2V" },
   { BROKEN_INDEX_ANIMATE, DP_ERROR_UNSUPPORTED, "Animate is not supported" },
   { BROKEN_HINT, DP_ERROR_FORMAT, "\"text_len\"" },
@@ -812,6 +820,15 @@ test_bad_models (void)
       case BROKEN_INDEX_TI2V:
         path = IN ("model_index.json");
         edit_file (path, "\"expand_timesteps\": false", "\"expand_timesteps\": true");
+        break;
+      case BROKEN_INDEX_TI2V_TYPE:
+        path = IN ("model_index.json");
+        edit_file (path, "\"expand_timesteps\": false", "\"expand_timesteps\": \"yes\"");
+        break;
+      case BROKEN_INDEX_TI2V_EXPERTS:
+        path = IN ("model_index.json");
+        edit_file (path, "\"expand_timesteps\": false", "\"expand_timesteps\": true");
+        edit_file (path, "\"boundary_ratio\": null", "\"boundary_ratio\": 0.875");
         break;
       case BROKEN_INDEX_S2V:
         path = IN ("model_index.json");
@@ -1257,6 +1274,8 @@ main (int argc, char **argv)
   g_test_add_data_func ("/pipeline/wan22/a22_unipc", "wan22/a22_unipc", test_golden);
   g_test_add_data_func ("/pipeline/wan22/a22_euler", "wan22/a22_euler", test_golden);
   g_test_add_func ("/pipeline/wan22/switch", test_wan22_switch);
+  g_test_add_data_func ("/pipeline/ti2v/ti2v_unipc", "ti2v/ti2v_unipc", test_golden);
+  g_test_add_data_func ("/pipeline/ti2v/ti2v_euler", "ti2v/ti2v_euler", test_golden);
   g_test_add_func ("/pipeline/wan22/bad", test_wan22_bad);
   g_test_add_func ("/pipeline/seeded", test_seeded);
   g_test_add_func ("/pipeline/cancel/thread", test_cancel_thread);
