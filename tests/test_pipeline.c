@@ -1263,6 +1263,45 @@ test_truncation_warning (void)
   golden_close (&g);
 }
 
+/* A TI2V-5B directory without "_dualparal" hints: its native 1280 x 704 at
+ * 24 fps (DP_GENERATOR_TI2V_*), not Wan2.1's 832 x 480 at 16; a size that
+ * is not a multiple of 32 (VAE 16 x patch 2) is refused. */
+static void
+test_ti2v_defaults (void)
+{
+  golden_data g;
+  golden_open_set (&g, "ti2v", "tiny-ti2v");
+  GError *err = NULL;
+  char *tmp = dp_test_make_tmp_dir ("dp-pipeline-XXXXXX");
+  char *dir = g_build_filename (tmp, "model", NULL);
+  dp_test_copy_tree (g.model_dir, dir);
+  char *index = g_build_filename (dir, "model_index.json", NULL);
+  edit_file (index, "\"_dualparal\"", "\"_unused\"");
+  dp_generator_params p;
+  golden_params (&g, &p);
+  p.model_dir = dir;
+  p.width = p.height = 0;
+  p.num_frames = 5;
+  dp_generator *gen = generator_new_ok (&p);
+  int W, H;
+  dp_generator_get_size (gen, &W, &H);
+  g_assert_cmpint (W, ==, DP_GENERATOR_TI2V_WIDTH);
+  g_assert_cmpint (H, ==, DP_GENERATOR_TI2V_HEIGHT);
+  g_assert_cmpint (dp_generator_fps (gen), ==, DP_GENERATOR_TI2V_FPS);
+  dp_generator_free (gen);
+  p.width = 48;
+  p.height = 64;
+  g_assert_null (dp_generator_new (&p, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_assert_nonnull (strstr (err->message, "multiple of 32"));
+  g_clear_error (&err);
+  dp_test_remove_tree (tmp);
+  g_free (index);
+  g_free (dir);
+  g_free (tmp);
+  golden_close (&g);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1276,6 +1315,7 @@ main (int argc, char **argv)
   g_test_add_func ("/pipeline/wan22/switch", test_wan22_switch);
   g_test_add_data_func ("/pipeline/ti2v/ti2v_unipc", "ti2v/ti2v_unipc", test_golden);
   g_test_add_data_func ("/pipeline/ti2v/ti2v_euler", "ti2v/ti2v_euler", test_golden);
+  g_test_add_func ("/pipeline/ti2v/defaults", test_ti2v_defaults);
   g_test_add_func ("/pipeline/wan22/bad", test_wan22_bad);
   g_test_add_func ("/pipeline/seeded", test_seeded);
   g_test_add_func ("/pipeline/cancel/thread", test_cancel_thread);
