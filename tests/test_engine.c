@@ -22,6 +22,11 @@
  *   DualParal engine with one block equals the classic engine's frames on 1
  *   and 2 stages; several blocks give the same frames on 1 and 3 stages;
  *   endless video runs until the consumer stops it.
+ * - per-token timesteps (Wan2.2 TI2V-5B, docs/algorithm.md "Per-token
+ *   timesteps"): 1 to 3 stages equal the sequential scheme with context
+ *   frames at their own noise level; the rule matters; one block does not
+ *   change; the tiny TI2V model through the generator: one block equals the
+ *   classic engine, several blocks give the same frames on 1 and 2 stages.
  * Every comparison is bitwise (memcmp) unless said otherwise. */
 #include "dualparal/engine.h"
 #include "dualparal/generator.h"

@@ -20,6 +20,13 @@
  * given), uint8 frames 99.993% exact, worst difference 1; the boundary moved
  * just past the timestep of step 1 makes step 1 run the other expert, whose
  * latents are then 0.39 away (rel. L2): a wrong switch step fails.
+ * Wan2.2 TI2V-5B as text-to-video (tests/data/ti2v, tools/make_ti2v_golden.py:
+ * expand_timesteps, 48 channels, the Wan2.2 VAE; 64x64, 9 frames = 3 latent
+ * frames of 4x4), the same tolerances: latents after every step rel. L2
+ * 9.0e-7 (UniPC) and 1.05e-6 (Euler), text context 1.3e-6, uint8 frames
+ * 99.997% exact, worst difference 1; without "_dualparal" hints it runs at
+ * 1280x704, 24 fps; a TI2V index over Wan2.1 parts, a non-boolean
+ * expand_timesteps and TI2V with two experts are refused.
  * Also: the frames come as 1, then blocks of 4, in order; the seeded noise
  * path and reruns are deterministic; cancel from another thread, before a
  * run and from the frame callback; bad settings and broken model

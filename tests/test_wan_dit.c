@@ -6,7 +6,12 @@
  * about 1e-6; diffusers itself differs from an fp64 run by 3e-7).  Stage
  * splits must be bitwise identical (same operations, same shapes).  Span
  * invariants (cache, positions) compare different but mathematically equal
- * computations: relative L2 <= 1e-5. */
+ * computations: relative L2 <= 1e-5.
+ *
+ * Per-token timesteps (Wan2.2 TI2V-5B, tests/data/ti2v,
+ * tools/make_ti2v_golden.py): per-frame timesteps 900 900 0 375 900 against
+ * diffusers' 2-D timestep, relative L2 <= 1e-5 (measured 9e-7 to 1.5e-6);
+ * equal values and stage splits bitwise. */
 #include "dualparal/safetensors.h"
 #include "dualparal/wan_dit.h"
 #include "model/wan_dit_private.h" /* ffn_chunk_rows */
