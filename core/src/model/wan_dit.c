@@ -415,16 +415,17 @@ feed_forward (wan_run *r, const wan_layer *ly, const span_geom *g, const dp_tens
   const int64_t chunk = MIN (L, dit->ffn_chunk_rows);
   dp_tensor f = ALLOC (r, act, chunk, c->ffn_dim);
   dp_tensor y = r->be->ops->linear_gated_add ? (dp_tensor){ 0 } : ALLOC (r, act, 1, chunk, D);
-  for (int64_t b = 0; b < B; b++)
-  for (int i = 0; i < g->n_seg; i++) {
-    dp_tensor gb = mod_entry (&mods[g->seg[i].tix], 5, b);
-    const int64_t s1 = g->seg[i].row0 + g->seg[i].rows;
-    for (int64_t r0 = g->seg[i].row0; r0 < s1; r0 += chunk) {
-      int64_t n = MIN (chunk, s1 - r0);
-      dp_tensor xr = batch_rows (&xn, b, r0, n, TRUE), fr = rows_view (&f, 0, n, TRUE);
-      dp_tensor hr = batch_rows (h, b, r0, n, FALSE), yr = y.ndim ? rows_view (&y, 0, n, FALSE) : y;
-      OP (r, linear, &fr, &xr, &ly->ff1_w, &ly->ff1_b, DP_ACT_GELU_TANH);
-      project_residual (r, &hr, &fr, &ly->ff2_w, &ly->ff2_b, &gb, &yr);
+  for (int64_t b = 0; b < B; b++) {
+    for (int i = 0; i < g->n_seg; i++) {
+      dp_tensor gb = mod_entry (&mods[g->seg[i].tix], 5, b);
+      const int64_t s1 = g->seg[i].row0 + g->seg[i].rows;
+      for (int64_t r0 = g->seg[i].row0; r0 < s1; r0 += chunk) {
+        int64_t n = MIN (chunk, s1 - r0);
+        dp_tensor xr = batch_rows (&xn, b, r0, n, TRUE), fr = rows_view (&f, 0, n, TRUE);
+        dp_tensor hr = batch_rows (h, b, r0, n, FALSE), yr = y.ndim ? rows_view (&y, 0, n, FALSE) : y;
+        OP (r, linear, &fr, &xr, &ly->ff1_w, &ly->ff1_b, DP_ACT_GELU_TANH);
+        project_residual (r, &hr, &fr, &ly->ff2_w, &ly->ff2_b, &gb, &yr);
+      }
     }
   }
   dp_arena_reset (r->a, mark);
