@@ -1190,6 +1190,17 @@ test_ti2v_invariants (void)
   dp_tensor_free (&b);
 
   dp_tensor ref = ti2v_forward (t.dit, &t.latent, ft, 0.0f, 4.0f);
+  /* The time slots (4, least recently used replaced): calls with 4 other
+   * values each evict every slot; the first values then come back equal. */
+  float others[2][8] = { { 10, 20, 30, 40, 10 }, { 50, 60, 70, 80, 50 } };
+  for (int k = 0; k < 2; k++) {
+    dp_tensor o = ti2v_forward (t.dit, &t.latent, others[k], 0.0f, 4.0f);
+    g_assert_true (memcmp (o.data, ref.data, dp_tensor_nbytes (&ref)) != 0);
+    dp_tensor_free (&o);
+  }
+  dp_tensor again = ti2v_forward (t.dit, &t.latent, ft, 0.0f, 4.0f);
+  g_assert_cmpint (memcmp (again.data, ref.data, dp_tensor_nbytes (&ref)), ==, 0);
+  dp_tensor_free (&again);
   /* stages [0, 1) (embedding), [1, 2) (head) */
   char *dir = dp_test_data_path ("ti2v", "tiny-ti2v", "transformer", NULL);
   dp_wan_dit *s0 = dp_wan_dit_load (be, dir, 0, 1, &err);
