@@ -1582,15 +1582,23 @@ test_per_token (void)
     run_cfg cfg = cfgs[i];
     const size_t n = (size_t) 16 * cfg.F * cfg.H * cfg.W;
     float *seq = run_sequential (&cfg);
+    GByteArray *rgb1 = NULL;
     cfg.stages = 1;
-    float *one = run_engine (&cfg, NULL, NULL);
+    cfg.vae = TRUE; /* frames too */
+    float *one = run_engine (&cfg, &rgb1, NULL);
     assert_same_latents (one, seq, &cfg, "per-token: 1 stage vs the sequential scheme");
     for (int s = 2; s <= 3; s++) {
+      GByteArray *rgb = NULL;
       cfg.stages = s;
-      float *many = run_engine (&cfg, NULL, NULL);
+      float *many = run_engine (&cfg, &rgb, NULL);
       assert_same_latents (many, one, &cfg, s == 2 ? "per-token: 2 stages vs 1" : "per-token: 3 stages vs 1");
+      g_assert_cmpmem (rgb->data, rgb->len, rgb1->data, rgb1->len);
+      g_byte_array_unref (rgb);
       g_free (many);
     }
+    g_assert_cmpint (rgb1->len, ==, (guint) (1 + 4 * (cfg.F - 1)) * (cfg.H * 8) * (cfg.W * 8) * 3);
+    g_byte_array_unref (rgb1);
+    cfg.vae = FALSE;
     run_cfg scalar = cfg;
     scalar.per_token = FALSE;
     float *plain = run_engine (&scalar, NULL, NULL);
