@@ -1754,7 +1754,7 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
           d->negative_prompt ? d->negative_prompt : "", STEERING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_MODEL,
       g_param_spec_string ("model", "Model directory",
-          "Wan2.1 text-to-video model in diffusers layout (model_index.json, transformer/, "
+          "Wan text-to-video model (Wan2.1, Wan2.2 T2V-A14B or TI2V-5B) in diffusers layout (model_index.json, transformer/, "
           "vae/, text_encoder/, tokenizer/, scheduler/); unset: the embedded model, found "
           "through DUALPARAL_MODEL, the installed data folder, then the source tree",
           NULL, SETTING_FLAGS));

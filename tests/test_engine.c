@@ -22,6 +22,11 @@
  *   DualParal engine with one block equals the classic engine's frames on 1
  *   and 2 stages; several blocks give the same frames on 1 and 3 stages;
  *   endless video runs until the consumer stops it.
+ * - per-token timesteps (Wan2.2 TI2V-5B, docs/algorithm.md "Per-token
+ *   timesteps"): 1 to 3 stages equal the sequential scheme with context
+ *   frames at their own noise level; the rule matters; one block does not
+ *   change; the tiny TI2V model through the generator: one block equals the
+ *   classic engine, several blocks give the same frames on 1 and 2 stages.
  * Every comparison is bitwise (memcmp) unless said otherwise. */
 #include "dualparal/engine.h"
 #include "dualparal/generator.h"
@@ -432,6 +437,8 @@ typedef struct {
    * tiny5 alone), expert2 below the timestep boundary, with guidance_2. */
   const char *expert1, *expert2;
   double boundary, guidance_2;
+  /* Wan2.2 TI2V: per-token timesteps, context frames at their own level */
+  gboolean per_token;
 } run_cfg;
 
 typedef struct {
@@ -523,7 +530,7 @@ make_engine (const run_cfg *cfg, dp_backend **be, dp_schedule **sched_out, GErro
     .block_frames = cfg->P, .context_frames = cfg->C, .latent_frames = cfg->F, .latent_height = cfg->H,
     .latent_width = cfg->W, .schedule = sched, .guidance = cfg->guidance, .seed = cfg->seed,
     .noise_stream = DP_ENGINE_NOISE_STREAM, .expert2_dir = cfg->expert2, .boundary = cfg->boundary,
-    .guidance_2 = cfg->guidance_2,
+    .guidance_2 = cfg->guidance_2, .per_token_time = cfg->per_token,
   };
   dp_engine *e = dp_engine_new (dir, be, cfg->stages, NULL, &p, error);
   g_free (dir);
@@ -660,6 +667,15 @@ run_sequential (const run_cfg *cfg)
         span.export_frames = C;
         span.export_k = &ck;
         span.export_v = &cv;
+      }
+      /* Per-token timesteps (TI2V): the context frames are block b-1 after
+       * step + 1 of its steps, at that step's timestep, or clean (0). */
+      float frame_t[64];
+      if (cfg->per_token) {
+        const float ctx_t = step + 1 < cfg->T ? (float) sched->timesteps[step + 1] : 0.0f;
+        for (int f = 0; f < frames; f++)
+          frame_t[f] = f < ctxf ? ctx_t : (float) sched->timesteps[step];
+        span.frame_timesteps = frame_t;
       }
       /* Two experts: diffusers' rule, t >= boundary (float32) runs the first. */
       const gboolean low = dit2 && !((float) sched->timesteps[step] >= (float) cfg->boundary);
@@ -1459,6 +1475,7 @@ test_transport (void)
 typedef struct {
   GByteArray *rgb;
   int64_t frames, stop_at;
+  guint frame_bytes; /* 0: tiny-wan's 48 x 32 RGB */
 } frame_sink;
 
 static gboolean
@@ -1466,7 +1483,7 @@ sink_frames (const uint8_t *rgb, int n_frames, int64_t first_frame, const dp_pro
 {
   frame_sink *s = data;
   g_assert_cmpint (first_frame, ==, s->frames);
-  g_byte_array_append (s->rgb, rgb, (guint) (n_frames * 48 * 32 * 3));
+  g_byte_array_append (s->rgb, rgb, (guint) n_frames * (s->frame_bytes ? s->frame_bytes : 48 * 32 * 3));
   s->frames += n_frames;
   g_assert_cmpint (progress->frames_done, ==, s->frames);
   return s->stop_at == 0 || s->frames < s->stop_at;
@@ -1494,7 +1511,9 @@ generate_model (const char *model, double guidance_2, dp_engine_kind engine, con
   g_free (dir);
   if (!gen)
     return NULL;
-  frame_sink s = { g_byte_array_new (), 0, stop_at };
+  int W, H;
+  dp_generator_get_size (gen, &W, &H);
+  frame_sink s = { g_byte_array_new (), 0, stop_at, (guint) (W * H * 3) };
   gboolean ok = dp_generator_run (gen, sink_frames, &s, error);
   if (ok)
     g_assert_cmpint (s.frames, ==, dp_generator_num_frames (gen));
@@ -1542,6 +1561,88 @@ test_generator_wan22 (void)
   g_assert_no_error (err);
   g_assert_cmpmem (blocks2->data, blocks2->len, blocks1->data, blocks1->len);
   for (GByteArray **a = (GByteArray *[]){ classic, one, two, g5, blocks1, blocks2, NULL }; *a; a++)
+    g_byte_array_unref (*a);
+}
+
+/* Wan2.2 TI2V-5B (per-token timesteps) on tiny5: 1, 2 and 3 stages give
+ * bitwise the latents of the plain scheme with the context frames at their
+ * own noise level (the previous block's next step, 0 once it is clean);
+ * that rule changes the result (the test can fail); with one block (no
+ * context) it changes nothing. */
+static void
+test_per_token (void)
+{
+  static const run_cfg cfgs[] = {
+    { .P = 2, .C = 1, .T = 3, .F = 8, .kind = DP_SAMPLER_UNIPC, .batch = 2, .guidance = 5.0, .H = 4, .W = 6,
+      .seed = 3, .per_token = TRUE },
+    { .P = 1, .C = 1, .T = 2, .F = 7, .kind = DP_SAMPLER_EULER, .batch = 1, .guidance = 1.0, .H = 2, .W = 4,
+      .seed = 5, .per_token = TRUE },
+  };
+  for (size_t i = 0; i < G_N_ELEMENTS (cfgs); i++) {
+    run_cfg cfg = cfgs[i];
+    const size_t n = (size_t) 16 * cfg.F * cfg.H * cfg.W;
+    float *seq = run_sequential (&cfg);
+    GByteArray *rgb1 = NULL;
+    cfg.stages = 1;
+    cfg.vae = TRUE; /* frames too */
+    float *one = run_engine (&cfg, &rgb1, NULL);
+    assert_same_latents (one, seq, &cfg, "per-token: 1 stage vs the sequential scheme");
+    for (int s = 2; s <= 3; s++) {
+      GByteArray *rgb = NULL;
+      cfg.stages = s;
+      float *many = run_engine (&cfg, &rgb, NULL);
+      assert_same_latents (many, one, &cfg, s == 2 ? "per-token: 2 stages vs 1" : "per-token: 3 stages vs 1");
+      g_assert_cmpmem (rgb->data, rgb->len, rgb1->data, rgb1->len);
+      g_byte_array_unref (rgb);
+      g_free (many);
+    }
+    g_assert_cmpint (rgb1->len, ==, (guint) (1 + 4 * (cfg.F - 1)) * (cfg.H * 8) * (cfg.W * 8) * 3);
+    g_byte_array_unref (rgb1);
+    cfg.vae = FALSE;
+    run_cfg scalar = cfg;
+    scalar.per_token = FALSE;
+    float *plain = run_engine (&scalar, NULL, NULL);
+    g_assert_true (memcmp (plain, one, n * sizeof (float)) != 0);
+    g_free (plain);
+    g_free (one);
+    g_free (seq);
+  }
+  /* One block (F <= P + C): nothing to differ. */
+  run_cfg single = { .stages = 2, .P = 3, .C = 1, .T = 3, .F = 4, .kind = DP_SAMPLER_UNIPC, .batch = 2,
+                     .guidance = 5.0, .H = 4, .W = 6, .seed = 7, .per_token = TRUE };
+  float *a = run_engine (&single, NULL, NULL);
+  single.per_token = FALSE;
+  float *b = run_engine (&single, NULL, NULL);
+  assert_same_latents (a, b, &single, "per-token, one block vs scalar");
+  g_free (a);
+  g_free (b);
+}
+
+/* The TI2V model (tests/data/ti2v/tiny-ti2v, 48 channels, Wan2.2 VAE):
+ * one block is the classic pipeline (held against diffusers by
+ * test_pipeline) on 1 and 2 stages; several blocks give the same frames on
+ * 1 and 2 stages. */
+static void
+test_generator_ti2v (void)
+{
+  GError *err = NULL;
+  const char *m = "ti2v/tiny-ti2v";
+  GByteArray *classic = generate_model (m, 0.0, DP_ENGINE_CLASSIC, "cpu", 0, 0, 9, 0, &err);
+  g_assert_no_error (err);
+  GByteArray *one = generate_model (m, 0.0, DP_ENGINE_DUALPARAL, "cpu", 0, 0, 9, 0, &err);
+  g_assert_no_error (err);
+  GByteArray *two = generate_model (m, 0.0, DP_ENGINE_DUALPARAL, "cpu,cpu", 0, 0, 9, 0, &err);
+  g_assert_no_error (err);
+  g_assert_cmpint (classic->len, ==, 9 * 64 * 64 * 3);
+  g_assert_cmpmem (one->data, one->len, classic->data, classic->len);
+  g_assert_cmpmem (two->data, two->len, classic->data, classic->len);
+  GByteArray *blocks1 = generate_model (m, 0.0, DP_ENGINE_DUALPARAL, "cpu", 2, 1, 21, 0, &err);
+  g_assert_no_error (err);
+  GByteArray *blocks2 = generate_model (m, 0.0, DP_ENGINE_DUALPARAL, "cpu,cpu", 2, 1, 21, 0, &err);
+  g_assert_no_error (err);
+  g_assert_cmpint (blocks1->len, ==, 21 * 64 * 64 * 3);
+  g_assert_cmpmem (blocks2->data, blocks2->len, blocks1->data, blocks1->len);
+  for (GByteArray **a = (GByteArray *[]){ classic, one, two, blocks1, blocks2, NULL }; *a; a++)
     g_byte_array_unref (*a);
 }
 
@@ -1603,5 +1704,7 @@ main (int argc, char **argv)
   g_test_add_func ("/engine/errors", test_errors);
   g_test_add_func ("/engine/generator", test_generator);
   g_test_add_func ("/engine/generator/wan22", test_generator_wan22);
+  g_test_add_func ("/engine/per-token", test_per_token);
+  g_test_add_func ("/engine/generator/ti2v", test_generator_ti2v);
   return g_test_run ();
 }

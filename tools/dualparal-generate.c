@@ -59,7 +59,7 @@ static gboolean opt_wire_bf16 = FALSE;
 
 static GOptionEntry entries[] = {
   { "model", 'm', 0, G_OPTION_ARG_FILENAME, &opt_model,
-    "Wan text-to-video model (Wan2.1, Wan2.2 T2V-A14B), diffusers layout (default: DUALPARAL_MODEL, else the installed embedded model, else the source tree's)", "DIR" },
+    "Wan text-to-video model (Wan2.1, Wan2.2 T2V-A14B or TI2V-5B), diffusers layout (default: DUALPARAL_MODEL, else the installed embedded model, else the source tree's)", "DIR" },
   /* The prompts are read as bytes (G_OPTION_ARG_FILENAME): GLib would convert a
    * G_OPTION_ARG_STRING from the locale's charset, which is ASCII until
    * setlocale runs and refuses any non-ASCII prompt.  prompt_to_utf8 decodes them. */
@@ -489,7 +489,7 @@ main (int argc, char **argv)
   /* The character type only (the charset of non-UTF-8 prompts); numbers keep
    * the C locale's decimal point. */
   setlocale (LC_CTYPE, "");
-  ctx = g_option_context_new ("- make a video from a text prompt with a Wan2.1 or Wan2.2 T2V-A14B model");
+  ctx = g_option_context_new ("- make a video from a text prompt with a Wan2.1 or Wan2.2 (T2V-A14B, TI2V-5B) model");
   g_option_context_add_main_entries (ctx, entries, NULL);
   g_option_context_set_description (ctx,
       "Writes the frames as they are decoded: a YUV4MPEG2 file (--output) and / or PNG frames\n"

@@ -34,6 +34,7 @@ struct dp_generator {
   double guidance2;      /* the low-noise expert's (two experts) */
   double boundary_ratio; /* two experts: transformer_2 runs below boundary_ratio x num_train_timesteps; 0: one */
   double boundary;       /* that timestep */
+  gboolean expand_timesteps; /* Wan2.2 TI2V-5B: a timestep per token */
   uint64_t seed;
   int channels, latent_frames, latent_height, latent_width;
 
@@ -71,6 +72,7 @@ typedef struct {
   int width, height, text_len, fps;
   int block_frames, context_frames; /* DualParal P and C suited to the model's training window */
   double boundary_ratio;            /* Wan2.2 two experts: transformer_2 below it (0: Wan2.1) */
+  gboolean expand_timesteps;        /* Wan2.2 TI2V-5B: a timestep per token */
 } model_hints;
 
 void
@@ -383,9 +385,10 @@ hint_int (JsonObject *obj, const char *path, const char *key, int min, int max, 
 }
 
 /* Reads model_index.json: it must be a text-to-video WanPipeline, Wan2.1
- * (one transformer) or Wan2.2 T2V-A14B ("boundary_ratio" and transformer_2,
- * the low-noise expert), and may hold "_dualparal" hints.  What it cannot
- * run (image-to-video, S2V, Animate, TI2V-5B) is refused naming the reason. */
+ * (one transformer), Wan2.2 T2V-A14B ("boundary_ratio" and transformer_2,
+ * the low-noise expert) or Wan2.2 TI2V-5B ("expand_timesteps": a timestep
+ * per token), and may hold "_dualparal" hints.  What it cannot run
+ * (image-to-video, S2V, Animate) is refused naming the reason. */
 static gboolean
 read_model_index (const char *model_dir, model_hints *hints, GError **error)
 {
@@ -439,17 +442,19 @@ read_model_index (const char *model_dir, model_hints *hints, GError **error)
                         : "it is not a Wan text-to-video pipeline";
       g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "%s: pipeline class \"%s\" is not "
                    "supported: %s; dualparal runs Wan text-to-video models (\"WanPipeline\": "
-                   "Wan2.1 T2V, Wan2.2 T2V-A14B)", path, cls, why);
+                   "Wan2.1 T2V, Wan2.2 T2V-A14B, Wan2.2 TI2V-5B as text-to-video)", path, cls, why);
       goto out;
     }
   }
   node = json_object_get_member (obj, "expand_timesteps");
-  if (node != NULL && JSON_NODE_HOLDS_VALUE (node)
-      && json_node_get_value_type (node) == G_TYPE_BOOLEAN && json_node_get_boolean (node)) {
-    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "%s: \"expand_timesteps\" is set: this is "
-                 "a Wan2.2 TI2V-5B model (a timestep per token, the Wan2.2 VAE with z_dim 48), "
-                 "which is not supported yet", path);
-    goto out;
+  if (node != NULL && !JSON_NODE_HOLDS_NULL (node)) {
+    if (!JSON_NODE_HOLDS_VALUE (node) || json_node_get_value_type (node) != G_TYPE_BOOLEAN) {
+      g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: \"expand_timesteps\" is not true or false", path);
+      goto out;
+    }
+    /* Wan2.2 TI2V-5B: a timestep per token (text-to-video here: every
+     * token at the step's, diffusers' mask of ones). */
+    hints->expand_timesteps = json_node_get_boolean (node);
   }
   node = json_object_get_member (obj, "boundary_ratio");
   if (node != NULL && !JSON_NODE_HOLDS_NULL (node)) {
@@ -466,6 +471,12 @@ read_model_index (const char *model_dir, model_hints *hints, GError **error)
     if (!(r > 0.0 && r < 1.0)) {
       g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: \"boundary_ratio\" %g is not valid: a "
                    "Wan2.2 two-expert model switches experts at a ratio between 0 and 1", path, r);
+      goto out;
+    }
+    if (hints->expand_timesteps) {
+      g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "%s: both \"boundary_ratio\" (two experts, "
+                   "T2V-A14B) and \"expand_timesteps\" (a timestep per token, TI2V-5B) are set: no Wan2.2 "
+                   "release is both, and this combination is not supported", path);
       goto out;
     }
     /* diffusers runs transformer_2 below the boundary: it must be there. */
@@ -580,6 +591,7 @@ load_dualparal (dp_generator *gen, const dp_generator_params *p, const dp_sample
     .latent_width = gen->latent_width, .settings = settings, .steps = p->steps,
     .guidance = gen->guidance, .seed = gen->seed,
     .two_experts = gen->boundary_ratio > 0.0, .boundary = gen->boundary, .guidance_2 = p->guidance_scale_2,
+    .per_token_time = gen->expand_timesteps,
     .processes = p->processes, .wire_bf16 = p->wire_bf16, .warn = warn_cb, .warn_data = gen,
   };
   gen->dualparal = dp_dualparal_pipe_new (&c, error);
@@ -686,6 +698,14 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
     g_set_error (error, DP_ERROR, DP_ERROR_SHAPE, "Model '%s' does not fit together: the tokenizer "
                  "has %d pieces but the text encoder only %d embeddings", gen->model_dir,
                  dp_tokenizer_vocab_size (gen->tokenizer), tcfg.vocab_size);
+    goto fail;
+  }
+  /* TI2V-5B's latents are those of the Wan2.2 VAE (residual, z_dim 48). */
+  if (gen->expand_timesteps && !vc->is_residual) {
+    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "Model '%s' does not fit together: model_index.json "
+                 "sets \"expand_timesteps\" (Wan2.2 TI2V-5B) but vae/ is not the Wan2.2 VAE "
+                 "(is_residual false, z_dim %d; TI2V-5B's has is_residual true and z_dim 48)",
+                 gen->model_dir, vc->z_dim);
     goto fail;
   }
   if (vc->z_dim != wc->in_channels || vc->z_dim != wc->out_channels) {
@@ -874,6 +894,7 @@ dp_generator_new (const dp_generator_params *p, GError **error)
   gen->guidance = p->guidance_scale;
   gen->guidance2 = p->guidance_scale_2 > 0.0 ? p->guidance_scale_2 : p->guidance_scale;
   gen->boundary_ratio = hints.boundary_ratio;
+  gen->expand_timesteps = hints.expand_timesteps;
   gen->seed = p->seed;
   if (p->width > 0) {
     gen->width = p->width;
@@ -881,13 +902,16 @@ dp_generator_new (const dp_generator_params *p, GError **error)
   } else if (hints.width > 0) {
     gen->width = hints.width;
     gen->height = hints.height;
+  } else if (hints.expand_timesteps) {
+    gen->width = DP_GENERATOR_TI2V_WIDTH;
+    gen->height = DP_GENERATOR_TI2V_HEIGHT;
   } else {
     gen->width = DP_GENERATOR_DEFAULT_WIDTH;
     gen->height = DP_GENERATOR_DEFAULT_HEIGHT;
   }
   gen->text_len = p->text_len > 0 ? p->text_len
                   : hints.text_len > 0 ? hints.text_len : DP_GENERATOR_DEFAULT_TEXT_LEN;
-  gen->fps = hints.fps > 0 ? hints.fps : DP_GENERATOR_DEFAULT_FPS;
+  gen->fps = hints.fps > 0 ? hints.fps : hints.expand_timesteps ? DP_GENERATOR_TI2V_FPS : DP_GENERATOR_DEFAULT_FPS;
   /* A small model trained on short windows gives its own P and C; the
    * caller's values win, the engine's defaults come last. */
   gen->block_frames = p->block_frames > 0 ? p->block_frames : hints.block_frames;
@@ -1173,6 +1197,7 @@ dp_generator_run_traced (dp_generator *gen, const dp_tensor *initial_noise,
     .guidance = gen->guidance,
     .guidance2 = gen->guidance2,
     .boundary = gen->boundary,
+    .per_token_time = gen->expand_timesteps,
     .channels = gen->channels,
     .latent_frames = gen->latent_frames,
     .latent_height = gen->latent_height,

@@ -183,6 +183,12 @@ typedef struct {
   double boundary;             /* boundary_ratio x num_train_timesteps */
   double guidance_2;           /* the low-noise expert's guidance (B = 2); 0: the block's
                                 * conditioning's, as the high-noise expert */
+  /* Wan2.2 TI2V-5B ("expand_timesteps": a timestep per token;
+   * docs/algorithm.md "Per-token timesteps"): a window's context frames run
+   * at the timestep of their own noise level, the step the previous block
+   * is at (0 once it is clean), its own frames at the block's.  FALSE: every
+   * window frame at the block's timestep (Wan2.1, T2V-A14B). */
+  gboolean per_token_time;
 } dp_engine_params;
 
 /* Per stage figures.  Times, bytes moved and passes add up over the current

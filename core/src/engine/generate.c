@@ -110,6 +110,7 @@ dp_dualparal_pipe_new (const dp_dualparal_config *cfg, GError **error)
     .latent_height = cfg->latent_height, .latent_width = cfg->latent_width, .schedule = sched,
     .guidance = cfg->guidance, .seed = cfg->seed, .noise_stream = DP_ENGINE_NOISE_STREAM,
     .expert2_dir = dir2, .boundary = cfg->boundary, .guidance_2 = cfg->guidance_2,
+    .per_token_time = cfg->per_token_time,
   };
   char *dir = g_build_filename (cfg->model_dir, "transformer", NULL);
   if (threads) {

@@ -40,6 +40,8 @@ typedef struct {
   gboolean two_experts;
   double boundary;
   double guidance_2;
+  /* Wan2.2 TI2V-5B (expand_timesteps): dp_engine_params.per_token_time */
+  gboolean per_token_time;
   uint64_t seed;
   dp_processes processes;  /* threads, or stages in worker processes (docs/distributed.md) */
   gboolean wire_bf16;      /* hidden states between processes as BF16 */

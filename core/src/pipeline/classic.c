@@ -63,8 +63,8 @@ trace_copy (dp_backend *be, const dp_tensor *src, dp_tensor *host, GError **erro
 }
 
 static gboolean
-denoise (const dp_classic_parts *parts, const dp_classic_job *job, float guidance, dp_tensor *x,
-         dp_tensor *v, dp_tensor *trace_host, GError **error)
+denoise_steps (const dp_classic_parts *parts, const dp_classic_job *job, float guidance, dp_tensor *x,
+               dp_tensor *v, dp_tensor *trace_host, dp_wan_span *span, float *frame_t, GError **error)
 {
   dp_sampler *s = parts->sampler;
   const int steps = dp_sampler_num_steps (s);
@@ -78,7 +78,9 @@ denoise (const dp_classic_parts *parts, const dp_classic_job *job, float guidanc
       return FALSE;
     const double t = dp_sampler_timestep (s, i);
     const int expert = dp_classic_expert (parts->dit2 != NULL, job->boundary, t);
-    if (!dp_wan_dit_forward (expert ? parts->dit2 : parts->dit, NULL, x, (float) t,
+    for (int f = 0; frame_t && f < job->latent_frames; f++)
+      frame_t[f] = (float) t;
+    if (!dp_wan_dit_forward (expert ? parts->dit2 : parts->dit, span, x, (float) t,
                              expert ? (float) job->guidance2 : guidance, v, error)) {
       g_prefix_error (error, "Sampler step %d of %d, transformer: ", i + 1, steps);
       return FALSE;
@@ -114,6 +116,28 @@ denoise (const dp_classic_parts *parts, const dp_classic_job *job, float guidanc
     }
   }
   return TRUE;
+}
+
+static gboolean
+denoise (const dp_classic_parts *parts, const dp_classic_job *job, float guidance, dp_tensor *x,
+         dp_tensor *v, dp_tensor *trace_host, GError **error)
+{
+  dp_wan_span span;
+  float *frame_t = NULL;
+
+  dp_wan_span_init (&span, job->latent_frames, job->latent_height, job->latent_width);
+  if (job->per_token_time) {
+    frame_t = g_try_new (float, job->latent_frames);
+    if (!frame_t) {
+      g_set_error (error, DP_ERROR, DP_ERROR_NOMEM, "Out of memory for %d per-frame timesteps",
+                   job->latent_frames);
+      return FALSE;
+    }
+    span.frame_timesteps = frame_t;
+  }
+  gboolean ok = denoise_steps (parts, job, guidance, x, v, trace_host, &span, frame_t, error);
+  g_free (frame_t);
+  return ok;
 }
 
 /* Decodes x latent frame by latent frame and delivers each group of frames. */
