@@ -29,9 +29,10 @@
  * - generator (tests/data/pipeline/tiny-wan): devices "0,0" (and "0,1" with
  *   two GPUs) give the frames of "0", within 2 levels for >= 99% of the
  *   bytes (the same tolerance reasoning as above, after the VAE).
- * - generator/wan22 (tests/data/wan22/tiny-wan22, two experts): classic and
- *   DualParal (1 and 2 stages on one GPU) against the CPU backend, and the
- *   2 stages against 1 (tolerances at the test).
+ * - generator/wan22 and generator/ti2v (tests/data/wan22/tiny-wan22, two
+ *   experts; tests/data/ti2v/tiny-ti2v, per-token timesteps and the Wan2.2
+ *   VAE): classic and DualParal (1 and 2 stages on one GPU) against the CPU
+ *   backend, and the 2 stages against 1 (tolerances at the test).
  * - the engine refuses cpu and cuda stages mixed, the transport refuses a
  *   cpu backend.
  *
@@ -837,16 +838,19 @@ test_generator (void)
   g_byte_array_unref (one);
 }
 
-/* Wan2.2 T2V-A14B shape (tests/data/wan22/tiny-wan22: two experts with
- * different weights, switched at boundary_ratio 0.9, so 3 steps use both):
- * the classic engine and DualParal on one and two stages of one GPU, each
- * against the CPU backend's frames, and the two stages against one.  The
- * CPU comparison's bound (at most 5 % of bytes beyond 8 levels: BF16
- * weights and GEMMs over 3 steps, then the VAE) has not been calibrated on
- * a GPU yet; the test prints the measured figures. */
+/* The Wan2.2 models, data = the model folder under tests/data:
+ * wan22/tiny-wan22 (T2V-A14B shape: two experts with different weights,
+ * switched at boundary_ratio 0.9, so 3 steps use both) and ti2v/tiny-ti2v
+ * (TI2V-5B shape: per-token timesteps, the Wan2.2 VAE).  The classic engine
+ * and DualParal on one and two stages of one GPU, each against the CPU
+ * backend's frames, and the two stages against one.  The CPU comparison's
+ * bound (at most 5 % of bytes beyond 8 levels: BF16 weights and GEMMs over
+ * 3 steps, then the VAE) has not been calibrated on a GPU yet; the test
+ * prints the measured figures. */
 static void
-test_generator_wan22 (void)
+test_generator_wan2_2 (gconstpointer data)
 {
+  const char *model = data;
   const struct {
     const char *devices;
     dp_engine_kind engine;
@@ -858,14 +862,16 @@ test_generator_wan22 (void)
   };
   GByteArray *gpu[G_N_ELEMENTS (runs)];
   for (size_t k = 0; k < G_N_ELEMENTS (runs); k++) {
-    GByteArray *cpu = generate_model ("wan22/tiny-wan22", "cpu", runs[k].engine);
-    gpu[k] = generate_model ("wan22/tiny-wan22", runs[k].devices, runs[k].engine);
-    char what[96];
-    g_snprintf (what, sizeof what, "wan22 %s: cuda vs cpu", runs[k].what);
+    GByteArray *cpu = generate_model (model, "cpu", runs[k].engine);
+    gpu[k] = generate_model (model, runs[k].devices, runs[k].engine);
+    char what[128];
+    g_snprintf (what, sizeof what, "%s %s: cuda vs cpu", model, runs[k].what);
     compare_frames_within (gpu[k], cpu, what, 8, 5.0);
     g_byte_array_unref (cpu);
   }
-  compare_frames (gpu[2], gpu[1], "wan22 dualparal: devices 0,0 vs 0");
+  char what[128];
+  g_snprintf (what, sizeof what, "%s dualparal: devices 0,0 vs 0", model);
+  compare_frames (gpu[2], gpu[1], what);
   for (size_t k = 0; k < G_N_ELEMENTS (runs); k++)
     g_byte_array_unref (gpu[k]);
 }
@@ -894,6 +900,7 @@ main (int argc, char **argv)
   g_test_add_func ("/gpu-engine/stop/one-gpu", test_engine_stop_one_gpu);
   g_test_add_func ("/gpu-engine/stop/gpus", test_engine_stop_gpus);
   g_test_add_func ("/gpu-engine/generator", test_generator);
-  g_test_add_func ("/gpu-engine/generator/wan22", test_generator_wan22);
+  g_test_add_data_func ("/gpu-engine/generator/wan22", "wan22/tiny-wan22", test_generator_wan2_2);
+  g_test_add_data_func ("/gpu-engine/generator/ti2v", "ti2v/tiny-ti2v", test_generator_wan2_2);
   return g_test_run ();
 }
