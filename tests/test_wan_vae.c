@@ -603,17 +603,23 @@ test_tiling_arithmetic (void)
   g_assert_cmpfloat (wa, ==, (float) (1.0 - 1.0 / 3.0));
   /* The default: diffusers' 256 / 192. */
   dp_wan_vae_tiling t;
-  dp_wan_vae_tiling_default (256, &t);
+  dp_wan_vae_tiling_default (256, 8, &t);
   g_assert_cmpint (t.tile_height, ==, 256);
   g_assert_cmpint (t.tile_width, ==, 256);
   g_assert_cmpint (t.stride_height, ==, 192);
   g_assert_cmpint (t.stride_width, ==, 192);
-  dp_wan_vae_tiling_default (16, &t);
+  dp_wan_vae_tiling_default (16, 8, &t);
   g_assert_cmpint (t.stride_width, ==, 8);
+  dp_wan_vae_tiling_default (256, 16, &t); /* Wan2.2's scale */
+  g_assert_cmpint (t.stride_width, ==, 192);
+  dp_wan_vae_tiling_default (64, 16, &t);
+  g_assert_cmpint (t.stride_width, ==, 48);
+  dp_wan_vae_tiling_default (16, 16, &t);
+  g_assert_cmpint (t.stride_width, ==, 16);
   /* Active only above one tile (diffusers' _decode). */
   dp_wan_vae_config cfg = { 0 };
   cfg.spatial_scale = 8;
-  dp_wan_vae_tiling_default (256, &t);
+  dp_wan_vae_tiling_default (256, 8, &t);
   g_assert_false (dp_wan_vae_tiling_active (&cfg, &t, 32, 32));
   g_assert_true (dp_wan_vae_tiling_active (&cfg, &t, 32, 33));
   g_assert_true (dp_wan_vae_tiling_active (&cfg, &t, 60, 104));
@@ -767,7 +773,7 @@ test_tiled_vs_untiled (void)
   dp_wan_vae_decoder *plain = dp_wan_vae_decoder_new (vae, 24, 32, &err);
   g_assert_no_error (err);
   dp_wan_vae_tiling t;
-  dp_wan_vae_tiling_default (128, &t);
+  dp_wan_vae_tiling_default (128, 8, &t);
   g_assert_cmpint (t.stride_height, ==, 96);
   dp_wan_vae_decoder *tiled = dp_wan_vae_decoder_new_tiled (vae, 24, 32, &t, &err);
   g_assert_no_error (err);

@@ -146,6 +146,19 @@ typedef struct {
                                 * each CPU stage: OMP_NUM_THREADS when set, else the CPUs
                                 * this process may run on (affinity, cgroup CPU quota).
                                 * No effect on GPU stages. */
+  int vae_tile;                /* tiled VAE decode (diffusers' enable_tiling): tiles of
+                                * vae_tile x vae_tile pixels, a quarter overlapping and
+                                * blended, each with its own causal caches; a multiple of the
+                                * VAE's scale (8), used only when the frame exceeds one tile.
+                                * Saves the decoder's activation memory (its peak) at 720p
+                                * and above; the frames differ slightly at the seams.
+                                * 0 (default): untiled */
+  gboolean vae_thread;         /* DualParal engine: decode finished blocks on a thread of
+                                * their own, with the VAE on a backend of its own (its own
+                                * CUDA stream), overlapped with the next blocks' denoising;
+                                * same frames.  Default FALSE: decoded on stage 0's thread */
+  const char *vae_device;      /* with vae_thread: where the VAE runs ("cuda:N": a spare GPU,
+                                * "cpu:N"); NULL (default): stage 0's device */
 } dp_generator_params;
 
 /* Progress after each finished block of frames. */

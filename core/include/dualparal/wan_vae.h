@@ -79,6 +79,8 @@ typedef struct dp_wan_vae dp_wan_vae;
 dp_wan_vae *dp_wan_vae_load (dp_backend *be, const char *vae_dir, GError **error);
 void dp_wan_vae_free (dp_wan_vae *vae);
 const dp_wan_vae_config *dp_wan_vae_get_config (const dp_wan_vae *vae);
+/* The backend the VAE was loaded on (borrowed). */
+dp_backend *dp_wan_vae_get_backend (const dp_wan_vae *vae);
 /* Video frames decoded from latent_frames latent frames: 1 + temporal_scale * (latent_frames - 1). */
 int64_t dp_wan_vae_num_frames (const dp_wan_vae *vae, int64_t latent_frames);
 
@@ -108,9 +110,10 @@ typedef struct {
   int stride_height, stride_width;
 } dp_wan_vae_tiling;
 
-/* tile x tile pixels with a stride of 3/4 of it (rounded down to a multiple
- * of 8): diffusers' 256 / 192 for 256. */
-void dp_wan_vae_tiling_default (int tile_pixels, dp_wan_vae_tiling *tiling);
+/* tile x tile pixels with a stride of 3/4 of it, rounded down to a
+ * multiple of scale (the VAE's spatial_scale), at least scale: diffusers'
+ * 256 / 192 for 256. */
+void dp_wan_vae_tiling_default (int tile_pixels, int scale, dp_wan_vae_tiling *tiling);
 /* DP_ERROR_INVALID naming the axis when a size is not a positive multiple of
  * the VAE's spatial_scale or a stride exceeds its tile; NULL or all zero is fine. */
 gboolean dp_wan_vae_tiling_check (const dp_wan_vae_config *cfg, const dp_wan_vae_tiling *tiling, GError **error);

@@ -434,7 +434,7 @@ dp_dualparal_pipe_run (dp_dualparal_pipe *pipe, const dp_dualparal_job *job, GEr
   s.last_block_us = s.last_iteration_us = g_get_monotonic_time ();
   dp_engine_output out = {
     .frames = on_frames, .iteration = on_iteration, .block_cond = on_block_cond, .user_data = &s,
-    .cancel = job->cancel,
+    .cancel = job->cancel, .vae_tiling = job->vae_tiling, .decode_thread = job->decode_thread,
   };
   if (!ok) {
   } else if (pipe->cluster) {

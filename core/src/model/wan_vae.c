@@ -393,6 +393,12 @@ dp_wan_vae_get_config (const dp_wan_vae *vae)
   return &vae->cfg;
 }
 
+dp_backend *
+dp_wan_vae_get_backend (const dp_wan_vae *vae)
+{
+  return vae->be;
+}
+
 int64_t
 dp_wan_vae_num_frames (const dp_wan_vae *vae, int64_t latent_frames)
 {
@@ -853,13 +859,14 @@ dp_wan_vae_tiling_check (const dp_wan_vae_config *cfg, const dp_wan_vae_tiling *
 }
 
 void
-dp_wan_vae_tiling_default (int tile_pixels, dp_wan_vae_tiling *tiling)
+dp_wan_vae_tiling_default (int tile_pixels, int scale, dp_wan_vae_tiling *tiling)
 {
   /* diffusers' defaults are 256 with a stride of 192: a quarter overlaps. */
+  scale = MAX (scale, 1);
   int stride = tile_pixels - tile_pixels / 4;
-  stride -= stride % 8;
+  stride -= stride % scale;
   tiling->tile_height = tiling->tile_width = tile_pixels;
-  tiling->stride_height = tiling->stride_width = MAX (stride, 8);
+  tiling->stride_height = tiling->stride_width = MAX (stride, scale);
 }
 
 /* ------------------------------------------------------------ decoder */
