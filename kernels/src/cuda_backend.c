@@ -112,6 +112,35 @@ cuda_alloc (dp_backend *be, size_t nbytes)
   return p;
 }
 
+/* Page-locked host memory (backend.h host_alloc): portable, so the copies of
+ * every backend (stream) of this process run from it asynchronously.  A
+ * failure is not sticky: the caller falls back to pageable memory. */
+static void *
+cuda_host_alloc (dp_backend *be, size_t nbytes)
+{
+  dp_cuda *c = dp_cuda_of (be);
+  if (dp_backend_failed (be))
+    return NULL;
+  cudaSetDevice (c->device);
+  void *p = NULL;
+  cudaError_t err = cudaHostAlloc (&p, MAX (nbytes, 1), cudaHostAllocPortable);
+  if (err != cudaSuccess) {
+    (void) cudaGetLastError ();
+    g_debug ("cudaHostAlloc (%zu bytes): %s; using pageable memory", nbytes, cudaGetErrorString (err));
+    return NULL;
+  }
+  return p;
+}
+
+static void
+cuda_host_free (dp_backend *be, void *ptr)
+{
+  if (!ptr)
+    return;
+  /* The callers free it after the copies that use it have completed (sync). */
+  dp_cuda_ok (be, cudaFreeHost (ptr), "cudaFreeHost");
+}
+
 static void
 cuda_free (dp_backend *be, void *ptr)
 {
@@ -293,6 +322,8 @@ cuda_destroy (dp_backend *be)
 static const dp_backend_ops cuda_ops = {
   .alloc = cuda_alloc,
   .free = cuda_free,
+  .host_alloc = cuda_host_alloc,
+  .host_free = cuda_host_free,
   .to_device = cuda_to_device,
   .to_host = cuda_to_host,
   .copy = cuda_copy,

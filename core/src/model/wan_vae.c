@@ -415,6 +415,8 @@ typedef struct {
   dp_tensor *caches;           /* views [C, CACHE_T, th_l, tw_l] into the decoder's cache_mem */
   dp_tensor mean, std;         /* [z, 1, th, tw]: latents_mean / latents_std broadcast */
   float *host;                 /* [out_channels, temporal_scale, th * s, tw * s] (several tiles only) */
+  gboolean host_pinned;
+  int64_t out_count;           /* values of the last decoded chunk */
 } vae_tile;
 
 struct dp_wan_vae_decoder {
@@ -431,8 +433,12 @@ struct dp_wan_vae_decoder {
   int blend_h, blend_w;        /* overlaps to blend, same units */
   dp_arena io[2];              /* ping-pong layer outputs */
   dp_arena scratch;            /* per-layer temporaries */
+  /* Host buffers the decoder output is copied into are page-locked when the
+   * backend offers it (dp_backend_host_alloc): the copies are asynchronous
+   * and all tiles are queued before one sync. */
   float *host;                 /* [video_channels, temporal_scale, H, W] clamped output */
   float *host_raw;             /* [out_channels, temporal_scale, H/p, W/p] before the unpatchify (p > 1) */
+  gboolean host_pinned, host_raw_pinned;
 };
 
 /* One forward pass over a chunk.  measure: allocations only (sizing). */
@@ -987,9 +993,9 @@ dp_wan_vae_decoder_new_tiled (dp_wan_vae *vae, int latent_height, int latent_wid
   }
 
   size_t host_bytes = (size_t) c->video_channels * c->temporal_scale * dec->H * dec->W * sizeof (float);
-  dec->host = g_try_malloc (host_bytes);
+  dec->host = dp_backend_host_alloc (be, host_bytes, &dec->host_pinned);
   if (c->patch_size > 1)
-    dec->host_raw = g_try_malloc (host_bytes);
+    dec->host_raw = dp_backend_host_alloc (be, host_bytes, &dec->host_raw_pinned);
   if (!dec->host || (c->patch_size > 1 && !dec->host_raw)) {
     g_set_error (error, DP_ERROR, DP_ERROR_NOMEM, "VAE decoder %dx%d: cannot allocate %zu bytes of host memory",
                  dec->W, dec->H, host_bytes);
@@ -1000,7 +1006,7 @@ dp_wan_vae_decoder_new_tiled (dp_wan_vae *vae, int latent_height, int latent_wid
       vae_tile *t = &dec->tiles[k];
       size_t tile_bytes = (size_t) c->out_channels * c->temporal_scale * (t->th * s_dec) * (t->tw * s_dec) *
                           sizeof (float);
-      t->host = g_try_malloc (tile_bytes);
+      t->host = dp_backend_host_alloc (be, tile_bytes, &t->host_pinned);
       if (!t->host) {
         g_set_error (error, DP_ERROR, DP_ERROR_NOMEM,
                      "VAE decoder %dx%d: cannot allocate %zu bytes of host memory for tile %d", dec->W, dec->H,
@@ -1061,14 +1067,14 @@ dp_wan_vae_decoder_free (dp_wan_vae_decoder *dec)
   g_free (dec->cache_views);
   for (int k = 0; dec->tiles && k < dec->tile_rows * dec->tile_cols; k++) {
     tile_mean_std_free (be, &dec->tiles[k]);
-    g_free (dec->tiles[k].host);
+    dp_backend_host_free (be, dec->tiles[k].host, dec->tiles[k].host_pinned);
   }
   g_free (dec->tiles);
   dp_arena_release (&dec->io[0]);
   dp_arena_release (&dec->io[1]);
   dp_arena_release (&dec->scratch);
-  g_free (dec->host);
-  g_free (dec->host_raw);
+  dp_backend_host_free (be, dec->host, dec->host_pinned);
+  dp_backend_host_free (be, dec->host_raw, dec->host_raw_pinned);
   g_free (dec);
 }
 
@@ -1207,6 +1213,10 @@ push_frame (dp_wan_vae_decoder *dec, const dp_tensor *latents, int64_t index, in
   const int n_tiles = dec->tile_rows * dec->tile_cols;
   float *raw = p > 1 ? dec->host_raw : dec->host;
   int64_t n = 0;
+  /* Every tile's decode and copy are queued before one sync: the copies
+   * (asynchronous into page-locked memory) run in stream order behind each
+   * tile's last kernel, and the next tile's kernels reuse the arenas only
+   * after that copy.  Then the results are checked on the host. */
   for (int k = 0; k < n_tiles; k++) {
     vae_tile *t = &dec->tiles[k];
     vae_run r = make_run (dec, t, &dec->io[0], &dec->io[1], &dec->scratch, FALSE);
@@ -1216,14 +1226,17 @@ push_frame (dp_wan_vae_decoder *dec, const dp_tensor *latents, int64_t index, in
       return FALSE;
     }
     const dp_tensor out = r.x;
-    const int64_t count = dp_tensor_nelem (&out);
+    t->out_count = dp_tensor_nelem (&out);
     n = out.shape[1];
     /* One tile (untiled) goes straight to the frame buffer. */
-    float *dst = n_tiles == 1 ? raw : t->host;
-    dp_tensor host = dp_tensor_view (dst, DP_F32, 4, out.shape);
+    dp_tensor host = dp_tensor_view (n_tiles == 1 ? raw : t->host, DP_F32, 4, out.shape);
     be->ops->to_host (be, &host, &out);
-    if (!be->ops->sync (be, error))
-      return FALSE;
+  }
+  if (!be->ops->sync (be, error))
+    return FALSE;
+  for (int k = 0; k < n_tiles; k++) {
+    const float *dst = n_tiles == 1 ? raw : dec->tiles[k].host;
+    const int64_t count = dec->tiles[k].out_count;
     for (int64_t i = 0; i < count; i++)
       if (!isfinite (dst[i])) {
         char where[32] = "";
