@@ -71,6 +71,7 @@ enum {
   PROP_VAE_TILE,
   PROP_VAE_THREAD,
   PROP_VAE_DEVICE,
+  PROP_KEEP_TEXT_ENCODER,
 };
 
 /* The settings a run is made with: the properties, copied at start (). */
@@ -99,6 +100,7 @@ typedef struct {
   gint vae_tile;          /* 0: untiled */
   gboolean vae_thread;
   gchar *vae_device;      /* NULL: stage 0's device */
+  gboolean keep_text_encoder;
 } Settings;
 
 struct _GstDualParalSrc {
@@ -439,6 +441,7 @@ create_generator (GstDualParalSrc *self, gint width, gint height, GError **error
   p.vae_tile = self->run.vae_tile;
   p.vae_thread = self->run.vae_thread;
   p.vae_device = self->run.vae_device;
+  p.keep_text_encoder = self->run.keep_text_encoder;
 
   GST_INFO_OBJECT (self, "loading model '%s' (%dx%d, %d frames, %d steps, devices %s)",
                    p.model_dir, width, height, p.num_frames, p.steps, p.devices);
@@ -1561,6 +1564,9 @@ gst_dual_paral_src_set_property (GObject *object, guint prop_id, const GValue *v
       g_free (self->props.vae_device);
       self->props.vae_device = g_value_dup_string (value);
       break;
+    case PROP_KEEP_TEXT_ENCODER:
+      self->props.keep_text_encoder = g_value_get_boolean (value);
+      break;
     case PROP_QUEUE_FRAMES:
       self->props.queue_frames = g_value_get_uint (value);
       break;
@@ -1678,6 +1684,9 @@ gst_dual_paral_src_get_property (GObject *object, guint prop_id, GValue *value,
     case PROP_VAE_DEVICE:
       g_value_set_string (value, self->props.vae_device);
       break;
+    case PROP_KEEP_TEXT_ENCODER:
+      g_value_set_boolean (value, self->props.keep_text_encoder);
+      break;
     case PROP_QUEUE_FRAMES:
       g_value_set_uint (value, self->props.queue_frames);
       break;
@@ -1738,6 +1747,7 @@ gst_dual_paral_src_init (GstDualParalSrc *self)
   self->props.vae_tile = d->vae_tile;
   self->props.vae_thread = d->vae_thread;
   self->props.vae_device = g_strdup (d->vae_device);
+  self->props.keep_text_encoder = d->keep_text_encoder;
   self->props.queue_frames = DEFAULT_QUEUE_FRAMES;
   self->props.transition_blocks = d->transition_blocks;
   self->props.prompt_schedule = NULL;
@@ -1873,6 +1883,12 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
       g_param_spec_string ("vae-device", "VAE device",
           "With vae-thread: where the VAE runs (e.g. cuda:1, a spare GPU); NULL: the first stage's device",
           d->vae_device, SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_KEEP_TEXT_ENCODER,
+      g_param_spec_boolean ("keep-text-encoder", "Keep text encoder",
+          "Keep the text encoder loaded (on the first device, BF16 on a GPU), so that a prompt change "
+          "encodes at once; false: load it for each encode and free it after (its memory is free while "
+          "the video is made, each prompt change reloads it)",
+          d->keep_text_encoder, SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_QUEUE_FRAMES,
       g_param_spec_uint ("queue-frames", "Queue frames",
           "Frames held between the generator and downstream; generation pauses while "

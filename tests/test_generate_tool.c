@@ -422,6 +422,15 @@ test_prompt_file (void)
   p.prompt_schedule = schedule;
   GByteArray *want = api_frames_engine (&p, model, 17, 2, 5, DP_SAMPLER_UNIPC);
   check_y4m (out->data, out->len, 48, 32, 17, TRUE, want->data);
+  /* --free-text-encoder: the encoder is loaded for the first prompts and
+   * again for the change, freed after each: the same frames. */
+  const char *freeing[G_N_ELEMENTS (args) + 1];
+  memcpy (freeing, args, sizeof args);
+  freeing[G_N_ELEMENTS (args) - 1] = "--free-text-encoder";
+  freeing[G_N_ELEMENTS (args)] = NULL;
+  g_byte_array_set_size (out, 0);
+  g_assert_cmpint (run_tool_stdout (freeing, out), ==, 0);
+  check_y4m (out->data, out->len, 48, 32, 17, TRUE, want->data);
   p.prompt_schedule = NULL;
   GByteArray *plain = api_frames_engine (&p, model, 17, 2, 5, DP_SAMPLER_UNIPC);
   g_assert_cmpint (plain->len, ==, want->len);

@@ -59,6 +59,7 @@ static gboolean opt_wire_bf16 = FALSE;
 static int opt_vae_tile = 0;
 static gboolean opt_vae_thread = FALSE;
 static char *opt_vae_device = NULL;
+static gboolean opt_free_text_encoder = FALSE;
 
 static GOptionEntry entries[] = {
   { "model", 'm', 0, G_OPTION_ARG_FILENAME, &opt_model,
@@ -106,6 +107,9 @@ static GOptionEntry entries[] = {
     "next blocks' denoising (same frames)", NULL },
   { "vae-device", 0, 0, G_OPTION_ARG_STRING, &opt_vae_device,
     "With --vae-thread: where the VAE runs, e.g. cuda:1 (a spare GPU); default: stage 0's device", "DEV" },
+  { "free-text-encoder", 0, 0, G_OPTION_ARG_NONE, &opt_free_text_encoder,
+    "Load the text encoder for each encode and free it after (its memory is free while the video is made; "
+    "each prompt change reloads it); default: kept loaded", NULL },
   { "text-len", 0, 0, G_OPTION_ARG_INT, &opt_text_len,
     "Text tokens the prompt is padded to (default: the model's, else 512)", "N" },
   { "output", 'o', 0, G_OPTION_ARG_FILENAME, &opt_output,
@@ -599,6 +603,7 @@ main (int argc, char **argv)
   params.vae_tile = opt_vae_tile;
   params.vae_thread = opt_vae_thread;
   params.vae_device = opt_vae_device;
+  params.keep_text_encoder = !opt_free_text_encoder;
   if (!engine_options (&params, &stage_devices))
     return 1;
 

@@ -40,7 +40,7 @@ struct dp_generator {
   /* The parts, all on be. */
   dp_backend *be;
   dp_tokenizer *tokenizer;
-  dp_umt5 *text_encoder;
+  dp_umt5_holder *text_encoder; /* kept loaded, or loaded for each encode (keep_text_encoder) */
   dp_wan_dit *dit;
   dp_wan_dit *dit2; /* Wan2.2: the low-noise expert (transformer_2/), else NULL */
   dp_wan_vae *vae;              /* on be, or on vae_be with vae_thread */
@@ -101,6 +101,7 @@ dp_generator_params_init (dp_generator_params *p)
   p->vae_tile = 0;
   p->vae_thread = FALSE;
   p->vae_device = NULL;
+  p->keep_text_encoder = TRUE;
 }
 
 /* ------------------------------------------------------------ settings */
@@ -589,7 +590,7 @@ load_dualparal (dp_generator *gen, const dp_generator_params *p, const dp_sample
                 GError **error)
 {
   char *dir = g_build_filename (gen->model_dir, "text_encoder", NULL);
-  gen->text_encoder = dp_umt5_load (gen->be, dir, error);
+  gen->text_encoder = dp_umt5_holder_new (gen->be, dir, p->keep_text_encoder, error);
   g_free (dir);
   if (gen->text_encoder == NULL) {
     g_prefix_error (error, "Text encoder: ");
@@ -810,7 +811,7 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
     dp_wan_dit_share_arena (gen->dit2, gen->dit); /* they take turns: one activation arena */
   }
   dir = g_build_filename (gen->model_dir, "text_encoder", NULL);
-  gen->text_encoder = dp_umt5_load (gen->be, dir, error);
+  gen->text_encoder = dp_umt5_holder_new (gen->be, dir, p->keep_text_encoder, error);
   g_free (dir);
   if (gen->text_encoder == NULL) {
     g_prefix_error (error, "Text encoder: ");
@@ -974,8 +975,7 @@ dp_generator_free (dp_generator *gen)
     dp_wan_dit_free (gen->dit);
   if (gen->dit2)
     dp_wan_dit_free (gen->dit2);
-  if (gen->text_encoder)
-    dp_umt5_free (gen->text_encoder);
+  dp_umt5_holder_free (gen->text_encoder);
   if (gen->tokenizer)
     dp_tokenizer_free (gen->tokenizer);
   dp_dualparal_pipe_free (gen->dualparal);

@@ -159,6 +159,12 @@ typedef struct {
                                 * same frames.  Default FALSE: decoded on stage 0's thread */
   const char *vae_device;      /* with vae_thread: where the VAE runs ("cuda:N": a spare GPU,
                                 * "cpu:N"); NULL (default): stage 0's device */
+  gboolean keep_text_encoder;  /* the umT5 text encoder (on stage 0's device: BF16 on a GPU)
+                                * stays loaded between encodes, so a prompt change encodes at
+                                * once (default TRUE); FALSE: loaded for each encode (each run's
+                                * prompts, each prompt change) and freed right after, so its
+                                * memory (11 GB for umT5-XXL in BF16) is free while the
+                                * transformer and the VAE run, at the cost of a reload */
 } dp_generator_params;
 
 /* Progress after each finished block of frames. */
