@@ -17,6 +17,10 @@
  *   vae_device "cpu" (the VAE on the CPU while the DiT runs on the GPU)
  *   within 2 levels for >= 99% of the bytes (F32 against BF16 convs);
  *   vae_tile with vae_thread equals vae_tile inline.
+ * - text encoder holder (keep_text_encoder) on the GPU (tests/data/t5, BF16
+ *   weights): freed after each use it gives its device memory back (the
+ *   backend's allocated bytes return to what they were) and encodes the
+ *   same as when kept; kept, it stays allocated.
  *
  * Without a CUDA device the program exits 77 (meson's "skipped").
  * Status: written and compiled without a GPU (issue 22); not run yet. */
@@ -26,6 +30,7 @@
 #include "dualparal/backend.h"
 #include "dualparal/generator.h"
 #include "dualparal/safetensors.h"
+#include "dualparal/umt5.h"
 #include "dualparal/wan_vae.h"
 #include "cuda_backend.h"
 
@@ -266,6 +271,49 @@ test_decode_thread (void)
   g_byte_array_unref (inline_rgb);
 }
 
+/* ---- text encoder holder ---------------------------------------------------- */
+
+static void
+test_umt5_holder (void)
+{
+  GError *err = NULL;
+  dp_backend *gpu = backend ("cuda");
+  char *te_dir = data_path ("t5", "model/text_encoder");
+  const int32_t ids[4] = { 5, 9, 2, 1 };
+  dp_tensor out[2] = { { 0 } };
+  const size_t base = dp_cuda_backend_allocated_bytes (gpu);
+  for (int keep = 0; keep < 2; keep++) {
+    dp_umt5_holder *h = dp_umt5_holder_new (gpu, te_dir, keep, &err);
+    g_assert_no_error (err);
+    for (int use = 0; use < 2; use++) {
+      dp_umt5 *m = dp_umt5_holder_acquire (h, &err);
+      g_assert_no_error (err);
+      dp_tensor_free (&out[keep]);
+      g_assert_true (dp_umt5_encode (m, ids, 4, 16, &out[keep], &err));
+      g_assert_no_error (err);
+      const size_t held = dp_cuda_backend_allocated_bytes (gpu);
+      dp_umt5_holder_release (h);
+      const size_t after = dp_cuda_backend_allocated_bytes (gpu);
+      g_test_message ("umT5 holder (keep %d): %zu bytes of device memory while encoding, %zu after release "
+                      "(%zu before)", keep, held - base, after - base, base);
+      g_assert_cmpuint (held, >, base);
+      if (keep)
+        g_assert_cmpuint (after, ==, held);
+      else
+        g_assert_cmpuint (after, ==, base);
+    }
+    g_assert_cmpint (dp_umt5_holder_loads (h), ==, keep ? 1 : 2);
+    dp_umt5_holder_free (h);
+  }
+  g_assert_cmpuint (dp_cuda_backend_allocated_bytes (gpu), ==, base);
+  g_assert_cmpmem (out[0].data, dp_tensor_nbytes (&out[0]), out[1].data, dp_tensor_nbytes (&out[1]));
+  g_assert_true (gpu->ops->sync (gpu, &err));
+  dp_tensor_free (&out[0]);
+  dp_tensor_free (&out[1]);
+  g_free (te_dir);
+  dp_backend_free (gpu);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -280,6 +328,7 @@ main (int argc, char **argv)
   g_test_add_func ("/gpu/vae/pinned", test_pinned);
   g_test_add_func ("/gpu/vae/tiled", test_tiled);
   g_test_add_func ("/gpu/vae/decode_thread", test_decode_thread);
+  g_test_add_func ("/gpu/umt5/holder", test_umt5_holder);
   int rc = g_test_run ();
   g_rand_free (rng);
   return rc;
