@@ -34,6 +34,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ------------------------------------------------------------ random data */
@@ -537,6 +538,67 @@ out:
   return rc;
 }
 
+/* --vae-memory: the backend memory a decoder takes (causal caches,
+ * activation arenas, latent statistics) at each size, untiled and in tiles
+ * of each size in `tiles` (comma-separated pixels); decoders are made (the
+ * arenas sized by their measuring pass and allocated) but nothing is
+ * decoded, so the CPU backend gives the GPU's figures for the VAE's own
+ * memory (F32 activations on both). */
+static int
+bench_vae_memory (dp_backend *be, const char *sizes, const char *tiles)
+{
+  GError *err = NULL;
+  char *dir = NULL;
+  dp_wan_vae *vae = random_vae_load (be, &dir, &err);
+  int failures = 0;
+  if (!vae) {
+    printf ("vae memory FAILED: %s\n", err ? err->message : "?");
+    failures++;
+  }
+  char **items = g_strsplit (sizes, ",", -1), **tile_items = g_strsplit (tiles, ",", -1);
+  for (int i = 0; vae && items[i]; i++) {
+    int w = 0, h = 0;
+    if (sscanf (items[i], "%dx%d", &w, &h) != 2 || w < 16 || h < 16 || w % 16 || h % 16) {
+      printf ("vae size '%s' FAILED: give WxH in pixels, multiples of 16\n", items[i]);
+      failures++;
+      continue;
+    }
+    for (int k = -1; tile_items[k + 1] || k < 0; k++) {
+      const int tile = k < 0 ? 0 : atoi (tile_items[k]);
+      dp_wan_vae_tiling t = { 0 };
+      if (tile > 0)
+        dp_wan_vae_tiling_default (tile, dp_wan_vae_get_config (vae)->spatial_scale, &t);
+      dp_wan_vae_decoder *dec = dp_wan_vae_decoder_new_tiled (vae, h / 8, w / 8, &t, &err);
+      if (!dec) {
+        printf ("vae memory %s tile %d FAILED: %s\n", items[i], tile, err ? err->message : "?");
+        g_clear_error (&err);
+        failures++;
+        if (!tile_items[k + 1])
+          break;
+        continue;
+      }
+      int rows, cols;
+      dp_wan_vae_decoder_get_tiles (dec, &rows, &cols);
+      printf ("{\"vae_memory\": \"Wan2.1 VAE decoder, base_dim %d\", \"size\": \"%s\", \"tile\": %d, "
+              "\"tiles\": \"%dx%d\", \"decoder_gib\": %.3f, \"caches_gib\": %.3f}\n", dp_wan_vae_get_config (vae)->base_dim,
+              items[i], tile, rows, cols, dp_wan_vae_decoder_memory_bytes (dec) / 1073741824.0,
+              dp_wan_vae_decoder_cache_bytes (dec) / 1073741824.0);
+      fflush (stdout);
+      dp_wan_vae_decoder_free (dec);
+      if (!tile_items[k + 1])
+        break;
+    }
+  }
+  g_strfreev (items);
+  g_strfreev (tile_items);
+  g_clear_error (&err);
+  dp_wan_vae_free (vae);
+  if (dir)
+    random_wan_remove (dir);
+  g_free (dir);
+  return failures;
+}
+
 /* The --vae cases: each size (pixels "WxH", comma-separated), untiled and
  * tiled when tile > 0; one VAE load. */
 static int
@@ -777,7 +839,7 @@ int
 main (int argc, char **argv)
 {
   gboolean ops = FALSE, dit = FALSE, vae = FALSE, engine = FALSE, whole = FALSE, tiny = FALSE, vae_thread = FALSE;
-  gboolean free_text = FALSE;
+  gboolean free_text = FALSE, vae_memory = FALSE;
   int vae_tile = 0, whole_steps = 50, vae_frames = 21;
   char *vae_sizes = NULL;
   int reps = 7, dit_reps = 3, layers = 30, height = 60, width = 104, variant = -1, steps = 10, block = 4, ctx = 2;
@@ -794,6 +856,9 @@ main (int argc, char **argv)
     { "vae-tile", 0, 0, G_OPTION_ARG_INT, &vae_tile,
       "--vae: also time a tiled decode with N x N tiles (stride 3N/4); --whole: decode tiled", "N" },
     { "vae-frames", 0, 0, G_OPTION_ARG_INT, &vae_frames, "--vae: latent frames (default 21: 81 frames)", "N" },
+    { "vae-memory", 0, 0, G_OPTION_ARG_NONE, &vae_memory,
+      "The VAE decoder's memory at each --vae-size, untiled and in tiles of 256, 384 and 512 (no decoding: runs "
+      "on the CPU too)", NULL },
     { "whole", 0, 0, G_OPTION_ARG_NONE, &whole,
       "A whole run: umT5-XXL encode of a prompt and a negative prompt, 81 frames at --height x --width, "
       "--whole-steps steps of the DualParal engine (1 stage, P = --block-frames, C = --context-frames), each "
@@ -836,7 +901,7 @@ main (int argc, char **argv)
     return 2;
   }
   g_option_context_free (octx);
-  if (!ops && !dit && !vae && !engine && !whole)
+  if (!ops && !dit && !vae && !engine && !whole && !vae_memory)
     ops = TRUE;
   random_wan_dit_size dit_size = wan_1_3b;
   dit_size.layers = layers;
@@ -924,6 +989,8 @@ main (int argc, char **argv)
     }
     failures += bench_dit (be, dit_dir, dit_reps, height, width, configs, n_configs);
   }
+  if (vae_memory)
+    failures += bench_vae_memory (be, vae_sizes ? vae_sizes : "832x480,1280x720,1920x1088", tiny ? "64" : "256,384,512");
   if (vae)
     failures += bench_vae_sizes (be, vae_sizes ? vae_sizes : "832x480,1280x720", vae_frames, vae_tile);
   if (engine)

@@ -147,6 +147,9 @@ void dp_wan_vae_decoder_get_size (const dp_wan_vae_decoder *dec, int *width, int
 int dp_wan_vae_decoder_max_frames (const dp_wan_vae_decoder *dec);
 /* Backend memory the decoder holds (caches, arenas), in bytes. */
 size_t dp_wan_vae_decoder_memory_bytes (const dp_wan_vae_decoder *dec);
+/* Of which the causal caches of all tiles (they persist between pushes: a
+ * tiled decoder keeps every tile's, so tiling shrinks the arenas, not these). */
+size_t dp_wan_vae_decoder_cache_bytes (const dp_wan_vae_decoder *dec);
 /* Latent frames pushed since the start of the video. */
 int64_t dp_wan_vae_decoder_position (const dp_wan_vae_decoder *dec);
 

@@ -1120,6 +1120,12 @@ dp_wan_vae_decoder_memory_bytes (const dp_wan_vae_decoder *dec)
   return bytes;
 }
 
+size_t
+dp_wan_vae_decoder_cache_bytes (const dp_wan_vae_decoder *dec)
+{
+  return (size_t) dec->cache_floats * sizeof (float);
+}
+
 void
 dp_wan_vae_decoder_get_tiles (const dp_wan_vae_decoder *dec, int *rows, int *cols)
 {
