@@ -17,6 +17,12 @@
  *   vae_device "cpu" (the VAE on the CPU while the DiT runs on the GPU)
  *   within 2 levels for >= 99% of the bytes (F32 against BF16 convs);
  *   vae_tile with vae_thread equals vae_tile inline.
+ * - cuDNN conv3d (DP_CUDA_CONV=cudnn; skipped, with the reason, when
+ *   libcudnn.so.9 cannot be opened): the VAE's conv shapes (3x3x3 over
+ *   [cache | x] without time padding, 1x3x3, 3x1x1, 1x1x1, with and without
+ *   bias) against the CPU backend's conv3d, rel L2 <= 1e-2 (TF32 tensor
+ *   cores), and the path proven taken; an asymmetric time padding falls back
+ *   to im2col; the whole VAE decode with cuDNN against the CPU, 3e-2.
  * - text encoder holder (keep_text_encoder) on the GPU (tests/data/t5, BF16
  *   weights): freed after each use it gives its device memory back (the
  *   backend's allocated bytes return to what they were) and encodes the
@@ -271,6 +277,110 @@ test_decode_thread (void)
   g_byte_array_unref (inline_rgb);
 }
 
+/* ---- cuDNN conv3d ------------------------------------------------------------ */
+
+static dp_tensor
+random_host (int ndim, const int64_t *shape, double amp)
+{
+  dp_tensor t = dp_tensor_new_host (DP_F32, ndim, shape);
+  for (int64_t i = 0; i < dp_tensor_nelem (&t); i++)
+    ((float *) t.data)[i] = (float) g_rand_double_range (rng, -amp, amp);
+  return t;
+}
+
+static dp_tensor
+to_gpu (dp_backend *be, const dp_tensor *h)
+{
+  dp_tensor t = dp_backend_tensor_new (be, DP_F32, h->ndim, h->shape);
+  g_assert_nonnull (t.data);
+  be->ops->to_device (be, &t, h);
+  return t;
+}
+
+static void
+test_cudnn_conv (void)
+{
+  GError *err = NULL;
+  char *why = NULL;
+  dp_backend *gpu = backend ("cuda"), *cpu = backend ("cpu");
+  if (!dp_cuda_backend_set_conv (gpu, DP_CUDA_CONV_CUDNN, &why)) {
+    g_test_skip (why);
+    g_printerr ("  cuDNN not usable: %s\n", why);
+    g_free (why);
+    dp_backend_free (gpu);
+    dp_backend_free (cpu);
+    return;
+  }
+  const struct {
+    int cin, cout, t, h, w, kt, kh, kw, pt0, pt1, ph, pw;
+    gboolean bias;
+  } cases[] = {
+    { 96, 96, 6, 30, 52, 3, 3, 3, 0, 0, 1, 1, TRUE },   /* a causal resnet conv over [cache 2 | 4 frames] */
+    { 192, 96, 4, 20, 34, 1, 3, 3, 0, 0, 1, 1, TRUE },  /* the upsampler's 2-D conv */
+    { 64, 128, 3, 12, 20, 3, 1, 1, 0, 0, 0, 0, FALSE }, /* the time conv */
+    { 16, 16, 1, 8, 12, 1, 1, 1, 0, 0, 0, 0, TRUE },    /* post_quant_conv */
+    { 24, 40, 2, 9, 11, 3, 3, 3, 2, 0, 1, 1, TRUE },    /* asymmetric (causal) padding: im2col */
+  };
+  for (guint i = 0; i < G_N_ELEMENTS (cases); i++) {
+    const int To = cases[i].t + cases[i].pt0 + cases[i].pt1 - cases[i].kt + 1;
+    const int64_t xs[4] = { cases[i].cin, cases[i].t, cases[i].h, cases[i].w };
+    const int64_t ws[5] = { cases[i].cout, cases[i].cin, cases[i].kt, cases[i].kh, cases[i].kw };
+    const int64_t bs[1] = { cases[i].cout };
+    const int64_t ys[4] = { cases[i].cout, To, cases[i].h + 2 * cases[i].ph - cases[i].kh + 1,
+                            cases[i].w + 2 * cases[i].pw - cases[i].kw + 1 };
+    dp_tensor hx = random_host (4, xs, 1.0), hw = random_host (5, ws, 0.1), hb = random_host (1, bs, 0.5);
+    dp_conv3d_params p = { 1, 1, 1, cases[i].pt0, cases[i].pt1, cases[i].ph, cases[i].pw };
+    dp_tensor yc = dp_tensor_new_host (DP_F32, 4, ys), yg_host = dp_tensor_new_host (DP_F32, 4, ys);
+    cpu->ops->conv3d (cpu, &yc, &hx, &hw, cases[i].bias ? &hb : NULL, &p);
+    g_assert_true (cpu->ops->sync (cpu, &err));
+    dp_tensor gx = to_gpu (gpu, &hx), gw = to_gpu (gpu, &hw), gb = to_gpu (gpu, &hb);
+    dp_tensor gy = dp_backend_tensor_new (gpu, DP_F32, 4, ys);
+    gpu->ops->conv3d (gpu, &gy, &gx, &gw, cases[i].bias ? &gb : NULL, &p);
+    const gboolean took_cudnn = dp_cuda_backend_last_conv_was_cudnn (gpu);
+    gpu->ops->to_host (gpu, &yg_host, &gy);
+    g_assert_true (gpu->ops->sync (gpu, &err));
+    g_assert_no_error (err);
+    const double rel = rel_l2 (yg_host.data, yc.data, dp_tensor_nelem (&yc));
+    const gboolean asym = cases[i].pt0 != cases[i].pt1;
+    g_test_message ("conv3d %d -> %d, k %dx%dx%d, x [%d, %d, %d, %d]: %s, rel L2 %.3g", cases[i].cin,
+                    cases[i].cout, cases[i].kt, cases[i].kh, cases[i].kw, cases[i].cin, cases[i].t, cases[i].h,
+                    cases[i].w, took_cudnn ? "cuDNN" : "im2col", rel);
+    if (g_test_verbose ())
+      g_printerr ("  conv3d case %u (%s): rel L2 %.3e\n", i, took_cudnn ? "cuDNN" : "im2col", rel);
+    g_assert_true (took_cudnn == !asym);
+    g_assert_cmpfloat (rel, <=, 1e-2);
+    dp_backend_tensor_free (gpu, &gx);
+    dp_backend_tensor_free (gpu, &gw);
+    dp_backend_tensor_free (gpu, &gb);
+    dp_backend_tensor_free (gpu, &gy);
+    dp_tensor_free (&hx);
+    dp_tensor_free (&hw);
+    dp_tensor_free (&hb);
+    dp_tensor_free (&yc);
+    dp_tensor_free (&yg_host);
+  }
+  dp_backend_free (gpu);
+  dp_backend_free (cpu);
+
+  /* The whole VAE decode with cuDNN convs, through DP_CUDA_CONV, against the CPU. */
+  const int64_t shape[4] = { 16, 3, 8, 12 };
+  dp_tensor latent = random_host (4, shape, 1.5);
+  int rows, cols;
+  int64_t n, n2;
+  float *ref = decode_on ("cpu", &latent, NULL, &rows, &cols, &n);
+  g_setenv ("DP_CUDA_CONV", "cudnn", TRUE);
+  float *got = decode_on ("cuda", &latent, NULL, &rows, &cols, &n2);
+  g_unsetenv ("DP_CUDA_CONV");
+  const double rel = rel_l2 (got, ref, n);
+  g_test_message ("VAE decode with cuDNN convs, GPU against CPU: rel L2 %.3g (tolerance 3e-2)", rel);
+  if (g_test_verbose ())
+    g_printerr ("  VAE decode (cuDNN) vs CPU: rel L2 %.3e\n", rel);
+  g_assert_cmpfloat (rel, <=, 3e-2);
+  g_free (ref);
+  g_free (got);
+  dp_tensor_free (&latent);
+}
+
 /* ---- text encoder holder ---------------------------------------------------- */
 
 static void
@@ -329,6 +439,7 @@ main (int argc, char **argv)
   g_test_add_func ("/gpu/vae/tiled", test_tiled);
   g_test_add_func ("/gpu/vae/decode_thread", test_decode_thread);
   g_test_add_func ("/gpu/umt5/holder", test_umt5_holder);
+  g_test_add_func ("/gpu/vae/cudnn_conv", test_cudnn_conv);
   int rc = g_test_run ();
   g_rand_free (rng);
   return rc;

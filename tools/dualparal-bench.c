@@ -520,10 +520,11 @@ bench_vae (dp_backend *be, dp_wan_vae *vae, int height, int width, int latent_fr
   /* The later latent frames give 4 frames each: their time per frame is the
    * steady state of a stream. */
   const double steady_ms = F > 1 ? (s * 1000.0 - first_ms) / (double) (frames - 1) : first_ms;
-  printf ("{\"vae_decode\": \"Wan2.1 VAE, base_dim %d, random F32 weights\", \"latent\": [16, %" G_GINT64_FORMAT
+  const char *conv = be->host_memory ? "cpu" : g_strcmp0 (g_getenv ("DP_CUDA_CONV"), "cudnn") == 0 ? "cudnn" : "im2col";
+  printf ("{\"vae_decode\": \"Wan2.1 VAE, base_dim %d, random F32 weights\", \"conv\": \"%s\", \"latent\": [16, %" G_GINT64_FORMAT
           ", %d, %d], \"frames\": %" G_GINT64_FORMAT ", \"size\": \"%dx%d\", \"tile\": %d, \"tiles\": \"%dx%d\", "
           "\"seconds\": %.3f, \"ms_per_frame\": %.2f, \"steady_ms_per_frame\": %.2f, \"decoder_gib\": %.2f, "
-          "\"peak_gib\": %.2f}\n", dp_wan_vae_get_config (vae)->base_dim, F, height, width, frames, width * 8,
+          "\"peak_gib\": %.2f}\n", dp_wan_vae_get_config (vae)->base_dim, conv, F, height, width, frames, width * 8,
           height * 8, tile, rows, cols, s, 1000.0 * s / frames, steady_ms,
           dp_wan_vae_decoder_memory_bytes (dec) / 1073741824.0, peak_gib (be));
   fflush (stdout);

@@ -20,12 +20,13 @@
 # default 500) is the time the parts may take; each part has an estimate and
 # is skipped (and said so) when it would not fit, and no part runs past HARD
 # seconds (default 530) whatever its own time limit; most important first:
-# tests, our VAE, the anchor eager, the anchor compiled at 480p, the whole
-# run with the decode thread, the anchor compiled at 720p, the whole run
-# decoding inline.  Each part also has a hard timeout.
+# tests, our VAE (im2col, then cuDNN convs: DP_CUDA_CONV=cudnn, libcudnn.so.9
+# found in the toolkit or torch's nvidia packages), the anchor eager, the
+# anchor compiled at 480p, the whole run with the decode thread, the anchor
+# compiled at 720p, the whole run decoding inline.  Each part also has a hard timeout.
 #
 # Settings: OUT (logs, default ./out/gpu-vae-check); SKIP (any of "tests
-# vae anchor compile whole whole_inline"); VAE_FRAMES (latent frames per
+# vae cudnn anchor compile whole whole_inline"); VAE_FRAMES (latent frames per
 # decode, default 9: 33 video frames, both sides); DEVICE=cpu rehearses the
 # script on a machine without a GPU (the benchmarks at --tiny sizes on the
 # CPU backend, the anchor's --cpu case, the GPU tests skip with 77).
@@ -90,6 +91,12 @@ if ! ls ${libdirs//:/\/libnccl.so.2 }/libnccl.so.2 >/dev/null 2>&1; then
   nccl=$(find /usr/local /opt /usr/lib /root -name 'libnccl.so.2*' 2>/dev/null | head -1)
   [ -n "$nccl" ] && libdirs=$libdirs:$(dirname "$nccl")
 fi
+# cuDNN (DP_CUDA_CONV=cudnn, opened at run time): the toolkit's, else the
+# one torch's nvidia-cudnn package brings (its sub-libraries sit beside it).
+if ! ls ${libdirs//:/\/libcudnn.so.9 }/libcudnn.so.9 >/dev/null 2>&1; then
+  cudnn=$(find /usr/local /opt /usr/lib /root -name 'libcudnn.so.9*' 2>/dev/null | head -1)
+  [ -n "$cudnn" ] && libdirs=$libdirs:$(dirname "$cudnn")
+fi
 export LD_LIBRARY_PATH=$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export DP_TEST_DATA=$PWD/tests/data
 # The random models (a 9 GB text encoder, a 2.8 GB transformer) stay in RAM.
@@ -127,6 +134,10 @@ fi
 # 2. Our VAE decode: untiled and in 256-pixel tiles (stride 192), each size.
 skip vae || part "ours: VAE decode at $sizes" 100 240 vae-ours.log \
   "$BIN/dualparal-bench" "${bench_dev[@]}" --vae --vae-size "$sizes" --vae-tile 256 --vae-frames "$VAE_FRAMES"
+
+# 2b. The same through cuDNN's convolutions (TF32), untiled.
+[ "$DEVICE" = cpu ] || skip cudnn || part "ours: VAE decode with cuDNN convs at $sizes" 60 180 vae-ours.log \
+  env DP_CUDA_CONV=cudnn "$BIN/dualparal-bench" "${bench_dev[@]}" --vae --vae-size "$sizes" --vae-frames "$VAE_FRAMES"
 
 # 3. diffusers' decode, eager (bf16), same latent frames and sizes.
 anchor=(env PYTHONUNBUFFERED=1 python3 .bench/pytorch_vae_anchor.py --frames "$VAE_FRAMES" "${anchor_args[@]}")
@@ -168,24 +179,25 @@ for path in sorted(glob.glob(os.path.join(out, "*.log"))):
         except ValueError:
             continue
         if "vae_decode" in d and "tile" in d:
-            ours[(d["size"], d["tile"] > 0)] = d
+            ours[(d["size"], "cudnn" if d.get("conv") == "cudnn" else d["tile"] > 0)] = d
         elif d.get("case") == "vae_decode":
             lat = d["latent"]
             peer[("%dx%d" % (lat[4] * 8, lat[3] * 8), d["compiled"])] = d
         elif "whole_run" in d:
             whole.append(d)
 sizes = sorted({k[0] for k in ours} | {k[0] for k in peer}, key=lambda s: int(s.split("x")[0]))
-fmt = "| {:>9} | {:>12} | {:>12} | {:>12} | {:>12} | {:>13} | {:>16} | {:>9} | {:>9} |"
-print(fmt.format("size", "ours", "ours tiled", "diffusers", "compiled", "eager / ours", "compiled / ours", "ours GiB", "peer GiB"))
+fmt = "| {:>9} | {:>12} | {:>12} | {:>12} | {:>12} | {:>12} | {:>13} | {:>16} | {:>16} | {:>9} | {:>9} |"
+print(fmt.format("size", "ours", "ours tiled", "ours cuDNN", "diffusers", "compiled", "eager / ours", "compiled / ours",
+                 "compiled / cuDNN", "ours GiB", "peer GiB"))
 def ms(d):
     return d["ms_per_frame"] if d else None
 def f(v):
     return "-" if v is None else "%.2f" % v
 for s in sizes:
-    o, t = ours.get((s, False)), ours.get((s, True))
+    o, t, k = ours.get((s, False)), ours.get((s, True)), ours.get((s, "cudnn"))
     e, c = peer.get((s, False)), peer.get((s, True))
-    r = lambda p: "-" if p is None or o is None else "%.2fx" % (ms(p) / ms(o))
-    print(fmt.format(s, f(ms(o)), f(ms(t)), f(ms(e)), f(ms(c)), r(e), r(c),
+    r = lambda p, q: "-" if p is None or q is None else "%.2fx" % (ms(p) / ms(q))
+    print(fmt.format(s, f(ms(o)), f(ms(t)), f(ms(k)), f(ms(e)), f(ms(c)), r(e, o), r(c, o), r(c, k),
                      f(o and o["peak_gib"]), f((c or e) and (c or e)["peak_gib"])))
 for w in whole:
     print("whole run (%s, %s, text encoder %s): %d frames %s, %d steps: encode %.1f + %.1f ms, run %.1f s, "
