@@ -22,8 +22,8 @@
 # seconds (default 530) whatever its own time limit; most important first:
 # tests, our VAE (im2col, then cuDNN convs: DP_CUDA_CONV=cudnn, libcudnn.so.9
 # found in the toolkit or torch's nvidia packages), the anchor eager, the
-# anchor compiled at 480p, the whole run with the decode thread, the anchor
-# compiled at 720p, the whole run decoding inline.  Each part also has a hard timeout.
+# whole run with the decode thread, the anchor compiled at 480p and 720p,
+# the whole run decoding inline.  Each part also has a hard timeout.
 #
 # Settings: OUT (logs, default ./out/gpu-vae-check); SKIP (any of "tests
 # vae cudnn anchor compile whole whole_inline"); VAE_FRAMES (latent frames per
@@ -146,24 +146,25 @@ if [ -f .bench/pytorch_vae_anchor.py ]; then
     part "anchor eager 832x480" 40 150 vae-anchor.log "${anchor[@]}" --height 480 --width 832
     [ "$DEVICE" = cpu ] || part "anchor eager 1280x720" 40 150 vae-anchor.log "${anchor[@]}" --height 720 --width 1280
   fi
-  skip compile || part "anchor torch.compile 832x480" 150 200 vae-anchor.log "${anchor[@]}" --compile --height 480 \
-    --width 832
 else
   echo "== no .bench/pytorch_vae_anchor.py (run tools/gpu-vae-pack.sh and carry .bench): anchor skipped" \
     | tee -a "$OUT/skipped.log"
 fi
 
 # 4. A whole run: text encode, 50 steps, every block decoded on its own thread.
-skip whole || part "ours: whole run, decode thread" 150 300 whole.log \
+skip whole || part "ours: whole run, decode thread" 120 300 whole.log \
   "$BIN/dualparal-bench" "${bench_dev[@]}" --whole --vae-thread
 
-if [ -f .bench/pytorch_vae_anchor.py ] && ! skip compile && [ "$DEVICE" != cpu ]; then
-  part "anchor torch.compile 1280x720" 150 200 vae-anchor.log "${anchor[@]}" --compile --height 720 --width 1280
+# 5. diffusers compiled (torch.compile of the decoder: minutes of compiling).
+if [ -f .bench/pytorch_vae_anchor.py ] && ! skip compile; then
+  part "anchor torch.compile 832x480" 150 200 vae-anchor.log "${anchor[@]}" --compile --height 480 --width 832
+  [ "$DEVICE" = cpu ] || part "anchor torch.compile 1280x720" 150 200 vae-anchor.log "${anchor[@]}" --compile \
+    --height 720 --width 1280
 fi
-skip whole_inline || part "ours: whole run, decode inline" 150 300 whole.log \
+skip whole_inline || part "ours: whole run, decode inline" 120 300 whole.log \
   "$BIN/dualparal-bench" "${bench_dev[@]}" --whole
 
-# 5. The ratio table (times of this call only).
+# 6. The ratio table (times of this call only).
 echo "== ratio table (ms per decoded frame; ratio = peer / ours, > 1: ours faster)"
 python3 - "$OUT" <<'EOF'
 import glob, json, os, sys
