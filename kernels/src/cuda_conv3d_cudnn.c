@@ -137,6 +137,9 @@ dp_cuda_conv3d_cudnn (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp
   dp_cuda *c = dp_cuda_of (be);
   if (!c->cudnn) {
     cudnnHandle_t h = NULL;
+    /* cudnnCreate binds the handle to the current device. */
+    if (!dp_cuda_ok (be, cudaSetDevice (c->device), "conv3d (cuDNN): cudaSetDevice"))
+      return TRUE;
     if (!cudnn_ok (be, api.Create (&h), "cudnnCreate"))
       return TRUE; /* the sticky error stands: the op has failed */
     c->cudnn = h;
