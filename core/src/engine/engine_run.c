@@ -30,13 +30,17 @@ typedef struct {
 
 typedef struct driver driver;
 
-/* A finished block waiting for the decode thread: its kept latent frames,
- * host F32 [channels, kept, H, W]. */
+/* A finished block for the decode thread: its kept latent frames, host F32
+ * [channels, kept, H, W], in a buffer of max frames allocated with the
+ * worker. */
 typedef struct {
   int64_t block;
   int kept;
   float *latent;
 } decode_job;
+
+/* Jobs in all: DP_ENGINE_DECODE_QUEUE waiting and one being decoded. */
+#define DECODE_JOBS (DP_ENGINE_DECODE_QUEUE + 1)
 
 /* The decode thread (dp_engine_output.decode_thread): it owns the decoder,
  * the RGB buffer and the VAE's backend for the whole run; stage 0's thread
@@ -46,7 +50,9 @@ typedef struct {
   GThread *thread;
   GMutex lock;
   GCond cond;
-  GQueue jobs;         /* decode_job *, oldest first */
+  GQueue jobs;         /* decode_job * waiting, oldest first */
+  GQueue free_jobs;    /* decode_job * free for stage 0 to fill */
+  decode_job job_mem[DECODE_JOBS];
   gboolean closing;    /* no more jobs: finish the queued ones and stop */
   gboolean abort;      /* stop now (the run failed elsewhere) */
   gint failed;         /* atomic: error is set */
@@ -262,16 +268,16 @@ decode_main (gpointer data)
     dp_tensor dev = dp_tensor_view (w->latent.data, DP_F32, 4, shape);
     w->be->ops->to_device (w->be, &dev, &host);
     gboolean ok = dp_backend_check (w->be, &err) && decode_block (d, &dev, job->block, job->kept, &err);
-    g_free (job->latent);
-    g_free (job);
+    g_mutex_lock (&w->lock);
+    g_queue_push_tail (&w->free_jobs, job);
     if (!ok) {
-      g_mutex_lock (&w->lock);
       w->error = err;
       g_atomic_int_set (&w->failed, 1);
-      g_cond_broadcast (&w->cond);
-      g_mutex_unlock (&w->lock);
-      break;
     }
+    g_cond_broadcast (&w->cond);
+    g_mutex_unlock (&w->lock);
+    if (!ok)
+      break;
   }
   return NULL;
 }
@@ -289,36 +295,36 @@ worker_ok (driver *d, GError **error)
   return FALSE;
 }
 
-/* Queues a finished block for the decode thread (its latents copied), after
- * waiting while DP_ENGINE_DECODE_QUEUE blocks already wait. */
+/* Queues a finished block for the decode thread (its latents copied into a
+ * free job), after waiting while every job is taken (DP_ENGINE_DECODE_QUEUE
+ * waiting, one being decoded). */
 static gboolean
 worker_queue (driver *d, int64_t block, int kept, const float *latent, GError **error)
 {
   decode_worker *w = d->worker;
-  const size_t bytes = (size_t) d->channels * kept * d->H * d->W * sizeof (float);
-  decode_job *job = g_new0 (decode_job, 1);
+  g_mutex_lock (&w->lock);
+  /* The decode thread signals whenever it frees a job or fails; a cancel
+   * makes it fail at its next latent frame. */
+  while (!g_atomic_int_get (&w->failed) && g_queue_is_empty (&w->free_jobs) && !dp_engine_is_cancelled (d->e))
+    g_cond_wait (&w->cond, &w->lock);
+  decode_job *job = g_atomic_int_get (&w->failed) || dp_engine_is_cancelled (d->e) ? NULL
+                                                                                    : g_queue_pop_head (&w->free_jobs);
+  g_mutex_unlock (&w->lock);
+  if (!job) {
+    if (dp_engine_is_cancelled (d->e) && !g_atomic_int_get (&w->failed)) {
+      g_set_error (error, DP_ERROR, DP_ERROR_CANCELLED, "engine: cancelled");
+      return FALSE;
+    }
+    return worker_ok (d, error);
+  }
   job->block = block;
   job->kept = kept;
-  job->latent = g_try_malloc (bytes);
-  if (!job->latent) {
-    g_free (job);
-    g_set_error (error, DP_ERROR, DP_ERROR_NOMEM, "engine: no memory to queue block %" G_GINT64_FORMAT
-                 " for decoding (%zu bytes)", block, bytes);
-    return FALSE;
-  }
-  memcpy (job->latent, latent, bytes);
+  memcpy (job->latent, latent, (size_t) d->channels * kept * d->H * d->W * sizeof (float));
   g_mutex_lock (&w->lock);
-  while (!g_atomic_int_get (&w->failed) && g_queue_get_length (&w->jobs) >= DP_ENGINE_DECODE_QUEUE &&
-         !dp_engine_is_cancelled (d->e))
-    g_cond_wait (&w->cond, &w->lock);
   g_queue_push_tail (&w->jobs, job);
   g_cond_broadcast (&w->cond);
   g_mutex_unlock (&w->lock);
-  if (dp_engine_is_cancelled (d->e)) {
-    g_set_error (error, DP_ERROR, DP_ERROR_CANCELLED, "engine: cancelled");
-    return FALSE;
-  }
-  return worker_ok (d, error);
+  return TRUE;
 }
 
 /* Stops the decode thread: after the queued blocks when the run succeeded
@@ -350,11 +356,10 @@ worker_free (driver *d)
   if (!w)
     return;
   g_assert (w->thread == NULL);
-  decode_job *job;
-  while ((job = g_queue_pop_head (&w->jobs))) {
-    g_free (job->latent);
-    g_free (job);
-  }
+  g_queue_clear (&w->jobs);
+  g_queue_clear (&w->free_jobs);
+  for (int i = 0; i < DECODE_JOBS; i++)
+    g_free (w->job_mem[i].latent);
   if (w->latent.data)
     dp_backend_tensor_free (w->be, &w->latent);
   g_clear_error (&w->error);
@@ -521,13 +526,23 @@ driver_init (driver *d, dp_engine *e, dp_wan_vae *vae, const dp_engine_output *o
     g_mutex_init (&w->lock);
     g_cond_init (&w->cond);
     g_queue_init (&w->jobs);
+    g_queue_init (&w->free_jobs);
+    /* The jobs' host buffers, allocated once for the run. */
+    for (int i = 0; i < DECODE_JOBS; i++) {
+      w->job_mem[i].latent = g_try_malloc (frame_floats * max_frames * sizeof (float));
+      if (!w->job_mem[i].latent) {
+        g_set_error (error, DP_ERROR, DP_ERROR_NOMEM, "engine: no memory for the decode thread's %d latent frames",
+                     max_frames);
+        return FALSE;
+      }
+      g_queue_push_tail (&w->free_jobs, &w->job_mem[i]);
+    }
     w->latent = dp_backend_tensor_new (w->be, DP_F32, 4, (int64_t[]){ d->channels, max_frames, d->H, d->W });
     if (!dp_backend_check (w->be, error)) {
       g_prefix_error (error, "engine: the decode thread's latent buffer: ");
       return FALSE;
     }
-    /* Queued blocks' latents, on the host. */
-    host_bytes += frame_floats * max_frames * sizeof (float) * (DP_ENGINE_DECODE_QUEUE + 1);
+    host_bytes += frame_floats * max_frames * sizeof (float) * DECODE_JOBS;
     w->thread = g_thread_try_new ("dp-decode", decode_main, w, error);
     if (!w->thread) {
       g_prefix_error (error, "engine: ");
