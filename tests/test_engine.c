@@ -1389,6 +1389,66 @@ test_cancel (void)
   }
 }
 
+/* An endless run decoding on the decode thread, cancelled from another
+ * thread once blocks are done (the decode queue is then usually full:
+ * decoding is slower than denoising here): CANCELLED, promptly, nothing
+ * left allocated, and the engine runs again. */
+static void
+test_cancel_decode_thread (void)
+{
+  GError *err = NULL;
+  run_cfg cfg = { .P = 2, .C = 1, .T = 2, .F = -1, .kind = DP_SAMPLER_UNIPC, .batch = 2, .guidance = 5.0, .H = 4,
+                  .W = 6, .seed = 9, .stages = 1 };
+  dp_backend **be = make_backends (1);
+  dp_backend *vae_be = dp_backend_new ("cpu", &err);
+  g_assert_no_error (err);
+  char *dir = vae_dir ();
+  dp_wan_vae *vae = dp_wan_vae_load (vae_be, dir, &err);
+  g_assert_no_error (err);
+  g_free (dir);
+  dp_engine *e = make_engine (&cfg, be, NULL, &err);
+  g_assert_no_error (err);
+  dp_tensor ctx = make_context (cfg.batch);
+  for (int use_flag = 0; use_flag < 2; use_flag++) {
+    collect c = { .channels = 16, .H = cfg.H, .W = cfg.W, .F = -1 };
+    gint flag = 0;
+    dp_engine_output out = { .frames = on_frames, .user_data = &c, .decode_thread = TRUE,
+                             .cancel = use_flag ? &flag : NULL };
+    canceller k = { e, use_flag ? &flag : NULL, 0 };
+    GThread *th = g_thread_new ("canceller", cancel_thread, &k);
+    g_assert_false (dp_engine_run (e, &ctx, vae, &out, &err));
+    const gint64 returned = g_get_monotonic_time ();
+    g_thread_join (th);
+    g_assert_error (err, DP_ERROR, DP_ERROR_CANCELLED);
+    g_clear_error (&err);
+    g_test_message ("cancel with the decode thread (%s): returned %.1f ms after the request, %" G_GINT64_FORMAT
+                    " frames decoded", use_flag ? "flag" : "dp_engine_cancel", (returned - k.cancel_time) / 1e3,
+                    c.video_frames);
+    g_assert_cmpint (c.video_frames, >=, 1 + 4 * 2 * 2);
+    dp_engine_stats st;
+    dp_engine_get_stats (e, &st);
+    g_assert_false (st.running);
+    g_assert_cmpint (st.block_bytes, ==, 0);
+    /* At most one block's decode (2 latent frames here) after the request. */
+    g_assert_cmpfloat ((returned - k.cancel_time) / 1e6, <, 5.0);
+  }
+  /* Runs again to the end. */
+  dp_engine_free (e);
+  cfg.F = 5;
+  e = make_engine (&cfg, be, NULL, &err);
+  g_assert_no_error (err);
+  collect c = { .channels = 16, .H = cfg.H, .W = cfg.W, .F = cfg.F };
+  dp_engine_output out = { .frames = on_frames, .user_data = &c, .decode_thread = TRUE };
+  g_assert_true (dp_engine_run (e, &ctx, vae, &out, &err));
+  g_assert_no_error (err);
+  g_assert_cmpint (c.video_frames, ==, 1 + 4 * (cfg.F - 1));
+  dp_tensor_free (&ctx);
+  dp_engine_free (e);
+  dp_wan_vae_free (vae);
+  dp_backend_free (vae_be);
+  free_backends (be, 1);
+}
+
 /* ------------------------------------------------------------ statistics */
 
 static void
@@ -1775,6 +1835,7 @@ main (int argc, char **argv)
   g_test_add_func ("/engine/stats", test_stats);
   g_test_add_func ("/engine/endless", test_endless);
   g_test_add_func ("/engine/cancel", test_cancel);
+  g_test_add_func ("/engine/cancel/decode_thread", test_cancel_decode_thread);
   g_test_add_func ("/engine/errors", test_errors);
   g_test_add_func ("/engine/generator", test_generator);
   g_test_add_func ("/engine/generator/wan22", test_generator_wan22);
