@@ -243,7 +243,8 @@ uint64_t dp_engine_cond_id (const dp_engine_cond *c);
 const dp_tensor *dp_engine_cond_context (const dp_engine_cond *c); /* borrowed */
 double dp_engine_cond_guidance (const dp_engine_cond *c);
 
-/* What a run delivers, from the thread that called dp_engine_run().  Each
+/* What a run delivers, from the thread that called dp_engine_run() (frames:
+ * from the engine's decode thread when decode_thread is set).  Each
  * callback is optional; returning FALSE stops the run (DP_ERROR_CANCELLED).
  * The memory passed is the engine's: copy what you keep. */
 typedef struct {
