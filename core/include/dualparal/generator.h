@@ -179,7 +179,9 @@ typedef struct {
 /* Called with n_frames consecutive frames, each height x width x 3 bytes of
  * RGB (row stride width * 3), frame index first_frame onwards.  The memory is
  * the generator's: copy what you keep before returning.  Return FALSE to stop
- * the run (it then ends with DP_ERROR_CANCELLED). */
+ * the run (it then ends with DP_ERROR_CANCELLED).  Called on the thread that
+ * runs dp_generator_run, except with vae_thread, where the generator's
+ * decode thread calls it (one call at a time, frames in order). */
 typedef gboolean (*dp_frames_cb) (const uint8_t *rgb, int n_frames, int64_t first_frame,
                                   const dp_progress *progress, void *user_data);
 
