@@ -41,12 +41,16 @@ struct dp_generator {
   /* The parts, all on be. */
   dp_backend *be;
   dp_tokenizer *tokenizer;
-  dp_umt5 *text_encoder;
+  dp_umt5_holder *text_encoder; /* kept loaded, or loaded for each encode (keep_text_encoder) */
   dp_wan_dit *dit;
   dp_wan_dit *dit2; /* Wan2.2: the low-noise expert (transformer_2/), else NULL */
-  dp_wan_vae *vae;
+  dp_wan_vae *vae;              /* on be, or on vae_be with vae_thread */
   dp_wan_vae_decoder *decoder;
   dp_sampler *sampler;
+  dp_backend *vae_be;           /* the VAE's own backend (vae_thread), else NULL */
+  dp_wan_vae_tiling vae_tiling; /* tile 0: untiled */
+  gboolean vae_thread;
+  char *vae_device;             /* NULL: stage 0's */
 
   dp_step_cb step_cb;
   void *step_data;
@@ -96,6 +100,10 @@ dp_generator_params_init (dp_generator_params *p)
   p->devices = "cpu";
   p->text_len = 0;
   p->threads = 0;
+  p->vae_tile = 0;
+  p->vae_thread = FALSE;
+  p->vae_device = NULL;
+  p->keep_text_encoder = TRUE;
 }
 
 /* ------------------------------------------------------------ settings */
@@ -214,6 +222,21 @@ check_params (const dp_generator_params *p, GError **error)
   if (p->num_frames == -1 && p->engine == DP_ENGINE_CLASSIC) {
     g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "Endless video (num_frames -1) needs the "
                  "DualParal engine; give a frame count 4k+1 for the classic engine");
+    return FALSE;
+  }
+  if (p->vae_tile < 0) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "vae_tile %d is not valid: give a tile size in pixels "
+                 "(a multiple of 8, e.g. 256) or 0 for an untiled decode", p->vae_tile);
+    return FALSE;
+  }
+  if (p->vae_device && p->vae_device[0] && !p->vae_thread) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "vae_device '%s' is for decoding on a thread of its own: "
+                 "set vae_thread too", p->vae_device);
+    return FALSE;
+  }
+  if (p->vae_thread && p->engine == DP_ENGINE_CLASSIC) {
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "vae_thread needs the DualParal engine (the classic "
+                 "engine decodes after the whole video is denoised: nothing to overlap)");
     return FALSE;
   }
   if (p->num_frames < 1 && p->num_frames != -1) {
@@ -578,7 +601,7 @@ load_dualparal (dp_generator *gen, const dp_generator_params *p, const dp_sample
                 GError **error)
 {
   char *dir = g_build_filename (gen->model_dir, "text_encoder", NULL);
-  gen->text_encoder = dp_umt5_load (gen->be, dir, error);
+  gen->text_encoder = dp_umt5_holder_new (gen->be, dir, p->keep_text_encoder, error);
   g_free (dir);
   if (gen->text_encoder == NULL) {
     g_prefix_error (error, "Text encoder: ");
@@ -686,6 +709,13 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
     goto fail;
   }
   vc = dp_wan_vae_get_config (gen->vae);
+  if (p->vae_tile > 0) {
+    dp_wan_vae_tiling_default (p->vae_tile, vc->spatial_scale, &gen->vae_tiling);
+    if (!dp_wan_vae_tiling_check (vc, &gen->vae_tiling, error)) {
+      g_prefix_error (error, "vae_tile %d: ", p->vae_tile);
+      goto fail;
+    }
+  }
 
   /* The parts must fit together. */
   if (tcfg.d_model != wc->text_dim) {
@@ -756,6 +786,29 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
   }
 
   /* The big parts. */
+  if (gen->vae_thread && gen->engine != DP_ENGINE_DUALPARAL) {
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "vae_thread needs the DualParal engine (the classic "
+                 "engine decodes after the whole video is denoised: nothing to overlap)");
+    goto fail;
+  }
+  if (gen->vae_thread) {
+    /* The decode thread's own backend (a backend serves one thread), and
+     * the VAE loaded again onto it. */
+    const char *spec = gen->vae_device ? gen->vae_device : gen->device;
+    gen->vae_be = dp_backend_new (spec, error);
+    if (gen->vae_be == NULL) {
+      g_prefix_error (error, "VAE device '%s': ", spec);
+      goto fail;
+    }
+    dp_wan_vae_free (gen->vae);
+    dir = g_build_filename (gen->model_dir, "vae", NULL);
+    gen->vae = dp_wan_vae_load (gen->vae_be, dir, error);
+    g_free (dir);
+    if (gen->vae == NULL) {
+      g_prefix_error (error, "VAE on '%s': ", spec);
+      goto fail;
+    }
+  }
   if (gen->engine == DP_ENGINE_DUALPARAL) {
     g_clear_pointer (&sched, dp_schedule_free);
     return load_dualparal (gen, p, &settings, error);
@@ -778,7 +831,7 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
     dp_wan_dit_share_arena (gen->dit2, gen->dit); /* they take turns: one activation arena */
   }
   dir = g_build_filename (gen->model_dir, "text_encoder", NULL);
-  gen->text_encoder = dp_umt5_load (gen->be, dir, error);
+  gen->text_encoder = dp_umt5_holder_new (gen->be, dir, p->keep_text_encoder, error);
   g_free (dir);
   if (gen->text_encoder == NULL) {
     g_prefix_error (error, "Text encoder: ");
@@ -795,7 +848,8 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
   if (gen->sampler == NULL)
     goto fail;
 
-  gen->decoder = dp_wan_vae_decoder_new (gen->vae, gen->latent_height, gen->latent_width, error);
+  gen->decoder = dp_wan_vae_decoder_new_tiled (gen->vae, gen->latent_height, gen->latent_width,
+                                              &gen->vae_tiling, error);
   if (gen->decoder == NULL) {
     g_prefix_error (error, "VAE decoder: ");
     goto fail;
@@ -896,6 +950,8 @@ dp_generator_new (const dp_generator_params *p, GError **error)
   gen->boundary_ratio = hints.boundary_ratio;
   gen->expand_timesteps = hints.expand_timesteps;
   gen->seed = p->seed;
+  gen->vae_thread = p->vae_thread;
+  gen->vae_device = p->vae_device && p->vae_device[0] ? g_strdup (p->vae_device) : NULL;
   if (p->width > 0) {
     gen->width = p->width;
     gen->height = p->height;
@@ -937,12 +993,13 @@ dp_generator_free (dp_generator *gen)
     dp_wan_vae_decoder_free (gen->decoder);
   if (gen->vae)
     dp_wan_vae_free (gen->vae);
+  dp_backend_free (gen->vae_be);
+  g_free (gen->vae_device);
   if (gen->dit)
     dp_wan_dit_free (gen->dit);
   if (gen->dit2)
     dp_wan_dit_free (gen->dit2);
-  if (gen->text_encoder)
-    dp_umt5_free (gen->text_encoder);
+  dp_umt5_holder_free (gen->text_encoder);
   if (gen->tokenizer)
     dp_tokenizer_free (gen->tokenizer);
   dp_dualparal_pipe_free (gen->dualparal);
@@ -1170,6 +1227,7 @@ dp_generator_run_traced (dp_generator *gen, const dp_tensor *initial_noise,
   if (gen->dualparal != NULL) {
     dp_dualparal_job dj = {
       .tokenizer = gen->tokenizer, .text_encoder = gen->text_encoder, .vae = gen->vae, .state = &gen->state,
+      .vae_tiling = &gen->vae_tiling, .decode_thread = gen->vae_thread,
       .schedule = gen->schedule, .n_schedule = gen->n_schedule, .text_len = gen->text_len,
       .guided = gen->guidance > 1.0, .prompt_cb = gen->prompt_cb, .prompt_data = gen->prompt_data,
       .cancel = &gen->cancel, .frames_cb = cb, .frames_data = user_data, .step_cb = gen->step_cb,

@@ -154,6 +154,25 @@ typedef struct {
                                 * each CPU stage: OMP_NUM_THREADS when set, else the CPUs
                                 * this process may run on (affinity, cgroup CPU quota).
                                 * No effect on GPU stages. */
+  int vae_tile;                /* tiled VAE decode (diffusers' enable_tiling): tiles of
+                                * vae_tile x vae_tile pixels, a quarter overlapping and
+                                * blended, each with its own causal caches; a multiple of the
+                                * VAE's scale (8), used only when the frame exceeds one tile.
+                                * Saves the decoder's activation memory (its peak) at 720p
+                                * and above; the frames differ slightly at the seams.
+                                * 0 (default): untiled */
+  gboolean vae_thread;         /* DualParal engine: decode finished blocks on a thread of
+                                * their own, with the VAE on a backend of its own (its own
+                                * CUDA stream), overlapped with the next blocks' denoising;
+                                * same frames.  Default FALSE: decoded on stage 0's thread */
+  const char *vae_device;      /* with vae_thread: where the VAE runs ("cuda:N": a spare GPU,
+                                * "cpu:N"); NULL (default): stage 0's device */
+  gboolean keep_text_encoder;  /* the umT5 text encoder (on stage 0's device: BF16 on a GPU)
+                                * stays loaded between encodes, so a prompt change encodes at
+                                * once (default TRUE); FALSE: loaded for each encode (each run's
+                                * prompts, each prompt change) and freed right after, so its
+                                * memory (11 GB for umT5-XXL in BF16) is free while the
+                                * transformer and the VAE run, at the cost of a reload */
 } dp_generator_params;
 
 /* Progress after each finished block of frames. */
@@ -168,7 +187,9 @@ typedef struct {
 /* Called with n_frames consecutive frames, each height x width x 3 bytes of
  * RGB (row stride width * 3), frame index first_frame onwards.  The memory is
  * the generator's: copy what you keep before returning.  Return FALSE to stop
- * the run (it then ends with DP_ERROR_CANCELLED). */
+ * the run (it then ends with DP_ERROR_CANCELLED).  Called on the thread that
+ * runs dp_generator_run, except with vae_thread, where the generator's
+ * decode thread calls it (one call at a time, frames in order). */
 typedef gboolean (*dp_frames_cb) (const uint8_t *rgb, int n_frames, int64_t first_frame,
                                   const dp_progress *progress, void *user_data);
 

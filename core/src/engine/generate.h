@@ -79,8 +79,10 @@ typedef struct {
 
 typedef struct {
   const dp_tokenizer *tokenizer; /* borrowed */
-  dp_umt5 *text_encoder;         /* on be0 */
-  dp_wan_vae *vae;               /* on be0 */
+  dp_umt5_holder *text_encoder;  /* on be0; acquired for each encode, released after it */
+  dp_wan_vae *vae;               /* on be0, or on its own backend with decode_thread */
+  const dp_wan_vae_tiling *vae_tiling; /* dp_engine_output.vae_tiling */
+  gboolean decode_thread;        /* dp_engine_output.decode_thread */
   dp_prompt_state *state;        /* the prompt, negative prompt, guidance (changeable) */
   const dp_prompt_line *schedule;/* NULL or n_schedule lines, frame 0 first */
   int n_schedule;

@@ -28,17 +28,22 @@ encode_context (const dp_classic_parts *parts, const dp_classic_job *job, gboole
                 dp_tensor *context, int n_tokens[2], GError **error)
 {
   const int B = guided ? 2 : 1;
-  const int d = dp_umt5_get_config (parts->text_encoder)->d_model;
+  const int d = dp_umt5_holder_config (parts->text_encoder)->d_model;
   const char *texts[2] = { job->prompt, job->negative_prompt ? job->negative_prompt : "" };
   const char *names[2] = { "prompt", "negative prompt" };
+  dp_umt5 *t5 = dp_umt5_holder_acquire (parts->text_encoder, error);
 
+  if (!t5) {
+    g_prefix_error (error, "Loading the text encoder: ");
+    return FALSE;
+  }
   *context = dp_tensor_new_host (DP_F32, 3, (int64_t[]){ B, job->text_len, d });
   for (int b = 0; b < B; b++) {
     dp_tensor embeds = { 0 };
 
     if (cancelled (job, "while encoding the prompts", error))
       goto fail;
-    if (!dp_umt5_encode_prompt (parts->text_encoder, parts->tokenizer, texts[b], job->text_len,
+    if (!dp_umt5_encode_prompt (t5, parts->tokenizer, texts[b], job->text_len,
                                 &embeds, &n_tokens[b], error)) {
       g_prefix_error (error, "Encoding the %s: ", names[b]);
       goto fail;
@@ -47,9 +52,11 @@ encode_context (const dp_classic_parts *parts, const dp_classic_job *job, gboole
             (size_t) job->text_len * d * sizeof (float));
     dp_tensor_free (&embeds);
   }
+  dp_umt5_holder_release (parts->text_encoder);
   return TRUE;
 
 fail:
+  dp_umt5_holder_release (parts->text_encoder);
   dp_tensor_free (context);
   return FALSE;
 }

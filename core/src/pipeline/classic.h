@@ -33,7 +33,7 @@ G_BEGIN_DECLS
 typedef struct {
   dp_backend *be;
   const dp_tokenizer *tokenizer;
-  dp_umt5 *text_encoder;
+  dp_umt5_holder *text_encoder; /* acquired for the encode, released after it */
   dp_wan_dit *dit;
   dp_wan_vae_decoder *decoder;
   dp_sampler *sampler;
