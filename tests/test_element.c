@@ -1564,9 +1564,13 @@ test_live_timing (void)
   g_assert_cmpuint (run.first_show_rt, <=,
                     run.first_push_rt + MAX (run.first_show_latency, run.first_latency)
                         - run.first_latency + 2 * LIVE_SLACK + 50 * GST_MSECOND);
-  /* No frame later than PTS + latency, none dropped. */
-  g_assert_cmpuint (run.late_pushes, ==, 0);
-  g_assert_cmpuint (run.qos, ==, 0);
+  /* Frames later than PTS + latency, and frames the sink dropped: fewer
+   * than 5 % (issue 17's bound).  On a quiet machine there are none; a
+   * loaded one (CI beside other jobs) can delay one push by a scheduling
+   * hiccup, which is not what this checks: a latency that does not cover
+   * the block period makes most frames late. */
+  g_assert_cmpuint (20 * run.late_pushes, <, run.pushed);
+  g_assert_cmpuint (20 * run.qos, <, run.pushed);
   /* Latency messages: the first, then only changes of more than 25 %. */
   g_assert_cmpuint (run.latencies->len, >=, 1);
   for (i = 1; i < run.latencies->len; i++) {
