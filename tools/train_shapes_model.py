@@ -1139,8 +1139,20 @@ def main():
     log("summary: vae_steps %d vae_l1 %.4f vae_l2 %.5f | dit_steps %d dit_loss %.4f | decoder_steps %d eval_l1 %.4f eval_l2 %.5f | wall %.1f min"
         % (vae_steps, vae_loss["l1"], vae_loss["l2"], dit_steps, dit_loss, dec_steps, l1, l2,
            (time.time() - START) / 60))
-    log("reproduce: nice -n 19 python3 tools/train_shapes_model.py --out %s --seed %d --vae-steps %d --dit-steps %d --dec-steps %d --minutes 10000"
-        % (out, args.seed, vae_steps, dit_steps, dec_steps))
+    # This run's own options (a GPU recipe's sizes and batches too), with the
+    # step counts it reached and no time limit.
+    kept, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a in ("--minutes", "--vae-steps", "--dit-steps", "--dec-steps", "--seed", "--out"):
+            skip = True
+        elif not a.startswith(("--minutes=", "--vae-steps=", "--dit-steps=", "--dec-steps=", "--seed=",
+                               "--out=")):
+            kept.append(a)
+    log("reproduce: nice -n 19 python3 tools/train_shapes_model.py --out %s --seed %d %s--vae-steps %d "
+        "--dit-steps %d --dec-steps %d --minutes 10000"
+        % (out, args.seed, "".join(a + " " for a in kept), vae_steps, dit_steps, dec_steps))
 
     if not args.skip_check:
         res = run_checks(out, args.check_frames, args.check_steps, args.check_guidance,
