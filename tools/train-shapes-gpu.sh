@@ -25,7 +25,7 @@
 #
 # Environment (defaults are the GPU recipe; a CPU rehearsal changes a few):
 #   DEVICE=cuda MINUTES=7 SIZE=128 BANK=2000 THREADS=8 SEED=1234
-#   PYTHON=python3 BUILD=build C_CHECK_SECONDS=240 EXTRA_ARGS="" SKIP_TRAIN=0
+#   PYTHON=python3 BUILD=build C_CHECK_SECONDS=90 EXTRA_ARGS="" SKIP_TRAIN=0
 # CPU rehearsal (docs/model-card-shapes-tiny.md, "GPU recipe"):
 #   DEVICE=cpu MINUTES=2 BANK=24 THREADS=2 PYTHON=/tmp/w22venv/bin/python \
 #     OUT=/tmp/shapes-gpu-rehearsal tools/train-shapes-gpu.sh
@@ -39,7 +39,7 @@ THREADS=${THREADS:-8}
 SEED=${SEED:-1234}
 PYTHON=${PYTHON:-python3}
 BUILD=${BUILD:-build}
-C_CHECK_SECONDS=${C_CHECK_SECONDS:-240}
+C_CHECK_SECONDS=${C_CHECK_SECONDS:-90}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 MODEL=$OUT/shapes-gpu
 mkdir -p "$OUT"
