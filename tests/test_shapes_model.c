@@ -1039,9 +1039,9 @@ test_long_ghosts (void)
   vm_objects *objects = g_new (vm_objects, n);
   vm_objects_video (video, n, size, size, colour, COLOUR_RADIUS, OBJECT_MIN_PIXELS_AT (size), objects);
   int empty = 0, ghosts = ghost_frames (objects, n, &empty);
+  const double fill = median_fill (objects, n);
   g_test_message ("\"%s\", %d frames: frames with 2+ objects %d, with none %d; fill %.3f (%s) (record %d)",
-                  LONG_PROMPT, n, ghosts, empty, median_fill (objects, n),
-                  shape_of_fill (median_fill (objects, n)) ? shape_of_fill (median_fill (objects, n)) : "none",
+                  LONG_PROMPT, n, ghosts, empty, fill, shape_of_fill (fill) ? shape_of_fill (fill) : "none",
                   LONG_RECORD_GHOST_FRAMES);
   if (ghosts > 0)
     known_failure ("\"%s\": %d of %d frames with a second object (target 0)", LONG_PROMPT, ghosts, n);

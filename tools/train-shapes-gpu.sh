@@ -62,7 +62,8 @@ if ! "$PYTHON" -c 'import diffusers' 2>/dev/null; then
   stamp "installing diffusers from .bench/wheels (offline)"
   # With its dependencies where the wheels hold them; the machine's own
   # transformers stack already brings huggingface_hub, safetensors, regex,
-  # requests and filelock, so --no-deps is the fallback.
+  # requests and filelock (diffusers also needs Pillow), so --no-deps is the
+  # fallback.
   "$PYTHON" -m pip install --no-index --find-links .bench/wheels diffusers \
     || "$PYTHON" -m pip install --no-index --find-links .bench/wheels --no-deps diffusers
   "$PYTHON" -c 'import diffusers; print("diffusers", diffusers.__version__)' || { stamp "no diffusers: stop"; exit 2; }
