@@ -78,6 +78,10 @@ if [ "$DEVICE" != cpu ] && ! "$PYTHON" -c 'import triton' 2>/dev/null; then
   stamp "no triton: training without torch.compile"
 fi
 
+# The script asks torch for deterministic algorithms (warn_only); cuBLAS is
+# deterministic only with a fixed workspace.
+export CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8}
+
 # 2. Training (SKIP_TRAIN=1: only the C checks of step 3, on the model
 # already in $OUT/shapes-gpu).
 if [ "${SKIP_TRAIN:-0}" != 1 ]; then
