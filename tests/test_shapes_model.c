@@ -846,6 +846,50 @@ prompt_case_results (const prompt_case *pc)
 /* Marks the running test as a known failure (GLib "incomplete": reported
  * as such, never as a pass).  Call before the record's assertions: a failed
  * assertion after it still fails the test. */
+/* The figures of the shape, ghost and motion-over-time checks, one JSON
+ * object per check, written as a JSON array to the file DP_SHAPES_FIGURES
+ * names (when set) at the end: models/shapes-tiny/figures.json is this
+ * output for the shipped model, the record in machine-readable form, and
+ * tools/train-shapes-gpu.sh writes one for a new model. */
+static GString *figures;
+
+static void
+add_figures (const char *fmt, ...) G_GNUC_PRINTF (1, 2);
+static void
+add_figures (const char *fmt, ...)
+{
+  va_list ap;
+  va_start (ap, fmt);
+  if (!figures)
+    figures = g_string_new (NULL);
+  g_string_append (figures, figures->len ? ",\n {" : " {");
+  g_string_append_vprintf (figures, fmt, ap);
+  g_string_append (figures, "}");
+  va_end (ap);
+}
+
+/* A JSON number: null for NAN. */
+static const char *
+json_num (char buf[G_ASCII_DTOSTR_BUF_SIZE], double v, const char *format)
+{
+  return isfinite (v) ? g_ascii_formatd (buf, G_ASCII_DTOSTR_BUF_SIZE, format, v) : "null";
+}
+
+static void
+write_figures (void)
+{
+  const char *path = g_getenv ("DP_SHAPES_FIGURES");
+  if (!path || !*path)
+    return;
+  char *text = g_strdup_printf ("[\n%s\n]\n", figures ? figures->str : "");
+  GError *err = NULL;
+  if (!g_file_set_contents (path, text, -1, &err)) {
+    g_printerr ("DP_SHAPES_FIGURES: %s\n", err->message);
+    g_clear_error (&err);
+  }
+  g_free (text);
+}
+
 static int known_failures;
 static void
 known_failure (const char *fmt, ...) G_GNUC_PRINTF (1, 2);
@@ -906,6 +950,15 @@ test_prompt_shape (gconstpointer data)
   g_test_message ("\"%s\": the named shape (%s, fill %.2f) in %d of %d seeds; mean |fill - %.2f| %.3f "
                   "(record %.3f)", pc->prompt, pc->shape, ideal, named, PROMPT_SEEDS, ideal, error,
                   pc->record_shape_error);
+  GString *fills = g_string_new (NULL);
+  char b[G_ASCII_DTOSTR_BUF_SIZE];
+  for (int s = 0; s < PROMPT_SEEDS; s++)
+    g_string_append_printf (fills, "%s%s", s ? ", " : "", json_num (b, r[s].fill, "%.3f"));
+  add_figures ("\"check\": \"shape\", \"prompt\": \"%s\", \"shape\": \"%s\", \"fill_per_seed\": [%s], "
+               "\"seeds_named_shape\": %d, \"mean_fill_error\": %s, \"record\": %.3f, \"target_met\": %s",
+               pc->prompt, pc->shape, fills->str, named, json_num (b, error, "%.3f"), pc->record_shape_error,
+               named >= PROMPT_MIN_PASSING ? "true" : "false");
+  g_string_free (fills, TRUE);
   if (named < PROMPT_MIN_PASSING)
     known_failure ("\"%s\": the named shape in %d of %d seeds (target %d)", pc->prompt, named, PROMPT_SEEDS,
                    PROMPT_MIN_PASSING);
@@ -926,6 +979,9 @@ test_prompt_ghosts (gconstpointer data)
     ghosts += r[s].ghost_frames;
   g_test_message ("\"%s\": frames with a second %s object %d of %d (record %d)", pc->prompt, pc->colour, ghosts,
                   PROMPT_SEEDS * PROMPT_FRAMES, pc->record_ghost_frames);
+  add_figures ("\"check\": \"ghosts\", \"prompt\": \"%s\", \"seeds\": %d, \"frames\": %d, "
+               "\"ghost_frames\": %d, \"record\": %d, \"target_met\": %s", pc->prompt, PROMPT_SEEDS,
+               PROMPT_SEEDS * PROMPT_FRAMES, ghosts, pc->record_ghost_frames, ghosts == 0 ? "true" : "false");
   if (ghosts > 0)
     known_failure ("\"%s\": %d frames with a second object (target 0)", pc->prompt, ghosts);
   g_assert_cmpint (ghosts, <=, pc->record_ghost_frames);
@@ -1043,6 +1099,9 @@ test_long_ghosts (void)
   g_test_message ("\"%s\", %d frames: frames with 2+ objects %d, with none %d; fill %.3f (%s) (record %d)",
                   LONG_PROMPT, n, ghosts, empty, fill, shape_of_fill (fill) ? shape_of_fill (fill) : "none",
                   LONG_RECORD_GHOST_FRAMES);
+  add_figures ("\"check\": \"long_ghosts\", \"prompt\": \"%s\", \"seed\": %d, \"frames\": %d, "
+               "\"ghost_frames\": %d, \"frames_without_object\": %d, \"record\": %d, \"target_met\": %s",
+               LONG_PROMPT, LONG_SEED, n, ghosts, empty, LONG_RECORD_GHOST_FRAMES, ghosts == 0 ? "true" : "false");
   if (ghosts > 0)
     known_failure ("\"%s\": %d of %d frames with a second object (target 0)", LONG_PROMPT, ghosts, n);
   g_assert_cmpint (ghosts, <=, LONG_RECORD_GHOST_FRAMES);
@@ -1109,6 +1168,15 @@ motion_seed (const motion_case *mc, uint64_t seed, int *ghosts)
                   seed, seconds, min_speed, fig->str, passing, LONG_SEGMENTS, *ghosts, empty, jumps,
                   median_fill (objects, n));
   g_string_free (fig, TRUE);
+  GString *speeds = g_string_new (NULL);
+  char b[G_ASCII_DTOSTR_BUF_SIZE];
+  for (int q = 0; q < LONG_SEGMENTS; q++)
+    g_string_append_printf (speeds, "%s%s", q ? ", " : "", json_num (b, mc->sign * speed[q], "%.3f"));
+  add_figures ("\"check\": \"motion_over_time\", \"prompt\": \"%s\", \"seed\": %" G_GUINT64_FORMAT ", "
+               "\"frames\": %d, \"size\": %d, \"span_speed_named_way\": [%s], \"min_speed\": %.3f, "
+               "\"spans_passing\": %d, \"ghost_frames\": %d, \"frames_without_object\": %d, \"jumps\": %d",
+               mc->prompt, seed, n, size, speeds->str, min_speed, passing, *ghosts, empty, jumps);
+  g_string_free (speeds, TRUE);
   g_free (objects);
   g_free (track);
   g_free (unwrapped);
@@ -1132,6 +1200,11 @@ test_long_motion (gconstpointer data)
   g_test_message ("\"%s\", seeds 1-%d: %d of %d spans pass (record %d); frames with 2+ objects %d of %d "
                   "(record %d)", mc->prompt, LONG_MOTION_SEEDS, passing, spans, mc->record_segments, ghosts,
                   LONG_FRAMES * LONG_MOTION_SEEDS, mc->record_ghost_frames);
+  add_figures ("\"check\": \"motion_over_time_record\", \"prompt\": \"%s\", \"seeds\": %d, "
+               "\"spans_passing\": %d, \"spans\": %d, \"ghost_frames\": %d, \"record_spans\": %d, "
+               "\"record_ghost_frames\": %d, \"target_met\": %s", mc->prompt, LONG_MOTION_SEEDS, passing, spans,
+               ghosts, mc->record_segments, mc->record_ghost_frames,
+               passing == spans && ghosts == 0 ? "true" : "false");
   if (passing < spans || ghosts > 0)
     known_failure ("\"%s\": moves the named way in %d of %d spans (target %d), %d frames with a second "
                    "object (target 0)", mc->prompt, passing, spans, spans, ghosts);
@@ -1466,6 +1539,7 @@ main (int argc, char **argv)
     g_test_add_func ("/model/steer/schedule", test_steer_schedule);
   }
   int status = g_test_run ();
+  write_figures ();
   if (known_failures > 0)
     /* meson's exitcode protocol shows the program as passed: say it here,
      * at the end of its log, too. */
@@ -1475,6 +1549,8 @@ main (int argc, char **argv)
   g_free (steer_baseline);
   for (int i = 0; i < LONG_CACHE; i++)
     g_free (long_cache[i].video);
+  if (figures)
+    g_string_free (figures, TRUE);
   if (status == 0 && !have_model) {
     /* 77 is meson's "skipped": the measures passed, the model is not there. */
     g_printerr ("SKIP: no model_index.json in %s (DP_SHAPES_MODEL_DIR); only the measures ran\n",

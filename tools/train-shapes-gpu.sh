@@ -21,6 +21,7 @@
 #
 # Everything goes to $OUT (default ./out/train-shapes-gpu): shapes-gpu/ (the
 # model, with training_log.txt and checks.json), run.log, c-checks.log,
+# c-figures.json (the C checks' figures, as models/shapes-tiny/figures.json),
 # generate.log, frames/.  The exit status is the training's.
 #
 # Environment (defaults are the GPU recipe; a CPU rehearsal changes a few):
@@ -123,7 +124,7 @@ fi
 case $? in 0 | 77) c_suite_runs=1 ;; *) c_suite_runs=0 ;; esac
 if [ "$c_suite_runs" = 1 ]; then
   stamp "C model suite (not the steering cases), at most $C_CHECK_SECONDS s"
-  DP_SHAPES_MODEL_DIR=$MODEL timeout "$C_CHECK_SECONDS" "$BUILD/tests/test_shapes_model" --keep-going \
+  DP_SHAPES_MODEL_DIR=$MODEL DP_SHAPES_FIGURES=$OUT/c-figures.json timeout "$C_CHECK_SECONDS" "$BUILD/tests/test_shapes_model" --keep-going \
     -s /model/steer/switch -s /model/steer/transition -s /model/steer/schedule > "$OUT/c-checks.log" 2>&1
   echo "exit $?" >> "$OUT/c-checks.log"
   grep -E '^(ok|not ok)|missed' "$OUT/c-checks.log"
