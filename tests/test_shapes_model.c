@@ -97,7 +97,8 @@
  * shapes_dataset.py through the same colour mask, 64 x 64, 120 frames per
  * shape) the median fill is 0.79 for a ball (10th-90th percentile
  * 0.76-0.83), 1.00 for a square (1.00-1.00), 0.54 for a triangle (0.51-0.58;
- * at 128 x 128: 0.78, 1.00, 0.52).  A video shows the shape whose fill is
+ * at 128 x 128: 0.78, 1.00, 0.52; python3 tools/train_shapes_model.py
+ * --measure-shape-fills).  A video shows the shape whose fill is
  * nearest: square from SHAPE_SQUARE_MIN_FILL up, triangle below
  * SHAPE_TRIANGLE_MAX_FILL, ball between (the midpoints). */
 #define SHAPE_FILL_BALL 0.79
