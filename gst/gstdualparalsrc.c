@@ -68,6 +68,10 @@ enum {
   PROP_PROMPT_SCHEDULE,
   PROP_PROCESSES,
   PROP_WIRE_BF16,
+  PROP_VAE_TILE,
+  PROP_VAE_THREAD,
+  PROP_VAE_DEVICE,
+  PROP_KEEP_TEXT_ENCODER,
 };
 
 /* The settings a run is made with: the properties, copied at start (). */
@@ -93,6 +97,10 @@ typedef struct {
   gchar *prompt_schedule; /* NULL: none */
   GstDualParalProcesses processes;
   gboolean wire_bf16;
+  gint vae_tile;          /* 0: untiled */
+  gboolean vae_thread;
+  gchar *vae_device;      /* NULL: stage 0's device */
+  gboolean keep_text_encoder;
 } Settings;
 
 struct _GstDualParalSrc {
@@ -236,6 +244,7 @@ settings_copy (Settings *dst, const Settings *src)
   dst->model = g_strdup (src->model);
   dst->devices = g_strdup (src->devices);
   dst->prompt_schedule = g_strdup (src->prompt_schedule);
+  dst->vae_device = g_strdup (src->vae_device);
 }
 
 static void
@@ -246,6 +255,7 @@ settings_clear (Settings *s)
   g_clear_pointer (&s->model, g_free);
   g_clear_pointer (&s->devices, g_free);
   g_clear_pointer (&s->prompt_schedule, g_free);
+  g_clear_pointer (&s->vae_device, g_free);
 }
 
 /* NULL when n is a frame count the model can make, else why not
@@ -428,6 +438,10 @@ create_generator (GstDualParalSrc *self, gint width, gint height, GError **error
   p.warning_cb = on_core_warning;
   p.warning_data = self;
   p.threads = self->run.threads;
+  p.vae_tile = self->run.vae_tile;
+  p.vae_thread = self->run.vae_thread;
+  p.vae_device = self->run.vae_device;
+  p.keep_text_encoder = self->run.keep_text_encoder;
 
   GST_INFO_OBJECT (self, "loading model '%s' (%dx%d, %d frames, %d steps, devices %s)",
                    p.model_dir, width, height, p.num_frames, p.steps, p.devices);
@@ -1540,6 +1554,19 @@ gst_dual_paral_src_set_property (GObject *object, guint prop_id, const GValue *v
     case PROP_THREADS:
       self->props.threads = g_value_get_int (value);
       break;
+    case PROP_VAE_TILE:
+      self->props.vae_tile = g_value_get_int (value);
+      break;
+    case PROP_VAE_THREAD:
+      self->props.vae_thread = g_value_get_boolean (value);
+      break;
+    case PROP_VAE_DEVICE:
+      g_free (self->props.vae_device);
+      self->props.vae_device = g_value_dup_string (value);
+      break;
+    case PROP_KEEP_TEXT_ENCODER:
+      self->props.keep_text_encoder = g_value_get_boolean (value);
+      break;
     case PROP_QUEUE_FRAMES:
       self->props.queue_frames = g_value_get_uint (value);
       break;
@@ -1648,6 +1675,18 @@ gst_dual_paral_src_get_property (GObject *object, guint prop_id, GValue *value,
     case PROP_THREADS:
       g_value_set_int (value, self->props.threads);
       break;
+    case PROP_VAE_TILE:
+      g_value_set_int (value, self->props.vae_tile);
+      break;
+    case PROP_VAE_THREAD:
+      g_value_set_boolean (value, self->props.vae_thread);
+      break;
+    case PROP_VAE_DEVICE:
+      g_value_set_string (value, self->props.vae_device);
+      break;
+    case PROP_KEEP_TEXT_ENCODER:
+      g_value_set_boolean (value, self->props.keep_text_encoder);
+      break;
     case PROP_QUEUE_FRAMES:
       g_value_set_uint (value, self->props.queue_frames);
       break;
@@ -1705,6 +1744,10 @@ gst_dual_paral_src_init (GstDualParalSrc *self)
   self->props.context_frames = d->context_frames;
   self->props.text_len = d->text_len;
   self->props.threads = d->threads;
+  self->props.vae_tile = d->vae_tile;
+  self->props.vae_thread = d->vae_thread;
+  self->props.vae_device = g_strdup (d->vae_device);
+  self->props.keep_text_encoder = d->keep_text_encoder;
   self->props.queue_frames = DEFAULT_QUEUE_FRAMES;
   self->props.transition_blocks = d->transition_blocks;
   self->props.prompt_schedule = NULL;
@@ -1754,7 +1797,7 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
           d->negative_prompt ? d->negative_prompt : "", STEERING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_MODEL,
       g_param_spec_string ("model", "Model directory",
-          "Wan2.1 text-to-video model in diffusers layout (model_index.json, transformer/, "
+          "Wan text-to-video model (Wan2.1, Wan2.2 T2V-A14B or TI2V-5B) in diffusers layout (model_index.json, transformer/, "
           "vae/, text_encoder/, tokenizer/, scheduler/); unset: the embedded model, found "
           "through DUALPARAL_MODEL, the installed data folder, then the source tree",
           NULL, SETTING_FLAGS));
@@ -1825,6 +1868,27 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
           "0: what the machine leaves, for each stage (OMP_NUM_THREADS when set, else the CPUs this process "
           "may run on). Idle threads sleep",
           0, 1024, CLAMP (d->threads, 0, 1024), SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_VAE_TILE,
+      g_param_spec_int ("vae-tile", "VAE tile",
+          "Decode in tiles of N x N pixels, a quarter overlapping and blended (diffusers' "
+          "enable_tiling), when the frame is larger than a tile: less VAE memory at 720p and above, "
+          "slight differences at the seams; a multiple of 8; 0: untiled",
+          0, 16384, CLAMP (d->vae_tile, 0, 16384), SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_VAE_THREAD,
+      g_param_spec_boolean ("vae-thread", "VAE thread",
+          "DualParal engine: decode finished blocks on a thread and backend of their own (on a GPU its "
+          "own stream), overlapped with the next blocks' denoising; the same frames",
+          d->vae_thread, SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_VAE_DEVICE,
+      g_param_spec_string ("vae-device", "VAE device",
+          "With vae-thread: where the VAE runs (e.g. cuda:1, a spare GPU); NULL: the first stage's device",
+          d->vae_device, SETTING_FLAGS));
+  g_object_class_install_property (gobject_class, PROP_KEEP_TEXT_ENCODER,
+      g_param_spec_boolean ("keep-text-encoder", "Keep text encoder",
+          "Keep the text encoder loaded (on the first device, BF16 on a GPU), so that a prompt change "
+          "encodes at once; false: load it for each encode and free it after (its memory is free while "
+          "the video is made, each prompt change reloads it)",
+          d->keep_text_encoder, SETTING_FLAGS));
   g_object_class_install_property (gobject_class, PROP_QUEUE_FRAMES,
       g_param_spec_uint ("queue-frames", "Queue frames",
           "Frames held between the generator and downstream; generation pauses while "

@@ -109,6 +109,21 @@ gboolean dp_cuda_backend_has_wgmma_attention (dp_backend *be);
  * or before any call.  Tests use it to prove which kernel they checked. */
 int dp_cuda_backend_last_attention_variant (dp_backend *be);
 
+/* How conv3d runs (issue 22): im2col + cuBLASLt GEMMs in BF16 (the default,
+ * any input), or cuDNN (F32 inputs, symmetric paddings; libcudnn.so.9 is
+ * opened at run time; other calls still take im2col).  A new backend starts
+ * with DP_CUDA_CONV from the environment ("cudnn" or "im2col"), else im2col. */
+typedef enum {
+  DP_CUDA_CONV_IM2COL = 0,
+  DP_CUDA_CONV_CUDNN = 1,
+} dp_cuda_conv_impl;
+
+/* FALSE with *why (free it) when cuDNN is asked for and cannot be used
+ * (built without cudnn.h, libcudnn.so.9 not found or incomplete). */
+gboolean dp_cuda_backend_set_conv (dp_backend *be, dp_cuda_conv_impl impl, char **why);
+/* Whether the last conv3d call ran through cuDNN (tests prove the path). */
+gboolean dp_cuda_backend_last_conv_was_cudnn (dp_backend *be);
+
 /* ---- internal: for the device transport (nccl_transport.h) -------------- */
 
 /* Whether be is a CUDA backend (any backend may be passed). */

@@ -335,6 +335,29 @@ test_dualparal (void)
   p.context_frames = 1;
   GByteArray *want = api_frames_engine (&p, model, 9, 2, 5, DP_SAMPLER_UNIPC);
   check_y4m (out->data, out->len, 48, 32, 9, TRUE, want->data);
+
+  /* --vae-thread: decoded on a thread and backend of its own, the same bytes. */
+  const char *threaded[G_N_ELEMENTS (args) + 1];
+  memcpy (threaded, args, sizeof args);
+  threaded[G_N_ELEMENTS (args) - 1] = "--vae-thread";
+  threaded[G_N_ELEMENTS (args)] = NULL;
+  g_byte_array_set_size (out, 0);
+  g_assert_cmpint (run_tool_stdout (threaded, out), ==, 0);
+  check_y4m (out->data, out->len, 48, 32, 9, TRUE, want->data);
+
+  /* --vae-tile 16: the API's tiled frames (a 2 x 4 grid here), not the untiled ones. */
+  const char *tiled[G_N_ELEMENTS (args) + 2];
+  memcpy (tiled, args, sizeof args);
+  tiled[G_N_ELEMENTS (args) - 1] = "--vae-tile";
+  tiled[G_N_ELEMENTS (args)] = "16";
+  tiled[G_N_ELEMENTS (args) + 1] = NULL;
+  g_byte_array_set_size (out, 0);
+  g_assert_cmpint (run_tool_stdout (tiled, out), ==, 0);
+  p.vae_tile = 16;
+  GByteArray *want_tiled = api_frames_engine (&p, model, 9, 2, 5, DP_SAMPLER_UNIPC);
+  check_y4m (out->data, out->len, 48, 32, 9, TRUE, want_tiled->data);
+  g_assert_true (want_tiled->len == want->len && memcmp (want_tiled->data, want->data, want->len) != 0);
+  g_byte_array_unref (want_tiled);
   g_byte_array_unref (want);
   g_byte_array_unref (out);
   g_free (model);
@@ -398,6 +421,15 @@ test_prompt_file (void)
   p.context_frames = 1;
   p.prompt_schedule = schedule;
   GByteArray *want = api_frames_engine (&p, model, 17, 2, 5, DP_SAMPLER_UNIPC);
+  check_y4m (out->data, out->len, 48, 32, 17, TRUE, want->data);
+  /* --free-text-encoder: the encoder is loaded for the first prompts and
+   * again for the change, freed after each: the same frames. */
+  const char *freeing[G_N_ELEMENTS (args) + 1];
+  memcpy (freeing, args, sizeof args);
+  freeing[G_N_ELEMENTS (args) - 1] = "--free-text-encoder";
+  freeing[G_N_ELEMENTS (args)] = NULL;
+  g_byte_array_set_size (out, 0);
+  g_assert_cmpint (run_tool_stdout (freeing, out), ==, 0);
   check_y4m (out->data, out->len, 48, 32, 17, TRUE, want->data);
   p.prompt_schedule = NULL;
   GByteArray *plain = api_frames_engine (&p, model, 17, 2, 5, DP_SAMPLER_UNIPC);
@@ -464,6 +496,11 @@ test_errors (void)
     { { "--model", model, "--prompt", "x", "--threads", "-1", "--output", "@OUT" }, "--threads -1" },
     { { "--model", model, "--prompt", "x", "--threads", "2000", "--output", "@OUT" }, "threads 2000" },
     { { "--model", model, "--prompt", "x", "--device", "cpu:0", "--output", "@OUT" }, "cpu:0" },
+    { { "--model", model, "--prompt", "x", "--vae-tile", "-8", "--output", "@OUT" }, "vae_tile -8" },
+    { { "--model", model, "--prompt", "x", "--vae-tile", "12", "--output", "@OUT" }, "tile height 12" },
+    { { "--model", model, "--prompt", "x", "--vae-device", "cpu", "--output", "@OUT" }, "set vae_thread" },
+    { { "--model", model, "--prompt", "x", "--engine", "classic", "--vae-thread", "--output", "@OUT" },
+      "vae_thread needs the DualParal engine" },
     { { "--model", model, "--prompt", "x", "--frames", "1", "--steps", "1", "--output",
         missing_dir }, "Cannot create" },
   };

@@ -29,6 +29,10 @@
  * - generator (tests/data/pipeline/tiny-wan): devices "0,0" (and "0,1" with
  *   two GPUs) give the frames of "0", within 2 levels for >= 99% of the
  *   bytes (the same tolerance reasoning as above, after the VAE).
+ * - generator/wan22 and generator/ti2v (tests/data/wan22/tiny-wan22, two
+ *   experts; tests/data/ti2v/tiny-ti2v, per-token timesteps and the Wan2.2
+ *   VAE): classic and DualParal (1 and 2 stages on one GPU) against the CPU
+ *   backend, and the 2 stages against 1 (tolerances at the test).
  * - the engine refuses cpu and cuda stages mixed, the transport refuses a
  *   cpu backend.
  *
@@ -734,6 +738,7 @@ test_refusals (void)
 typedef struct {
   GByteArray *rgb;
   int64_t frames;
+  int frame_bytes;
 } frame_sink;
 
 static gboolean
@@ -741,31 +746,37 @@ sink_frames (const uint8_t *rgb, int n_frames, int64_t first_frame, const dp_pro
 {
   frame_sink *s = data;
   g_assert_cmpint (first_frame, ==, s->frames);
-  g_byte_array_append (s->rgb, rgb, (guint) (n_frames * 48 * 32 * 3));
+  g_byte_array_append (s->rgb, rgb, (guint) (n_frames * s->frame_bytes));
   s->frames += n_frames;
   return TRUE;
 }
 
+/* 17 frames (5 latent frames) of the tiny model tests/data/MODEL on
+ * DEVICES with ENGINE; DualParal blocks [0, 3), [3, 5). */
 static GByteArray *
-generate (const char *devices)
+generate_model (const char *model, const char *devices, dp_engine_kind engine)
 {
   GError *err = NULL;
   dp_generator_params p;
   dp_generator_params_init (&p);
-  char *dir = g_build_filename (g_getenv ("DP_TEST_DATA"), "pipeline", "tiny-wan", NULL);
+  char *dir = g_build_filename (g_getenv ("DP_TEST_DATA"), model, NULL);
   p.model_dir = dir;
   p.prompt = "a red circle moves to the left";
   p.negative_prompt = "static";
-  p.num_frames = 17; /* 5 latent frames: blocks [0, 3), [3, 5) */
+  p.num_frames = 17;
   p.steps = 3;
-  p.engine = DP_ENGINE_DUALPARAL;
+  p.engine = engine;
   p.devices = devices;
-  p.block_frames = 2;
-  p.context_frames = 1;
+  if (engine == DP_ENGINE_DUALPARAL) {
+    p.block_frames = 2;
+    p.context_frames = 1;
+  }
   dp_generator *gen = dp_generator_new (&p, &err);
   g_assert_no_error (err);
   g_free (dir);
-  frame_sink s = { g_byte_array_new (), 0 };
+  int W, H;
+  dp_generator_get_size (gen, &W, &H);
+  frame_sink s = { g_byte_array_new (), 0, W * H * 3 };
   g_assert_true (dp_generator_run (gen, sink_frames, &s, &err));
   g_assert_no_error (err);
   g_assert_cmpint (s.frames, ==, 17);
@@ -773,18 +784,41 @@ generate (const char *devices)
   return s.rgb;
 }
 
-static void
-compare_frames (const GByteArray *a, const GByteArray *ref, const char *what)
+static GByteArray *
+generate (const char *devices)
+{
+  return generate_model ("pipeline/tiny-wan", devices, DP_ENGINE_DUALPARAL);
+}
+
+/* Frames A against REF: at most max_far_pct % of the bytes more than
+ * far_levels apart.  Returns the mean absolute difference in levels. */
+static double
+compare_frames_within (const GByteArray *a, const GByteArray *ref, const char *what, guint far_levels,
+                       double max_far_pct)
 {
   g_assert_cmpuint (a->len, ==, ref->len);
   guint far = 0, maxd = 0;
+  double sum = 0;
   for (guint i = 0; i < a->len; i++) {
     const guint d = (guint) abs ((int) a->data[i] - (int) ref->data[i]);
-    far += d > 2;
+    far += d > far_levels;
     maxd = MAX (maxd, d);
+    sum += d;
   }
-  g_test_message ("%s: largest difference %u levels, %u of %u bytes beyond 2", what, maxd, far, a->len);
-  g_assert_cmpuint (far, <=, a->len / 100);
+  const double mean = sum / MAX (a->len, 1);
+  g_test_message ("%s: largest difference %u levels, mean %.3f, %u of %u bytes beyond %u", what, maxd, mean, far,
+                  a->len, far_levels);
+  if (g_test_verbose ())
+    g_printerr ("  %s: largest difference %u levels, mean %.3f, %u of %u bytes beyond %u\n", what, maxd, mean, far,
+                a->len, far_levels);
+  g_assert_cmpfloat (100.0 * far, <=, max_far_pct * a->len);
+  return mean;
+}
+
+static void
+compare_frames (const GByteArray *a, const GByteArray *ref, const char *what)
+{
+  compare_frames_within (a, ref, what, 2, 1.0);
 }
 
 static void
@@ -802,6 +836,44 @@ test_generator (void)
   }
   g_byte_array_unref (same);
   g_byte_array_unref (one);
+}
+
+/* The Wan2.2 models, data = the model folder under tests/data:
+ * wan22/tiny-wan22 (T2V-A14B shape: two experts with different weights,
+ * switched at boundary_ratio 0.9, so 3 steps use both) and ti2v/tiny-ti2v
+ * (TI2V-5B shape: per-token timesteps, the Wan2.2 VAE).  The classic engine
+ * and DualParal on one and two stages of one GPU, each against the CPU
+ * backend's frames, and the two stages against one.  The CPU comparison's
+ * bound (at most 5 % of bytes beyond 8 levels: BF16 weights and GEMMs over
+ * 3 steps, then the VAE) has not been calibrated on a GPU yet; the test
+ * prints the measured figures. */
+static void
+test_generator_wan2_2 (gconstpointer data)
+{
+  const char *model = data;
+  const struct {
+    const char *devices;
+    dp_engine_kind engine;
+    const char *what;
+  } runs[] = {
+    { "0", DP_ENGINE_CLASSIC, "classic" },
+    { "0", DP_ENGINE_DUALPARAL, "dualparal, 1 stage" },
+    { "0,0", DP_ENGINE_DUALPARAL, "dualparal, 2 stages on one GPU" },
+  };
+  GByteArray *gpu[G_N_ELEMENTS (runs)];
+  for (size_t k = 0; k < G_N_ELEMENTS (runs); k++) {
+    GByteArray *cpu = generate_model (model, "cpu", runs[k].engine);
+    gpu[k] = generate_model (model, runs[k].devices, runs[k].engine);
+    char what[128];
+    g_snprintf (what, sizeof what, "%s %s: cuda vs cpu", model, runs[k].what);
+    compare_frames_within (gpu[k], cpu, what, 8, 5.0);
+    g_byte_array_unref (cpu);
+  }
+  char what[128];
+  g_snprintf (what, sizeof what, "%s dualparal: devices 0,0 vs 0", model);
+  compare_frames (gpu[2], gpu[1], what);
+  for (size_t k = 0; k < G_N_ELEMENTS (runs); k++)
+    g_byte_array_unref (gpu[k]);
 }
 
 int
@@ -828,5 +900,7 @@ main (int argc, char **argv)
   g_test_add_func ("/gpu-engine/stop/one-gpu", test_engine_stop_one_gpu);
   g_test_add_func ("/gpu-engine/stop/gpus", test_engine_stop_gpus);
   g_test_add_func ("/gpu-engine/generator", test_generator);
+  g_test_add_data_func ("/gpu-engine/generator/wan22", "wan22/tiny-wan22", test_generator_wan2_2);
+  g_test_add_data_func ("/gpu-engine/generator/ti2v", "ti2v/tiny-ti2v", test_generator_wan2_2);
   return g_test_run ();
 }

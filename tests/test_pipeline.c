@@ -20,6 +20,13 @@
  * given), uint8 frames 99.993% exact, worst difference 1; the boundary moved
  * just past the timestep of step 1 makes step 1 run the other expert, whose
  * latents are then 0.39 away (rel. L2): a wrong switch step fails.
+ * Wan2.2 TI2V-5B as text-to-video (tests/data/ti2v, tools/make_ti2v_golden.py:
+ * expand_timesteps, 48 channels, the Wan2.2 VAE; 64x64, 9 frames = 3 latent
+ * frames of 4x4), the same tolerances: latents after every step rel. L2
+ * 9.0e-7 (UniPC) and 1.05e-6 (Euler), text context 1.3e-6, uint8 frames
+ * 99.997% exact, worst difference 1; without "_dualparal" hints it runs at
+ * 1280x704, 24 fps; a TI2V index over Wan2.1 parts, a non-boolean
+ * expand_timesteps and TI2V with two experts are refused.
  * Also: the frames come as 1, then blocks of 4, in order; the seeded noise
  * path and reruns are deterministic; cancel from another thread, before a
  * run and from the frame callback; bad settings and broken model
@@ -280,6 +287,9 @@ test_golden (gconstpointer data)
   if (g_str_has_prefix (name, "wan22/")) {
     name += strlen ("wan22/");
     golden_open_set (&g, "wan22", "tiny-wan22");
+  } else if (g_str_has_prefix (name, "ti2v/")) {
+    name += strlen ("ti2v/");
+    golden_open_set (&g, "ti2v", "tiny-ti2v");
   } else {
     golden_open (&g);
   }
@@ -728,6 +738,8 @@ typedef enum {
   BROKEN_INDEX_CLASS,
   BROKEN_INDEX_WAN22,
   BROKEN_INDEX_TI2V,
+  BROKEN_INDEX_TI2V_TYPE,
+  BROKEN_INDEX_TI2V_EXPERTS,
   BROKEN_INDEX_S2V,
   BROKEN_INDEX_ANIMATE,
   BROKEN_HINT,
@@ -756,7 +768,10 @@ static const broken_case broken_cases[] = {
   { BROKEN_INDEX_JSON, DP_ERROR_FORMAT, "model_index.json" },
   { BROKEN_INDEX_CLASS, DP_ERROR_UNSUPPORTED, "WanImageToVideoPipeline" },
   { BROKEN_INDEX_WAN22, DP_ERROR_FORMAT, "\"transformer_2\" (the low-noise expert) is not" },
-  { BROKEN_INDEX_TI2V, DP_ERROR_UNSUPPORTED, "TI2V-5B" },
+  /* TI2V-5B announced over Wan2.1 parts: its latents need the Wan2.2 VAE. */
+  { BROKEN_INDEX_TI2V, DP_ERROR_FORMAT, "is not the Wan2.2 VAE" },
+  { BROKEN_INDEX_TI2V_TYPE, DP_ERROR_FORMAT, "\"expand_timesteps\" is not true or false" },
+  { BROKEN_INDEX_TI2V_EXPERTS, DP_ERROR_UNSUPPORTED, "both \"boundary_ratio\"" },
   { BROKEN_INDEX_S2V, DP_ERROR_UNSUPPORTED, "S2V" },
   { BROKEN_INDEX_ANIMATE, DP_ERROR_UNSUPPORTED, "Animate is not supported" },
   { BROKEN_HINT, DP_ERROR_FORMAT, "\"text_len\"" },
@@ -812,6 +827,15 @@ test_bad_models (void)
       case BROKEN_INDEX_TI2V:
         path = IN ("model_index.json");
         edit_file (path, "\"expand_timesteps\": false", "\"expand_timesteps\": true");
+        break;
+      case BROKEN_INDEX_TI2V_TYPE:
+        path = IN ("model_index.json");
+        edit_file (path, "\"expand_timesteps\": false", "\"expand_timesteps\": \"yes\"");
+        break;
+      case BROKEN_INDEX_TI2V_EXPERTS:
+        path = IN ("model_index.json");
+        edit_file (path, "\"expand_timesteps\": false", "\"expand_timesteps\": true");
+        edit_file (path, "\"boundary_ratio\": null", "\"boundary_ratio\": 0.875");
         break;
       case BROKEN_INDEX_S2V:
         path = IN ("model_index.json");
@@ -1246,6 +1270,45 @@ test_truncation_warning (void)
   golden_close (&g);
 }
 
+/* A TI2V-5B directory without "_dualparal" hints: its native 1280 x 704 at
+ * 24 fps (DP_GENERATOR_TI2V_*), not Wan2.1's 832 x 480 at 16; a size that
+ * is not a multiple of 32 (VAE 16 x patch 2) is refused. */
+static void
+test_ti2v_defaults (void)
+{
+  golden_data g;
+  golden_open_set (&g, "ti2v", "tiny-ti2v");
+  GError *err = NULL;
+  char *tmp = dp_test_make_tmp_dir ("dp-pipeline-XXXXXX");
+  char *dir = g_build_filename (tmp, "model", NULL);
+  dp_test_copy_tree (g.model_dir, dir);
+  char *index = g_build_filename (dir, "model_index.json", NULL);
+  edit_file (index, "\"_dualparal\"", "\"_unused\"");
+  dp_generator_params p;
+  golden_params (&g, &p);
+  p.model_dir = dir;
+  p.width = p.height = 0;
+  p.num_frames = 5;
+  dp_generator *gen = generator_new_ok (&p);
+  int W, H;
+  dp_generator_get_size (gen, &W, &H);
+  g_assert_cmpint (W, ==, DP_GENERATOR_TI2V_WIDTH);
+  g_assert_cmpint (H, ==, DP_GENERATOR_TI2V_HEIGHT);
+  g_assert_cmpint (dp_generator_fps (gen), ==, DP_GENERATOR_TI2V_FPS);
+  dp_generator_free (gen);
+  p.width = 48;
+  p.height = 64;
+  g_assert_null (dp_generator_new (&p, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_assert_nonnull (strstr (err->message, "multiple of 32"));
+  g_clear_error (&err);
+  dp_test_remove_tree (tmp);
+  g_free (index);
+  g_free (dir);
+  g_free (tmp);
+  golden_close (&g);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1257,6 +1320,9 @@ main (int argc, char **argv)
   g_test_add_data_func ("/pipeline/wan22/a22_unipc", "wan22/a22_unipc", test_golden);
   g_test_add_data_func ("/pipeline/wan22/a22_euler", "wan22/a22_euler", test_golden);
   g_test_add_func ("/pipeline/wan22/switch", test_wan22_switch);
+  g_test_add_data_func ("/pipeline/ti2v/ti2v_unipc", "ti2v/ti2v_unipc", test_golden);
+  g_test_add_data_func ("/pipeline/ti2v/ti2v_euler", "ti2v/ti2v_euler", test_golden);
+  g_test_add_func ("/pipeline/ti2v/defaults", test_ti2v_defaults);
   g_test_add_func ("/pipeline/wan22/bad", test_wan22_bad);
   g_test_add_func ("/pipeline/seeded", test_seeded);
   g_test_add_func ("/pipeline/cancel/thread", test_cancel_thread);

@@ -14,15 +14,30 @@
  *   steps and guidance, PROMPT_SEEDS seeds: the frames hold that colour and
  *   its centroid moves the named way (least-squares slope over the frames)
  *   for at least PROMPT_MIN_PASSING of the seeds.
+ *   /model/prompt/shape/...: the same videos show the named shape (the
+ *   object's fill of its bounding box); /model/prompt/ghosts/...: one
+ *   connected object of the colour per frame.
  * /model/long/dualparal: LONG_FRAMES frames made block-wise by the DualParal
  *   engine: the change between frames across block boundaries stays within
  *   a factor of the change across the latent-frame edges inside blocks, and
  *   so do the colour centroid's jumps (the track is continuous).
+ *   /model/long/ghosts: the same video, one object per frame.
+ * /model/long/motion/...: LONG_FRAMES-frame DualParal videos of a prompt
+ *   naming a direction keep moving that way in every quarter.
+ *
+ * The shape, ghost and motion-over-time checks have two limits (issue 23):
+ * a target that a better model must reach, and the shipped model's record
+ * (its measured figure and a small margin) that no change may fall below.
+ * A case that holds the record but misses the target is a known failure:
+ * GLib's "incomplete" ("not ok ... # TODO" in the log, and a count at the
+ * end), never a pass; one that loses the record fails.
  *
  * Every threshold is stated below with the measured value beside it; the
  * same figures come from tools/dualparal-seams (docs/model-card-shapes-tiny.md,
  * "Long-video coherence"), also for naive joins of independent clips. */
 #include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <glib/gstdio.h>
@@ -69,6 +84,29 @@
 /* ... and the motion is along the named axis: |along| >= this x |across|. */
 #define PROMPT_MIN_AXIS_RATIO 2.0
 
+/* Objects (video_metrics.h vm_objects): connected components of the colour
+ * mask on the torus (an object crossing an edge is one).  Components under
+ * OBJECT_MIN_PIXELS pixels (at 128 x 128, scaled with the frame's area: 8
+ * at 64 x 64) are specks and ignored; the smallest training object, a ball
+ * of radius 10 px of 128, has 314. */
+#define OBJECT_MIN_PIXELS 32
+#define OBJECT_MIN_PIXELS_AT(size) ((size_t) MAX (1, lround (OBJECT_MIN_PIXELS * PX (size) * PX (size))))
+
+/* Shape: the largest object's fill of its bounding box, median over the
+ * frames with an object.  On the training clips themselves (tools/
+ * shapes_dataset.py through the same colour mask, 64 x 64, 120 frames per
+ * shape) the median fill is 0.79 for a ball (10th-90th percentile
+ * 0.76-0.83), 1.00 for a square (1.00-1.00), 0.54 for a triangle (0.51-0.58;
+ * at 128 x 128: 0.78, 1.00, 0.52; python3 tools/train_shapes_model.py
+ * --measure-shape-fills).  A video shows the shape whose fill is
+ * nearest: square from SHAPE_SQUARE_MIN_FILL up, triangle below
+ * SHAPE_TRIANGLE_MAX_FILL, ball between (the midpoints). */
+#define SHAPE_FILL_BALL 0.79
+#define SHAPE_FILL_SQUARE 1.00
+#define SHAPE_FILL_TRIANGLE 0.54
+#define SHAPE_SQUARE_MIN_FILL ((SHAPE_FILL_BALL + SHAPE_FILL_SQUARE) / 2)
+#define SHAPE_TRIANGLE_MAX_FILL ((SHAPE_FILL_TRIANGLE + SHAPE_FILL_BALL) / 2)
+
 /* Long video: 257 frames = 65 latent frames, DualParal P = 3, C = 1
  * (window 4 latent frames + 1 cached: the 5 positions the DiT was trained
  * on): 22 blocks, 21 boundaries. */
@@ -93,6 +131,27 @@
 #define LONG_MAX_JUMP_RATIO 1.5
 /* Frames with a centroid: the track must exist to be continuous. */
 #define LONG_MIN_TRACKED_SHARE 0.9
+
+/* Motion over time: LONG_FRAMES frames of a prompt naming a direction,
+ * DualParal as above, cut into LONG_SEGMENTS spans (quarters); in each span
+ * the object's unwrapped centroid (wrapping at the edges allowed) moves the
+ * named way at PROMPT_MIN_SLOPE px/frame or more (at 128 x 128), its net
+ * move over the span.  The largest object's centroid on the torus is
+ * tracked (vm_objects), not the colour mask's: a wrapped object's mask
+ * centroid sits between its two halves.  A step of more than
+ * LONG_MAX_STEP_SHARE of the frame between two tracked frames is a jump
+ * (vm_unwrap_track), not a wrap: the fastest training motion is 3.5 px/frame
+ * of 128, 14 px over a latent frame's 4 frames, which the tiny VAE draws as
+ * one step. */
+#define LONG_SEGMENTS 4
+#define LONG_MAX_STEP_SHARE 0.125
+/* Seeds 1 .. LONG_MOTION_SEEDS of each motion case (one 257-frame video
+ * each, 4-8 s at 64 x 64): two, to keep the suite's time modest; seed 1
+ * alone was the lucky one for the blue square (model card). */
+#define LONG_MOTION_SEEDS 2
+/* Record of /model/long/ghosts: measured 4 of 257 frames (seed 1; seeds 2,
+ * 3, 4: 0, 0, 18), + 2 as for the prompt cases. */
+#define LONG_RECORD_GHOST_FRAMES 6
 
 /* Steering (docs/usage.md, "Steering a running video"): an endless run,
  * DualParal P 3 C 1 and the model card's steps and guidance, switches from
@@ -122,6 +181,23 @@
 #define SCHEDULE_SETTLE_BLOCKS 2
 
 static const char *model_dir;
+
+/* The fill of the named shape on the training clips (SHAPE_FILL_*). */
+static double
+shape_fill (const char *shape)
+{
+  return g_str_equal (shape, "square") ? SHAPE_FILL_SQUARE
+         : g_str_equal (shape, "triangle") ? SHAPE_FILL_TRIANGLE : SHAPE_FILL_BALL;
+}
+
+/* The shape whose fill is nearest (NULL for NAN). */
+static const char *
+shape_of_fill (double fill)
+{
+  if (!isfinite (fill))
+    return NULL;
+  return fill >= SHAPE_SQUARE_MIN_FILL ? "square" : fill < SHAPE_TRIANGLE_MAX_FILL ? "triangle" : "ball";
+}
 
 /* ------------------------------------------------------------ generation */
 
@@ -353,6 +429,153 @@ test_metrics_motion (void)
   g_free (video);
 }
 
+/* Paints an axis-aligned square of half-size r (pixel centres within r on
+ * both axes) or the dataset's upright triangle inscribed in the circle of
+ * radius 1.25 r (tools/shapes_dataset.py _shape_alpha), hard-edged, at
+ * (cx, cy), wrapping around the frame's edges. */
+static int
+paint_shape (uint8_t *frame, int w, int h, const char *shape, double cx, double cy, double r, const double rgb[3])
+{
+  const double R = 1.25 * r, k = sqrt (3.0) / 2.0;
+  int n = 0;
+  for (int y = 0; y < h; y++)
+    for (int x = 0; x < w; x++) {
+      /* Nearest copy of the centre on the torus. */
+      double dx = remainder (x + 0.5 - cx, w), dy = remainder (y + 0.5 - cy, h);
+      gboolean in;
+      if (g_str_equal (shape, "square"))
+        in = fabs (dx) <= r && fabs (dy) <= r;
+      else if (g_str_equal (shape, "triangle"))
+        in = R * 0.5 - dy >= 0 && R * 0.5 + k * dx + 0.5 * dy >= 0 && R * 0.5 - k * dx + 0.5 * dy >= 0;
+      else
+        in = hypot (dx, dy) <= r;
+      if (in) {
+        uint8_t *p = frame + 3 * ((size_t) y * w + x);
+        for (int c = 0; c < 3; c++)
+          p[c] = (uint8_t) lround (rgb[c] * 255.0);
+        n++;
+      }
+    }
+  return n;
+}
+
+static void
+test_metrics_objects (void)
+{
+  const int W = 64, H = 64;
+  double blue[3], black[3] = { 0, 0, 0 };
+  vm_colour_by_name ("blue", blue);
+  uint8_t *frame = g_malloc ((size_t) W * H * 3);
+  vm_objects o;
+  uint8_t *mask = g_malloc ((size_t) W * H);
+
+  /* The three shapes at the training sizes of 64 x 64 (radius 5 to 8.5):
+   * each classified as itself, near its fill on the training clips. */
+  static const char *shapes[3] = { "ball", "square", "triangle" };
+  for (int i = 0; i < 3; i++)
+    for (double r = 5.0; r <= 8.5; r += 0.5) {
+      fill (frame, W, H, black);
+      int n = paint_shape (frame, W, H, shapes[i], 30.3, 27.6, r, blue);
+      vm_colour_mask (frame, W, H, blue, COLOUR_RADIUS, mask);
+      vm_objects_in_mask (mask, W, H, 8, &o);
+      g_assert_cmpint (o.n_objects, ==, 1);
+      g_assert_cmpuint (o.largest, ==, (size_t) n);
+      g_assert_cmpstr (shape_of_fill (o.fill), ==, shapes[i]);
+      g_assert_cmpfloat (fabs (o.fill - shape_fill (shapes[i])), <, 0.1);
+      g_assert_cmpfloat (fabs (o.cx - 30.3), <, 0.6);
+    }
+
+  /* A square across the left / right edge is one object, its bounding box
+   * and centroid taken across the edge. */
+  fill (frame, W, H, black);
+  int n = paint_shape (frame, W, H, "square", 1.0, 40.0, 6.0, blue);
+  vm_colour_mask (frame, W, H, blue, COLOUR_RADIUS, mask);
+  vm_objects_in_mask (mask, W, H, 8, &o);
+  g_assert_cmpint (o.n_objects, ==, 1);
+  g_assert_cmpuint (o.largest, ==, (size_t) n);
+  g_assert_cmpint (o.bbox_w, ==, 12);
+  g_assert_cmpfloat (o.fill, ==, 1.0);
+  g_assert_true (fabs (o.cx - 1.0) < 0.01 || fabs (o.cx - 65.0) < 0.01);
+
+  /* A second disc is a ghost; a 3-pixel speck is not. */
+  paint_disc (frame, W, H, 40.0, 12.0, 5.0, blue);
+  for (int x = 50; x < 53; x++)
+    memcpy (frame + 3 * (size_t) (60 * W + x), (uint8_t[3]) { 31, 64, 242 }, 3);
+  vm_colour_mask (frame, W, H, blue, COLOUR_RADIUS, mask);
+  vm_objects_in_mask (mask, W, H, 8, &o);
+  g_assert_cmpint (o.n_objects, ==, 2);
+  g_assert_cmpint (o.n_specks, ==, 1);
+  g_assert_cmpuint (o.largest, ==, (size_t) n); /* the square (144 px) is larger */
+  /* Nothing of the colour: no object, NAN figures. */
+  fill (frame, W, H, black);
+  vm_colour_mask (frame, W, H, blue, COLOUR_RADIUS, mask);
+  vm_objects_in_mask (mask, W, H, 8, &o);
+  g_assert_cmpint (o.n_objects, ==, 0);
+  g_assert_true (isnan (o.fill) && isnan (o.cx));
+  g_free (frame);
+  g_free (mask);
+}
+
+/* x of a disc over n frames: moving at v px/frame (wrapping around w), or
+ * jumping back by `back` px every `every` frames (reappearing nearer the
+ * centre instead of wrapping). */
+static void
+synthetic_track (double *x, int n, int w, double x0, double v, int every, double back)
+{
+  double p = x0;
+  for (int t = 0; t < n; t++) {
+    x[t] = fmod (fmod (p, w) + w, w);
+    p += v;
+    if (every > 0 && t % every == every - 1)
+      p -= back * (v > 0 ? 1 : -1);
+  }
+}
+
+static void
+test_metrics_motion_over_time (void)
+{
+  enum { N = 257, W = 64 };
+  double x[N], u[N], speed[4];
+  const double max_step = 0.125 * W;
+
+  /* Leftwards at 1 px/frame, wrapping four times: every span -1. */
+  synthetic_track (x, N, W, 40.0, -1.0, 0, 0.0);
+  g_assert_cmpint (vm_unwrap_track (x, N, W, max_step, u), ==, 0);
+  vm_segment_speeds (u, N, 4, speed);
+  for (int q = 0; q < 4; q++)
+    g_assert_cmpfloat (fabs (speed[q] + 1.0), <, 1e-9);
+  g_assert_cmpfloat (fabs (u[N - 1] - (40.0 - (N - 1))), <, 1e-9);
+
+  /* Standing still near the centre with jitter: no span moves. */
+  for (int t = 0; t < N; t++)
+    x[t] = 32.0 + 1.5 * sin (t * 0.7);
+  vm_unwrap_track (x, N, W, max_step, u);
+  vm_segment_speeds (u, N, 4, speed);
+  for (int q = 0; q < 4; q++)
+    g_assert_cmpfloat (fabs (speed[q]), <, 0.05);
+
+  /* Moving left 1 px/frame but thrown 16 px back right every 16 frames,
+   * between x 24 and 40 (it "stays near the centre"): the jumps are taken
+   * as they are, not as wraps, and no span makes progress. */
+  synthetic_track (x, N, W, 40.0, -1.0, 16, 16.0);
+  g_assert_cmpint (vm_unwrap_track (x, N, W, max_step, u), ==, 16);
+  vm_segment_speeds (u, N, 4, speed);
+  for (int q = 0; q < 4; q++)
+    g_assert_cmpfloat (fabs (speed[q]), <, 0.01);
+
+  /* Holes are skipped; a span without 2 tracked frames is NAN. */
+  synthetic_track (x, N, W, 10.0, 0.5, 0, 0.0);
+  for (int t = 70; t < 200; t++)
+    x[t] = NAN;
+  vm_unwrap_track (x, N, W, max_step, u);
+  g_assert_true (isnan (u[100]));
+  vm_segment_speeds (u, N, 4, speed);
+  g_assert_cmpfloat (fabs (speed[0] - 0.5), <, 1e-9);
+  g_assert_cmpfloat (fabs (speed[1] - 0.5), <, 1e-9); /* frames 64..69 */
+  g_assert_true (isnan (speed[2]));
+  g_assert_cmpfloat (fabs (speed[3] - 0.5), <, 1e-9);
+}
+
 static void
 test_metrics_boundaries (void)
 {
@@ -488,28 +711,82 @@ test_native_size (void)
 typedef struct {
   const char *prompt;
   const char *colour;
+  const char *shape; /* ball, square, triangle */
   int axis; /* 0: x, 1: y */
   int sign; /* +1: right / down (image y grows downwards), -1: left / up */
+  /* The record to beat (the shipped model's figures, docs/model-card-
+   * shapes-tiny.md "Shape, ghosts, motion over time"): the mean over the
+   * seeds of |median fill - the named shape's fill| may not grow past
+   * record_shape_error, nor the frames with a ghost (a second object) over
+   * all seeds past record_ghost_frames.  These catch a regression; the
+   * targets (the named shape in PROMPT_MIN_PASSING seeds, no ghost at all)
+   * are what a better model must reach. */
+  double record_shape_error;
+  int record_ghost_frames;
 } prompt_case;
 
-/* The caption grammar of tools/shapes_dataset.py (caption_for). */
+/* The caption grammar of tools/shapes_dataset.py (caption_for).  Records:
+ * the shipped model's figure on this 2-core VM plus a margin for other CPUs'
+ * rounding (fill error + 0.05; ghost frames + 2, or + 20 % where larger);
+ * measured: mean |fill - named| 0.016, 0.231, 0.086, 0.216 (the square and
+ * the triangle come out as balls: fills 0.76-0.78 and 0.74-0.78); ghost
+ * frames 4 (all in seed 4), 0, 0, 0 of 68. */
 static const prompt_case prompt_cases[] = {
-  { "a red ball moving to the right", "red", 0, +1 },
-  { "a blue square moving to the left", "blue", 0, -1 },
-  { "a green ball moving down", "green", 1, +1 },
+  { "a red ball moving to the right", "red", "ball", 0, +1, 0.07, 6 },
+  { "a blue square moving to the left", "blue", "square", 0, -1, 0.28, 2 },
+  { "a green ball moving down", "green", "ball", 1, +1, 0.14, 2 },
+  { "a yellow triangle moving up", "yellow", "triangle", 1, -1, 0.27, 2 },
 };
+
+static int
+cmp_double (const void *a, const void *b)
+{
+  double x = *(const double *) a, y = *(const double *) b;
+  return (x > y) - (x < y);
+}
+
+/* Median of the finite fills of objects[n] (NAN when none). */
+static double
+median_fill (const vm_objects *objects, int n)
+{
+  double *v = g_new (double, n);
+  int m = 0;
+  for (int t = 0; t < n; t++)
+    if (isfinite (objects[t].fill))
+      v[m++] = objects[t].fill;
+  qsort (v, m, sizeof *v, cmp_double);
+  double med = m == 0 ? NAN : (m % 2 ? v[m / 2] : (v[m / 2 - 1] + v[m / 2]) / 2);
+  g_free (v);
+  return med;
+}
+
+/* Frames with more than one object, and with none. */
+static int
+ghost_frames (const vm_objects *objects, int n, int *empty_frames)
+{
+  int ghosts = 0, empty = 0;
+  for (int t = 0; t < n; t++) {
+    ghosts += objects[t].n_objects > 1;
+    empty += objects[t].n_objects == 0;
+  }
+  if (empty_frames)
+    *empty_frames = empty;
+  return ghosts;
+}
 
 /* What one seed of a prompt case showed. */
 typedef struct {
   gboolean colour_ok;    /* the colour is there, tracked in most frames */
   gboolean direction_ok; /* its centroid moves the named way, along the named axis */
+  double fill;           /* the largest object's median fill of its bounding box */
+  int ghost_frames;      /* frames with a second object of the colour */
 } prompt_result;
 
 /* Generates one seed of a prompt case and logs its figures. */
 static prompt_result
 prompt_seed (const prompt_case *pc, uint64_t seed)
 {
-  prompt_result r = { FALSE, FALSE };
+  prompt_result r = { FALSE, FALSE, NAN, 0 };
   double colour[3], seconds;
   g_assert_true (vm_colour_by_name (pc->colour, colour));
   int size = 0;
@@ -518,17 +795,22 @@ prompt_seed (const prompt_case *pc, uint64_t seed)
     return r;
   const int n = PROMPT_FRAMES;
   vm_colour_stats stats[PROMPT_FRAMES];
+  vm_objects objects[PROMPT_FRAMES];
   double cx[PROMPT_FRAMES], cy[PROMPT_FRAMES], slope[2] = { NAN, NAN };
   vm_colour_stats_video (video, n, size, size, colour, COLOUR_RADIUS, CENTROID_MIN_PIXELS, stats);
+  vm_objects_video (video, n, size, size, colour, COLOUR_RADIUS, OBJECT_MIN_PIXELS_AT (size), objects);
   vm_centroid_track (stats, n, cx, cy);
   g_free (video);
   double frac = 0.0, frac_min = 1.0;
-  int tracked = 0;
+  int tracked = 0, specks = 0, empty = 0;
   for (int t = 0; t < n; t++) {
     frac += stats[t].fraction / n;
     frac_min = MIN (frac_min, stats[t].fraction);
     tracked += isfinite (cx[t]);
+    specks += objects[t].n_specks;
   }
+  r.fill = median_fill (objects, n);
+  r.ghost_frames = ghost_frames (objects, n, &empty);
   vm_linear_fit (cx, n, &slope[0], NULL, NULL);
   vm_linear_fit (cy, n, &slope[1], NULL, NULL);
   const double along = pc->sign * slope[pc->axis], across = fabs (slope[1 - pc->axis]);
@@ -536,14 +818,17 @@ prompt_seed (const prompt_case *pc, uint64_t seed)
   /* NaN slopes (no track) fail the comparisons. */
   r.direction_ok = along >= PROMPT_MIN_SLOPE * PX (size) && along >= PROMPT_MIN_AXIS_RATIO * across;
   g_test_message ("\"%s\" seed %" G_GUINT64_FORMAT ": %.1f s; %s fraction mean %.4f min %.4f; centroid in "
-                  "%d/%d frames; slope x %+.2f y %+.2f px/frame -> colour %s, direction %s", pc->prompt, seed,
+                  "%d/%d frames; slope x %+.2f y %+.2f px/frame -> colour %s, direction %s; fill %.3f (%s, "
+                  "named %s); frames with 2+ objects %d, with none %d; specks %d", pc->prompt, seed,
                   seconds, pc->colour, frac, frac_min, tracked, n, slope[0], slope[1],
-                  r.colour_ok ? "pass" : "FAIL", r.direction_ok ? "pass" : "FAIL");
+                  r.colour_ok ? "pass" : "FAIL", r.direction_ok ? "pass" : "FAIL", r.fill,
+                  shape_of_fill (r.fill) ? shape_of_fill (r.fill) : "none", pc->shape, r.ghost_frames, empty,
+                  specks);
   return r;
 }
 
-/* Each seed of each case runs once: the colour and the direction tests
- * read the same videos. */
+/* Each seed of each case runs once: the colour, direction, shape and ghost
+ * tests read the same videos. */
 static prompt_result prompt_results[G_N_ELEMENTS (prompt_cases)][PROMPT_SEEDS];
 static gboolean prompt_done[G_N_ELEMENTS (prompt_cases)];
 
@@ -557,6 +842,69 @@ prompt_case_results (const prompt_case *pc)
     prompt_done[i] = TRUE;
   }
   return prompt_results[i];
+}
+
+/* Marks the running test as a known failure (GLib "incomplete": reported
+ * as such, never as a pass).  Call before the record's assertions: a failed
+ * assertion after it still fails the test. */
+/* The figures of the shape, ghost and motion-over-time checks, one JSON
+ * object per check, written as a JSON array to the file DP_SHAPES_FIGURES
+ * names (when set) at the end: models/shapes-tiny/figures.json is this
+ * output for the shipped model, the record in machine-readable form, and
+ * tools/train-shapes-gpu.sh writes one for a new model. */
+static GString *figures;
+
+static void
+add_figures (const char *fmt, ...) G_GNUC_PRINTF (1, 2);
+static void
+add_figures (const char *fmt, ...)
+{
+  va_list ap;
+  va_start (ap, fmt);
+  if (!figures)
+    figures = g_string_new (NULL);
+  g_string_append (figures, figures->len ? ",\n {" : " {");
+  g_string_append_vprintf (figures, fmt, ap);
+  g_string_append (figures, "}");
+  va_end (ap);
+}
+
+/* A JSON number: null for NAN. */
+static const char *
+json_num (char buf[G_ASCII_DTOSTR_BUF_SIZE], double v, const char *format)
+{
+  return isfinite (v) ? g_ascii_formatd (buf, G_ASCII_DTOSTR_BUF_SIZE, format, v) : "null";
+}
+
+static void
+write_figures (void)
+{
+  const char *path = g_getenv ("DP_SHAPES_FIGURES");
+  if (!path || !*path)
+    return;
+  char *text = g_strdup_printf ("[\n%s\n]\n", figures ? figures->str : "");
+  GError *err = NULL;
+  if (!g_file_set_contents (path, text, -1, &err)) {
+    g_printerr ("DP_SHAPES_FIGURES: %s\n", err->message);
+    g_clear_error (&err);
+  }
+  g_free (text);
+}
+
+static int known_failures;
+static void
+known_failure (const char *fmt, ...) G_GNUC_PRINTF (1, 2);
+static void
+known_failure (const char *fmt, ...)
+{
+  va_list ap;
+  va_start (ap, fmt);
+  char *msg = g_strdup_vprintf (fmt, ap);
+  va_end (ap);
+  g_test_message ("KNOWN FAILURE: %s", msg);
+  known_failures++;
+  g_test_incomplete (msg);
+  g_free (msg);
 }
 
 /* /model/prompt/colour/...: the named colour, tracked in most frames. */
@@ -581,6 +929,97 @@ test_prompt_direction (gconstpointer data)
   g_assert_cmpint (passing, >=, PROMPT_MIN_PASSING);
 }
 
+/* /model/prompt/shape/...: the named shape, from its fill of its bounding
+ * box.  Target: PROMPT_MIN_PASSING seeds show the named shape.  Record: the
+ * mean error of the fill stays within the case's record. */
+static void
+test_prompt_shape (gconstpointer data)
+{
+  const prompt_case *pc = data;
+  const prompt_result *r = prompt_case_results (pc);
+  const double ideal = shape_fill (pc->shape);
+  int named = 0, measured = 0;
+  double error = 0.0;
+  for (int s = 0; s < PROMPT_SEEDS; s++)
+    if (isfinite (r[s].fill)) {
+      measured++;
+      error += fabs (r[s].fill - ideal);
+      const char *seen = shape_of_fill (r[s].fill);
+      named += seen && g_str_equal (seen, pc->shape);
+    }
+  error = measured ? error / measured : NAN;
+  g_test_message ("\"%s\": the named shape (%s, fill %.2f) in %d of %d seeds; mean |fill - %.2f| %.3f "
+                  "(record %.3f)", pc->prompt, pc->shape, ideal, named, PROMPT_SEEDS, ideal, error,
+                  pc->record_shape_error);
+  GString *fills = g_string_new (NULL);
+  char b[G_ASCII_DTOSTR_BUF_SIZE];
+  for (int s = 0; s < PROMPT_SEEDS; s++)
+    g_string_append_printf (fills, "%s%s", s ? ", " : "", json_num (b, r[s].fill, "%.3f"));
+  add_figures ("\"check\": \"shape\", \"prompt\": \"%s\", \"shape\": \"%s\", \"fill_per_seed\": [%s], "
+               "\"seeds_named_shape\": %d, \"mean_fill_error\": %s, \"record\": %.3f, \"target_met\": %s",
+               pc->prompt, pc->shape, fills->str, named, json_num (b, error, "%.3f"), pc->record_shape_error,
+               named >= PROMPT_MIN_PASSING ? "true" : "false");
+  g_string_free (fills, TRUE);
+  if (named < PROMPT_MIN_PASSING)
+    known_failure ("\"%s\": the named shape in %d of %d seeds (target %d)", pc->prompt, named, PROMPT_SEEDS,
+                   PROMPT_MIN_PASSING);
+  g_assert_cmpint (measured, ==, PROMPT_SEEDS);
+  g_assert_cmpfloat (error, <=, pc->record_shape_error);
+}
+
+/* /model/prompt/ghosts/...: one object of the colour per frame.  Target:
+ * no frame of any seed with a second object.  Record: no more such frames
+ * than the case's record. */
+static void
+test_prompt_ghosts (gconstpointer data)
+{
+  const prompt_case *pc = data;
+  const prompt_result *r = prompt_case_results (pc);
+  int ghosts = 0;
+  for (int s = 0; s < PROMPT_SEEDS; s++)
+    ghosts += r[s].ghost_frames;
+  g_test_message ("\"%s\": frames with a second %s object %d of %d (record %d)", pc->prompt, pc->colour, ghosts,
+                  PROMPT_SEEDS * PROMPT_FRAMES, pc->record_ghost_frames);
+  add_figures ("\"check\": \"ghosts\", \"prompt\": \"%s\", \"seeds\": %d, \"frames\": %d, "
+               "\"ghost_frames\": %d, \"record\": %d, \"target_met\": %s", pc->prompt, PROMPT_SEEDS,
+               PROMPT_SEEDS * PROMPT_FRAMES, ghosts, pc->record_ghost_frames, ghosts == 0 ? "true" : "false");
+  if (ghosts > 0)
+    known_failure ("\"%s\": %d frames with a second object (target 0)", pc->prompt, ghosts);
+  g_assert_cmpint (ghosts, <=, pc->record_ghost_frames);
+}
+
+/* LONG_FRAMES-frame DualParal videos (P and C as above), made once per
+ * prompt and seed: the long tests share them (4-8 s each at 64 x 64). */
+#define LONG_CACHE 6
+static struct {
+  const char *prompt;
+  uint64_t seed;
+  uint8_t *video;
+  int size;
+  double seconds;
+} long_cache[LONG_CACHE];
+
+static const uint8_t *
+long_video (const char *prompt, uint64_t seed, int *size, double *seconds)
+{
+  int i = 0;
+  while (i < LONG_CACHE && long_cache[i].prompt
+         && !(g_str_equal (long_cache[i].prompt, prompt) && long_cache[i].seed == seed))
+    i++;
+  g_assert_cmpint (i, <, LONG_CACHE);
+  if (i >= LONG_CACHE)
+    return NULL;
+  if (!long_cache[i].prompt) {
+    long_cache[i].prompt = prompt;
+    long_cache[i].seed = seed;
+    long_cache[i].video = generate (DP_ENGINE_DUALPARAL, prompt, LONG_FRAMES, seed, LONG_BLOCK_FRAMES,
+                                    LONG_CONTEXT_FRAMES, &long_cache[i].size, &long_cache[i].seconds);
+  }
+  *size = long_cache[i].size;
+  *seconds = long_cache[i].seconds;
+  return long_cache[i].video;
+}
+
 static void
 test_long_video (void)
 {
@@ -589,8 +1028,7 @@ test_long_video (void)
   g_assert_true (vm_colour_by_name (vm_colour_in_text (LONG_PROMPT), colour));
 
   int size = 0;
-  uint8_t *video = generate (DP_ENGINE_DUALPARAL, LONG_PROMPT, n, LONG_SEED, LONG_BLOCK_FRAMES,
-                             LONG_CONTEXT_FRAMES, &size, &seconds);
+  const uint8_t *video = long_video (LONG_PROMPT, LONG_SEED, &size, &seconds);
   if (video == NULL)
     return;
   gboolean *bnd = g_new (gboolean, n), *edges = g_new (gboolean, n);
@@ -640,7 +1078,139 @@ test_long_video (void)
   g_free (cy);
   g_free (change);
   g_free (jump);
-  g_free (video);
+}
+
+/* /model/long/ghosts: the bouncing ball of /model/long/dualparal (the same
+ * video) is one object in every frame.  Target: no frame with a second
+ * object; record: LONG_RECORD_GHOST_FRAMES. */
+static void
+test_long_ghosts (void)
+{
+  const int n = LONG_FRAMES;
+  double colour[3], seconds;
+  g_assert_true (vm_colour_by_name (vm_colour_in_text (LONG_PROMPT), colour));
+  int size = 0;
+  const uint8_t *video = long_video (LONG_PROMPT, LONG_SEED, &size, &seconds);
+  if (video == NULL)
+    return;
+  vm_objects *objects = g_new (vm_objects, n);
+  vm_objects_video (video, n, size, size, colour, COLOUR_RADIUS, OBJECT_MIN_PIXELS_AT (size), objects);
+  int empty = 0, ghosts = ghost_frames (objects, n, &empty);
+  const double fill = median_fill (objects, n);
+  g_test_message ("\"%s\", %d frames: frames with 2+ objects %d, with none %d; fill %.3f (%s) (record %d)",
+                  LONG_PROMPT, n, ghosts, empty, fill, shape_of_fill (fill) ? shape_of_fill (fill) : "none",
+                  LONG_RECORD_GHOST_FRAMES);
+  add_figures ("\"check\": \"long_ghosts\", \"prompt\": \"%s\", \"seed\": %d, \"frames\": %d, "
+               "\"ghost_frames\": %d, \"frames_without_object\": %d, \"record\": %d, \"target_met\": %s",
+               LONG_PROMPT, LONG_SEED, n, ghosts, empty, LONG_RECORD_GHOST_FRAMES, ghosts == 0 ? "true" : "false");
+  if (ghosts > 0)
+    known_failure ("\"%s\": %d of %d frames with a second object (target 0)", LONG_PROMPT, ghosts, n);
+  g_assert_cmpint (ghosts, <=, LONG_RECORD_GHOST_FRAMES);
+  g_free (objects);
+}
+
+typedef struct {
+  const char *prompt;
+  const char *colour;
+  int axis, sign; /* as in prompt_case */
+  /* The record to beat (the shipped model, seeds 1 to LONG_MOTION_SEEDS):
+   * at least record_segments of the seeds' spans move the named way fast
+   * enough, and at most record_ghost_frames of their frames show a second
+   * object. */
+  int record_segments;
+  int record_ghost_frames;
+} motion_case;
+
+/* Records: the spans measured (no margin: the passing spans' slowest is
+ * 0.35 px/frame against the minimum 0.25); ghost frames as for the prompt
+ * cases.  Measured (seeds 1, 2): blue square 3 + 0 of 8 spans, 33 + 35
+ * ghost frames; red ball 3 + 0 spans, 12 + 0 ghost frames.  Seeds 3 and 4
+ * (model card): 0 + 1 and 2 + 0 spans. */
+static const motion_case motion_cases[] = {
+  { "a blue square moving to the left", "blue", 0, -1, 3, 82 },
+  { "a red ball moving to the right", "red", 0, +1, 3, 15 },
+};
+
+/* One seed of a motion case: spans passing, ghost frames; figures logged. */
+static int
+motion_seed (const motion_case *mc, uint64_t seed, int *ghosts)
+{
+  const int n = LONG_FRAMES;
+  double colour[3], seconds;
+  g_assert_true (vm_colour_by_name (mc->colour, colour));
+  int size = 0;
+  const uint8_t *video = long_video (mc->prompt, seed, &size, &seconds);
+  *ghosts = 0;
+  if (video == NULL)
+    return 0;
+  vm_objects *objects = g_new (vm_objects, n);
+  double *track = g_new (double, n), *unwrapped = g_new (double, n), speed[LONG_SEGMENTS],
+         across_speed[LONG_SEGMENTS];
+  vm_objects_video (video, n, size, size, colour, COLOUR_RADIUS, OBJECT_MIN_PIXELS_AT (size), objects);
+  int empty = 0, jumps = 0;
+  *ghosts = ghost_frames (objects, n, &empty);
+  for (int axis = 0; axis < 2; axis++) {
+    for (int t = 0; t < n; t++)
+      track[t] = axis == 0 ? objects[t].cx : objects[t].cy;
+    jumps += vm_unwrap_track (track, n, size, LONG_MAX_STEP_SHARE * size, unwrapped);
+    vm_segment_speeds (unwrapped, n, LONG_SEGMENTS, axis == mc->axis ? speed : across_speed);
+  }
+  const double min_speed = PROMPT_MIN_SLOPE * PX (size);
+  int passing = 0;
+  GString *fig = g_string_new (NULL);
+  for (int q = 0; q < LONG_SEGMENTS; q++) {
+    const double along = mc->sign * speed[q];
+    passing += along >= min_speed; /* NAN (no track) fails */
+    g_string_append_printf (fig, "%s%+.2f (across %+.2f)", q ? ", " : "", along, across_speed[q]);
+  }
+  g_test_message ("\"%s\", %d frames, DualParal P %d C %d, seed %" G_GUINT64_FORMAT ": %.1f s; speed the "
+                  "named way per span (px/frame, minimum %.2f): %s; %d of %d spans pass; frames with 2+ objects "
+                  "%d, with none %d; jumps %d; fill %.3f", mc->prompt, n, LONG_BLOCK_FRAMES, LONG_CONTEXT_FRAMES,
+                  seed, seconds, min_speed, fig->str, passing, LONG_SEGMENTS, *ghosts, empty, jumps,
+                  median_fill (objects, n));
+  g_string_free (fig, TRUE);
+  GString *speeds = g_string_new (NULL);
+  char b[G_ASCII_DTOSTR_BUF_SIZE];
+  for (int q = 0; q < LONG_SEGMENTS; q++)
+    g_string_append_printf (speeds, "%s%s", q ? ", " : "", json_num (b, mc->sign * speed[q], "%.3f"));
+  add_figures ("\"check\": \"motion_over_time\", \"prompt\": \"%s\", \"seed\": %" G_GUINT64_FORMAT ", "
+               "\"frames\": %d, \"size\": %d, \"span_speed_named_way\": [%s], \"min_speed\": %.3f, "
+               "\"spans_passing\": %d, \"ghost_frames\": %d, \"frames_without_object\": %d, \"jumps\": %d",
+               mc->prompt, seed, n, size, speeds->str, min_speed, passing, *ghosts, empty, jumps);
+  g_string_free (speeds, TRUE);
+  g_free (objects);
+  g_free (track);
+  g_free (unwrapped);
+  return passing;
+}
+
+/* /model/long/motion/...: a long video keeps moving the named way.  Target:
+ * every span of every seed at PROMPT_MIN_SLOPE px/frame or more, and no
+ * ghost; record: the case's. */
+static void
+test_long_motion (gconstpointer data)
+{
+  const motion_case *mc = data;
+  int passing = 0, ghosts = 0;
+  for (int s = 0; s < LONG_MOTION_SEEDS; s++) {
+    int g = 0;
+    passing += motion_seed (mc, (uint64_t) s + 1, &g);
+    ghosts += g;
+  }
+  const int spans = LONG_SEGMENTS * LONG_MOTION_SEEDS;
+  g_test_message ("\"%s\", seeds 1-%d: %d of %d spans pass (record %d); frames with 2+ objects %d of %d "
+                  "(record %d)", mc->prompt, LONG_MOTION_SEEDS, passing, spans, mc->record_segments, ghosts,
+                  LONG_FRAMES * LONG_MOTION_SEEDS, mc->record_ghost_frames);
+  add_figures ("\"check\": \"motion_over_time_record\", \"prompt\": \"%s\", \"seeds\": %d, "
+               "\"spans_passing\": %d, \"spans\": %d, \"ghost_frames\": %d, \"record_spans\": %d, "
+               "\"record_ghost_frames\": %d, \"target_met\": %s", mc->prompt, LONG_MOTION_SEEDS, passing, spans,
+               ghosts, mc->record_segments, mc->record_ghost_frames,
+               passing == spans && ghosts == 0 ? "true" : "false");
+  if (passing < spans || ghosts > 0)
+    known_failure ("\"%s\": moves the named way in %d of %d spans (target %d), %d frames with a second "
+                   "object (target 0)", mc->prompt, passing, spans, spans, ghosts);
+  g_assert_cmpint (passing, >=, mc->record_segments);
+  g_assert_cmpint (ghosts, <=, mc->record_ghost_frames);
 }
 
 /* ------------------------------------------------------------ steering */
@@ -936,6 +1506,8 @@ main (int argc, char **argv)
   g_test_add_func ("/model/metrics/motion", test_metrics_motion);
   g_test_add_func ("/model/metrics/boundaries", test_metrics_boundaries);
   g_test_add_func ("/model/metrics/seams", test_metrics_seams);
+  g_test_add_func ("/model/metrics/objects", test_metrics_objects);
+  g_test_add_func ("/model/metrics/motion-over-time", test_metrics_motion_over_time);
   if (have_model) {
     g_test_add_func ("/model/native/size", test_native_size);
     for (size_t i = 0; i < G_N_ELEMENTS (prompt_cases); i++) {
@@ -947,14 +1519,39 @@ main (int argc, char **argv)
       name = g_strdup_printf ("/model/prompt/direction/%s-%s", pc->colour, dir);
       g_test_add_data_func (name, pc, test_prompt_direction);
       g_free (name);
+      name = g_strdup_printf ("/model/prompt/shape/%s-%s", pc->colour, dir);
+      g_test_add_data_func (name, pc, test_prompt_shape);
+      g_free (name);
+      name = g_strdup_printf ("/model/prompt/ghosts/%s-%s", pc->colour, dir);
+      g_test_add_data_func (name, pc, test_prompt_ghosts);
+      g_free (name);
     }
     g_test_add_func ("/model/long/dualparal", test_long_video);
+    g_test_add_func ("/model/long/ghosts", test_long_ghosts);
+    for (size_t i = 0; i < G_N_ELEMENTS (motion_cases); i++) {
+      const motion_case *mc = &motion_cases[i];
+      const char *dir = mc->axis == 0 ? (mc->sign > 0 ? "right" : "left") : (mc->sign > 0 ? "down" : "up");
+      char *name = g_strdup_printf ("/model/long/motion/%s-%s", mc->colour, dir);
+      g_test_add_data_func (name, mc, test_long_motion);
+      g_free (name);
+    }
     g_test_add_func ("/model/steer/switch", test_steer_switch);
     g_test_add_func ("/model/steer/transition", test_steer_transition);
     g_test_add_func ("/model/steer/schedule", test_steer_schedule);
   }
   int status = g_test_run ();
+  write_figures ();
+  if (known_failures > 0)
+    /* meson's exitcode protocol shows the program as passed: say it here,
+     * at the end of its log, too. */
+    g_printerr ("%d cases missed their target: known failures (\"not ok ... # TODO\" above, GLib's "
+                "incomplete) where they hold the model's record, failures where not; none is a pass\n",
+                known_failures);
   g_free (steer_baseline);
+  for (int i = 0; i < LONG_CACHE; i++)
+    g_free (long_cache[i].video);
+  if (figures)
+    g_string_free (figures, TRUE);
   if (status == 0 && !have_model) {
     /* 77 is meson's "skipped": the measures passed, the model is not there. */
     g_printerr ("SKIP: no model_index.json in %s (DP_SHAPES_MODEL_DIR); only the measures ran\n",

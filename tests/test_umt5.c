@@ -306,10 +306,50 @@ test_broken_models (void)
   g_free (missing);
 }
 
+/* The holder (keep_text_encoder): kept, or loaded for each use and freed
+ * after it; both encode the same. */
+static void
+test_holder (void)
+{
+  GError *err = NULL;
+  dp_backend *be = dp_backend_new ("cpu", &err);
+  g_assert_no_error (err);
+  char *te_dir = data_path ("model/text_encoder");
+  const int32_t ids[3] = { 5, 9, 1 };
+  dp_tensor out[2] = { { 0 } };
+  for (int keep = 0; keep < 2; keep++) {
+    dp_umt5_holder *h = dp_umt5_holder_new (be, te_dir, keep, &err);
+    g_assert_no_error (err);
+    g_assert_cmpint (dp_umt5_holder_loaded (h), ==, keep);
+    g_assert_cmpint (dp_umt5_holder_config (h)->d_model, >, 0);
+    for (int use = 0; use < 2; use++) {
+      dp_umt5 *m = dp_umt5_holder_acquire (h, &err);
+      g_assert_no_error (err);
+      g_assert_nonnull (m);
+      dp_tensor_free (&out[keep]);
+      g_assert_true (dp_umt5_encode (m, ids, 3, 8, &out[keep], &err));
+      dp_umt5_holder_release (h);
+      g_assert_cmpint (dp_umt5_holder_loaded (h), ==, keep);
+    }
+    g_assert_cmpint (dp_umt5_holder_loads (h), ==, keep ? 1 : 2);
+    dp_umt5_holder_free (h);
+  }
+  g_assert_cmpmem (out[0].data, dp_tensor_nbytes (&out[0]), out[1].data, dp_tensor_nbytes (&out[1]));
+  /* A bad directory fails at creation, loaded or not. */
+  g_assert_null (dp_umt5_holder_new (be, "/nonexistent/text_encoder", FALSE, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_MISSING);
+  g_clear_error (&err);
+  dp_tensor_free (&out[0]);
+  dp_tensor_free (&out[1]);
+  g_free (te_dir);
+  dp_backend_free (be);
+}
+
 int
 main (int argc, char **argv)
 {
   g_test_init (&argc, &argv, NULL);
+  g_test_add_func ("/umt5/holder", test_holder);
   g_test_add_func ("/umt5/config", test_config);
   g_test_add_func ("/umt5/buckets", test_buckets);
   g_test_add_func ("/umt5/golden", test_golden);

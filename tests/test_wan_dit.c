@@ -6,7 +6,12 @@
  * about 1e-6; diffusers itself differs from an fp64 run by 3e-7).  Stage
  * splits must be bitwise identical (same operations, same shapes).  Span
  * invariants (cache, positions) compare different but mathematically equal
- * computations: relative L2 <= 1e-5. */
+ * computations: relative L2 <= 1e-5.
+ *
+ * Per-token timesteps (Wan2.2 TI2V-5B, tests/data/ti2v,
+ * tools/make_ti2v_golden.py): per-frame timesteps 900 900 0 375 900 against
+ * diffusers' 2-D timestep, relative L2 <= 1e-5 (measured 9e-7 to 1.5e-6);
+ * equal values and stage splits bitwise. */
 #include "dualparal/safetensors.h"
 #include "dualparal/wan_dit.h"
 #include "model/wan_dit_private.h" /* ffn_chunk_rows */
@@ -1050,6 +1055,213 @@ test_errors_api (void)
   golden_close (&g);
 }
 
+/* ------------------------------------------------------------ per-token timesteps (TI2V) */
+
+/* tests/data/ti2v (tools/make_ti2v_golden.py): the TI2V-5B-shaped tiny
+ * transformer (48 channels) with a timestep per frame: 900 900 0 375 900. */
+typedef struct {
+  dp_safetensors *io;
+  dp_wan_dit *dit;
+  dp_tensor latent, context, frame_t, cond, uncond;
+} ti2v_golden;
+
+static void
+ti2v_open (ti2v_golden *t)
+{
+  GError *err = NULL;
+  char *path = dp_test_data_path ("ti2v", "golden.safetensors", NULL);
+  char *dir = dp_test_data_path ("ti2v", "tiny-ti2v", "transformer", NULL);
+  memset (t, 0, sizeof *t);
+  t->io = dp_safetensors_open (path, &err);
+  g_assert_no_error (err);
+  t->latent = io_get (t->io, "dit.latent");
+  t->context = io_get (t->io, "dit.context");
+  t->frame_t = io_get (t->io, "dit.frame_timesteps");
+  t->cond = io_get (t->io, "dit.cond");
+  t->uncond = io_get (t->io, "dit.uncond");
+  t->dit = dp_wan_dit_load (be, dir, 0, -1, &err);
+  g_assert_no_error (err);
+  g_assert_cmpint (dp_wan_dit_config (t->dit)->in_channels, ==, 48);
+  g_free (path);
+  g_free (dir);
+}
+
+static void
+ti2v_close (ti2v_golden *t)
+{
+  dp_tensor *ts[] = { &t->latent, &t->context, &t->frame_t, &t->cond, &t->uncond };
+  for (guint i = 0; i < G_N_ELEMENTS (ts); i++)
+    dp_tensor_free (ts[i]);
+  dp_wan_dit_free (t->dit);
+  dp_safetensors_close (t->io);
+}
+
+/* Context entries [0, B) of the golden's [2, Lt, td] on dit. */
+static void
+ti2v_context (dp_wan_dit *dit, const ti2v_golden *t, int B)
+{
+  GError *err = NULL;
+  dp_tensor ctx = dp_tensor_view (t->context.data, DP_F32, 3, (int64_t[]){ B, t->context.shape[1], t->context.shape[2] });
+  g_assert_true (dp_wan_dit_set_context (dit, &ctx, &err));
+  g_assert_no_error (err);
+}
+
+/* Whole forward with per-frame timesteps (NULL: every frame at t). */
+static dp_tensor
+ti2v_forward (dp_wan_dit *dit, const dp_tensor *latent_host, const float *frame_t, float t, float guidance)
+{
+  GError *err = NULL;
+  const dp_wan_config *c = dp_wan_dit_config (dit);
+  dp_wan_span span;
+  dp_wan_span_init (&span, (int) latent_host->shape[1], (int) latent_host->shape[2], (int) latent_host->shape[3]);
+  span.frame_timesteps = frame_t;
+  dp_tensor lat = upload (latent_host);
+  dp_tensor vel = device_new (4, (int64_t[]){ c->out_channels, latent_host->shape[1], latent_host->shape[2],
+                                              latent_host->shape[3] });
+  g_assert_true (dp_wan_dit_forward (dit, &span, &lat, t, guidance, &vel, &err));
+  g_assert_no_error (err);
+  dp_tensor out = download (&vel);
+  dp_backend_tensor_free (be, &lat);
+  dp_backend_tensor_free (be, &vel);
+  return out;
+}
+
+/* Against diffusers' 2-D timestep: conditional (B = 1), unconditional and
+ * guided (B = 2); the per-token path matters (one timestep for all differs). */
+static void
+test_ti2v_golden (void)
+{
+  ti2v_golden t;
+  ti2v_open (&t);
+  const float *ft = t.frame_t.data;
+  const size_t n = dp_tensor_nelem (&t.cond);
+
+  ti2v_context (t.dit, &t, 1);
+  /* the timestep argument is ignored when the span has frame_timesteps */
+  dp_tensor v = ti2v_forward (t.dit, &t.latent, ft, 123.0f, 5.0f);
+  double e_cond = dp_test_rel_l2 (v.data, t.cond.data, n);
+  dp_tensor_free (&v);
+  v = ti2v_forward (t.dit, &t.latent, NULL, 900.0f, 5.0f);
+  double flat = dp_test_rel_l2 (v.data, t.cond.data, n);
+  dp_tensor_free (&v);
+
+  ti2v_context (t.dit, &t, 2);
+  v = ti2v_forward (t.dit, &t.latent, ft, 0.0f, 0.0f);
+  double e_uncond = dp_test_rel_l2 (v.data, t.uncond.data, n);
+  dp_tensor_free (&v);
+  v = ti2v_forward (t.dit, &t.latent, ft, 0.0f, 5.0f);
+  float *want = g_new (float, n);
+  for (size_t i = 0; i < n; i++) {
+    float c = ((float *) t.cond.data)[i], u = ((float *) t.uncond.data)[i];
+    want[i] = u + 5.0f * (c - u);
+  }
+  double e_guided = dp_test_rel_l2 (v.data, want, n);
+  dp_tensor_free (&v);
+  g_free (want);
+
+  g_test_message ("ti2v per-token timesteps: relative L2 cond %.3g uncond %.3g guided %.3g; one timestep "
+                  "for every token is %.3g away", e_cond, e_uncond, e_guided, flat);
+  g_assert_cmpfloat (e_cond, <=, GOLDEN_TOL);
+  g_assert_cmpfloat (e_uncond, <=, GOLDEN_TOL);
+  g_assert_cmpfloat (e_guided, <=, GOLDEN_TOL);
+  g_assert_cmpfloat (flat, >, 1e-2);
+  ti2v_close (&t);
+}
+
+/* Equal per-frame timesteps are bitwise the scalar path; stages (layers,
+ * head) split with per-token timesteps are bitwise one pass; a head over a
+ * frame range equals those frames of the whole output. */
+static void
+test_ti2v_invariants (void)
+{
+  GError *err = NULL;
+  ti2v_golden t;
+  ti2v_open (&t);
+  const int F = (int) t.latent.shape[1], H = (int) t.latent.shape[2], W = (int) t.latent.shape[3];
+  const float *ft = t.frame_t.data;
+  float same[8];
+  for (int f = 0; f < F; f++)
+    same[f] = 375.0f;
+  ti2v_context (t.dit, &t, 2);
+  dp_tensor a = ti2v_forward (t.dit, &t.latent, NULL, 375.0f, 4.0f);
+  dp_tensor b = ti2v_forward (t.dit, &t.latent, same, 0.0f, 4.0f);
+  g_assert_cmpint (memcmp (a.data, b.data, dp_tensor_nbytes (&a)), ==, 0);
+  dp_tensor_free (&a);
+  dp_tensor_free (&b);
+
+  dp_tensor ref = ti2v_forward (t.dit, &t.latent, ft, 0.0f, 4.0f);
+  /* The time slots (4, least recently used replaced): calls with 4 other
+   * values each evict every slot; the first values then come back equal. */
+  float others[2][8] = { { 10, 20, 30, 40, 10 }, { 50, 60, 70, 80, 50 } };
+  for (int k = 0; k < 2; k++) {
+    dp_tensor o = ti2v_forward (t.dit, &t.latent, others[k], 0.0f, 4.0f);
+    g_assert_true (memcmp (o.data, ref.data, dp_tensor_nbytes (&ref)) != 0);
+    dp_tensor_free (&o);
+  }
+  dp_tensor again = ti2v_forward (t.dit, &t.latent, ft, 0.0f, 4.0f);
+  g_assert_cmpint (memcmp (again.data, ref.data, dp_tensor_nbytes (&ref)), ==, 0);
+  dp_tensor_free (&again);
+  /* stages [0, 1) (embedding), [1, 2) (head) */
+  char *dir = dp_test_data_path ("ti2v", "tiny-ti2v", "transformer", NULL);
+  dp_wan_dit *s0 = dp_wan_dit_load (be, dir, 0, 1, &err);
+  g_assert_no_error (err);
+  dp_wan_dit *s1 = dp_wan_dit_load (be, dir, 1, 2, &err);
+  g_assert_no_error (err);
+  g_free (dir);
+  ti2v_context (s0, &t, 2);
+  ti2v_context (s1, &t, 2);
+  dp_wan_span span;
+  dp_wan_span_init (&span, F, H, W);
+  span.frame_timesteps = ft;
+  const int64_t L = dp_wan_span_tokens (s0, &span);
+  dp_tensor hidden = device_new (3, (int64_t[]){ 2, L, dp_wan_dit_config (s0)->dim });
+  dp_tensor lat = upload (&t.latent);
+  dp_tensor vel = device_new (4, (int64_t[]){ 48, F, H, W });
+  g_assert_true (dp_wan_dit_embed (s0, &lat, 0, &hidden, &err));
+  g_assert_true (dp_wan_dit_run_layers (s0, &span, 0.0f, &hidden, &err));
+  g_assert_true (dp_wan_dit_run_layers (s1, &span, 0.0f, &hidden, &err));
+  g_assert_true (dp_wan_dit_head (s1, &span, 0.0f, 4.0f, &hidden, &vel, &err));
+  g_assert_no_error (err);
+  dp_tensor v = download (&vel);
+  g_assert_cmpint (memcmp (v.data, ref.data, dp_tensor_nbytes (&ref)), ==, 0);
+  dp_tensor_free (&v);
+  dp_backend_tensor_free (be, &vel);
+
+  /* the head over frames [2, 4): a run boundary inside the range */
+  span.out_first = 2;
+  span.out_frames = 2;
+  vel = device_new (4, (int64_t[]){ 48, 2, H, W });
+  g_assert_true (dp_wan_dit_head (s1, &span, 0.0f, 4.0f, &hidden, &vel, &err));
+  g_assert_no_error (err);
+  v = download (&vel);
+  dp_tensor want = host_frames (&ref, 2, 2);
+  g_assert_cmpfloat (dp_test_rel_l2 (v.data, want.data, dp_tensor_nelem (&want)), <=, 1e-6);
+  dp_tensor_free (&want);
+  dp_tensor_free (&v);
+  dp_backend_tensor_free (be, &vel);
+
+  /* too many distinct values, a bad value */
+  float five[8] = { 1, 2, 3, 4, 5 }, bad[8] = { 1, 1, -1, 1, 1 };
+  span.out_first = span.out_frames = 0;
+  span.frame_timesteps = five;
+  g_assert_false (dp_wan_dit_run_layers (s0, &span, 0.0f, &hidden, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_assert_nonnull (strstr (err->message, "distinct"));
+  g_clear_error (&err);
+  span.frame_timesteps = bad;
+  g_assert_false (dp_wan_dit_run_layers (s0, &span, 0.0f, &hidden, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_assert_nonnull (strstr (err->message, "frame 2"));
+  g_clear_error (&err);
+
+  dp_backend_tensor_free (be, &hidden);
+  dp_backend_tensor_free (be, &lat);
+  dp_tensor_free (&ref);
+  dp_wan_dit_free (s0);
+  dp_wan_dit_free (s1);
+  ti2v_close (&t);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1063,6 +1275,8 @@ main (int argc, char **argv)
   g_test_add_data_func ("/wan_dit/golden-layers/tiny_a", "tiny_a", test_golden_layers);
   g_test_add_data_func ("/wan_dit/golden-layers/tiny_b", "tiny_b", test_golden_layers);
   g_test_add_func ("/wan_dit/golden/f16-checkpoint", test_golden_f16);
+  g_test_add_func ("/wan_dit/ti2v/golden", test_ti2v_golden);
+  g_test_add_func ("/wan_dit/ti2v/invariants", test_ti2v_invariants);
   g_test_add_func ("/wan_dit/cancel", test_cancel);
   g_test_add_func ("/wan_dit/stages", test_stages);
   g_test_add_data_func ("/wan_dit/cache/tiny_a", "tiny_a", test_cache);

@@ -14,7 +14,12 @@
  *   frames of 32x48) with the same tolerances; measured rel L2 8.6e-7, max
  *   abs 1.8e-6, uint8 99.998% exact, all within 1.
  * - Bad model directories and bad calls fail with the right error code and a
- *   message naming the key / tensor. */
+ *   message naming the key / tensor.
+ * - Tiled decode: the grid / blend arithmetic; tiles covering the frame give
+ *   bitwise the untiled frames; against diffusers' enable_tiling on the tiny
+ *   VAE (tests/data/vae/tiled.safetensors, tools/make_vae_tiled_golden.py:
+ *   grids 2x3 and 4x3) rel L2 <= 1e-4 (measured 1.2-1.3e-6); real tiles
+ *   against the untiled decode within TILED_REL_L2_BOUND. */
 #include <math.h>
 #include <string.h>
 
@@ -25,6 +30,12 @@
 #include "dualparal/wan_vae.h"
 
 #include "test_util.h"
+
+/* Tiled (128 / 96) against untiled on a 192 x 256 random latent
+ * (test_tiled_vs_untiled): measured rel L2 0.176, max abs 0.91 with this
+ * random-weight tiny VAE, whose outputs have no spatial smoothness to hide
+ * a seam; a real VAE's would be far smaller, not measured here. */
+#define TILED_REL_L2_BOUND 0.25
 
 /* ------------------------------------------------------------ helpers */
 
@@ -529,6 +540,286 @@ test_errors_push (void)
   dp_backend_free (be);
 }
 
+/* ------------------------------------------------------------- tiling */
+
+/* The grid and blend arithmetic, against values worked out by hand from
+ * diffusers' tiled_decode loops. */
+static void
+test_tiling_arithmetic (void)
+{
+  /* 480p: latent 60 x 104, diffusers' 256 / 192 -> tile 32, stride 24 latents. */
+  g_assert_cmpint (dp_wan_vae_tile_count (60, 32, 24), ==, 3);   /* 0, 24, 48 */
+  g_assert_cmpint (dp_wan_vae_tile_count (104, 32, 24), ==, 5);  /* 0, 24, 48, 72, 96 */
+  g_assert_cmpint (dp_wan_vae_tile_count (24, 32, 24), ==, 1);
+  g_assert_cmpint (dp_wan_vae_tile_count (25, 32, 24), ==, 2);
+  g_assert_cmpint (dp_wan_vae_tile_count (10, 0, 0), ==, 1);     /* untiled */
+  g_assert_cmpint (dp_wan_vae_tile_count (0, 32, 24), ==, 0);
+  int start, size;
+  dp_wan_vae_tile_span (2, 60, 32, 24, &start, &size);
+  g_assert_cmpint (start, ==, 48);
+  g_assert_cmpint (size, ==, 12);
+  dp_wan_vae_tile_span (1, 60, 32, 24, &start, &size);
+  g_assert_cmpint (start, ==, 24);
+  g_assert_cmpint (size, ==, 32);
+  dp_wan_vae_tile_span (4, 104, 32, 24, &start, &size);
+  g_assert_cmpint (start, ==, 96);
+  g_assert_cmpint (size, ==, 8);
+  dp_wan_vae_tile_span (0, 60, 0, 0, &start, &size);
+  g_assert_cmpint (start, ==, 0);
+  g_assert_cmpint (size, ==, 60);
+  /* Every latent row is in some tile, and the kept parts (stride each, the
+   * rest for the last) add up to the whole. */
+  for (int extent = 1; extent < 70; extent++)
+    for (int tile = 1; tile < 12; tile++)
+      for (int stride = 1; stride <= tile; stride++) {
+        const int n = dp_wan_vae_tile_count (extent, tile, stride);
+        int kept = 0, end = 0;
+        for (int i = 0; i < n; i++) {
+          dp_wan_vae_tile_span (i, extent, tile, stride, &start, &size);
+          g_assert_cmpint (size, >=, 1);
+          g_assert_cmpint (start, <=, end);
+          end = MAX (end, start + size);
+          kept += MIN (size, stride);
+        }
+        g_assert_cmpint (end, ==, extent);
+        g_assert_cmpint (kept, ==, extent);
+      }
+  /* Blend extents: the overlap, unless a tile is smaller. */
+  g_assert_cmpint (dp_wan_vae_blend_extent (256, 256, 64), ==, 64);
+  g_assert_cmpint (dp_wan_vae_blend_extent (256, 40, 64), ==, 40);
+  g_assert_cmpint (dp_wan_vae_blend_extent (30, 256, 64), ==, 30);
+  g_assert_cmpint (dp_wan_vae_blend_extent (256, 256, 0), ==, 0);
+  /* Weights: a linear ramp from the previous tile to the current one that
+   * sums to 1 (exactly, for these). */
+  float wa, wb;
+  dp_wan_vae_blend_weights (0, 64, &wa, &wb);
+  g_assert_cmpfloat (wa, ==, 1.0f);
+  g_assert_cmpfloat (wb, ==, 0.0f);
+  dp_wan_vae_blend_weights (16, 64, &wa, &wb);
+  g_assert_cmpfloat (wa, ==, 0.75f);
+  g_assert_cmpfloat (wb, ==, 0.25f);
+  dp_wan_vae_blend_weights (1, 3, &wa, &wb);
+  g_assert_cmpfloat (wb, ==, (float) (1.0 / 3.0));
+  g_assert_cmpfloat (wa, ==, (float) (1.0 - 1.0 / 3.0));
+  /* The default: diffusers' 256 / 192. */
+  dp_wan_vae_tiling t;
+  dp_wan_vae_tiling_default (256, 8, &t);
+  g_assert_cmpint (t.tile_height, ==, 256);
+  g_assert_cmpint (t.tile_width, ==, 256);
+  g_assert_cmpint (t.stride_height, ==, 192);
+  g_assert_cmpint (t.stride_width, ==, 192);
+  dp_wan_vae_tiling_default (16, 8, &t);
+  g_assert_cmpint (t.stride_width, ==, 8);
+  dp_wan_vae_tiling_default (256, 16, &t); /* Wan2.2's scale */
+  g_assert_cmpint (t.stride_width, ==, 192);
+  dp_wan_vae_tiling_default (64, 16, &t);
+  g_assert_cmpint (t.stride_width, ==, 48);
+  dp_wan_vae_tiling_default (16, 16, &t);
+  g_assert_cmpint (t.stride_width, ==, 16);
+  /* Active only above one tile (diffusers' _decode). */
+  dp_wan_vae_config cfg = { 0 };
+  cfg.spatial_scale = 8;
+  dp_wan_vae_tiling_default (256, 8, &t);
+  g_assert_false (dp_wan_vae_tiling_active (&cfg, &t, 32, 32));
+  g_assert_true (dp_wan_vae_tiling_active (&cfg, &t, 32, 33));
+  g_assert_true (dp_wan_vae_tiling_active (&cfg, &t, 60, 104));
+  g_assert_false (dp_wan_vae_tiling_active (&cfg, NULL, 60, 104));
+  /* Bad settings name the axis. */
+  GError *err = NULL;
+  g_assert_true (dp_wan_vae_tiling_check (&cfg, &t, &err));
+  g_assert_true (dp_wan_vae_tiling_check (&cfg, NULL, &err));
+  dp_wan_vae_tiling bad = { 256, 250, 192, 192 };
+  g_assert_false (dp_wan_vae_tiling_check (&cfg, &bad, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_assert_nonnull (strstr (err->message, "width"));
+  g_clear_error (&err);
+  dp_wan_vae_tiling bad2 = { 256, 256, 264, 192 };
+  g_assert_false (dp_wan_vae_tiling_check (&cfg, &bad2, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_assert_nonnull (strstr (err->message, "stride height"));
+  g_clear_error (&err);
+  dp_wan_vae_tiling bad3 = { 256, 256, 0, 192 };
+  g_assert_false (dp_wan_vae_tiling_check (&cfg, &bad3, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_clear_error (&err);
+}
+
+static void
+compare_video (const char *what, const float *got, const float *ref, int64_t n, double *rel_out, double *max_out)
+{
+  double num = 0, den = 0, max_abs = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double e = (double) got[i] - ref[i];
+    num += e * e;
+    den += (double) ref[i] * ref[i];
+    max_abs = MAX (max_abs, fabs (e));
+  }
+  *rel_out = sqrt (num / den);
+  *max_out = max_abs;
+  g_test_message ("%s: rel L2 %.3g, max abs %.3g", what, *rel_out, *max_out);
+}
+
+/* Tiles covering the frame: bitwise the untiled decode (the latents do not
+ * exceed a tile, so no tiling, as in diffusers). */
+static void
+test_tiled_covering_frame (void)
+{
+  data_set = "vae";
+  GError *err = NULL;
+  dp_backend *be = dp_backend_new ("cpu", &err);
+  golden g;
+  golden_load (&g);
+  dp_wan_vae *vae = load_golden_vae (be);
+  const int h = (int) g.latent.shape[2], w = (int) g.latent.shape[3];
+  dp_wan_vae_decoder *plain = dp_wan_vae_decoder_new (vae, h, w, &err);
+  g_assert_no_error (err);
+  decoded ref;
+  stream_decode (be, vae, plain, &g.latent, FALSE, &ref);
+  const dp_wan_vae_tiling covers[] = { { 8 * h, 8 * w, 8 * h, 8 * w }, { 256, 256, 192, 192 }, { 8 * h, 8 * w, 8, 8 } };
+  for (size_t k = 0; k < G_N_ELEMENTS (covers); k++) {
+    dp_wan_vae_decoder *dec = dp_wan_vae_decoder_new_tiled (vae, h, w, &covers[k], &err);
+    g_assert_no_error (err);
+    int rows = 0, cols = 0;
+    dp_wan_vae_decoder_get_tiles (dec, &rows, &cols);
+    g_assert_cmpint (rows, ==, 1);
+    g_assert_cmpint (cols, ==, 1);
+    decoded d;
+    stream_decode (be, vae, dec, &g.latent, FALSE, &d);
+    const int64_t hw = (int64_t) d.H * d.W;
+    g_assert_true (memcmp (d.video, ref.video, 3 * d.frames * hw * sizeof (float)) == 0);
+    g_assert_true (memcmp (d.rgb, ref.rgb, d.frames * hw * 3) == 0);
+    decoded_free (&d);
+    dp_wan_vae_decoder_free (dec);
+  }
+  decoded_free (&ref);
+  dp_wan_vae_decoder_free (plain);
+  dp_wan_vae_free (vae);
+  golden_free (&g);
+  dp_backend_free (be);
+}
+
+/* Against diffusers' enable_tiling on the same tiny VAE (tests/data/vae/
+ * tiled.safetensors, tools/make_vae_tiled_golden.py): two grids, one with
+ * uneven edge tiles. */
+static void
+test_tiled_golden (void)
+{
+  data_set = "vae";
+  GError *err = NULL;
+  dp_backend *be = dp_backend_new ("cpu", &err);
+  dp_wan_vae *vae = load_golden_vae (be);
+  char *path = vae_path ("tiled.safetensors");
+  dp_safetensors *st = dp_safetensors_open (path, &err);
+  g_assert_no_error (err);
+  dp_tensor latent, ref[3];
+  const char *names[3] = { "video_untiled", "video_a", "video_b" };
+  g_assert_true (dp_safetensors_load (st, "latent", DP_F32, -1, NULL, &latent, &err));
+  for (int k = 0; k < 3; k++)
+    g_assert_true (dp_safetensors_load (st, names[k], DP_F32, -1, NULL, &ref[k], &err));
+  g_assert_no_error (err);
+  const dp_wan_vae_tiling settings[3] = { { 0 }, { 24, 24, 16, 16 }, { 16, 24, 8, 16 } };
+  const int grid[3][2] = { { 1, 1 }, { 2, 3 }, { 4, 3 } };
+  const int h = (int) latent.shape[2], w = (int) latent.shape[3];
+  for (int k = 0; k < 3; k++) {
+    dp_wan_vae_decoder *dec = dp_wan_vae_decoder_new_tiled (vae, h, w, &settings[k], &err);
+    g_assert_no_error (err);
+    int rows, cols;
+    dp_wan_vae_decoder_get_tiles (dec, &rows, &cols);
+    g_assert_cmpint (rows, ==, grid[k][0]);
+    g_assert_cmpint (cols, ==, grid[k][1]);
+    decoded d;
+    stream_decode (be, vae, dec, &latent, FALSE, &d);
+    g_assert_cmpint (3 * d.frames * d.H * d.W, ==, dp_tensor_nelem (&ref[k]));
+    double rel, max_abs;
+    char *what = g_strdup_printf ("tiled golden %s (grid %dx%d) against diffusers", names[k], rows, cols);
+    compare_video (what, d.video, ref[k].data, dp_tensor_nelem (&ref[k]), &rel, &max_abs);
+    g_free (what);
+    g_assert_cmpfloat (rel, <=, 1e-4);
+    decoded_free (&d);
+    dp_wan_vae_decoder_free (dec);
+  }
+  for (int k = 0; k < 3; k++)
+    dp_tensor_free (&ref[k]);
+  dp_tensor_free (&latent);
+  dp_safetensors_close (st);
+  g_free (path);
+  dp_wan_vae_free (vae);
+  dp_backend_free (be);
+}
+
+/* Real tiles against the untiled decode on a larger latent (the tiny VAE's
+ * receptive field is that of the real one): 192 x 256 pixels in tiles of
+ * 128 with a stride of 96 (diffusers' proportions), a 2 x 3 grid.  The
+ * difference is the seams' (each tile sees zero padding at its border), so
+ * it depends on the weights; the bound is what this random model measures,
+ * with margin. */
+static void
+test_tiled_vs_untiled (void)
+{
+  data_set = "vae";
+  GError *err = NULL;
+  dp_backend *be = dp_backend_new ("cpu", &err);
+  dp_wan_vae *vae = load_golden_vae (be);
+  const int64_t shape[4] = { 16, 2, 24, 32 };
+  dp_tensor latent = dp_tensor_new_host (DP_F32, 4, shape);
+  GRand *rng = g_rand_new_with_seed (22);
+  float *lp = latent.data;
+  for (int64_t i = 0; i < dp_tensor_nelem (&latent); i++) {
+    /* Box-Muller: standard normal latents, as the sampler leaves them. */
+    double u1 = g_rand_double_range (rng, 1e-12, 1.0), u2 = g_rand_double (rng);
+    lp[i] = (float) (sqrt (-2.0 * log (u1)) * cos (2 * G_PI * u2));
+  }
+  g_rand_free (rng);
+  dp_wan_vae_decoder *plain = dp_wan_vae_decoder_new (vae, 24, 32, &err);
+  g_assert_no_error (err);
+  dp_wan_vae_tiling t;
+  dp_wan_vae_tiling_default (128, 8, &t);
+  g_assert_cmpint (t.stride_height, ==, 96);
+  dp_wan_vae_decoder *tiled = dp_wan_vae_decoder_new_tiled (vae, 24, 32, &t, &err);
+  g_assert_no_error (err);
+  int rows, cols;
+  dp_wan_vae_decoder_get_tiles (tiled, &rows, &cols);
+  g_assert_cmpint (rows, ==, 2);
+  g_assert_cmpint (cols, ==, 3);
+  g_test_message ("decoder memory: untiled %zu bytes, tiled %zu bytes", dp_wan_vae_decoder_memory_bytes (plain),
+                  dp_wan_vae_decoder_memory_bytes (tiled));
+  decoded a, b;
+  stream_decode (be, vae, plain, &latent, FALSE, &a);
+  stream_decode (be, vae, tiled, &latent, FALSE, &b);
+  const int64_t n = 3 * a.frames * a.H * a.W;
+  double rel, max_abs;
+  compare_video ("tiled 128/96 against untiled, 192x256", b.video, a.video, n, &rel, &max_abs);
+  int64_t within = 0;
+  for (int64_t i = 0; i < a.frames * a.H * a.W * 3; i++)
+    within += abs ((int) a.rgb[i] - (int) b.rgb[i]) <= 2;
+  g_test_message ("uint8 within 2 levels: %.3f%%", 100.0 * within / (a.frames * a.H * a.W * 3));
+  g_assert_cmpfloat (rel, <=, TILED_REL_L2_BOUND);
+  g_assert_cmpfloat (rel, >, 0.0); /* the tiles did run */
+  decoded_free (&a);
+  decoded_free (&b);
+  dp_wan_vae_decoder_free (plain);
+  dp_wan_vae_decoder_free (tiled);
+  dp_tensor_free (&latent);
+  dp_wan_vae_free (vae);
+  dp_backend_free (be);
+}
+
+static void
+test_tiled_errors (void)
+{
+  data_set = "vae";
+  GError *err = NULL;
+  dp_backend *be = dp_backend_new ("cpu", &err);
+  dp_wan_vae *vae = load_golden_vae (be);
+  const dp_wan_vae_tiling bad = { 20, 24, 16, 16 };
+  g_assert_null (dp_wan_vae_decoder_new_tiled (vae, 4, 6, &bad, &err));
+  g_assert_error (err, DP_ERROR, DP_ERROR_INVALID);
+  g_assert_nonnull (strstr (err->message, "tile height 20"));
+  g_clear_error (&err);
+  dp_wan_vae_free (vae);
+  dp_backend_free (be);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -541,5 +832,10 @@ main (int argc, char **argv)
   g_test_add_func ("/wan_vae/errors_config", test_errors_config);
   g_test_add_func ("/wan_vae/errors_weights", test_errors_weights);
   g_test_add_func ("/wan_vae/errors_push", test_errors_push);
+  g_test_add_func ("/wan_vae/tiling/arithmetic", test_tiling_arithmetic);
+  g_test_add_func ("/wan_vae/tiling/covering_frame", test_tiled_covering_frame);
+  g_test_add_func ("/wan_vae/tiling/golden", test_tiled_golden);
+  g_test_add_func ("/wan_vae/tiling/vs_untiled", test_tiled_vs_untiled);
+  g_test_add_func ("/wan_vae/tiling/errors", test_tiled_errors);
   return g_test_run ();
 }

@@ -277,3 +277,124 @@ vm_pair_split_compute (const double *value, const gboolean *boundary, const gboo
       ? out->boundary_mean / out->inside_mean : NAN;
   g_free (inside);
 }
+
+/* ---- objects ---- */
+
+void
+vm_objects_in_mask (const uint8_t *mask, int width, int height, size_t min_pixels, vm_objects *out)
+{
+  const size_t n = (size_t) width * height;
+  /* seen[i]: pixel i already in a component.  The queue holds each pixel
+   * once, with its coordinates unwrapped relative to the component's first
+   * pixel (x may leave [0, width) when the component crosses an edge). */
+  uint8_t *seen = g_malloc0 (n);
+  int *qx = g_new (int, n), *qy = g_new (int, n);
+
+  memset (out, 0, sizeof *out);
+  out->fill = out->cx = out->cy = NAN;
+  for (size_t start = 0; start < n; start++) {
+    if (!mask[start] || seen[start])
+      continue;
+    size_t head = 0, tail = 0;
+    qx[tail] = (int) (start % width);
+    qy[tail++] = (int) (start / width);
+    seen[start] = 1;
+    int x0 = qx[0], x1 = qx[0], y0 = qy[0], y1 = qy[0];
+    double sx = 0.0, sy = 0.0;
+    while (head < tail) {
+      int x = qx[head], y = qy[head++];
+      sx += x + 0.5;
+      sy += y + 0.5;
+      x0 = MIN (x0, x), x1 = MAX (x1, x), y0 = MIN (y0, y), y1 = MAX (y1, y);
+      for (int dy = -1; dy <= 1; dy++)
+        for (int dx = -1; dx <= 1; dx++) {
+          int ux = x + dx, uy = y + dy;
+          int wx = ((ux % width) + width) % width, wy = ((uy % height) + height) % height;
+          size_t j = (size_t) wy * width + wx;
+          if (mask[j] && !seen[j]) {
+            seen[j] = 1;
+            qx[tail] = ux;
+            qy[tail++] = uy;
+          }
+        }
+    }
+    if (tail < min_pixels) {
+      out->n_specks++;
+      continue;
+    }
+    out->n_objects++;
+    if (tail > out->largest) {
+      out->largest = tail;
+      /* A band around the whole torus unwraps past the frame: clamp. */
+      out->bbox_w = MIN (x1 - x0 + 1, width);
+      out->bbox_h = MIN (y1 - y0 + 1, height);
+      out->fill = (double) tail / ((double) out->bbox_w * out->bbox_h);
+      out->cx = fmod (fmod (sx / tail, width) + width, width);
+      out->cy = fmod (fmod (sy / tail, height) + height, height);
+    }
+  }
+  g_free (seen);
+  g_free (qx);
+  g_free (qy);
+}
+
+void
+vm_objects_video (const uint8_t *video, int n_frames, int width, int height, const double colour[3],
+                  double radius, size_t min_pixels, vm_objects *objects)
+{
+  const size_t frame_bytes = (size_t) width * height * 3;
+  uint8_t *mask = g_malloc ((size_t) width * height);
+  for (int t = 0; t < n_frames; t++) {
+    vm_colour_mask (video + (size_t) t * frame_bytes, width, height, colour, radius, mask);
+    vm_objects_in_mask (mask, width, height, min_pixels, &objects[t]);
+  }
+  g_free (mask);
+}
+
+/* ---- motion over time ---- */
+
+int
+vm_unwrap_track (const double *track, int n, double period, double max_step, double *unwrapped)
+{
+  double prev = NAN, acc = NAN;
+  int jumps = 0;
+  for (int t = 0; t < n; t++) {
+    if (!isfinite (track[t])) {
+      unwrapped[t] = NAN;
+      continue;
+    }
+    if (!isfinite (prev)) {
+      acc = track[t];
+    } else {
+      double d = fmod (track[t] - prev, period); /* (-period, period) */
+      if (d > period / 2)
+        d -= period;
+      else if (d < -period / 2)
+        d += period;
+      if (fabs (d) > max_step) {
+        d = track[t] - prev; /* a jump: where it is, not around the edge */
+        jumps++;
+      }
+      acc += d;
+    }
+    prev = track[t];
+    unwrapped[t] = acc;
+  }
+  return jumps;
+}
+
+void
+vm_segment_speeds (const double *unwrapped, int n, int n_segments, double *speed)
+{
+  for (int s = 0; s < n_segments; s++) {
+    int a = (int) ((long) s * (n - 1) / n_segments), b = (int) ((long) (s + 1) * (n - 1) / n_segments);
+    int first = -1, last = -1;
+    for (int t = a; t <= b; t++)
+      if (isfinite (unwrapped[t])) {
+        if (first < 0)
+          first = t;
+        last = t;
+      }
+    speed[s] = (first >= 0 && last > first) ? (unwrapped[last] - unwrapped[first]) / (last - first) : NAN;
+  }
+}

@@ -108,6 +108,51 @@ typedef struct {
 void vm_pair_split_compute (const double *value, const gboolean *boundary, const gboolean *inside_only,
                             int n_frames, vm_pair_split *out);
 
+/* ---- objects -------------------------------------------------------------- */
+
+/* The connected components of one frame's colour mask (vm_colour_mask), on
+ * the torus: 8-connected, and a component may cross an edge and go on at the
+ * opposite one (the training clips wrap around: an object half out on the
+ * left and half in on the right is one object).  Components of fewer than
+ * min_pixels pixels are specks: counted, otherwise ignored. */
+typedef struct {
+  int n_objects;      /* components of at least min_pixels pixels */
+  int n_specks;       /* smaller components */
+  size_t largest;     /* pixels of the largest component; 0 when n_objects == 0 */
+  int bbox_w, bbox_h; /* its bounding box, unwrapped across the edges (pixels) */
+  double fill;        /* largest / (bbox_w * bbox_h): the shape measure (a disc
+                       * about pi / 4 = 0.79, an axis-aligned square 1, the
+                       * dataset's upright triangle 0.5); NAN when no object */
+  double cx, cy;      /* its centroid in [0, width) x [0, height), pixel
+                       * centres as above; NAN when no object */
+} vm_objects;
+
+void vm_objects_in_mask (const uint8_t *mask, int width, int height, size_t min_pixels, vm_objects *out);
+/* The same for every frame of a video: objects[n_frames]. */
+void vm_objects_video (const uint8_t *video, int n_frames, int width, int height, const double colour[3],
+                       double radius, size_t min_pixels, vm_objects *objects);
+
+/* ---- motion over time ----------------------------------------------------- */
+
+/* A coordinate track (NAN where missing) of an object that may wrap around a
+ * period (the frame's width or height), unwrapped: a step between two
+ * consecutive finite entries is taken the shortest way modulo the period
+ * when that is at most max_step px (an object leaving on the right and
+ * coming back on the left keeps moving right); a longer one is a jump (the
+ * object vanished and another appeared elsewhere, or the track switched
+ * objects) and is taken as it is inside the frame, so an object that keeps
+ * reappearing near the centre makes no net progress.  unwrapped[t] is NAN
+ * where track[t] is.  Returns the number of jumps. */
+int vm_unwrap_track (const double *track, int n, double period, double max_step, double *unwrapped);
+
+/* The video cut into n_segments spans of frames as equal as can be (span s:
+ * frames [s (n-1) / n_segments, (s+1) (n-1) / n_segments], integer division;
+ * the last frame of one span is the first of the next: 257 frames in 4 are
+ * 0..64, 64..128, 128..192, 192..256); speed[s] = (last finite - first finite entry of
+ * the unwrapped track in the span) / the frames between them, in px/frame;
+ * NAN when the span has fewer than 2 finite entries. */
+void vm_segment_speeds (const double *unwrapped, int n, int n_segments, double *speed);
+
 G_END_DECLS
 
 #endif

@@ -8,6 +8,16 @@
  *                             480x832 video (21 latent frames, 32,760
  *                             tokens) and the DualParal blocks P+C = 8+2
  *                             and 4+2 (keys include the C cached frames)
+ *   dualparal-bench --vae     Wan2.1's VAE decoding 81 frames at 832x480 and
+ *                             1280x720 (--vae-size), untiled and, with
+ *                             --vae-tile N, tiled
+ *   dualparal-bench --whole   a whole run at Wan2.1-1.3B shapes: umT5-XXL
+ *                             text encode (bf16 on a GPU), 50 steps of the
+ *                             DualParal engine on one stage, each block
+ *                             decoded (inline, or --vae-thread)
+ *   --tiny                    the same code paths at tiny sizes, so that
+ *                             the CPU backend (--device cpu) runs them in
+ *                             seconds: a harness check, not a benchmark
  *
  * Times are CUDA-event medians after warm-up, on random (never zero) data.
  * FLOP counts: GEMM 2MNK; attention 4 B H Lq Lk d; the DiT forward uses the
@@ -16,6 +26,7 @@
  */
 #include "dualparal/engine.h"
 #include "dualparal/sampler.h"
+#include "dualparal/umt5.h"
 #include "dualparal/wan_dit.h"
 #include "dualparal/wan_vae.h"
 #include "cuda_backend.h"
@@ -23,6 +34,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ------------------------------------------------------------ random data */
@@ -117,11 +129,13 @@ peak_gib (dp_backend *be)
 
 /* Wan2.1's VAE with random weights, written to a fresh *dir (the caller
  * removes it) and loaded on be; NULL with error set on failure. */
+static int vae_base_dim = 96; /* --tiny: 8 */
+
 static dp_wan_vae *
 random_vae_load (dp_backend *be, char **dir, GError **error)
 {
   *dir = g_dir_make_tmp ("dualparal-vae-XXXXXX", error);
-  if (!*dir || !random_wan_vae_write (*dir, 2, error))
+  if (!*dir || !random_wan_vae_write (*dir, vae_base_dim, 2, error))
     return NULL;
   return dp_wan_vae_load (be, *dir, error);
 }
@@ -463,47 +477,161 @@ now_s (void)
   return g_get_monotonic_time () / 1e6;
 }
 
-/* Wan2.1's VAE (random weights) decoding 81 frames at height x width (latent
- * [16, 21, h, w]) in one call, after a 5-frame warm-up. */
+/* Wan2.1's VAE (random weights) decoding `latent_frames` latent frames
+ * (21: 81 video frames) at height x width latents, streaming one latent
+ * frame at a time as the engine does, after a 2-latent-frame warm-up;
+ * tiled when tile > 0 (stride 3/4 of it). */
 static int
-bench_vae (dp_backend *be, int height, int width)
+bench_vae (dp_backend *be, dp_wan_vae *vae, int height, int width, int latent_frames, int tile)
 {
   GError *err = NULL;
   int rc = 1;
-  dp_wan_vae *vae = NULL;
+  dp_wan_vae_decoder *dec = NULL;
   uint8_t *rgb = NULL;
-  char *dir = NULL;
-  if (!(vae = random_vae_load (be, &dir, &err)))
-    goto out;
-  const int64_t F = 21, frames = dp_wan_vae_num_frames (vae, F);
-  const int64_t ls[4] = { 16, F, height, width }, warm_s[4] = { 16, 2, height, width };
-  dp_tensor lat = random_device (be, DP_F32, 4, ls, 1.0f), warm = random_device (be, DP_F32, 4, warm_s, 1.0f);
-  rgb = g_malloc ((size_t) frames * height * 8 * width * 8 * 3);
-  gboolean ok = dp_wan_vae_decode (vae, &warm, rgb, NULL, &err);
-  if (ok && !be->host_memory)
+  const int64_t F = latent_frames, frames = dp_wan_vae_num_frames (vae, F);
+  const int64_t ls[4] = { 16, F, height, width };
+  dp_tensor lat = random_device (be, DP_F32, 4, ls, 1.0f);
+  dp_wan_vae_tiling tiling = { 0 };
+  if (tile > 0)
+    dp_wan_vae_tiling_default (tile, dp_wan_vae_get_config (vae)->spatial_scale, &tiling);
+  if (!be->host_memory)
     dp_cuda_backend_reset_peak (be);
+  dec = dp_wan_vae_decoder_new_tiled (vae, height, width, &tiling, &err);
+  if (!dec || !lat.data)
+    goto out;
+  int rows, cols;
+  dp_wan_vae_decoder_get_tiles (dec, &rows, &cols);
+  rgb = g_malloc ((size_t) dp_wan_vae_decoder_max_frames (dec) * height * 8 * width * 8 * 3);
+  int n = 0;
+  gboolean ok = TRUE;
+  for (int i = 0; ok && i < MIN (2, latent_frames); i++)
+    ok = dp_wan_vae_decoder_push (dec, &lat, i, rgb, NULL, &n, &err);
+  dp_wan_vae_decoder_reset (dec);
+  double first_ms = 0;
   double t0 = now_s ();
-  ok = ok && dp_wan_vae_decode (vae, &lat, rgb, NULL, &err);
+  for (int64_t i = 0; ok && i < F; i++) {
+    ok = dp_wan_vae_decoder_push (dec, &lat, i, rgb, NULL, &n, &err);
+    if (i == 0)
+      first_ms = (now_s () - t0) * 1000.0;
+  }
   double s = now_s () - t0;
-  dp_backend_tensor_free (be, &lat);
-  dp_backend_tensor_free (be, &warm);
   if (!ok)
     goto out;
-  printf ("{\"vae_decode\": \"Wan2.1 VAE, random F32 weights\", \"latent\": [16, %" G_GINT64_FORMAT ", %d, %d], "
-          "\"frames\": %" G_GINT64_FORMAT ", \"size\": \"%dx%d\", \"seconds\": %.3f, \"ms_per_frame\": %.2f, "
-          "\"peak_gib\": %.2f}\n", F, height, width, frames, width * 8, height * 8, s, 1000.0 * s / frames,
-          peak_gib (be));
+  /* The later latent frames give 4 frames each: their time per frame is the
+   * steady state of a stream. */
+  const double steady_ms = F > 1 ? (s * 1000.0 - first_ms) / (double) (frames - 1) : first_ms;
+  const char *conv = be->host_memory ? "cpu" : g_strcmp0 (g_getenv ("DP_CUDA_CONV"), "cudnn") == 0 ? "cudnn" : "im2col";
+  printf ("{\"vae_decode\": \"Wan2.1 VAE, base_dim %d, random F32 weights\", \"conv\": \"%s\", \"latent\": [16, %" G_GINT64_FORMAT
+          ", %d, %d], \"frames\": %" G_GINT64_FORMAT ", \"size\": \"%dx%d\", \"tile\": %d, \"tiles\": \"%dx%d\", "
+          "\"seconds\": %.3f, \"ms_per_frame\": %.2f, \"steady_ms_per_frame\": %.2f, \"decoder_gib\": %.2f, "
+          "\"peak_gib\": %.2f}\n", dp_wan_vae_get_config (vae)->base_dim, conv, F, height, width, frames, width * 8,
+          height * 8, tile, rows, cols, s, 1000.0 * s / frames, steady_ms,
+          dp_wan_vae_decoder_memory_bytes (dec) / 1073741824.0, peak_gib (be));
+  fflush (stdout);
   rc = 0;
 out:
   if (rc)
-    printf ("vae FAILED: %s\n", err ? err->message : "?");
+    printf ("vae %dx%d tile %d FAILED: %s\n", width * 8, height * 8, tile, err ? err->message : "?");
   g_clear_error (&err);
   g_free (rgb);
+  dp_wan_vae_decoder_free (dec);
+  dp_backend_tensor_free (be, &lat);
+  return rc;
+}
+
+/* --vae-memory: the backend memory a decoder takes (causal caches,
+ * activation arenas, latent statistics) at each size, untiled and in tiles
+ * of each size in `tiles` (comma-separated pixels); decoders are made (the
+ * arenas sized by their measuring pass and allocated) but nothing is
+ * decoded, so the CPU backend gives the GPU's figures for the VAE's own
+ * memory (F32 activations on both). */
+static int
+bench_vae_memory (dp_backend *be, const char *sizes, const char *tiles)
+{
+  GError *err = NULL;
+  char *dir = NULL;
+  dp_wan_vae *vae = random_vae_load (be, &dir, &err);
+  int failures = 0;
+  if (!vae) {
+    printf ("vae memory FAILED: %s\n", err ? err->message : "?");
+    failures++;
+  }
+  char **items = g_strsplit (sizes, ",", -1), **tile_items = g_strsplit (tiles, ",", -1);
+  for (int i = 0; vae && items[i]; i++) {
+    int w = 0, h = 0;
+    if (sscanf (items[i], "%dx%d", &w, &h) != 2 || w < 16 || h < 16 || w % 16 || h % 16) {
+      printf ("vae size '%s' FAILED: give WxH in pixels, multiples of 16\n", items[i]);
+      failures++;
+      continue;
+    }
+    for (int k = -1; tile_items[k + 1] || k < 0; k++) {
+      const int tile = k < 0 ? 0 : atoi (tile_items[k]);
+      dp_wan_vae_tiling t = { 0 };
+      if (tile > 0)
+        dp_wan_vae_tiling_default (tile, dp_wan_vae_get_config (vae)->spatial_scale, &t);
+      dp_wan_vae_decoder *dec = dp_wan_vae_decoder_new_tiled (vae, h / 8, w / 8, &t, &err);
+      if (!dec) {
+        printf ("vae memory %s tile %d FAILED: %s\n", items[i], tile, err ? err->message : "?");
+        g_clear_error (&err);
+        failures++;
+        if (!tile_items[k + 1])
+          break;
+        continue;
+      }
+      int rows, cols;
+      dp_wan_vae_decoder_get_tiles (dec, &rows, &cols);
+      printf ("{\"vae_memory\": \"Wan2.1 VAE decoder, base_dim %d\", \"size\": \"%s\", \"tile\": %d, "
+              "\"tiles\": \"%dx%d\", \"decoder_gib\": %.3f, \"caches_gib\": %.3f}\n", dp_wan_vae_get_config (vae)->base_dim,
+              items[i], tile, rows, cols, dp_wan_vae_decoder_memory_bytes (dec) / 1073741824.0,
+              dp_wan_vae_decoder_cache_bytes (dec) / 1073741824.0);
+      fflush (stdout);
+      dp_wan_vae_decoder_free (dec);
+      if (!tile_items[k + 1])
+        break;
+    }
+  }
+  g_strfreev (items);
+  g_strfreev (tile_items);
+  g_clear_error (&err);
   dp_wan_vae_free (vae);
   if (dir)
     random_wan_remove (dir);
   g_free (dir);
-  return rc;
+  return failures;
+}
+
+/* The --vae cases: each size (pixels "WxH", comma-separated), untiled and
+ * tiled when tile > 0; one VAE load. */
+static int
+bench_vae_sizes (dp_backend *be, const char *sizes, int latent_frames, int tile)
+{
+  GError *err = NULL;
+  char *dir = NULL;
+  dp_wan_vae *vae = random_vae_load (be, &dir, &err);
+  int failures = 0;
+  if (!vae) {
+    printf ("vae FAILED: %s\n", err ? err->message : "?");
+    failures++;
+  }
+  char **items = g_strsplit (sizes, ",", -1);
+  for (int i = 0; vae && items[i]; i++) {
+    int w = 0, h = 0;
+    if (sscanf (items[i], "%dx%d", &w, &h) != 2 || w < 16 || h < 16 || w % 16 || h % 16) {
+      printf ("vae size '%s' FAILED: give WxH in pixels, multiples of 16\n", items[i]);
+      failures++;
+      continue;
+    }
+    failures += bench_vae (be, vae, h / 8, w / 8, latent_frames, 0);
+    if (tile > 0)
+      failures += bench_vae (be, vae, h / 8, w / 8, latent_frames, tile);
+  }
+  g_strfreev (items);
+  g_clear_error (&err);
+  dp_wan_vae_free (vae);
+  if (dir)
+    random_wan_remove (dir);
+  g_free (dir);
+  return failures;
 }
 
 /* ------------------------------------------------------------ engine */
@@ -521,7 +649,8 @@ count_frames (const uint8_t *rgb, int n_frames, int64_t first_frame, void *user_
  * in dit_dir, the random VAE decoding each finished block, guidance 5,
  * 21 latent frames (81 video frames), blocks of P with C context frames. */
 static int
-bench_engine (dp_backend *be, const char *dit_dir, int height, int width, int P, int C, int steps)
+bench_engine (dp_backend *be, const char *dit_dir, int height, int width, int P, int C, int steps, int latent_frames,
+              int text_dim)
 {
   GError *err = NULL;
   int rc = 1;
@@ -536,14 +665,14 @@ bench_engine (dp_backend *be, const char *dit_dir, int height, int width, int P,
   dp_schedule *sched = dp_schedule_new (&ss, steps, &err);
   if (!sched)
     goto out;
-  dp_engine_params p = { .block_frames = P, .context_frames = C, .latent_frames = 21, .latent_height = height,
+  dp_engine_params p = { .block_frames = P, .context_frames = C, .latent_frames = latent_frames, .latent_height = height,
                          .latent_width = width, .schedule = sched, .guidance = 5.0, .seed = 1,
                          .noise_stream = DP_ENGINE_NOISE_STREAM };
   e = dp_engine_new (dit_dir, &be, 1, NULL, &p, &err);
   dp_schedule_free (sched);
   if (!e)
     goto out;
-  context = random_host (3, (int64_t[]){ 2, 512, 4096 }, 1.0f);
+  context = random_host (3, (int64_t[]){ 2, 512, text_dim }, 1.0f);
   int64_t frames = 0;
   dp_engine_output out = { .frames = count_frames, .user_data = &frames };
   if (!be->host_memory)
@@ -572,10 +701,148 @@ out:
   return rc;
 }
 
+/* ------------------------------------------------------------ whole run */
+
+typedef struct {
+  random_umt5_size text;
+  int height, width, latent_frames, P, C, steps;
+  int prompt_tokens, text_len;
+  gboolean vae_thread;  /* decode on a thread with a backend of its own (own CUDA stream) */
+  gboolean keep_text;   /* keep the text encoder loaded during the run (else freed first) */
+  int vae_tile;
+} whole_cfg;
+
+/* Encodes one prompt of random ids into row b of context [2, text_len, d]. */
+static gboolean
+encode_random (dp_umt5 *t5, const whole_cfg *c, int b, int n_tokens, dp_tensor *context, double *ms,
+               GError **error)
+{
+  int32_t *ids = g_new (int32_t, n_tokens);
+  for (int i = 0; i < n_tokens; i++)
+    ids[i] = 1 + (int32_t) (rng_next () % (guint32) (c->text.vocab - 1));
+  dp_tensor out = { 0 };
+  const double t0 = now_s ();
+  gboolean ok = dp_umt5_encode (t5, ids, n_tokens, c->text_len, &out, error);
+  *ms = (now_s () - t0) * 1000.0;
+  if (ok)
+    memcpy ((float *) context->data + (size_t) b * c->text_len * c->text.d_model, out.data,
+            (size_t) c->text_len * c->text.d_model * sizeof (float));
+  dp_tensor_free (&out);
+  g_free (ids);
+  return ok;
+}
+
+/* A whole run as a user sees it: the prompt and the negative prompt through
+ * umT5 (random weights at the given sizes; on a GPU in BF16), then the
+ * DualParal engine on one stage (the random transformer in dit_dir,
+ * guidance 5, `steps` UniPC steps), each finished block decoded by the
+ * random VAE, inline or on its own thread and backend. */
+static int
+bench_whole (dp_backend *be, const char *device, const char *dit_dir, const whole_cfg *c)
+{
+  GError *err = NULL;
+  int rc = 1;
+  char *t5_dir = NULL, *vae_dir = NULL;
+  dp_umt5 *t5 = NULL;
+  dp_wan_vae *vae = NULL;
+  dp_backend *vae_be = NULL;
+  dp_engine *e = NULL;
+  dp_tensor context = { 0 };
+  double write_s = 0, load_s = 0, enc_ms[3] = { 0 };
+
+  double t0 = now_s ();
+  t5_dir = g_dir_make_tmp ("dualparal-umt5-XXXXXX", &err);
+  if (!t5_dir || !random_umt5_write (t5_dir, &c->text, be->weight_dtype == DP_F32 ? DP_F32 : DP_BF16, 3, &err))
+    goto out;
+  write_s = now_s () - t0;
+  if (!be->host_memory)
+    dp_cuda_backend_reset_peak (be);
+  t0 = now_s ();
+  if (!(t5 = dp_umt5_load (be, t5_dir, &err)) || !be->ops->sync (be, &err))
+    goto out;
+  load_s = now_s () - t0;
+  /* The first encode sizes the encoder's arena; the next two are a prompt
+   * change's cost (prompt and negative prompt). */
+  context = dp_tensor_new_host (DP_F32, 3, (int64_t[]){ 2, c->text_len, c->text.d_model });
+  if (!encode_random (t5, c, 0, c->prompt_tokens, &context, &enc_ms[0], &err) ||
+      !encode_random (t5, c, 0, c->prompt_tokens, &context, &enc_ms[1], &err) ||
+      !encode_random (t5, c, 1, MAX (1, c->prompt_tokens / 4), &context, &enc_ms[2], &err))
+    goto out;
+  const double text_peak = peak_gib (be);
+  if (!c->keep_text)
+    g_clear_pointer (&t5, dp_umt5_free);
+
+  if (c->vae_thread && !(vae_be = dp_backend_new (device, &err)))
+    goto out;
+  if (!(vae = random_vae_load (vae_be ? vae_be : be, &vae_dir, &err)))
+    goto out;
+  dp_sampler_settings ss;
+  dp_sampler_settings_init (&ss, DP_SAMPLER_UNIPC, 3.0);
+  dp_schedule *sched = dp_schedule_new (&ss, c->steps, &err);
+  if (!sched)
+    goto out;
+  dp_engine_params p = { .block_frames = c->P, .context_frames = c->C, .latent_frames = c->latent_frames,
+                         .latent_height = c->height, .latent_width = c->width, .schedule = sched, .guidance = 5.0,
+                         .seed = 1, .noise_stream = DP_ENGINE_NOISE_STREAM };
+  e = dp_engine_new (dit_dir, &be, 1, NULL, &p, &err);
+  dp_schedule_free (sched);
+  if (!e)
+    goto out;
+  int64_t frames = 0;
+  dp_wan_vae_tiling tiling = { 0 };
+  if (c->vae_tile > 0)
+    dp_wan_vae_tiling_default (c->vae_tile, 8, &tiling);
+  dp_engine_output out = { .frames = count_frames, .user_data = &frames, .decode_thread = c->vae_thread,
+                           .vae_tiling = &tiling };
+  if (!be->host_memory) {
+    dp_cuda_backend_reset_peak (be);
+    if (vae_be)
+      dp_cuda_backend_reset_peak (vae_be);
+  }
+  if (!dp_engine_run (e, &context, vae, &out, &err))
+    goto out;
+  dp_engine_stats st;
+  dp_engine_get_stats (e, &st);
+  const double encode_s = (enc_ms[1] + enc_ms[2]) / 1000.0;
+  printf ("{\"whole_run\": \"umT5 (%d layers, d %d) + DualParal 1 stage (random DiT) + Wan2.1 VAE (base_dim %d)\", "
+          "\"frames\": %" G_GINT64_FORMAT ", \"size\": \"%dx%d\", \"steps\": %d, \"P\": %d, \"C\": %d, "
+          "\"vae\": \"%s\", \"vae_tile\": %d, \"text_encoder\": \"%s\", "
+          "\"text_write_s\": %.1f, \"text_load_s\": %.2f, \"encode_first_ms\": %.1f, \"encode_prompt_ms\": %.1f, "
+          "\"encode_negative_ms\": %.1f, \"text_peak_gib\": %.2f, \"run_s\": %.2f, \"first_frames_s\": %.2f, "
+          "\"frames_per_s\": %.3f, \"total_s\": %.2f, \"busy_s\": %.2f, \"idle_s\": %.2f, \"peak_gib\": %.2f, "
+          "\"vae_peak_gib\": %.2f}\n",
+          c->text.layers, c->text.d_model, vae_base_dim, frames, c->width * 8, c->height * 8, c->steps, c->P, c->C,
+          c->vae_thread ? "own thread and backend" : "inline", c->vae_tile, c->keep_text ? "kept" : "freed", write_s,
+          load_s, enc_ms[0], enc_ms[1], enc_ms[2], text_peak, st.run_seconds, st.first_frame_seconds,
+          frames / st.run_seconds, encode_s + st.run_seconds, st.stage[0].busy_seconds, st.stage[0].idle_seconds,
+          peak_gib (be), vae_be ? peak_gib (vae_be) : 0.0);
+  fflush (stdout);
+  rc = 0;
+out:
+  if (rc)
+    printf ("whole run FAILED: %s\n", err ? err->message : "?");
+  g_clear_error (&err);
+  dp_tensor_free (&context);
+  dp_engine_free (e);
+  dp_wan_vae_free (vae);
+  dp_backend_free (vae_be);
+  dp_umt5_free (t5);
+  if (vae_dir)
+    random_wan_remove (vae_dir);
+  if (t5_dir)
+    random_wan_remove (t5_dir);
+  g_free (vae_dir);
+  g_free (t5_dir);
+  return rc;
+}
+
 int
 main (int argc, char **argv)
 {
-  gboolean ops = FALSE, dit = FALSE, vae = FALSE, engine = FALSE;
+  gboolean ops = FALSE, dit = FALSE, vae = FALSE, engine = FALSE, whole = FALSE, tiny = FALSE, vae_thread = FALSE;
+  gboolean free_text = FALSE, vae_memory = FALSE;
+  int vae_tile = 0, whole_steps = 50, vae_frames = 21;
+  char *vae_sizes = NULL;
   int reps = 7, dit_reps = 3, layers = 30, height = 60, width = 104, variant = -1, steps = 10, block = 4, ctx = 2;
   gboolean compare_attn = FALSE, compare_fused = FALSE;
   char *device = NULL;
@@ -583,7 +850,28 @@ main (int argc, char **argv)
     { "device", 'd', 0, G_OPTION_ARG_STRING, &device, "Backend (default cuda:0)", "cuda:N" },
     { "ops", 0, 0, G_OPTION_ARG_NONE, &ops, "Ceilings, GEMMs, memory-bound ops and attention", NULL },
     { "dit", 0, 0, G_OPTION_ARG_NONE, &dit, "Guided DiT forward at Wan2.1-1.3B shapes", NULL },
-    { "vae", 0, 0, G_OPTION_ARG_NONE, &vae, "Wan2.1 VAE decode of 81 frames (random weights)", NULL },
+    { "vae", 0, 0, G_OPTION_ARG_NONE, &vae, "Wan2.1 VAE decode of 81 frames (random weights) at each --vae-size",
+      NULL },
+    { "vae-size", 0, 0, G_OPTION_ARG_STRING, &vae_sizes,
+      "--vae: frame sizes in pixels, comma-separated (default 832x480,1280x720)", "WxH,..." },
+    { "vae-tile", 0, 0, G_OPTION_ARG_INT, &vae_tile,
+      "--vae: also time a tiled decode with N x N tiles (stride 3N/4); --whole: decode tiled", "N" },
+    { "vae-frames", 0, 0, G_OPTION_ARG_INT, &vae_frames, "--vae: latent frames (default 21: 81 frames)", "N" },
+    { "vae-memory", 0, 0, G_OPTION_ARG_NONE, &vae_memory,
+      "The VAE decoder's memory at each --vae-size, untiled and in tiles of 256, 384 and 512 (no decoding: runs "
+      "on the CPU too)", NULL },
+    { "whole", 0, 0, G_OPTION_ARG_NONE, &whole,
+      "A whole run: umT5-XXL encode of a prompt and a negative prompt, 81 frames at --height x --width, "
+      "--whole-steps steps of the DualParal engine (1 stage, P = --block-frames, C = --context-frames), each "
+      "block decoded", NULL },
+    { "whole-steps", 0, 0, G_OPTION_ARG_INT, &whole_steps, "--whole: sampler steps (default 50)", "N" },
+    { "vae-thread", 0, 0, G_OPTION_ARG_NONE, &vae_thread,
+      "--whole: decode on a thread and backend of its own (own CUDA stream), overlapped with denoising", NULL },
+    { "free-text-encoder", 0, 0, G_OPTION_ARG_NONE, &free_text,
+      "--whole: free the text encoder before the run (default: kept, as for prompt changes)", NULL },
+    { "tiny", 0, 0, G_OPTION_ARG_NONE, &tiny,
+      "Tiny sizes for --vae, --engine and --whole (2-layer models, small frames): checks the harness on the CPU "
+      "in seconds; not a benchmark", NULL },
     { "engine", 0, 0, G_OPTION_ARG_NONE, &engine,
       "A whole DualParal run, one stage: 81 frames, the random 1.3B DiT and the VAE", NULL },
     { "steps", 0, 0, G_OPTION_ARG_INT, &steps, "--engine: sampler steps (default 10)", "N" },
@@ -614,10 +902,38 @@ main (int argc, char **argv)
     return 2;
   }
   g_option_context_free (octx);
-  if (!ops && !dit && !vae && !engine)
+  if (!ops && !dit && !vae && !engine && !whole && !vae_memory)
     ops = TRUE;
+  random_wan_dit_size dit_size = wan_1_3b;
+  dit_size.layers = layers;
+  /* umT5-XXL, with a small vocabulary: the embedding is never uploaded (the
+   * prompt's rows are gathered on the host), so it only costs disk. */
+  whole_cfg wc = { .text = { .vocab = 32128, .d_model = 4096, .d_kv = 64, .heads = 64, .d_ff = 10240, .layers = 24 },
+                   .height = height, .width = width, .latent_frames = 21, .P = block, .C = ctx, .steps = whole_steps,
+                   .prompt_tokens = 120, .text_len = 512, .vae_thread = vae_thread, .keep_text = !free_text,
+                   .vae_tile = vae_tile };
+  if (tiny) {
+    /* Every code path at sizes the CPU runs in seconds. */
+    dit_size = (random_wan_dit_size){ .dim = 256, .heads = 2, .ffn = 512, .layers = 2, .text_dim = 64,
+                                      .freq_dim = 256, .channels = 16 };
+    wc.text = (random_umt5_size){ .vocab = 1000, .d_model = 64, .d_kv = 16, .heads = 4, .d_ff = 128, .layers = 2 };
+    wc.text_len = 32;
+    wc.prompt_tokens = 12;
+    wc.height = height = 4;
+    wc.width = width = 6;
+    wc.latent_frames = 5;
+    wc.steps = steps = MIN (whole_steps, 3);
+    wc.P = block = 2;
+    wc.C = ctx = 1;
+    vae_base_dim = 8;
+    vae_frames = MIN (vae_frames, 3);
+    if (!vae_sizes)
+      vae_sizes = g_strdup ("96x64,160x96");
+    if (vae_tile > 64 || vae_tile == 0)
+      vae_tile = wc.vae_tile = vae_tile ? 64 : 0;
+  }
   if (reps < 1 || dit_reps < 1 || layers < 1 || steps < 1 || block < 1 || ctx < 0 || height < 2 || width < 2
-      || height % 2 || width % 2) {
+      || height % 2 || width % 2 || vae_tile < 0 || whole_steps < 1 || vae_frames < 1) {
     g_printerr ("--repeat, --dit-repeat, --layers, --steps and --block-frames must be positive, --context-frames "
                 "not negative, --height and --width even\n");
     return 2;
@@ -640,19 +956,18 @@ main (int argc, char **argv)
   /* The random transformer, written once for --dit and --engine (2.8 GB in
    * BF16 at 30 layers: gpu-check.sh points TMPDIR at /dev/shm). */
   char *dit_dir = NULL;
-  if (dit || engine) {
-    random_wan_dit_size m = wan_1_3b;
-    m.layers = layers;
+  if (dit || engine || whole) {
+    random_wan_dit_size m = dit_size;
     gint64 t0 = g_get_monotonic_time ();
     dit_dir = g_dir_make_tmp ("dualparal-bench-XXXXXX", &err);
     if (!dit_dir || !random_wan_dit_write (dit_dir, &m, DP_BF16, 1, &err)) {
       printf ("writing the random transformer FAILED: %s\n", err ? err->message : "?");
       g_clear_error (&err);
-      dit = engine = FALSE;
+      dit = engine = whole = FALSE;
       failures++;
     } else {
-      printf ("# random Wan2.1-1.3B-shaped transformer (%d layers) written in %.1f s\n", layers,
-              (g_get_monotonic_time () - t0) / 1e6);
+      printf ("# random %s transformer (%d layers) written in %.1f s\n", tiny ? "tiny" : "Wan2.1-1.3B-shaped",
+              m.layers, (g_get_monotonic_time () - t0) / 1e6);
     }
   }
   if (dit) {
@@ -675,14 +990,19 @@ main (int argc, char **argv)
     }
     failures += bench_dit (be, dit_dir, dit_reps, height, width, configs, n_configs);
   }
+  if (vae_memory)
+    failures += bench_vae_memory (be, vae_sizes ? vae_sizes : "832x480,1280x720,1920x1088", tiny ? "64" : "256,384,512");
   if (vae)
-    failures += bench_vae (be, height, width);
+    failures += bench_vae_sizes (be, vae_sizes ? vae_sizes : "832x480,1280x720", vae_frames, vae_tile);
   if (engine)
-    failures += bench_engine (be, dit_dir, height, width, block, ctx, steps);
+    failures += bench_engine (be, dit_dir, height, width, block, ctx, steps, tiny ? 5 : 21, dit_size.text_dim);
+  if (whole)
+    failures += bench_whole (be, device ? device : "cuda", dit_dir, &wc);
   if (dit_dir)
     random_wan_remove (dit_dir);
   g_free (dit_dir);
   dp_backend_free (be);
   g_free (device);
+  g_free (vae_sizes);
   return failures ? 1 : 0;
 }

@@ -56,10 +56,14 @@ static int opt_stages = 0;
 static int opt_block_frames = 0, opt_context_frames = 0;
 static char *opt_processes = NULL;
 static gboolean opt_wire_bf16 = FALSE;
+static int opt_vae_tile = 0;
+static gboolean opt_vae_thread = FALSE;
+static char *opt_vae_device = NULL;
+static gboolean opt_free_text_encoder = FALSE;
 
 static GOptionEntry entries[] = {
   { "model", 'm', 0, G_OPTION_ARG_FILENAME, &opt_model,
-    "Wan text-to-video model (Wan2.1, Wan2.2 T2V-A14B), diffusers layout (default: DUALPARAL_MODEL, else the installed embedded model, else the source tree's)", "DIR" },
+    "Wan text-to-video model (Wan2.1, Wan2.2 T2V-A14B or TI2V-5B), diffusers layout (default: DUALPARAL_MODEL, else the installed embedded model, else the source tree's)", "DIR" },
   /* The prompts are read as bytes (G_OPTION_ARG_FILENAME): GLib would convert a
    * G_OPTION_ARG_STRING from the locale's charset, which is ASCII until
    * setlocale runs and refuses any non-ASCII prompt.  prompt_to_utf8 decodes them. */
@@ -95,6 +99,17 @@ static GOptionEntry entries[] = {
   { "threads", 't', 0, G_OPTION_ARG_INT, &opt_threads,
     "CPU threads in all, shared out among the CPU stages (default 0: each stage OMP_NUM_THREADS when set, "
     "else the CPUs this process may run on)", "N" },
+  { "vae-tile", 0, 0, G_OPTION_ARG_INT, &opt_vae_tile,
+    "Decode in tiles of N x N pixels (a quarter overlapping, blended as diffusers' enable_tiling): less "
+    "VAE memory at 720p and above, slight differences at the seams (default 0: untiled)", "N" },
+  { "vae-thread", 0, 0, G_OPTION_ARG_NONE, &opt_vae_thread,
+    "DualParal: decode finished blocks on a thread (and backend) of their own, overlapped with the "
+    "next blocks' denoising (same frames)", NULL },
+  { "vae-device", 0, 0, G_OPTION_ARG_STRING, &opt_vae_device,
+    "With --vae-thread: where the VAE runs, e.g. cuda:1 (a spare GPU); default: stage 0's device", "DEV" },
+  { "free-text-encoder", 0, 0, G_OPTION_ARG_NONE, &opt_free_text_encoder,
+    "Load the text encoder for each encode and free it after (its memory is free while the video is made; "
+    "each prompt change reloads it); default: kept loaded", NULL },
   { "text-len", 0, 0, G_OPTION_ARG_INT, &opt_text_len,
     "Text tokens the prompt is padded to (default: the model's, else 512)", "N" },
   { "output", 'o', 0, G_OPTION_ARG_FILENAME, &opt_output,
@@ -489,7 +504,7 @@ main (int argc, char **argv)
   /* The character type only (the charset of non-UTF-8 prompts); numbers keep
    * the C locale's decimal point. */
   setlocale (LC_CTYPE, "");
-  ctx = g_option_context_new ("- make a video from a text prompt with a Wan2.1 or Wan2.2 T2V-A14B model");
+  ctx = g_option_context_new ("- make a video from a text prompt with a Wan2.1 or Wan2.2 (T2V-A14B, TI2V-5B) model");
   g_option_context_add_main_entries (ctx, entries, NULL);
   g_option_context_set_description (ctx,
       "Writes the frames as they are decoded: a YUV4MPEG2 file (--output) and / or PNG frames\n"
@@ -585,6 +600,10 @@ main (int argc, char **argv)
     return fail ("--threads %d: give a number of CPU threads, 1 or more, or 0 for the CPUs this "
                  "process may run on", opt_threads);
   params.threads = opt_threads;
+  params.vae_tile = opt_vae_tile;
+  params.vae_thread = opt_vae_thread;
+  params.vae_device = opt_vae_device;
+  params.keep_text_encoder = !opt_free_text_encoder;
   if (!engine_options (&params, &stage_devices))
     return 1;
 

@@ -15,8 +15,9 @@
 # Logs go to $OUT (default ./out/gpu-check).  Skip parts with
 # GPU_CHECK_SKIP="tests ops dit anchor" (any subset); GPU_CHECK_DIT_ARGS adds
 # the options of that benchmark call (default "--dit --compare-fused --vae
-# --engine": the DiT with and without the fused ops, one model load, the VAE
-# decode of 81 frames and a whole DualParal run; "--compare-attn" adds the
+# --vae-size 832x480 --engine": the DiT with and without the fused ops, one
+# model load, the VAE decode of 81 frames at 480p and a whole DualParal run;
+# tools/gpu-vae-check.sh is the VAE's own check; "--compare-attn" adds the
 # mma.sync attention kernel); GPU_CHECK_SANITIZE=1 also
 # runs part of the tests under compute-sanitizer's memcheck;
 # GPU_CHECK_COMPILE=SECONDS also runs the anchor with --compile at the three
@@ -87,7 +88,7 @@ if ! skip ops; then
 fi
 if ! skip dit; then
   echo "== DiT forward, VAE decode, a whole engine run (ours)"
-  timeout 240 "$BUILD/tools/dualparal-bench" ${GPU_CHECK_DIT_ARGS:---dit --compare-fused --vae --engine} 2>&1 | tee "$OUT/bench-dit.log"
+  timeout 240 "$BUILD/tools/dualparal-bench" ${GPU_CHECK_DIT_ARGS:---dit --compare-fused --vae --vae-size 832x480 --engine} 2>&1 | tee "$OUT/bench-dit.log"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if ! skip anchor && [ -f .bench/pytorch_wan_anchor.py ]; then

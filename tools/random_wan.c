@@ -15,7 +15,7 @@ typedef struct {
   GString *header;
   uint64_t offset;
   dp_dtype dtype;
-  GRand *rng;
+  guint64 rng;         /* xorshift64* state: fast enough for the 9 GB text encoder */
   gboolean writing;
   GError **error;
   gboolean ok;
@@ -46,8 +46,13 @@ add_tensor (writer *w, const char *name, int ndim, const int64_t *shape, float a
   void *out = w->dtype == DP_F32 ? (void *) values : g_malloc ((size_t) chunk * esize);
   for (int64_t i = 0; i < n && w->ok; i += chunk) {
     const int64_t m = MIN (chunk, n - i);
-    for (int64_t j = 0; j < m; j++)
-      values[j] = mean + (float) g_rand_double_range (w->rng, -amp, amp);
+    for (int64_t j = 0; j < m; j++) {
+      w->rng ^= w->rng >> 12;
+      w->rng ^= w->rng << 25;
+      w->rng ^= w->rng >> 27;
+      const double u = (double) ((w->rng * 0x2545F4914F6CDD1Dull) >> 11) * (1.0 / 9007199254740992.0);
+      values[j] = mean + (float) ((2.0 * u - 1.0) * amp);
+    }
     if (out != values)
       dp_convert (out, w->dtype, values, DP_F32, (size_t) m);
     if (fwrite (out, esize, (size_t) m, w->f) != (size_t) m) {
@@ -119,8 +124,8 @@ typedef void (*add_fn) (writer *w, const void *model);
 static gboolean
 write_safetensors (const char *dir, add_fn add, const void *model, dp_dtype dtype, guint32 seed, GError **error)
 {
-  writer w = { .header = g_string_new ("{"), .dtype = dtype, .rng = g_rand_new_with_seed (seed), .error = error,
-               .ok = TRUE };
+  writer w = { .header = g_string_new ("{"), .dtype = dtype, .rng = 0x9E3779B97F4A7C15ull ^ ((guint64) seed << 17 | 1),
+               .error = error, .ok = TRUE };
   add (&w, model);
   g_string_append_c (w.header, '}');
   while (w.header->len % 8)
@@ -146,7 +151,6 @@ write_safetensors (const char *dir, add_fn add, const void *model, dp_dtype dtyp
   }
   g_free (path);
   g_string_free (w.header, TRUE);
-  g_rand_free (w.rng);
   return w.ok;
 }
 
@@ -171,7 +175,7 @@ random_wan_dit_write (const char *dir, const random_wan_dit_size *m, dp_dtype dt
 
 /* ---- VAE ---------------------------------------------------------------- */
 
-enum { VAE_BASE = 96, VAE_Z = 16, VAE_LEVELS = 4, VAE_RES_BLOCKS = 2 };
+enum { VAE_Z = 16, VAE_LEVELS = 4, VAE_RES_BLOCKS = 2 };
 static const int vae_mult[VAE_LEVELS] = { 1, 2, 4, 4 };
 static const gboolean vae_time_up[VAE_LEVELS - 1] = { TRUE, TRUE, FALSE }; /* temperal_downsample reversed */
 
@@ -220,12 +224,12 @@ add_resnet (writer *w, const char *prefix, int cin, int cout)
 static void
 add_vae (writer *w, const void *model)
 {
-  (void) model;
+  const int base = *(const int *) model;
   char name[160];
   int dims[VAE_LEVELS + 1];
-  dims[0] = VAE_BASE * vae_mult[VAE_LEVELS - 1];
+  dims[0] = base * vae_mult[VAE_LEVELS - 1];
   for (int k = 1; k <= VAE_LEVELS; k++)
-    dims[k] = VAE_BASE * vae_mult[VAE_LEVELS - k];
+    dims[k] = base * vae_mult[VAE_LEVELS - k];
   add_conv (w, "post_quant_conv", VAE_Z, VAE_Z, 1, 1, 1);
   add_conv (w, "decoder.conv_in", dims[0], VAE_Z, 3, 3, 3);
   add_resnet (w, "decoder.mid_block.resnets.0", dims[0], dims[0]);
@@ -253,14 +257,16 @@ add_vae (writer *w, const void *model)
 }
 
 gboolean
-random_wan_vae_write (const char *dir, guint32 seed, GError **error)
+random_wan_vae_write (const char *dir, int base_dim, guint32 seed, GError **error)
 {
-  if (!write_safetensors (dir, add_vae, NULL, DP_F32, seed, error))
+  g_return_val_if_fail (base_dim >= 1, FALSE);
+  if (!write_safetensors (dir, add_vae, &base_dim, DP_F32, seed, error))
     return FALSE;
-  GString *cfg = g_string_new ("{\"_class_name\": \"AutoencoderKLWan\", \"base_dim\": 96, \"z_dim\": 16,"
-                               " \"dim_mult\": [1, 2, 4, 4], \"num_res_blocks\": 2, \"attn_scales\": [],"
-                               " \"temperal_downsample\": [false, true, true], \"dropout\": 0.0,"
-                               " \"latents_mean\": [");
+  GString *cfg = g_string_new (NULL);
+  g_string_printf (cfg, "{\"_class_name\": \"AutoencoderKLWan\", \"base_dim\": %d, \"z_dim\": 16,"
+                   " \"dim_mult\": [1, 2, 4, 4], \"num_res_blocks\": 2, \"attn_scales\": [],"
+                   " \"temperal_downsample\": [false, true, true], \"dropout\": 0.0,"
+                   " \"latents_mean\": [", base_dim);
   for (int i = 0; i < VAE_Z; i++)
     g_string_append (cfg, i ? ", 0.0" : "0.0");
   g_string_append (cfg, "], \"latents_std\": [");
@@ -271,6 +277,59 @@ random_wan_vae_write (const char *dir, guint32 seed, GError **error)
   gboolean ok = g_file_set_contents (path, cfg->str, -1, error);
   g_free (path);
   g_string_free (cfg, TRUE);
+  return ok;
+}
+
+/* ---- umT5 encoder ------------------------------------------------------- */
+
+/* The tensors of UMT5EncoderModel as core/src/model/umt5.c loads them. */
+static void
+add_umt5 (writer *w, const void *model)
+{
+  const random_umt5_size *m = model;
+  const int64_t D = m->d_model, inner = (int64_t) m->heads * m->d_kv;
+  char name[160];
+  add_tensor (w, "shared.weight", 2, (int64_t[]){ m->vocab, D }, 1.0f, 0.0f);
+  for (int i = 0; i < m->layers; i++) {
+    g_snprintf (name, sizeof name, "encoder.block.%d.layer.0.layer_norm.weight", i);
+    add_tensor (w, name, 1, (int64_t[]){ D }, 0.2f, 1.0f);
+    static const char *qkv[] = { "q", "k", "v" };
+    for (int j = 0; j < 3; j++) {
+      g_snprintf (name, sizeof name, "encoder.block.%d.layer.0.SelfAttention.%s.weight", i, qkv[j]);
+      add_tensor (w, name, 2, (int64_t[]){ inner, D }, sqrtf (3.0f / (float) D), 0.0f);
+    }
+    g_snprintf (name, sizeof name, "encoder.block.%d.layer.0.SelfAttention.o.weight", i);
+    add_tensor (w, name, 2, (int64_t[]){ D, inner }, sqrtf (3.0f / (float) inner), 0.0f);
+    g_snprintf (name, sizeof name, "encoder.block.%d.layer.0.SelfAttention.relative_attention_bias.weight", i);
+    add_tensor (w, name, 2, (int64_t[]){ 32, m->heads }, 1.0f, 0.0f);
+    g_snprintf (name, sizeof name, "encoder.block.%d.layer.1.layer_norm.weight", i);
+    add_tensor (w, name, 1, (int64_t[]){ D }, 0.2f, 1.0f);
+    g_snprintf (name, sizeof name, "encoder.block.%d.layer.1.DenseReluDense.wi_0.weight", i);
+    add_tensor (w, name, 2, (int64_t[]){ m->d_ff, D }, sqrtf (3.0f / (float) D), 0.0f);
+    g_snprintf (name, sizeof name, "encoder.block.%d.layer.1.DenseReluDense.wi_1.weight", i);
+    add_tensor (w, name, 2, (int64_t[]){ m->d_ff, D }, sqrtf (3.0f / (float) D), 0.0f);
+    g_snprintf (name, sizeof name, "encoder.block.%d.layer.1.DenseReluDense.wo.weight", i);
+    add_tensor (w, name, 2, (int64_t[]){ D, m->d_ff }, sqrtf (3.0f / (float) m->d_ff), 0.0f);
+  }
+  add_tensor (w, "encoder.final_layer_norm.weight", 1, (int64_t[]){ D }, 0.2f, 1.0f);
+}
+
+gboolean
+random_umt5_write (const char *dir, const random_umt5_size *m, dp_dtype dtype, guint32 seed, GError **error)
+{
+  g_return_val_if_fail (dtype == DP_F32 || dtype == DP_BF16, FALSE);
+  if (!write_safetensors (dir, add_umt5, m, dtype, seed, error))
+    return FALSE;
+  char *cfg_path = g_build_filename (dir, "config.json", NULL);
+  char *cfg = g_strdup_printf (
+    "{\"architectures\": [\"UMT5EncoderModel\"], \"model_type\": \"umt5\", \"vocab_size\": %d,"
+    " \"d_model\": %d, \"d_kv\": %d, \"d_ff\": %d, \"num_heads\": %d, \"num_layers\": %d,"
+    " \"relative_attention_num_buckets\": 32, \"relative_attention_max_distance\": 128,"
+    " \"feed_forward_proj\": \"gated-gelu\", \"layer_norm_epsilon\": 1e-06}\n",
+    m->vocab, m->d_model, m->d_kv, m->d_ff, m->heads, m->layers);
+  gboolean ok = g_file_set_contents (cfg_path, cfg, -1, error);
+  g_free (cfg);
+  g_free (cfg_path);
   return ok;
 }
 

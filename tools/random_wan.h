@@ -19,11 +19,23 @@ typedef struct {
  * BF16).  FALSE with error set when a file cannot be written. */
 gboolean random_wan_dit_write (const char *dir, const random_wan_dit_size *m, dp_dtype dtype, guint32 seed,
                                GError **error);
-/* Wan2.1's VAE (AutoencoderKLWan: base_dim 96, z_dim 16, dim_mult
- * [1, 2, 4, 4], two res blocks, time downsampling [no, yes, yes]), F32, its
- * decoder only (what the runtime loads), into the existing directory dir. */
-gboolean random_wan_vae_write (const char *dir, guint32 seed, GError **error);
-/* Removes the two files and the directory (best effort). */
+/* Wan2.1's VAE (AutoencoderKLWan: base_dim 96 for the real one, z_dim 16,
+ * dim_mult [1, 2, 4, 4], two res blocks, time downsampling [no, yes, yes]),
+ * F32, its decoder only (what the runtime loads), into the existing
+ * directory dir. */
+gboolean random_wan_vae_write (const char *dir, int base_dim, guint32 seed, GError **error);
+
+/* umT5 encoder sizes (umT5-XXL: vocab 256384, d_model 4096, d_kv 64, 64
+ * heads, d_ff 10240, 24 layers). */
+typedef struct {
+  int vocab, d_model, d_kv, heads, d_ff, layers;
+} random_umt5_size;
+
+/* A UMT5EncoderModel (transformers names, config.json with model_type
+ * umt5, gated-gelu, 32 buckets) with weights in dtype, into dir. */
+gboolean random_umt5_write (const char *dir, const random_umt5_size *m, dp_dtype dtype, guint32 seed,
+                            GError **error);
+/* Removes the two files (config.json, diffusion_pytorch_model.safetensors) and the directory (best effort). */
 void random_wan_remove (const char *dir);
 
 #endif

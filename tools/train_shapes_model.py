@@ -661,6 +661,83 @@ def colour_track(frames, colour, thresh=0.3):
     return frac, cen
 
 
+# Fill of the bounding box by the largest object of the colour mask, on the
+# training clips themselves (tests/test_shapes_model.c SHAPE_FILL_*): the
+# shape a video shows is the one whose fill is nearest.
+SHAPE_FILL = dict(ball=0.79, square=1.00, triangle=0.54)
+
+
+def objects_in_mask(m, min_pixels):
+    """Connected components of a boolean mask [H, W] on the torus (8-connected;
+    an object crossing an edge is one), as tests/video_metrics.c
+    vm_objects_in_mask: (objects of >= min_pixels pixels, specks, fill of the
+    largest one's bounding box or nan)."""
+    H, W = m.shape
+    seen = np.zeros_like(m, bool)
+    sizes = []
+    for y0, x0 in zip(*np.nonzero(m)):
+        if seen[y0, x0]:
+            continue
+        seen[y0, x0] = True
+        q = [(x0, y0)]
+        i = 0
+        while i < len(q):
+            x, y = q[i]
+            i += 1
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    ux, uy = x + dx, y + dy
+                    if m[uy % H, ux % W] and not seen[uy % H, ux % W]:
+                        seen[uy % H, ux % W] = True
+                        q.append((ux, uy))
+        xs = [p[0] for p in q]
+        ys = [p[1] for p in q]
+        box = min(max(xs) - min(xs) + 1, W) * min(max(ys) - min(ys) + 1, H)
+        sizes.append((len(q), len(q) / box))
+    objects = [s for s in sizes if s[0] >= min_pixels]
+    fill = max(objects)[1] if objects else float("nan")
+    return len(objects), len(sizes) - len(objects), fill
+
+
+def measure_shape_fills(seed, clips=40, thresh=0.3):
+    """SHAPE_FILL measured: the largest object's fill on the training clips
+    themselves, per shape (clips of 5 frames, every other frame, random
+    colour, size, background and straight or bouncing motion), at 64 and
+    128 pixels.  Prints the median and the 10th and 90th percentiles."""
+    rng = np.random.default_rng(seed)
+    for size in (64, 128):
+        min_pixels = max(1, round(32 * (size / 128.0) ** 2))
+        for shape in sd.SHAPES:
+            fills = []
+            for _ in range(clips):
+                motion = str(rng.choice(["left", "right", "up", "down", "bounce"]))
+                video, _, spec = sd.make_clip(rng, 5, size, dict(shape=shape, motion=motion))
+                ref = np.array(sd.COLOURS[spec["colour"]], np.float32)
+                for f in ((video.transpose(1, 2, 3, 0) + 1) / 2)[::2]:
+                    fill = objects_in_mask(np.sqrt(((f - ref) ** 2).sum(-1)) < thresh, min_pixels)[2]
+                    if not math.isnan(fill):
+                        fills.append(fill)
+            log("shape fill on training clips, %dx%d, %-8s %3d frames: median %.3f, 10th-90th percentile "
+                "%.3f-%.3f" % (size, size, shape, len(fills), np.median(fills), np.percentile(fills, 10),
+                                np.percentile(fills, 90)))
+
+
+def shape_and_ghosts(frames, colour, shape, thresh=0.3):
+    """The shape check (median fill of the largest object's bounding box, the
+    nearest SHAPE_FILL) and the ghost check (frames with a second object of
+    the colour; specks under 8 px at 64 x 64, scaled by area, ignored)."""
+    ref = np.array(sd.COLOURS[colour], np.float32)
+    masks = np.sqrt(((frames - ref) ** 2).sum(-1)) < thresh
+    min_pixels = max(1, round(32 * (SIZE / 128.0) ** 2))
+    per_frame = [objects_in_mask(m, min_pixels) for m in masks]
+    fills = [f for _, _, f in per_frame if not math.isnan(f)]
+    fill = float(np.median(fills)) if fills else float("nan")
+    seen = (min(SHAPE_FILL, key=lambda k: abs(SHAPE_FILL[k] - fill)) if fills else None)
+    ghosts = sum(n > 1 for n, _, _ in per_frame)
+    return dict(fill_median=fill, shape_seen=seen, shape_ok=seen == shape, ghost_frames=int(ghosts),
+                frames_without_object=int(sum(n == 0 for n, _, _ in per_frame)))
+
+
 def judge(spec, frac, cen):
     """Did the video show the named colour, and did it move as named?"""
     res = dict(colour_fraction_mean=float(frac.mean()),
@@ -736,13 +813,15 @@ def run_checks(out_dir, frames, steps, guidance, seed, png_dir=None):
         dt = time.time() - t0
         frac, cen = colour_track(video, spec["colour"])
         r = judge(spec, frac, cen)
+        r.update(shape_and_ghosts(video, spec["colour"], spec["shape"]))
         r.update(prompt=prompt, seconds=round(dt, 1))
         results.append(r)
-        log("check %-55s ok=%s  colour %.3f (min %.3f)  median step %s px/frame  net %s px  path %.0f px"
+        log("check %-55s ok=%s  colour %.3f (min %.3f)  median step %s px/frame  net %s px  path %.0f px  "
+            "fill %.3f (%s)  ghost frames %d"
             % ('"%s"' % prompt, r["ok"], r["colour_fraction_mean"], r["colour_fraction_min"],
                np.round(r.get("median_step_px", [np.nan, np.nan]), 2).tolist(),
                np.round(r.get("net_move_px", [np.nan, np.nan]), 1).tolist(),
-               r.get("path_px", float("nan"))))
+               r.get("path_px", float("nan")), r["fill_median"], r["shape_seen"], r["ghost_frames"]))
         if png_dir:
             from PIL import Image
             os.makedirs(png_dir, exist_ok=True)
@@ -934,6 +1013,11 @@ def main():
     ap.add_argument("--diagnose", action="store_true",
                     help="measure how much the DiT in --out uses its text (no sampling)")
     ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--measure-shape-fills", action="store_true",
+                    help="print the shape check's fills on training clips (SHAPE_FILL) and stop")
+    ap.add_argument("--check-reserve", type=float, default=240.0,
+                    help="seconds of the budget kept for the final checks (4 minutes on this CPU; "
+                         "a GPU needs well under one)")
     args = ap.parse_args()
 
     global DEVICE
@@ -941,6 +1025,9 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    if args.measure_shape_fills:
+        measure_shape_fills(1)
+        return
     out = args.out
     os.makedirs(out, exist_ok=True)
     LOG = open(os.path.join(out, "training_log.txt"),
@@ -1064,10 +1151,10 @@ def main():
         write_dit(dit, te, ema, out)
         log("saved transformer (EMA) at step %d, loss %.4f" % (step, loss))
 
-    # The final checks get 4 minutes, the decoder stage its share; a DiT-only
+    # The final checks get --check-reserve, the decoder stage its share; a DiT-only
     # run (usually on a lent GPU, --skip-check) uses all of its budget.
     deadline_dit = (deadline_all - 5 if args.dit_only
-                    else deadline_all - 240 - args.minutes * args.dec_frac * 60)
+                    else deadline_all - args.check_reserve - args.minutes * args.dec_frac * 60)
     dit_steps, dit_loss, ema = train_dit(dit, te, bank, bank_caps, mean5, std5, ids, mask, empty_idx,
                                          args, deadline_dit, rng, refresh, save_cb)
     write_dit(dit, te, ema, out)
@@ -1076,12 +1163,24 @@ def main():
     # 5. Decoder on longer clips (encoder frozen: the DiT's latents stay valid).
     dec_steps = 0
     if not args.dit_only:
-        dec_steps, l1, l2 = decoder_stage(vae, args, deadline_all - 240, out)
+        dec_steps, l1, l2 = decoder_stage(vae, args, deadline_all - args.check_reserve, out)
     log("summary: vae_steps %d vae_l1 %.4f vae_l2 %.5f | dit_steps %d dit_loss %.4f | decoder_steps %d eval_l1 %.4f eval_l2 %.5f | wall %.1f min"
         % (vae_steps, vae_loss["l1"], vae_loss["l2"], dit_steps, dit_loss, dec_steps, l1, l2,
            (time.time() - START) / 60))
-    log("reproduce: nice -n 19 python3 tools/train_shapes_model.py --out %s --seed %d --vae-steps %d --dit-steps %d --dec-steps %d --minutes 10000"
-        % (out, args.seed, vae_steps, dit_steps, dec_steps))
+    # This run's own options (a GPU recipe's sizes and batches too), with the
+    # step counts it reached and no time limit.
+    kept, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a in ("--minutes", "--vae-steps", "--dit-steps", "--dec-steps", "--seed", "--out"):
+            skip = True
+        elif not a.startswith(("--minutes=", "--vae-steps=", "--dit-steps=", "--dec-steps=", "--seed=",
+                               "--out=")):
+            kept.append(a)
+    log("reproduce: nice -n 19 python3 tools/train_shapes_model.py --out %s --seed %d %s--vae-steps %d "
+        "--dit-steps %d --dec-steps %d --minutes 10000"
+        % (out, args.seed, "".join(a + " " for a in kept), vae_steps, dit_steps, dec_steps))
 
     if not args.skip_check:
         res = run_checks(out, args.check_frames, args.check_steps, args.check_guidance,

@@ -66,6 +66,25 @@ dp_backend_free (dp_backend *be)
     be->ops->destroy (be);
 }
 
+void *
+dp_backend_host_alloc (dp_backend *be, size_t nbytes, gboolean *pinned)
+{
+  void *p = be->ops->host_alloc ? be->ops->host_alloc (be, MAX (nbytes, 1)) : NULL;
+  *pinned = p != NULL;
+  return p ? p : g_try_malloc (MAX (nbytes, 1));
+}
+
+void
+dp_backend_host_free (dp_backend *be, void *ptr, gboolean pinned)
+{
+  if (!ptr)
+    return;
+  if (pinned)
+    be->ops->host_free (be, ptr);
+  else
+    g_free (ptr);
+}
+
 void
 dp_backend_fail (dp_backend *be, dp_error_code code, const char *fmt, ...)
 {

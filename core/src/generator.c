@@ -34,18 +34,23 @@ struct dp_generator {
   double guidance2;      /* the low-noise expert's (two experts) */
   double boundary_ratio; /* two experts: transformer_2 runs below boundary_ratio x num_train_timesteps; 0: one */
   double boundary;       /* that timestep */
+  gboolean expand_timesteps; /* Wan2.2 TI2V-5B: a timestep per token */
   uint64_t seed;
   int channels, latent_frames, latent_height, latent_width;
 
   /* The parts, all on be. */
   dp_backend *be;
   dp_tokenizer *tokenizer;
-  dp_umt5 *text_encoder;
+  dp_umt5_holder *text_encoder; /* kept loaded, or loaded for each encode (keep_text_encoder) */
   dp_wan_dit *dit;
   dp_wan_dit *dit2; /* Wan2.2: the low-noise expert (transformer_2/), else NULL */
-  dp_wan_vae *vae;
+  dp_wan_vae *vae;              /* on be, or on vae_be with vae_thread */
   dp_wan_vae_decoder *decoder;
   dp_sampler *sampler;
+  dp_backend *vae_be;           /* the VAE's own backend (vae_thread), else NULL */
+  dp_wan_vae_tiling vae_tiling; /* tile 0: untiled */
+  gboolean vae_thread;
+  char *vae_device;             /* NULL: stage 0's */
 
   dp_step_cb step_cb;
   void *step_data;
@@ -71,6 +76,7 @@ typedef struct {
   int width, height, text_len, fps;
   int block_frames, context_frames; /* DualParal P and C suited to the model's training window */
   double boundary_ratio;            /* Wan2.2 two experts: transformer_2 below it (0: Wan2.1) */
+  gboolean expand_timesteps;        /* Wan2.2 TI2V-5B: a timestep per token */
 } model_hints;
 
 void
@@ -94,6 +100,10 @@ dp_generator_params_init (dp_generator_params *p)
   p->devices = "cpu";
   p->text_len = 0;
   p->threads = 0;
+  p->vae_tile = 0;
+  p->vae_thread = FALSE;
+  p->vae_device = NULL;
+  p->keep_text_encoder = TRUE;
 }
 
 /* ------------------------------------------------------------ settings */
@@ -212,6 +222,21 @@ check_params (const dp_generator_params *p, GError **error)
   if (p->num_frames == -1 && p->engine == DP_ENGINE_CLASSIC) {
     g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "Endless video (num_frames -1) needs the "
                  "DualParal engine; give a frame count 4k+1 for the classic engine");
+    return FALSE;
+  }
+  if (p->vae_tile < 0) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "vae_tile %d is not valid: give a tile size in pixels "
+                 "(a multiple of 8, e.g. 256) or 0 for an untiled decode", p->vae_tile);
+    return FALSE;
+  }
+  if (p->vae_device && p->vae_device[0] && !p->vae_thread) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "vae_device '%s' is for decoding on a thread of its own: "
+                 "set vae_thread too", p->vae_device);
+    return FALSE;
+  }
+  if (p->vae_thread && p->engine == DP_ENGINE_CLASSIC) {
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "vae_thread needs the DualParal engine (the classic "
+                 "engine decodes after the whole video is denoised: nothing to overlap)");
     return FALSE;
   }
   if (p->num_frames < 1 && p->num_frames != -1) {
@@ -383,9 +408,10 @@ hint_int (JsonObject *obj, const char *path, const char *key, int min, int max, 
 }
 
 /* Reads model_index.json: it must be a text-to-video WanPipeline, Wan2.1
- * (one transformer) or Wan2.2 T2V-A14B ("boundary_ratio" and transformer_2,
- * the low-noise expert), and may hold "_dualparal" hints.  What it cannot
- * run (image-to-video, S2V, Animate, TI2V-5B) is refused naming the reason. */
+ * (one transformer), Wan2.2 T2V-A14B ("boundary_ratio" and transformer_2,
+ * the low-noise expert) or Wan2.2 TI2V-5B ("expand_timesteps": a timestep
+ * per token), and may hold "_dualparal" hints.  What it cannot run
+ * (image-to-video, S2V, Animate) is refused naming the reason. */
 static gboolean
 read_model_index (const char *model_dir, model_hints *hints, GError **error)
 {
@@ -439,17 +465,19 @@ read_model_index (const char *model_dir, model_hints *hints, GError **error)
                         : "it is not a Wan text-to-video pipeline";
       g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "%s: pipeline class \"%s\" is not "
                    "supported: %s; dualparal runs Wan text-to-video models (\"WanPipeline\": "
-                   "Wan2.1 T2V, Wan2.2 T2V-A14B)", path, cls, why);
+                   "Wan2.1 T2V, Wan2.2 T2V-A14B, Wan2.2 TI2V-5B as text-to-video)", path, cls, why);
       goto out;
     }
   }
   node = json_object_get_member (obj, "expand_timesteps");
-  if (node != NULL && JSON_NODE_HOLDS_VALUE (node)
-      && json_node_get_value_type (node) == G_TYPE_BOOLEAN && json_node_get_boolean (node)) {
-    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "%s: \"expand_timesteps\" is set: this is "
-                 "a Wan2.2 TI2V-5B model (a timestep per token, the Wan2.2 VAE with z_dim 48), "
-                 "which is not supported yet", path);
-    goto out;
+  if (node != NULL && !JSON_NODE_HOLDS_NULL (node)) {
+    if (!JSON_NODE_HOLDS_VALUE (node) || json_node_get_value_type (node) != G_TYPE_BOOLEAN) {
+      g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: \"expand_timesteps\" is not true or false", path);
+      goto out;
+    }
+    /* Wan2.2 TI2V-5B: a timestep per token (text-to-video here: every
+     * token at the step's, diffusers' mask of ones). */
+    hints->expand_timesteps = json_node_get_boolean (node);
   }
   node = json_object_get_member (obj, "boundary_ratio");
   if (node != NULL && !JSON_NODE_HOLDS_NULL (node)) {
@@ -466,6 +494,12 @@ read_model_index (const char *model_dir, model_hints *hints, GError **error)
     if (!(r > 0.0 && r < 1.0)) {
       g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "%s: \"boundary_ratio\" %g is not valid: a "
                    "Wan2.2 two-expert model switches experts at a ratio between 0 and 1", path, r);
+      goto out;
+    }
+    if (hints->expand_timesteps) {
+      g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "%s: both \"boundary_ratio\" (two experts, "
+                   "T2V-A14B) and \"expand_timesteps\" (a timestep per token, TI2V-5B) are set: no Wan2.2 "
+                   "release is both, and this combination is not supported", path);
       goto out;
     }
     /* diffusers runs transformer_2 below the boundary: it must be there. */
@@ -567,7 +601,7 @@ load_dualparal (dp_generator *gen, const dp_generator_params *p, const dp_sample
                 GError **error)
 {
   char *dir = g_build_filename (gen->model_dir, "text_encoder", NULL);
-  gen->text_encoder = dp_umt5_load (gen->be, dir, error);
+  gen->text_encoder = dp_umt5_holder_new (gen->be, dir, p->keep_text_encoder, error);
   g_free (dir);
   if (gen->text_encoder == NULL) {
     g_prefix_error (error, "Text encoder: ");
@@ -580,6 +614,7 @@ load_dualparal (dp_generator *gen, const dp_generator_params *p, const dp_sample
     .latent_width = gen->latent_width, .settings = settings, .steps = p->steps,
     .guidance = gen->guidance, .seed = gen->seed,
     .two_experts = gen->boundary_ratio > 0.0, .boundary = gen->boundary, .guidance_2 = p->guidance_scale_2,
+    .per_token_time = gen->expand_timesteps,
     .processes = p->processes, .wire_bf16 = p->wire_bf16, .warn = warn_cb, .warn_data = gen,
   };
   gen->dualparal = dp_dualparal_pipe_new (&c, error);
@@ -674,6 +709,13 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
     goto fail;
   }
   vc = dp_wan_vae_get_config (gen->vae);
+  if (p->vae_tile > 0) {
+    dp_wan_vae_tiling_default (p->vae_tile, vc->spatial_scale, &gen->vae_tiling);
+    if (!dp_wan_vae_tiling_check (vc, &gen->vae_tiling, error)) {
+      g_prefix_error (error, "vae_tile %d: ", p->vae_tile);
+      goto fail;
+    }
+  }
 
   /* The parts must fit together. */
   if (tcfg.d_model != wc->text_dim) {
@@ -686,6 +728,14 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
     g_set_error (error, DP_ERROR, DP_ERROR_SHAPE, "Model '%s' does not fit together: the tokenizer "
                  "has %d pieces but the text encoder only %d embeddings", gen->model_dir,
                  dp_tokenizer_vocab_size (gen->tokenizer), tcfg.vocab_size);
+    goto fail;
+  }
+  /* TI2V-5B's latents are those of the Wan2.2 VAE (residual, z_dim 48). */
+  if (gen->expand_timesteps && !vc->is_residual) {
+    g_set_error (error, DP_ERROR, DP_ERROR_FORMAT, "Model '%s' does not fit together: model_index.json "
+                 "sets \"expand_timesteps\" (Wan2.2 TI2V-5B) but vae/ is not the Wan2.2 VAE "
+                 "(is_residual false, z_dim %d; TI2V-5B's has is_residual true and z_dim 48)",
+                 gen->model_dir, vc->z_dim);
     goto fail;
   }
   if (vc->z_dim != wc->in_channels || vc->z_dim != wc->out_channels) {
@@ -736,6 +786,29 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
   }
 
   /* The big parts. */
+  if (gen->vae_thread && gen->engine != DP_ENGINE_DUALPARAL) {
+    g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "vae_thread needs the DualParal engine (the classic "
+                 "engine decodes after the whole video is denoised: nothing to overlap)");
+    goto fail;
+  }
+  if (gen->vae_thread) {
+    /* The decode thread's own backend (a backend serves one thread), and
+     * the VAE loaded again onto it. */
+    const char *spec = gen->vae_device ? gen->vae_device : gen->device;
+    gen->vae_be = dp_backend_new (spec, error);
+    if (gen->vae_be == NULL) {
+      g_prefix_error (error, "VAE device '%s': ", spec);
+      goto fail;
+    }
+    dp_wan_vae_free (gen->vae);
+    dir = g_build_filename (gen->model_dir, "vae", NULL);
+    gen->vae = dp_wan_vae_load (gen->vae_be, dir, error);
+    g_free (dir);
+    if (gen->vae == NULL) {
+      g_prefix_error (error, "VAE on '%s': ", spec);
+      goto fail;
+    }
+  }
   if (gen->engine == DP_ENGINE_DUALPARAL) {
     g_clear_pointer (&sched, dp_schedule_free);
     return load_dualparal (gen, p, &settings, error);
@@ -758,7 +831,7 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
     dp_wan_dit_share_arena (gen->dit2, gen->dit); /* they take turns: one activation arena */
   }
   dir = g_build_filename (gen->model_dir, "text_encoder", NULL);
-  gen->text_encoder = dp_umt5_load (gen->be, dir, error);
+  gen->text_encoder = dp_umt5_holder_new (gen->be, dir, p->keep_text_encoder, error);
   g_free (dir);
   if (gen->text_encoder == NULL) {
     g_prefix_error (error, "Text encoder: ");
@@ -775,7 +848,8 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
   if (gen->sampler == NULL)
     goto fail;
 
-  gen->decoder = dp_wan_vae_decoder_new (gen->vae, gen->latent_height, gen->latent_width, error);
+  gen->decoder = dp_wan_vae_decoder_new_tiled (gen->vae, gen->latent_height, gen->latent_width,
+                                              &gen->vae_tiling, error);
   if (gen->decoder == NULL) {
     g_prefix_error (error, "VAE decoder: ");
     goto fail;
@@ -874,20 +948,26 @@ dp_generator_new (const dp_generator_params *p, GError **error)
   gen->guidance = p->guidance_scale;
   gen->guidance2 = p->guidance_scale_2 > 0.0 ? p->guidance_scale_2 : p->guidance_scale;
   gen->boundary_ratio = hints.boundary_ratio;
+  gen->expand_timesteps = hints.expand_timesteps;
   gen->seed = p->seed;
+  gen->vae_thread = p->vae_thread;
+  gen->vae_device = p->vae_device && p->vae_device[0] ? g_strdup (p->vae_device) : NULL;
   if (p->width > 0) {
     gen->width = p->width;
     gen->height = p->height;
   } else if (hints.width > 0) {
     gen->width = hints.width;
     gen->height = hints.height;
+  } else if (hints.expand_timesteps) {
+    gen->width = DP_GENERATOR_TI2V_WIDTH;
+    gen->height = DP_GENERATOR_TI2V_HEIGHT;
   } else {
     gen->width = DP_GENERATOR_DEFAULT_WIDTH;
     gen->height = DP_GENERATOR_DEFAULT_HEIGHT;
   }
   gen->text_len = p->text_len > 0 ? p->text_len
                   : hints.text_len > 0 ? hints.text_len : DP_GENERATOR_DEFAULT_TEXT_LEN;
-  gen->fps = hints.fps > 0 ? hints.fps : DP_GENERATOR_DEFAULT_FPS;
+  gen->fps = hints.fps > 0 ? hints.fps : hints.expand_timesteps ? DP_GENERATOR_TI2V_FPS : DP_GENERATOR_DEFAULT_FPS;
   /* A small model trained on short windows gives its own P and C; the
    * caller's values win, the engine's defaults come last. */
   gen->block_frames = p->block_frames > 0 ? p->block_frames : hints.block_frames;
@@ -913,12 +993,13 @@ dp_generator_free (dp_generator *gen)
     dp_wan_vae_decoder_free (gen->decoder);
   if (gen->vae)
     dp_wan_vae_free (gen->vae);
+  dp_backend_free (gen->vae_be);
+  g_free (gen->vae_device);
   if (gen->dit)
     dp_wan_dit_free (gen->dit);
   if (gen->dit2)
     dp_wan_dit_free (gen->dit2);
-  if (gen->text_encoder)
-    dp_umt5_free (gen->text_encoder);
+  dp_umt5_holder_free (gen->text_encoder);
   if (gen->tokenizer)
     dp_tokenizer_free (gen->tokenizer);
   dp_dualparal_pipe_free (gen->dualparal);
@@ -1146,6 +1227,7 @@ dp_generator_run_traced (dp_generator *gen, const dp_tensor *initial_noise,
   if (gen->dualparal != NULL) {
     dp_dualparal_job dj = {
       .tokenizer = gen->tokenizer, .text_encoder = gen->text_encoder, .vae = gen->vae, .state = &gen->state,
+      .vae_tiling = &gen->vae_tiling, .decode_thread = gen->vae_thread,
       .schedule = gen->schedule, .n_schedule = gen->n_schedule, .text_len = gen->text_len,
       .guided = gen->guidance > 1.0, .prompt_cb = gen->prompt_cb, .prompt_data = gen->prompt_data,
       .cancel = &gen->cancel, .frames_cb = cb, .frames_data = user_data, .step_cb = gen->step_cb,
@@ -1173,6 +1255,7 @@ dp_generator_run_traced (dp_generator *gen, const dp_tensor *initial_noise,
     .guidance = gen->guidance,
     .guidance2 = gen->guidance2,
     .boundary = gen->boundary,
+    .per_token_time = gen->expand_timesteps,
     .channels = gen->channels,
     .latent_frames = gen->latent_frames,
     .latent_height = gen->latent_height,

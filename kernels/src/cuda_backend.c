@@ -112,6 +112,35 @@ cuda_alloc (dp_backend *be, size_t nbytes)
   return p;
 }
 
+/* Page-locked host memory (backend.h host_alloc): portable, so the copies of
+ * every backend (stream) of this process run from it asynchronously.  A
+ * failure is not sticky: the caller falls back to pageable memory. */
+static void *
+cuda_host_alloc (dp_backend *be, size_t nbytes)
+{
+  dp_cuda *c = dp_cuda_of (be);
+  if (dp_backend_failed (be))
+    return NULL;
+  cudaSetDevice (c->device);
+  void *p = NULL;
+  cudaError_t err = cudaHostAlloc (&p, MAX (nbytes, 1), cudaHostAllocPortable);
+  if (err != cudaSuccess) {
+    (void) cudaGetLastError ();
+    g_debug ("cudaHostAlloc (%zu bytes): %s; using pageable memory", nbytes, cudaGetErrorString (err));
+    return NULL;
+  }
+  return p;
+}
+
+static void
+cuda_host_free (dp_backend *be, void *ptr)
+{
+  if (!ptr)
+    return;
+  /* The callers free it after the copies that use it have completed (sync). */
+  dp_cuda_ok (be, cudaFreeHost (ptr), "cudaFreeHost");
+}
+
 static void
 cuda_free (dp_backend *be, void *ptr)
 {
@@ -258,6 +287,7 @@ cuda_destroy (dp_backend *be)
   dp_cuda *c = dp_cuda_of (be);
   if (c) {
     cudaSetDevice (c->device);
+    dp_cuda_cudnn_release (c);
     if (c->stream)
       cudaStreamSynchronize (c->stream);
     dp_cuda_rope_cache_free (be);
@@ -293,6 +323,8 @@ cuda_destroy (dp_backend *be)
 static const dp_backend_ops cuda_ops = {
   .alloc = cuda_alloc,
   .free = cuda_free,
+  .host_alloc = cuda_host_alloc,
+  .host_free = cuda_host_free,
   .to_device = cuda_to_device,
   .to_host = cuda_to_host,
   .copy = cuda_copy,
@@ -404,6 +436,20 @@ dp_cuda_backend_new (int device, GError **error)
   else {
     c->lt_workspace_size = DP_CUDA_LT_WORKSPACE;
     c->attention_variant = dp_cuda_backend_default_attention_variant (be);
+    const char *conv = g_getenv ("DP_CUDA_CONV");
+    if (conv && g_strcmp0 (conv, "cudnn") == 0) {
+      char *why = NULL;
+      if (!dp_cuda_backend_set_conv (be, DP_CUDA_CONV_CUDNN, &why)) {
+        g_set_error (error, DP_ERROR, DP_ERROR_UNSUPPORTED, "cuda: DP_CUDA_CONV=cudnn: %s", why);
+        g_free (why);
+        cuda_destroy (be);
+        return NULL;
+      }
+    } else if (conv && g_strcmp0 (conv, "im2col") != 0 && conv[0]) {
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "cuda: DP_CUDA_CONV=%s: use cudnn or im2col", conv);
+      cuda_destroy (be);
+      return NULL;
+    }
     return be;
   }
   cuda_destroy (be);
@@ -516,4 +562,19 @@ void *
 dp_cuda_backend_stream (dp_backend *be)
 {
   return (void *) dp_cuda_of (be)->stream;
+}
+
+gboolean
+dp_cuda_backend_set_conv (dp_backend *be, dp_cuda_conv_impl impl, char **why)
+{
+  if (impl == DP_CUDA_CONV_CUDNN && !dp_cuda_cudnn_available (why))
+    return FALSE;
+  dp_cuda_of (be)->conv_impl = impl == DP_CUDA_CONV_CUDNN ? DP_CUDA_CONV_CUDNN : DP_CUDA_CONV_IM2COL;
+  return TRUE;
+}
+
+gboolean
+dp_cuda_backend_last_conv_was_cudnn (dp_backend *be)
+{
+  return dp_cuda_of (be)->conv_last_cudnn;
 }

@@ -70,6 +70,12 @@ dp_cuda_conv3d (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tenso
   const int64_t K = Cin * kt * kh * kw, P = To * Ho * Wo;
   if (P == 0 || Cout == 0)
     return;
+  dp_cuda *c = dp_cuda_of (be);
+  c->conv_last_cudnn = FALSE;
+  if (c->conv_impl == DP_CUDA_CONV_CUDNN && K > 0 && dp_cuda_conv3d_cudnn (be, y, x, w, bias, p)) {
+    c->conv_last_cudnn = TRUE;
+    return;
+  }
   if (K == 0) {
     dp_backend_fail (be, DP_ERROR_UNSUPPORTED, "%s: empty kernel", op);
     return;

@@ -69,6 +69,9 @@ typedef struct {
 
   cudaEvent_t timer_start, timer_stop;
 
+  int conv_impl;            /* dp_cuda_conv_impl */
+  gboolean conv_last_cudnn; /* the last conv3d ran through cuDNN */
+  void *cudnn;              /* cudnnHandle_t, made on the first cuDNN conv */
   int attention_variant;    /* dp_cuda_attention_variant */
   int attention_last;       /* the variant the last attention call ran, -1: generic */
 } dp_cuda;
@@ -179,6 +182,16 @@ gboolean dp_cuda_attention_wgmma_available (dp_backend *be);
  * Queued on the stream; failures are sticky errors. */
 void dp_cuda_attention_wgmma (dp_backend *be, void *o, const void *q, const void *k, const void *v, int B,
                               int H, int Lq, int Lk, int kv_len, float scale_log2);
+
+/* ---- cuda_conv3d_cudnn.c -------------------------------------------------- */
+/* Whether libcudnn could be opened (once per process); *why when not. */
+gboolean dp_cuda_cudnn_available (char **why);
+/* Destroys the backend's cuDNN handle (cuda_destroy). */
+void dp_cuda_cudnn_release (dp_cuda *c);
+/* Runs the conv through cuDNN: FALSE (nothing queued) when the call is not
+ * one cuDNN takes here, TRUE when it ran or failed (a sticky error). */
+gboolean dp_cuda_conv3d_cudnn (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *w,
+                               const dp_tensor *bias, const dp_conv3d_params *p);
 
 /* ---- cuda_conv3d.cu ----------------------------------------------------- */
 void dp_cuda_conv3d (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *w,

@@ -161,6 +161,13 @@ typedef struct {
    * time axis of [C, T, H, W] seen as [C, T*H*W].  dst must not overlap src. */
   void (*copy_cols) (dp_backend *be, dp_tensor *dst, int64_t dst_col0, const dp_tensor *src,
                      int64_t src_col0, int64_t ncols);
+  /* Optional (NULL: ordinary host memory): page-locked host memory that
+   * to_host / to_device copy to and from asynchronously, at full bus speed,
+   * for every backend of the device (CUDA: cudaHostAlloc, portable).  NULL
+   * when none is left; not a sticky error (callers fall back to malloc:
+   * dp_backend_host_alloc). */
+  void *(*host_alloc) (dp_backend *be, size_t nbytes);
+  void (*host_free) (dp_backend *be, void *ptr);
   /* 2-D transpose: x viewed as [A, B] (A = x->shape[0], B = nelem / A) gives
    * y[b, a] = x[a, b]; y has the same element count (its shape is the
    * caller's, e.g. [B, A]) and dtype, and must not alias x. */
@@ -228,6 +235,11 @@ int64_t dp_backend_find_nonfinite (dp_backend *be, const dp_tensor *t, float *ho
 const char *dp_nonfinite_name (float value);
 
 /* Owned backend tensor (free with dp_backend_tensor_free). */
+/* Host memory for copies from and to be: page-locked when the backend offers
+ * it (host_alloc) and has some left, else g_try_malloc; *pinned says which
+ * (give it back to dp_backend_host_free).  NULL when neither has nbytes. */
+void *dp_backend_host_alloc (dp_backend *be, size_t nbytes, gboolean *pinned);
+void dp_backend_host_free (dp_backend *be, void *ptr, gboolean pinned);
 dp_tensor dp_backend_tensor_new (dp_backend *be, dp_dtype dtype, int ndim, const int64_t *shape);
 void dp_backend_tensor_free (dp_backend *be, dp_tensor *t);
 

@@ -183,6 +183,12 @@ typedef struct {
   double boundary;             /* boundary_ratio x num_train_timesteps */
   double guidance_2;           /* the low-noise expert's guidance (B = 2); 0: the block's
                                 * conditioning's, as the high-noise expert */
+  /* Wan2.2 TI2V-5B ("expand_timesteps": a timestep per token;
+   * docs/algorithm.md "Per-token timesteps"): a window's context frames run
+   * at the timestep of their own noise level, the step the previous block
+   * is at (0 once it is clean), its own frames at the block's.  FALSE: every
+   * window frame at the block's timestep (Wan2.1, T2V-A14B). */
+  gboolean per_token_time;
 } dp_engine_params;
 
 /* Per stage figures.  Times, bytes moved and passes add up over the current
@@ -243,7 +249,8 @@ uint64_t dp_engine_cond_id (const dp_engine_cond *c);
 const dp_tensor *dp_engine_cond_context (const dp_engine_cond *c); /* borrowed */
 double dp_engine_cond_guidance (const dp_engine_cond *c);
 
-/* What a run delivers, from the thread that called dp_engine_run().  Each
+/* What a run delivers, from the thread that called dp_engine_run() (frames:
+ * from the engine's decode thread when decode_thread is set).  Each
  * callback is optional; returning FALSE stops the run (DP_ERROR_CANCELLED).
  * The memory passed is the engine's: copy what you keep. */
 typedef struct {
@@ -271,7 +278,23 @@ typedef struct {
   /* Optional atomic flag (g_atomic_int_set by anyone): non-zero stops the
    * run like dp_engine_cancel(), seen within one pass. */
   const gint *cancel;
+  /* Decoding (runs with a VAE).  vae_tiling: tiled decode (wan_vae.h);
+   * NULL or tile 0: untiled. */
+  const dp_wan_vae_tiling *vae_tiling;
+  /* TRUE: finished blocks are decoded on a thread of the engine's own,
+   * overlapped with the denoising of the next blocks (at most
+   * DP_ENGINE_DECODE_QUEUE blocks wait; then stage 0 waits for the
+   * decoder).  The VAE must then be loaded on a backend of its own (the
+   * same device with its own stream, or another device): a backend is used
+   * by one thread at a time.  The block's latents go to it through the host.
+   * `frames` is then called from that thread, in order, one call at a time;
+   * the frames are the same bytes as decoding inline.  A decoding error
+   * fails the run with that error. */
+  gboolean decode_thread;
 } dp_engine_output;
+
+/* Finished blocks waiting for the decode thread before stage 0 waits. */
+#define DP_ENGINE_DECODE_QUEUE 2
 
 typedef struct dp_engine dp_engine;
 

@@ -17,21 +17,24 @@
  * config.json and one or sharded *.safetensors) and
  * scheduler/scheduler_config.json; a Wan2.2 T2V-A14B directory also has
  * transformer_2/ and "boundary_ratio" in model_index.json (two experts,
- * docs/algorithm.md "Two experts").  What it cannot run (image-to-video,
- * S2V, Animate, TI2V-5B) is refused with DP_ERROR_UNSUPPORTED naming why.  model_index.json may carry a private key
+ * docs/algorithm.md "Two experts"); a Wan2.2 TI2V-5B directory has
+ * "expand_timesteps": true in model_index.json (a timestep per token,
+ * the Wan2.2 VAE; text-to-video only).  What it cannot run (image-to-video,
+ * S2V, Animate) is refused with DP_ERROR_UNSUPPORTED naming why.  model_index.json may carry a private key
  * that diffusers ignores, with the model's own defaults (docs/usage.md):
  *
  *   "_dualparal": { "width": 48, "height": 32, "text_len": 32, "fps": 16 }
  *
  * - Native size (width = height = 0): "_dualparal" width x height when
  *   present, else DP_GENERATOR_DEFAULT_WIDTH x _HEIGHT (832 x 480, Wan2.1's
- *   480p; Wan's configs do not record a size).
+ *   480p; Wan's configs do not record a size); for TI2V-5B
+ *   DP_GENERATOR_TI2V_WIDTH x _HEIGHT (1280 x 704, its native 720p).
  * - Text length (text_len = 0): "_dualparal" text_len, else
  *   DP_GENERATOR_DEFAULT_TEXT_LEN (512, WanPipeline's max_sequence_length).
  *   The prompt is padded / truncated to it; the DiT attends to every row
  *   (the zero padding too, as diffusers does), so it changes the result and
  *   must equal the max_sequence_length a diffusers run used to match it.
- * - Frame rate: "_dualparal" fps, else 16 (Wan2.1).
+ * - Frame rate: "_dualparal" fps, else 16 (Wan2.1), 24 for TI2V-5B.
  * - DualParal block and context frames (block_frames / context_frames = 0):
  *   "_dualparal" block_frames / context_frames, else the engine's defaults.
  *   A model trained on short windows names a P and C whose window
@@ -62,6 +65,11 @@ G_BEGIN_DECLS
 #define DP_GENERATOR_DEFAULT_HEIGHT 480
 #define DP_GENERATOR_DEFAULT_TEXT_LEN 512
 #define DP_GENERATOR_DEFAULT_FPS 16
+/* Wan2.2 TI2V-5B's native size and rate (the Wan2.2 release: 1280 x 704,
+ * 24 fps; diffusers' configs do not record them). */
+#define DP_GENERATOR_TI2V_WIDTH 1280
+#define DP_GENERATOR_TI2V_HEIGHT 704
+#define DP_GENERATOR_TI2V_FPS 24
 /* Longest accepted text length. */
 #define DP_GENERATOR_MAX_TEXT_LEN 4096
 
@@ -146,6 +154,25 @@ typedef struct {
                                 * each CPU stage: OMP_NUM_THREADS when set, else the CPUs
                                 * this process may run on (affinity, cgroup CPU quota).
                                 * No effect on GPU stages. */
+  int vae_tile;                /* tiled VAE decode (diffusers' enable_tiling): tiles of
+                                * vae_tile x vae_tile pixels, a quarter overlapping and
+                                * blended, each with its own causal caches; a multiple of the
+                                * VAE's scale (8), used only when the frame exceeds one tile.
+                                * Saves the decoder's activation memory (its peak) at 720p
+                                * and above; the frames differ slightly at the seams.
+                                * 0 (default): untiled */
+  gboolean vae_thread;         /* DualParal engine: decode finished blocks on a thread of
+                                * their own, with the VAE on a backend of its own (its own
+                                * CUDA stream), overlapped with the next blocks' denoising;
+                                * same frames.  Default FALSE: decoded on stage 0's thread */
+  const char *vae_device;      /* with vae_thread: where the VAE runs ("cuda:N": a spare GPU,
+                                * "cpu:N"); NULL (default): stage 0's device */
+  gboolean keep_text_encoder;  /* the umT5 text encoder (on stage 0's device: BF16 on a GPU)
+                                * stays loaded between encodes, so a prompt change encodes at
+                                * once (default TRUE); FALSE: loaded for each encode (each run's
+                                * prompts, each prompt change) and freed right after, so its
+                                * memory (11 GB for umT5-XXL in BF16) is free while the
+                                * transformer and the VAE run, at the cost of a reload */
 } dp_generator_params;
 
 /* Progress after each finished block of frames. */
@@ -160,7 +187,9 @@ typedef struct {
 /* Called with n_frames consecutive frames, each height x width x 3 bytes of
  * RGB (row stride width * 3), frame index first_frame onwards.  The memory is
  * the generator's: copy what you keep before returning.  Return FALSE to stop
- * the run (it then ends with DP_ERROR_CANCELLED). */
+ * the run (it then ends with DP_ERROR_CANCELLED).  Called on the thread that
+ * runs dp_generator_run, except with vae_thread, where the generator's
+ * decode thread calls it (one call at a time, frames in order). */
 typedef gboolean (*dp_frames_cb) (const uint8_t *rgb, int n_frames, int64_t first_frame,
                                   const dp_progress *progress, void *user_data);
 

@@ -81,6 +81,24 @@ gboolean dp_umt5_encode_prompt (dp_umt5 *m, const dp_tokenizer *tok, const char 
  *                         / (float) log (max_distance / exact) * (half - exact)))). */
 int dp_umt5_relative_bucket (int rel, int num_buckets, int max_distance);
 
+/* A text encoder held for a generator: loaded once and kept (keep TRUE:
+ * prompt changes encode at once on its device), or loaded for each use and
+ * freed after it (keep FALSE: its memory, 11 GB for umT5-XXL in BF16, is
+ * free while the transformer and the VAE run; each encode then first loads
+ * the weights again).  dp_umt5_holder_new checks the config (and loads the
+ * weights when keep); DP_ERROR_* as dp_umt5_load.  One user at a time. */
+typedef struct dp_umt5_holder dp_umt5_holder;
+dp_umt5_holder *dp_umt5_holder_new (dp_backend *be, const char *text_encoder_dir, gboolean keep, GError **error);
+void dp_umt5_holder_free (dp_umt5_holder *h);
+const dp_umt5_config *dp_umt5_holder_config (const dp_umt5_holder *h);
+/* The encoder, loaded if it is not (NULL with error on failure); give it
+ * back with dp_umt5_holder_release. */
+dp_umt5 *dp_umt5_holder_acquire (dp_umt5_holder *h, GError **error);
+void dp_umt5_holder_release (dp_umt5_holder *h);
+/* Whether the weights are loaded now; loads since creation. */
+gboolean dp_umt5_holder_loaded (const dp_umt5_holder *h);
+int dp_umt5_holder_loads (const dp_umt5_holder *h);
+
 G_END_DECLS
 
 #endif

@@ -172,7 +172,21 @@ typedef struct {
   dp_tensor *export_k, *export_v;
 
   int out_first, out_frames;
+
+  /* Per-token timesteps (Wan2.2 TI2V-5B, diffusers' 2-D timestep with
+   * "expand_timesteps"): [frames] the timestep of each frame's tokens
+   * (host, valid during the call); NULL: every token at the call's
+   * timestep argument, which is then ignored when this is set.  Runs of
+   * equal values form segments of contiguous tokens; the time embedding is
+   * computed once per distinct value and each segment's tokens get its
+   * modulation (every block's AdaLN and the head's).  At most
+   * DP_WAN_MAX_SPAN_TIMESTEPS distinct values and DP_WAN_MAX_SPAN_SEGMENTS
+   * runs.  All values equal is bitwise the scalar path. */
+  const float *frame_timesteps;
 } dp_wan_span;
+
+#define DP_WAN_MAX_SPAN_TIMESTEPS 4
+#define DP_WAN_MAX_SPAN_SEGMENTS 32
 
 /* A span of frames x height x width at positions 0..frames-1, no cache,
  * no export, full output. */
@@ -194,7 +208,8 @@ gboolean dp_wan_dit_embed (dp_wan_dit *dit, const dp_tensor *latent, int frame_o
                            dp_tensor *hidden, GError **error);
 
 /* Every stage: runs the local layers in place on hidden [B, L, dim] (F32)
- * for the span at the diffusion timestep (the scheduler's t, 0..1000). */
+ * for the span at the diffusion timestep (the scheduler's t, 0..1000), or
+ * at the span's frame_timesteps when it has them. */
 gboolean dp_wan_dit_run_layers (dp_wan_dit *dit, const dp_wan_span *span, float timestep,
                                 dp_tensor *hidden, GError **error);
 

@@ -79,6 +79,8 @@ typedef struct dp_wan_vae dp_wan_vae;
 dp_wan_vae *dp_wan_vae_load (dp_backend *be, const char *vae_dir, GError **error);
 void dp_wan_vae_free (dp_wan_vae *vae);
 const dp_wan_vae_config *dp_wan_vae_get_config (const dp_wan_vae *vae);
+/* The backend the VAE was loaded on (borrowed). */
+dp_backend *dp_wan_vae_get_backend (const dp_wan_vae *vae);
 /* Video frames decoded from latent_frames latent frames: 1 + temporal_scale * (latent_frames - 1). */
 int64_t dp_wan_vae_num_frames (const dp_wan_vae *vae, int64_t latent_frames);
 
@@ -90,6 +92,52 @@ typedef struct dp_wan_vae_decoder dp_wan_vae_decoder;
  * fit.  Starts at the beginning of a video. */
 dp_wan_vae_decoder *dp_wan_vae_decoder_new (dp_wan_vae *vae, int latent_height, int latent_width,
                                             GError **error);
+
+/* Tiled decode (diffusers' AutoencoderKLWan.enable_tiling): the latent frame
+ * is cut into overlapping spatial tiles, each decoded by its own causal
+ * decoder (its own conv caches, so streaming stays exact per tile), and the
+ * overlaps are blended linearly as diffusers' tiled_decode does (top, then
+ * left neighbour, in raster order; then each tile keeps its first stride
+ * rows / columns).  What it saves: the activation arenas are sized for one
+ * tile instead of the frame (the decoder's peak, at full resolution); the
+ * causal caches of all tiles together are a little larger than one frame's
+ * (the overlaps).  Sizes are video pixels, multiples of spatial_scale; a
+ * tile of 0 is untiled.  Tiling applies only when the latents exceed one
+ * tile (as diffusers), so a tile covering the frame decodes exactly as
+ * untiled.  diffusers' defaults: tile 256, stride 192. */
+typedef struct {
+  int tile_height, tile_width;
+  int stride_height, stride_width;
+} dp_wan_vae_tiling;
+
+/* tile x tile pixels with a stride of 3/4 of it, rounded down to a
+ * multiple of scale (the VAE's spatial_scale), at least scale: diffusers'
+ * 256 / 192 for 256. */
+void dp_wan_vae_tiling_default (int tile_pixels, int scale, dp_wan_vae_tiling *tiling);
+/* DP_ERROR_INVALID naming the axis when a size is not a positive multiple of
+ * the VAE's spatial_scale or a stride exceeds its tile; NULL or all zero is fine. */
+gboolean dp_wan_vae_tiling_check (const dp_wan_vae_config *cfg, const dp_wan_vae_tiling *tiling, GError **error);
+/* Whether latents of this size are decoded in tiles. */
+gboolean dp_wan_vae_tiling_active (const dp_wan_vae_config *cfg, const dp_wan_vae_tiling *tiling,
+                                   int latent_height, int latent_width);
+/* The arithmetic, along one axis, in latent units (tile_latent 0: one tile):
+ * tiles start every stride_latent, ceil (extent / stride) of them; tile
+ * `index` starts at *start and has *size = min (tile, extent - start). */
+int dp_wan_vae_tile_count (int latent_extent, int tile_latent, int stride_latent);
+void dp_wan_vae_tile_span (int index, int latent_extent, int tile_latent, int stride_latent, int *start, int *size);
+/* Rows (columns) blended between two neighbours of prev_size and cur_size
+ * decoded pixels with an overlap of `overlap`: the smallest of the three. */
+int dp_wan_vae_blend_extent (int prev_size, int cur_size, int overlap);
+/* At offset i < extent of the blend: out = prev * prev_weight + cur * cur_weight,
+ * prev_weight = 1 - i / extent, cur_weight = i / extent (rounded to F32 as in PyTorch). */
+void dp_wan_vae_blend_weights (int i, int extent, float *prev_weight, float *cur_weight);
+
+/* A streaming decoder as dp_wan_vae_decoder_new, tiled per `tiling` (NULL:
+ * untiled).  DP_ERROR_INVALID for bad tile sizes. */
+dp_wan_vae_decoder *dp_wan_vae_decoder_new_tiled (dp_wan_vae *vae, int latent_height, int latent_width,
+                                                  const dp_wan_vae_tiling *tiling, GError **error);
+/* The tile grid in use (1 x 1 when untiled). */
+void dp_wan_vae_decoder_get_tiles (const dp_wan_vae_decoder *dec, int *rows, int *cols);
 void dp_wan_vae_decoder_free (dp_wan_vae_decoder *dec);
 /* Starts a new video: clears the causal caches. */
 void dp_wan_vae_decoder_reset (dp_wan_vae_decoder *dec);
@@ -99,6 +147,9 @@ void dp_wan_vae_decoder_get_size (const dp_wan_vae_decoder *dec, int *width, int
 int dp_wan_vae_decoder_max_frames (const dp_wan_vae_decoder *dec);
 /* Backend memory the decoder holds (caches, arenas), in bytes. */
 size_t dp_wan_vae_decoder_memory_bytes (const dp_wan_vae_decoder *dec);
+/* Of which the causal caches of all tiles (they persist between pushes: a
+ * tiled decoder keeps every tile's, so tiling shrinks the arenas, not these). */
+size_t dp_wan_vae_decoder_cache_bytes (const dp_wan_vae_decoder *dec);
 /* Latent frames pushed since the start of the video. */
 int64_t dp_wan_vae_decoder_position (const dp_wan_vae_decoder *dec);
 

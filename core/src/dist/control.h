@@ -25,7 +25,7 @@ G_BEGIN_DECLS
 
 #define DP_CTL_MAGIC 0x54435044u /* "DPCT" */
 /* Bump when any message changes. */
-#define DP_CTL_VERSION 3 /* 2: COND (prompt changes); 3: SETUP carries Wan2.2 two experts */
+#define DP_CTL_VERSION 4 /* 2: COND (prompt changes); 3: SETUP carries Wan2.2 two experts; 4: and per_token_time (TI2V) */
 #define DP_CTL_MAX_PAYLOAD (1u << 30)
 
 typedef enum {

@@ -175,6 +175,8 @@ dp_dist_add_engine_params (JsonBuilder *b, const dp_engine_params *p)
   dp_ctl_add_int (b, "two_experts", p->expert2_dir != NULL);
   dp_ctl_add_double (b, "boundary", p->boundary);
   dp_ctl_add_double (b, "guidance_2", p->guidance_2);
+  /* Wan2.2 TI2V: every stage gives the context frames their own timestep. */
+  dp_ctl_add_int (b, "per_token_time", p->per_token_time != 0);
   dp_ctl_add_int (b, "steps", p->schedule->steps);
   dp_ctl_add_int (b, "sampler", p->schedule->settings.kind);
   json_builder_set_member_name (b, "schedule");
@@ -195,7 +197,7 @@ gboolean
 dp_dist_read_engine_params (JsonObject *o, dp_engine_params *p, dp_schedule **schedule, gboolean *two_experts,
                             GError **error)
 {
-  gint64 P, C, F, H, W, stream, steps, kind, experts;
+  gint64 P, C, F, H, W, stream, steps, kind, experts, per_token;
   const char *seed;
   memset (p, 0, sizeof *p);
   *schedule = NULL;
@@ -211,9 +213,11 @@ dp_dist_read_engine_params (JsonObject *o, dp_engine_params *p, dp_schedule **sc
       !dp_ctl_get_int (o, "sampler", 0, 16, &kind, error) ||
       !dp_ctl_get_int (o, "two_experts", 0, 1, &experts, error) ||
       !dp_ctl_get_double (o, "boundary", &p->boundary, error) ||
-      !dp_ctl_get_double (o, "guidance_2", &p->guidance_2, error))
+      !dp_ctl_get_double (o, "guidance_2", &p->guidance_2, error) ||
+      !dp_ctl_get_int (o, "per_token_time", 0, 1, &per_token, error))
     return FALSE;
   *two_experts = experts != 0;
+  p->per_token_time = per_token != 0;
   guint64 seed_v;
   if (!g_ascii_string_to_unsigned (seed, 10, 0, G_MAXUINT64, &seed_v, error))
     return FALSE;

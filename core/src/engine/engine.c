@@ -96,6 +96,17 @@ dp_engine_pass_span (dp_engine *e, engine_stage *st, const dp_block_pass *p, dp_
   span->frame_pos = e->positions;
   span->out_first = p->context_frames;
   span->out_frames = p->own_frames;
+  if (e->params.per_token_time) {
+    /* The context frames are the previous block as it is now: it has taken
+     * step + 1 steps, so its noise level is that of timestep step + 1, or
+     * clean (0) when that was its last step.  The own frames are at step. */
+    const dp_schedule *s = e->schedule;
+    const float own = (float) s->timesteps[p->step];
+    const float ctx = p->step + 1 < s->steps ? (float) s->timesteps[p->step + 1] : 0.0f;
+    for (int f = 0; f < p->window_frames; f++)
+      st->frame_t[f] = f < p->context_frames ? ctx : own;
+    span->frame_timesteps = st->frame_t;
+  }
   return dp_feature_cache_bind (&st->cache, p, e->positions, span, error);
 }
 
@@ -114,6 +125,12 @@ dp_engine_stage_prepare (dp_engine *e, engine_stage *st, GError **error)
     span.extra_pos = e->positions + e->max_window;
     span.export_first = 0;
     span.export_frames = e->bs.context_frames;
+  }
+  if (e->params.per_token_time) {
+    /* two timesteps (context, own) where windows have context frames */
+    for (int f = 0; f < e->max_window; f++)
+      st->frame_t[f] = f < e->bs.context_frames && e->bs.num_blocks != 1 ? 1.0f : 0.0f;
+    span.frame_timesteps = st->frame_t;
   }
   gboolean ok = dp_wan_dit_reserve (st->dit, &span, error);
   if (ok && st->dit2)
@@ -296,6 +313,7 @@ engine_new (const char *transformer_dir, dp_backend *const *backends, int n_stag
     if (!dp_engine_stage_is_local (e, r))
       continue;
     st->be = backends[r];
+    st->frame_t = g_new0 (float, max_window);
     st->dit = dp_wan_dit_load (st->be, transformer_dir, st->layer_begin, st->layer_end, error);
     if (!st->dit) {
       g_prefix_error (error, "engine: stage %d (layers %d..%d): ", r, st->layer_begin, st->layer_end);
@@ -362,6 +380,7 @@ dp_engine_free (dp_engine *e)
   for (int r = 0; r < e->n; r++) {
     dp_wan_dit_free (e->st[r].dit);
     dp_wan_dit_free (e->st[r].dit2);
+    g_free (e->st[r].frame_t);
   }
   if (e->own_transport)
     dp_transport_free (e->transport);

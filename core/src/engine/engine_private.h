@@ -48,6 +48,7 @@ typedef struct {
   dp_tensor hidden[2];      /* [B, window tokens, dim] F32 */
   dp_tensor velocity[2];    /* [out_channels, max block frames, H, W] F32 (stage 0, last stage) */
   dp_feature_cache cache;
+  float *frame_t;           /* [max_window] the pass's per-frame timesteps (per_token_time) */
   GThread *thread;
   size_t buffer_bytes;       /* held by the current run (0 outside a run) */
   size_t cache_bytes;

@@ -28,7 +28,40 @@ typedef struct {
   dp_sampler *sampler;
 } block_slot;
 
+typedef struct driver driver;
+
+/* A finished block for the decode thread: its kept latent frames, host F32
+ * [channels, kept, H, W], in a buffer of max frames allocated with the
+ * worker. */
 typedef struct {
+  int64_t block;
+  int kept;
+  float *latent;
+} decode_job;
+
+/* Jobs in all: DP_ENGINE_DECODE_QUEUE waiting and one being decoded. */
+#define DECODE_JOBS (DP_ENGINE_DECODE_QUEUE + 1)
+
+/* The decode thread (dp_engine_output.decode_thread): it owns the decoder,
+ * the RGB buffer and the VAE's backend for the whole run; stage 0's thread
+ * only queues finished blocks. */
+typedef struct {
+  driver *d;
+  GThread *thread;
+  GMutex lock;
+  GCond cond;
+  GQueue jobs;         /* decode_job * waiting, oldest first */
+  GQueue free_jobs;    /* decode_job * free for stage 0 to fill */
+  decode_job job_mem[DECODE_JOBS];
+  gboolean closing;    /* no more jobs: finish the queued ones and stop */
+  gboolean abort;      /* stop now (the run failed elsewhere) */
+  gint failed;         /* atomic: error is set */
+  GError *error;       /* the thread's first failure */
+  dp_backend *be;      /* the VAE's */
+  dp_tensor latent;    /* [channels, max frames, H, W] on be */
+} decode_worker;
+
+struct driver {
   dp_engine *e;
   engine_stage *st;
   dp_backend *be;
@@ -53,7 +86,8 @@ typedef struct {
   dp_tensor pred_view[2];
   dp_transport_req *send[2];
   gint64 t0;
-} driver;
+  decode_worker *worker; /* NULL: blocks are decoded inline, on this thread */
+};
 
 static block_slot *
 slot_of (driver *d, int64_t block)
@@ -177,35 +211,21 @@ embed_window (driver *d, dp_wan_dit *dit, const dp_block_pass *p, dp_tensor *hid
   return dp_wan_dit_embed (dit, &window, 0, hidden, error);
 }
 
+/* Decodes a finished block's kept latent frames (latent: on the VAE's
+ * backend) and hands the frames out; then counts the block as done. */
 static gboolean
-deliver (driver *d, block_slot *s, GError **error)
+decode_block (driver *d, const dp_tensor *latent, int64_t block, int kept, GError **error)
 {
   dp_engine *e = d->e;
-  const int64_t block = s->block;
-  const int kept = dp_block_schedule_block_kept (&e->bs, block);
-  const int64_t first = dp_block_schedule_block_first (&e->bs, block);
-  const size_t hw = (size_t) d->H * d->W;
-  gboolean go_on = TRUE;
-  if (d->out->block_latent) {
-    dp_tensor host = dp_tensor_view (d->latent_host, DP_F32, 4, s->latent.shape);
-    d->be->ops->to_host (d->be, &host, &s->latent);
-    if (!d->be->ops->sync (d->be, error))
-      return FALSE;
-    /* Keep the first `kept` frames of each channel (a padded last block). */
-    for (int c = 1; c < d->channels && kept < s->frames; c++)
-      memmove (d->latent_host + c * kept * hw, d->latent_host + c * (size_t) s->frames * hw,
-               kept * hw * sizeof (float));
-    dp_tensor view = dp_tensor_view (d->latent_host, DP_F32, 4, (int64_t[]){ d->channels, kept, d->H, d->W });
-    go_on = d->out->block_latent (&view, block, first, d->out->user_data);
-  }
   int64_t frames = 0;
+  gboolean go_on = TRUE;
   for (int f = 0; f < kept && go_on && d->dec; f++) {
     int n = 0;
     if (dp_engine_is_cancelled (e)) {
       g_set_error (error, DP_ERROR, DP_ERROR_CANCELLED, "engine: cancelled");
       return FALSE;
     }
-    if (!dp_wan_vae_decoder_push (d->dec, &s->latent, f, d->rgb, NULL, &n, error)) {
+    if (!dp_wan_vae_decoder_push (d->dec, latent, f, d->rgb, NULL, &n, error)) {
       g_prefix_error (error, "engine: decoding block %" G_GINT64_FORMAT ": ", block);
       return FALSE;
     }
@@ -226,6 +246,159 @@ deliver (driver *d, block_slot *s, GError **error)
     return FALSE;
   }
   return TRUE;
+}
+
+static gpointer
+decode_main (gpointer data)
+{
+  decode_worker *w = data;
+  driver *d = w->d;
+  for (;;) {
+    g_mutex_lock (&w->lock);
+    while (!w->abort && !w->closing && g_queue_is_empty (&w->jobs))
+      g_cond_wait (&w->cond, &w->lock);
+    decode_job *job = w->abort ? NULL : g_queue_pop_head (&w->jobs);
+    g_cond_broadcast (&w->cond); /* a place in the queue is free */
+    g_mutex_unlock (&w->lock);
+    if (!job)
+      break;
+    GError *err = NULL;
+    int64_t shape[4] = { d->channels, job->kept, d->H, d->W };
+    dp_tensor host = dp_tensor_view (job->latent, DP_F32, 4, shape);
+    dp_tensor dev = dp_tensor_view (w->latent.data, DP_F32, 4, shape);
+    w->be->ops->to_device (w->be, &dev, &host);
+    gboolean ok = dp_backend_check (w->be, &err) && decode_block (d, &dev, job->block, job->kept, &err);
+    g_mutex_lock (&w->lock);
+    g_queue_push_tail (&w->free_jobs, job);
+    if (!ok) {
+      w->error = err;
+      g_atomic_int_set (&w->failed, 1);
+    }
+    g_cond_broadcast (&w->cond);
+    g_mutex_unlock (&w->lock);
+    if (!ok)
+      break;
+  }
+  return NULL;
+}
+
+/* The decode thread's failure, as this thread's error (FALSE), else TRUE. */
+static gboolean
+worker_ok (driver *d, GError **error)
+{
+  decode_worker *w = d->worker;
+  if (!w || !g_atomic_int_get (&w->failed))
+    return TRUE;
+  g_mutex_lock (&w->lock);
+  g_set_error_literal (error, w->error->domain, w->error->code, w->error->message);
+  g_mutex_unlock (&w->lock);
+  return FALSE;
+}
+
+/* Queues a finished block for the decode thread (its latents copied into a
+ * free job), after waiting while every job is taken (DP_ENGINE_DECODE_QUEUE
+ * waiting, one being decoded). */
+static gboolean
+worker_queue (driver *d, int64_t block, int kept, const float *latent, GError **error)
+{
+  decode_worker *w = d->worker;
+  g_mutex_lock (&w->lock);
+  /* The decode thread signals whenever it frees a job or fails; a cancel
+   * makes it fail at its next latent frame. */
+  while (!g_atomic_int_get (&w->failed) && g_queue_is_empty (&w->free_jobs) && !dp_engine_is_cancelled (d->e))
+    g_cond_wait (&w->cond, &w->lock);
+  decode_job *job = g_atomic_int_get (&w->failed) || dp_engine_is_cancelled (d->e) ? NULL
+                                                                                    : g_queue_pop_head (&w->free_jobs);
+  g_mutex_unlock (&w->lock);
+  if (!job) {
+    if (dp_engine_is_cancelled (d->e) && !g_atomic_int_get (&w->failed)) {
+      g_set_error (error, DP_ERROR, DP_ERROR_CANCELLED, "engine: cancelled");
+      return FALSE;
+    }
+    return worker_ok (d, error);
+  }
+  job->block = block;
+  job->kept = kept;
+  memcpy (job->latent, latent, (size_t) d->channels * kept * d->H * d->W * sizeof (float));
+  g_mutex_lock (&w->lock);
+  g_queue_push_tail (&w->jobs, job);
+  g_cond_broadcast (&w->cond);
+  g_mutex_unlock (&w->lock);
+  return TRUE;
+}
+
+/* Stops the decode thread: after the queued blocks when the run succeeded
+ * (ok), at once otherwise.  Returns ok and the thread's error. */
+static gboolean
+worker_stop (driver *d, gboolean ok, GError **error)
+{
+  decode_worker *w = d->worker;
+  if (!w)
+    return ok;
+  if (w->thread) {
+    g_mutex_lock (&w->lock);
+    w->closing = TRUE;
+    w->abort = !ok;
+    g_cond_broadcast (&w->cond);
+    g_mutex_unlock (&w->lock);
+    g_thread_join (w->thread);
+    w->thread = NULL;
+  }
+  if (ok && !worker_ok (d, error))
+    ok = FALSE;
+  return ok;
+}
+
+static void
+worker_free (driver *d)
+{
+  decode_worker *w = d->worker;
+  if (!w)
+    return;
+  g_assert (w->thread == NULL);
+  g_queue_clear (&w->jobs);
+  g_queue_clear (&w->free_jobs);
+  for (int i = 0; i < DECODE_JOBS; i++)
+    g_free (w->job_mem[i].latent);
+  if (w->latent.data)
+    dp_backend_tensor_free (w->be, &w->latent);
+  g_clear_error (&w->error);
+  g_mutex_clear (&w->lock);
+  g_cond_clear (&w->cond);
+  g_free (w);
+  d->worker = NULL;
+}
+
+static gboolean
+deliver (driver *d, block_slot *s, GError **error)
+{
+  dp_engine *e = d->e;
+  const int64_t block = s->block;
+  const int kept = dp_block_schedule_block_kept (&e->bs, block);
+  const int64_t first = dp_block_schedule_block_first (&e->bs, block);
+  const size_t hw = (size_t) d->H * d->W;
+  gboolean go_on = TRUE;
+  if (d->out->block_latent || d->worker) {
+    dp_tensor host = dp_tensor_view (d->latent_host, DP_F32, 4, s->latent.shape);
+    d->be->ops->to_host (d->be, &host, &s->latent);
+    if (!d->be->ops->sync (d->be, error))
+      return FALSE;
+    /* Keep the first `kept` frames of each channel (a padded last block). */
+    for (int c = 1; c < d->channels && kept < s->frames; c++)
+      memmove (d->latent_host + c * kept * hw, d->latent_host + c * (size_t) s->frames * hw,
+               kept * hw * sizeof (float));
+  }
+  if (d->out->block_latent) {
+    dp_tensor view = dp_tensor_view (d->latent_host, DP_F32, 4, (int64_t[]){ d->channels, kept, d->H, d->W });
+    go_on = d->out->block_latent (&view, block, first, d->out->user_data);
+  }
+  if (!go_on) {
+    g_set_error (error, DP_ERROR, DP_ERROR_CANCELLED, "engine: stopped by the consumer");
+    return FALSE;
+  }
+  if (d->worker)
+    return worker_queue (d, block, kept, d->latent_host, error);
+  return decode_block (d, &s->latent, block, kept, error);
 }
 
 /* Steps the sampler of d->apply's block with its prediction v; a block at
@@ -325,8 +498,14 @@ driver_init (driver *d, dp_engine *e, dp_wan_vae *vae, const dp_engine_output *o
       return FALSE;
     host_bytes += dp_tensor_nbytes (&d->window);
   }
+  if (vae && out->decode_thread && dp_wan_vae_get_backend (vae) == d->be) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID,
+                 "engine: decoding on a thread of its own needs the VAE on a backend of its own, not stage 0's (%s)",
+                 d->be->name);
+    return FALSE;
+  }
   if (vae) {
-    d->dec = dp_wan_vae_decoder_new (vae, d->H, d->W, error);
+    d->dec = dp_wan_vae_decoder_new_tiled (vae, d->H, d->W, out->vae_tiling, error);
     if (!d->dec)
       return FALSE;
     int w, h;
@@ -339,6 +518,37 @@ driver_init (driver *d, dp_engine *e, dp_wan_vae *vae, const dp_engine_output *o
     }
     host_bytes += rgb_bytes + dp_wan_vae_decoder_memory_bytes (d->dec);
   }
+  if (vae && out->decode_thread) {
+    decode_worker *w = g_new0 (decode_worker, 1);
+    d->worker = w;
+    w->d = d;
+    w->be = dp_wan_vae_get_backend (vae);
+    g_mutex_init (&w->lock);
+    g_cond_init (&w->cond);
+    g_queue_init (&w->jobs);
+    g_queue_init (&w->free_jobs);
+    /* The jobs' host buffers, allocated once for the run. */
+    for (int i = 0; i < DECODE_JOBS; i++) {
+      w->job_mem[i].latent = g_try_malloc (frame_floats * max_frames * sizeof (float));
+      if (!w->job_mem[i].latent) {
+        g_set_error (error, DP_ERROR, DP_ERROR_NOMEM, "engine: no memory for the decode thread's %d latent frames",
+                     max_frames);
+        return FALSE;
+      }
+      g_queue_push_tail (&w->free_jobs, &w->job_mem[i]);
+    }
+    w->latent = dp_backend_tensor_new (w->be, DP_F32, 4, (int64_t[]){ d->channels, max_frames, d->H, d->W });
+    if (!dp_backend_check (w->be, error)) {
+      g_prefix_error (error, "engine: the decode thread's latent buffer: ");
+      return FALSE;
+    }
+    host_bytes += frame_floats * max_frames * sizeof (float) * DECODE_JOBS;
+    w->thread = g_thread_try_new ("dp-decode", decode_main, w, error);
+    if (!w->thread) {
+      g_prefix_error (error, "engine: ");
+      return FALSE;
+    }
+  }
   d->host_bytes = (int64_t) host_bytes;
   add_block_bytes (d, d->host_bytes);
   return TRUE;
@@ -347,6 +557,8 @@ driver_init (driver *d, dp_engine *e, dp_wan_vae *vae, const dp_engine_output *o
 static void
 driver_clear (driver *d)
 {
+  worker_stop (d, FALSE, NULL);
+  worker_free (d);
   for (int i = 0; i < d->n_slots; i++)
     slot_clear (d, &d->slots[i]);
   g_free (d->slots);
@@ -381,6 +593,8 @@ drive (driver *d, GError **error)
       return FALSE;
   }
   for (;;) {
+    if (!worker_ok (d, error))
+      return FALSE;
     if (dp_engine_is_cancelled (e)) {
       g_set_error (error, DP_ERROR, DP_ERROR_CANCELLED, "engine: cancelled");
       return FALSE;
@@ -459,6 +673,8 @@ dp_engine_drive (dp_engine *e, dp_wan_vae *vae, const dp_engine_output *out, GEr
   dp_engine_stage_account (e, d.st, TRUE, &d.t0);
   if (ok)
     ok = drive (&d, error);
+  /* The last blocks may still be decoding. */
+  ok = worker_stop (&d, ok, error);
   if (!ok)
     dp_engine_fail (e, error && *error ? g_error_copy (*error) : NULL);
   /* The other stages may still be inside a pass that reads nothing of

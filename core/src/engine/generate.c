@@ -110,6 +110,7 @@ dp_dualparal_pipe_new (const dp_dualparal_config *cfg, GError **error)
     .latent_height = cfg->latent_height, .latent_width = cfg->latent_width, .schedule = sched,
     .guidance = cfg->guidance, .seed = cfg->seed, .noise_stream = DP_ENGINE_NOISE_STREAM,
     .expert2_dir = dir2, .boundary = cfg->boundary, .guidance_2 = cfg->guidance_2,
+    .per_token_time = cfg->per_token_time,
   };
   char *dir = g_build_filename (cfg->model_dir, "transformer", NULL);
   if (threads) {
@@ -185,26 +186,33 @@ encode_context (const dp_dualparal_job *job, const char *prompt, const char *neg
                 GError **error)
 {
   const int B = job->guided ? 2 : 1;
-  const int d = dp_umt5_get_config (job->text_encoder)->d_model;
+  const int d = dp_umt5_holder_config (job->text_encoder)->d_model;
   const char *texts[2] = { prompt, negative ? negative : "" };
+  dp_umt5 *t5 = dp_umt5_holder_acquire (job->text_encoder, error);
+  if (!t5) {
+    g_prefix_error (error, "Loading the text encoder: ");
+    return FALSE;
+  }
   *context = dp_tensor_new_host (DP_F32, 3, (int64_t[]){ B, job->text_len, d });
-  for (int b = 0; b < B; b++) {
+  gboolean ok = TRUE;
+  for (int b = 0; ok && b < B; b++) {
     dp_tensor embeds = { 0 };
     if (job->cancel && g_atomic_int_get (job->cancel)) {
       g_set_error (error, DP_ERROR, DP_ERROR_CANCELLED, "Generation cancelled while encoding the prompts");
-      dp_tensor_free (context);
-      return FALSE;
-    }
-    if (!dp_umt5_encode_prompt (job->text_encoder, job->tokenizer, texts[b], job->text_len, &embeds, NULL, error)) {
+      ok = FALSE;
+    } else if (!dp_umt5_encode_prompt (t5, job->tokenizer, texts[b], job->text_len, &embeds, NULL, error)) {
       g_prefix_error (error, "Encoding the %s: ", b ? "negative prompt" : "prompt");
-      dp_tensor_free (context);
-      return FALSE;
+      ok = FALSE;
+    } else {
+      memcpy ((float *) context->data + (size_t) b * job->text_len * d, embeds.data,
+              (size_t) job->text_len * d * sizeof (float));
     }
-    memcpy ((float *) context->data + (size_t) b * job->text_len * d, embeds.data,
-            (size_t) job->text_len * d * sizeof (float));
     dp_tensor_free (&embeds);
   }
-  return TRUE;
+  dp_umt5_holder_release (job->text_encoder);
+  if (!ok)
+    dp_tensor_free (context);
+  return ok;
 }
 
 /* The text settings a block enters with. */
@@ -434,7 +442,7 @@ dp_dualparal_pipe_run (dp_dualparal_pipe *pipe, const dp_dualparal_job *job, GEr
   s.last_block_us = s.last_iteration_us = g_get_monotonic_time ();
   dp_engine_output out = {
     .frames = on_frames, .iteration = on_iteration, .block_cond = on_block_cond, .user_data = &s,
-    .cancel = job->cancel,
+    .cancel = job->cancel, .vae_tiling = job->vae_tiling, .decode_thread = job->decode_thread,
   };
   if (!ok) {
   } else if (pipe->cluster) {

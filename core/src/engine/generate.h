@@ -40,6 +40,8 @@ typedef struct {
   gboolean two_experts;
   double boundary;
   double guidance_2;
+  /* Wan2.2 TI2V-5B (expand_timesteps): dp_engine_params.per_token_time */
+  gboolean per_token_time;
   uint64_t seed;
   dp_processes processes;  /* threads, or stages in worker processes (docs/distributed.md) */
   gboolean wire_bf16;      /* hidden states between processes as BF16 */
@@ -77,8 +79,10 @@ typedef struct {
 
 typedef struct {
   const dp_tokenizer *tokenizer; /* borrowed */
-  dp_umt5 *text_encoder;         /* on be0 */
-  dp_wan_vae *vae;               /* on be0 */
+  dp_umt5_holder *text_encoder;  /* on be0; acquired for each encode, released after it */
+  dp_wan_vae *vae;               /* on be0, or on its own backend with decode_thread */
+  const dp_wan_vae_tiling *vae_tiling; /* dp_engine_output.vae_tiling */
+  gboolean decode_thread;        /* dp_engine_output.decode_thread */
   dp_prompt_state *state;        /* the prompt, negative prompt, guidance (changeable) */
   const dp_prompt_line *schedule;/* NULL or n_schedule lines, frame 0 first */
   int n_schedule;

@@ -409,3 +409,77 @@ dp_umt5_encode_prompt (dp_umt5 *m, const dp_tokenizer *tok, const char *prompt, 
     *n_tokens = n;
   return ok;
 }
+
+/* ------------------------------------------------------------ holder */
+
+struct dp_umt5_holder {
+  dp_backend *be;
+  char *dir;
+  gboolean keep;
+  dp_umt5_config cfg;
+  dp_umt5 *m;  /* NULL while not loaded */
+  int loads;
+};
+
+dp_umt5_holder *
+dp_umt5_holder_new (dp_backend *be, const char *text_encoder_dir, gboolean keep, GError **error)
+{
+  dp_umt5_holder *h = g_new0 (dp_umt5_holder, 1);
+  h->be = be;
+  h->dir = g_strdup (text_encoder_dir);
+  h->keep = keep;
+  if (!dp_umt5_config_load (text_encoder_dir, &h->cfg, error) || (keep && !dp_umt5_holder_acquire (h, error))) {
+    dp_umt5_holder_free (h);
+    return NULL;
+  }
+  return h;
+}
+
+void
+dp_umt5_holder_free (dp_umt5_holder *h)
+{
+  if (!h)
+    return;
+  dp_umt5_free (h->m);
+  g_free (h->dir);
+  g_free (h);
+}
+
+const dp_umt5_config *
+dp_umt5_holder_config (const dp_umt5_holder *h)
+{
+  return &h->cfg;
+}
+
+dp_umt5 *
+dp_umt5_holder_acquire (dp_umt5_holder *h, GError **error)
+{
+  if (!h->m) {
+    h->m = dp_umt5_load (h->be, h->dir, error);
+    if (h->m)
+      h->loads++;
+  }
+  return h->m;
+}
+
+void
+dp_umt5_holder_release (dp_umt5_holder *h)
+{
+  if (!h->keep && h->m) {
+    /* Frees its device memory: the backend must be done with it. */
+    h->be->ops->sync (h->be, NULL);
+    g_clear_pointer (&h->m, dp_umt5_free);
+  }
+}
+
+gboolean
+dp_umt5_holder_loaded (const dp_umt5_holder *h)
+{
+  return h->m != NULL;
+}
+
+int
+dp_umt5_holder_loads (const dp_umt5_holder *h)
+{
+  return h->loads;
+}

@@ -34,6 +34,16 @@ typedef struct {
   int64_t Lo, o0;     /* output tokens and their first row */
   int out_frames;
   dp_rope_grid own, extra;
+  /* Timesteps: the own tokens as runs of frames with one timestep each
+   * (one run on the scalar path), each run's distinct value (tix) and the
+   * time slot holding its embedding. */
+  int n_seg, n_times;
+  struct {
+    int64_t row0, rows;
+    int tix;
+  } seg[DP_WAN_MAX_SPAN_SEGMENTS];
+  float times[DP_WAN_TIME_SLOTS];
+  int slot[DP_WAN_TIME_SLOTS];
 } span_geom;
 
 static dp_tensor
@@ -92,26 +102,38 @@ time_sinusoid (float *out, int freq_dim, float t)
   }
 }
 
-/* temb = time_embedder(sinusoid(t)), e0 = time_proj(SiLU(temb)) as [6, dim];
- * kept until the timestep changes. */
-static void
+/* temb = time_embedder(sinusoid(t)), e0 = time_proj(SiLU(temb)) as [6, dim]
+ * into a time slot, kept until the slot is taken by another timestep (the
+ * least recently used one goes).  Returns the slot.  A call's slots are
+ * all touched before its plan runs, so with at most DP_WAN_TIME_SLOTS
+ * distinct values none of them evicts another of the same call. */
+static int
 update_time (dp_wan_dit *dit, float t)
 {
-  if (dit->time_valid && dit->time_value == t)
-    return;
+  int slot = 0;
+  for (int i = 0; i < DP_WAN_TIME_SLOTS; i++) {
+    if (dit->time_valid[i] && dit->time_value[i] == t) {
+      dit->time_used[i] = ++dit->time_clock;
+      return i;
+    }
+    if (dit->time_used[i] < dit->time_used[slot])
+      slot = i;
+  }
+  dit->time_used[slot] = ++dit->time_clock;
   dp_backend *be = dit->be;
   const dp_backend_ops *ops = be->ops;
   time_sinusoid (dit->sinus_host, dit->cfg.freq_dim, t);
   dp_tensor host = dp_tensor_view (dit->sinus_host, DP_F32, 2, dit->sinus.shape);
   ops->to_device (be, &dit->sinus, &host);
   ops->linear (be, &dit->time_h, &dit->sinus, &dit->te1_w, &dit->te1_b, DP_ACT_SILU);
-  ops->linear (be, &dit->temb, &dit->time_h, &dit->te2_w, &dit->te2_b, DP_ACT_NONE);
-  ops->silu (be, &dit->temb_silu, &dit->temb);
+  ops->linear (be, &dit->temb[slot], &dit->time_h, &dit->te2_w, &dit->te2_b, DP_ACT_NONE);
+  ops->silu (be, &dit->temb_silu, &dit->temb[slot]);
   ops->copy (be, &dit->temb_silu_act, &dit->temb_silu);
   ops->linear (be, &dit->e0_act, &dit->temb_silu_act, &dit->tp_w, &dit->tp_b, DP_ACT_NONE);
-  ops->copy (be, &dit->e0, &dit->e0_act);
-  dit->time_valid = !dp_backend_failed (be);
-  dit->time_value = t;
+  ops->copy (be, &dit->e0[slot], &dit->e0_act);
+  dit->time_valid[slot] = !dp_backend_failed (be);
+  dit->time_value[slot] = t;
+  return slot;
 }
 
 /* mod [K, B, dim] F32: mod[k][b] = table[k] + vec[k]  (table, vec [K, dim]). */
@@ -137,6 +159,37 @@ mod_chunk (const dp_tensor *mod, int k)
 {
   int64_t B = mod->shape[1];
   return rows_view (mod, (int64_t) k * B, B, TRUE);
+}
+
+/* Chunk k of mod [K, B, dim] for batch entry b: [1, dim]. */
+static dp_tensor
+mod_entry (const dp_tensor *mod, int k, int64_t b)
+{
+  return rows_view (mod, (int64_t) k * mod->shape[1] + b, 1, TRUE);
+}
+
+/* xn = LN(h) * (1 + scale) + shift, h and xn [B, L, D], with chunks
+ * k_shift, k_shift + 1 of each segment's modulation mods[tix]: one call
+ * over every row on the scalar path, one per segment and batch entry with
+ * per-token timesteps (a segment's rows are contiguous in each entry). */
+static void
+segments_norm_modulate (wan_run *r, const span_geom *g, dp_tensor *xn, const dp_tensor *h, const dp_tensor *mods,
+                        int k_shift)
+{
+  const float eps = r->dit->cfg.eps;
+  if (g->n_seg == 1) {
+    dp_tensor shift = mod_chunk (&mods[0], k_shift), scale = mod_chunk (&mods[0], k_shift + 1);
+    OP (r, layer_norm_modulate, xn, h, &shift, &scale, eps);
+    return;
+  }
+  for (int64_t b = 0; b < h->shape[0]; b++)
+    for (int i = 0; i < g->n_seg; i++) {
+      const dp_tensor *m = &mods[g->seg[i].tix];
+      dp_tensor shift = mod_entry (m, k_shift, b), scale = mod_entry (m, k_shift + 1, b);
+      dp_tensor hs = batch_rows (h, b, g->seg[i].row0, g->seg[i].rows, FALSE);
+      dp_tensor xs = batch_rows (xn, b, g->seg[i].row0, g->seg[i].rows, FALSE);
+      OP (r, layer_norm_modulate, &xs, &hs, &shift, &scale, eps);
+    }
 }
 
 /* ------------------------------------------------------------ text */
@@ -245,7 +298,7 @@ project_residual (wan_run *r, dp_tensor *h, const dp_tensor *x, const dp_tensor 
 }
 
 static void
-self_attention (wan_run *r, const wan_layer *ly, int li, const span_geom *g, const dp_tensor *mod,
+self_attention (wan_run *r, const wan_layer *ly, int li, const span_geom *g, const dp_tensor *mods,
                 dp_tensor *h)
 {
   dp_wan_dit *dit = r->dit;
@@ -255,9 +308,8 @@ self_attention (wan_run *r, const wan_layer *ly, int li, const span_geom *g, con
   dp_dtype act = r->be->act_dtype;
   size_t mark = dp_arena_mark (r->a);
 
-  dp_tensor shift = mod_chunk (mod, 0), scale = mod_chunk (mod, 1), gate = mod_chunk (mod, 2);
   dp_tensor xn = ALLOC (r, act, B, L, D);
-  OP (r, layer_norm_modulate, &xn, h, &shift, &scale, c->eps);
+  segments_norm_modulate (r, g, &xn, h, mods, 0);
 
   dp_tensor q = ALLOC (r, act, B, L, D);
   OP (r, linear, &q, &xn, &ly->q_w, &ly->q_b, DP_ACT_NONE);
@@ -304,7 +356,19 @@ self_attention (wan_run *r, const wan_layer *ly, int li, const span_geom *g, con
   dp_attn_params ap = { .scale = 1.0f / sqrtf ((float) c->head_dim), .key_len = 0, .bias = NULL };
   OP (r, attention, &o4, &q4, &k4, &v4, &ap);
   /* q is dead: it takes the output projection where the backend needs a buffer */
-  project_residual (r, h, &o, &ly->o_w, &ly->o_b, &gate, &q);
+  if (g->n_seg == 1) {
+    dp_tensor gate = mod_chunk (&mods[0], 2);
+    project_residual (r, h, &o, &ly->o_w, &ly->o_b, &gate, &q);
+  } else {
+    for (int64_t b = 0; b < B; b++)
+      for (int i = 0; i < g->n_seg; i++) {
+        const int64_t r0 = g->seg[i].row0, n = g->seg[i].rows;
+        dp_tensor gate = mod_entry (&mods[g->seg[i].tix], 2, b);
+        dp_tensor hs = batch_rows (h, b, r0, n, FALSE), os = batch_rows (&o, b, r0, n, FALSE);
+        dp_tensor ys = batch_rows (&q, b, r0, n, FALSE);
+        project_residual (r, &hs, &os, &ly->o_w, &ly->o_b, &gate, &ys);
+      }
+  }
   dp_arena_reset (r->a, mark);
 }
 
@@ -335,7 +399,7 @@ cross_attention (wan_run *r, const wan_layer *ly, int li, const span_geom *g, dp
 }
 
 static void
-feed_forward (wan_run *r, const wan_layer *ly, const span_geom *g, const dp_tensor *mod, dp_tensor *h)
+feed_forward (wan_run *r, const wan_layer *ly, const span_geom *g, const dp_tensor *mods, dp_tensor *h)
 {
   dp_wan_dit *dit = r->dit;
   const dp_wan_config *c = &dit->cfg;
@@ -343,22 +407,25 @@ feed_forward (wan_run *r, const wan_layer *ly, const span_geom *g, const dp_tens
   dp_dtype act = r->be->act_dtype;
   size_t mark = dp_arena_mark (r->a);
 
-  dp_tensor shift = mod_chunk (mod, 3), scale = mod_chunk (mod, 4), gate = mod_chunk (mod, 5);
   dp_tensor xn = ALLOC (r, act, B, L, D);
-  OP (r, layer_norm_modulate, &xn, h, &shift, &scale, c->eps);
+  segments_norm_modulate (r, g, &xn, h, mods, 3);
   /* The GEMM pair chunked over each batch entry's rows (the hidden
-   * activations of all rows at once would be large); the gate per entry. */
+   * activations of all rows at once would be large); the gate per entry
+   * and timestep segment (chunks never straddle segments). */
   const int64_t chunk = MIN (L, dit->ffn_chunk_rows);
   dp_tensor f = ALLOC (r, act, chunk, c->ffn_dim);
   dp_tensor y = r->be->ops->linear_gated_add ? (dp_tensor){ 0 } : ALLOC (r, act, 1, chunk, D);
   for (int64_t b = 0; b < B; b++) {
-    dp_tensor gb = rows_view (&gate, b, 1, TRUE);
-    for (int64_t r0 = 0; r0 < L; r0 += chunk) {
-      int64_t n = MIN (chunk, L - r0);
-      dp_tensor xr = batch_rows (&xn, b, r0, n, TRUE), fr = rows_view (&f, 0, n, TRUE);
-      dp_tensor hr = batch_rows (h, b, r0, n, FALSE), yr = y.ndim ? rows_view (&y, 0, n, FALSE) : y;
-      OP (r, linear, &fr, &xr, &ly->ff1_w, &ly->ff1_b, DP_ACT_GELU_TANH);
-      project_residual (r, &hr, &fr, &ly->ff2_w, &ly->ff2_b, &gb, &yr);
+    for (int i = 0; i < g->n_seg; i++) {
+      dp_tensor gb = mod_entry (&mods[g->seg[i].tix], 5, b);
+      const int64_t s1 = g->seg[i].row0 + g->seg[i].rows;
+      for (int64_t r0 = g->seg[i].row0; r0 < s1; r0 += chunk) {
+        int64_t n = MIN (chunk, s1 - r0);
+        dp_tensor xr = batch_rows (&xn, b, r0, n, TRUE), fr = rows_view (&f, 0, n, TRUE);
+        dp_tensor hr = batch_rows (h, b, r0, n, FALSE), yr = y.ndim ? rows_view (&y, 0, n, FALSE) : y;
+        OP (r, linear, &fr, &xr, &ly->ff1_w, &ly->ff1_b, DP_ACT_GELU_TANH);
+        project_residual (r, &hr, &fr, &ly->ff2_w, &ly->ff2_b, &gb, &yr);
+      }
     }
   }
   dp_arena_reset (r->a, mark);
@@ -377,10 +444,12 @@ plan_layers (wan_run *r, const span_geom *g, dp_tensor *h)
       return;
     }
     size_t mark = dp_arena_mark (r->a);
-    dp_tensor mod = modulation (r, &ly->sst, &dit->e0, 6, (int) h->shape[0]);
-    self_attention (r, ly, i, g, &mod, h);
+    dp_tensor mods[DP_WAN_TIME_SLOTS]; /* one per distinct timestep of the span */
+    for (int t = 0; t < g->n_times; t++)
+      mods[t] = modulation (r, &ly->sst, &dit->e0[g->slot[t]], 6, (int) h->shape[0]);
+    self_attention (r, ly, i, g, mods, h);
     cross_attention (r, ly, i, g, h);
-    feed_forward (r, ly, g, &mod, h);
+    feed_forward (r, ly, g, mods, h);
     dp_arena_reset (r->a, mark);
   }
 }
@@ -396,13 +465,16 @@ plan_head (wan_run *r, const span_geom *g, float guidance, const dp_tensor *h, d
   dp_dtype act = r->be->act_dtype;
   size_t mark = dp_arena_mark (r->a);
 
-  /* (shift, scale) = head table + temb (not e0) */
-  dp_tensor mod = ALLOC (r, DP_F32, 2, B, c->dim);
-  for (int k = 0; k < 2; k++) {
-    dp_tensor tk = rows_view (&dit->head_sst, k, 1, TRUE);
-    for (int b = 0; b < B; b++) {
-      dp_tensor y = rows_view (&mod, (int64_t) k * B + b, 1, TRUE);
-      OP (r, add, &y, &tk, &dit->temb);
+  /* (shift, scale) = head table + temb (not e0), per distinct timestep */
+  dp_tensor mods[DP_WAN_TIME_SLOTS];
+  for (int t = 0; t < g->n_times; t++) {
+    mods[t] = ALLOC (r, DP_F32, 2, B, c->dim);
+    for (int k = 0; k < 2; k++) {
+      dp_tensor tk = rows_view (&dit->head_sst, k, 1, TRUE);
+      for (int b = 0; b < B; b++) {
+        dp_tensor y = rows_view (&mods[t], (int64_t) k * B + b, 1, TRUE);
+        OP (r, add, &y, &tk, &dit->temb[g->slot[t]]);
+      }
     }
   }
   dp_tensor xn = ALLOC (r, act, 1, g->Lo, c->dim);
@@ -411,9 +483,22 @@ plan_head (wan_run *r, const span_geom *g, float guidance, const dp_tensor *h, d
   if (B == 2)
     uncond = ALLOC (r, DP_F32, velocity->shape[0], velocity->shape[1], velocity->shape[2], velocity->shape[3]);
   for (int b = 0; b < B; b++) {
-    dp_tensor shift = rows_view (&mod, b, 1, TRUE), scale = rows_view (&mod, B + b, 1, TRUE);
-    dp_tensor hb = batch_rows (h, b, g->o0, g->Lo, FALSE);
-    OP (r, layer_norm_modulate, &xn, &hb, &shift, &scale, c->eps);
+    if (g->n_seg == 1) {
+      dp_tensor shift = mod_entry (&mods[0], 0, b), scale = mod_entry (&mods[0], 1, b);
+      dp_tensor hb = batch_rows (h, b, g->o0, g->Lo, FALSE);
+      OP (r, layer_norm_modulate, &xn, &hb, &shift, &scale, c->eps);
+    } else {
+      /* each segment's part of the output rows */
+      for (int i = 0; i < g->n_seg; i++) {
+        const int64_t lo = MAX (g->seg[i].row0, g->o0);
+        const int64_t hi = MIN (g->seg[i].row0 + g->seg[i].rows, g->o0 + g->Lo);
+        if (lo >= hi)
+          continue;
+        dp_tensor shift = mod_entry (&mods[g->seg[i].tix], 0, b), scale = mod_entry (&mods[g->seg[i].tix], 1, b);
+        dp_tensor hs = batch_rows (h, b, lo, hi - lo, FALSE), xs = rows_view (&xn, lo - g->o0, hi - lo, FALSE);
+        OP (r, layer_norm_modulate, &xs, &hs, &shift, &scale, c->eps);
+      }
+    }
     OP (r, linear, &y, &xn, &dit->proj_w, &dit->proj_b, DP_ACT_NONE);
     OP (r, unpatchify, b == 0 ? velocity : &uncond, &y, c->patch_t, c->patch_h, c->patch_w);
   }
@@ -549,6 +634,55 @@ resolve_span (dp_wan_dit *dit, const dp_wan_span *s, gboolean with_tensors, span
       return FALSE;
   }
   return TRUE;
+}
+
+/* The span's timesteps as segments (runs of frames with one value) and
+ * distinct values: frame_timesteps, else every frame at t. */
+static gboolean
+resolve_times (const dp_wan_span *s, float t, span_geom *g, GError **error)
+{
+  g->n_seg = g->n_times = 0;
+  for (int f = 0; f < s->frames; f++) {
+    const float v = s->frame_timesteps ? s->frame_timesteps[f] : t;
+    if (!isfinite (v) || v < 0.0f) {
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "wan_dit: timestep %g of frame %d is not valid (a finite "
+                   "value >= 0)", (double) v, f);
+      return FALSE;
+    }
+    if (g->n_seg > 0 && g->times[g->seg[g->n_seg - 1].tix] == v) {
+      g->seg[g->n_seg - 1].rows += g->hw;
+      continue;
+    }
+    int tix = 0;
+    while (tix < g->n_times && g->times[tix] != v)
+      tix++;
+    if (tix == g->n_times) {
+      if (g->n_times == DP_WAN_TIME_SLOTS) {
+        g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "wan_dit: span frame_timesteps has more than %d distinct "
+                     "values", DP_WAN_MAX_SPAN_TIMESTEPS);
+        return FALSE;
+      }
+      g->times[g->n_times++] = v;
+    }
+    if (g->n_seg == DP_WAN_MAX_SPAN_SEGMENTS) {
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "wan_dit: span frame_timesteps has more than %d runs of "
+                   "equal values", DP_WAN_MAX_SPAN_SEGMENTS);
+      return FALSE;
+    }
+    g->seg[g->n_seg].row0 = (int64_t) f * g->hw;
+    g->seg[g->n_seg].rows = g->hw;
+    g->seg[g->n_seg].tix = tix;
+    g->n_seg++;
+  }
+  return TRUE;
+}
+
+/* Time embeddings of every distinct timestep of g into slots. */
+static void
+prepare_times (dp_wan_dit *dit, span_geom *g)
+{
+  for (int i = 0; i < g->n_times; i++)
+    g->slot[i] = update_time (dit, g->times[i]);
 }
 
 /* ------------------------------------------------------------ arena */
@@ -860,9 +994,11 @@ dp_wan_dit_run_layers (dp_wan_dit *dit, const dp_wan_span *span, float timestep,
   if (!need_context (dit, error) || !resolve_span (dit, span, TRUE, &g, error) ||
       !check_hidden (dit, hidden, g.L, error))
     return FALSE;
+  if (!resolve_times (span, timestep, &g, error))
+    return FALSE;
   if (dit->n_layers == 0)
     return TRUE;
-  update_time (dit, timestep);
+  prepare_times (dit, &g);
   layers_job job = { &g, hidden };
   return run_planned (dit, layers_plan, &job, error);
 }
@@ -901,9 +1037,10 @@ dp_wan_dit_head (dp_wan_dit *dit, const dp_wan_span *span, float timestep, float
     return FALSE;
   }
   if (!need_context (dit, error) || !resolve_span (dit, span, FALSE, &g, error) ||
-      !check_hidden (dit, hidden, g.L, error) || !check_velocity (dit, &g, velocity, error))
+      !check_hidden (dit, hidden, g.L, error) || !check_velocity (dit, &g, velocity, error) ||
+      !resolve_times (span, timestep, &g, error))
     return FALSE;
-  update_time (dit, timestep);
+  prepare_times (dit, &g);
   head_job job = { &g, guidance, hidden, velocity };
   return run_planned (dit, head_plan, &job, error);
 }
@@ -950,9 +1087,10 @@ dp_wan_dit_forward (dp_wan_dit *dit, const dp_wan_span *span, const dp_tensor *l
     return FALSE;
   }
   span_geom g;
-  if (!resolve_span (dit, span, TRUE, &g, error) || !check_velocity (dit, &g, velocity, error))
+  if (!resolve_span (dit, span, TRUE, &g, error) || !check_velocity (dit, &g, velocity, error) ||
+      !resolve_times (span, timestep, &g, error))
     return FALSE;
-  update_time (dit, timestep);
+  prepare_times (dit, &g);
   forward_job job = { &g, latent, guidance, velocity };
   return run_planned (dit, forward_plan, &job, error);
 }
@@ -991,7 +1129,9 @@ gboolean
 dp_wan_dit_reserve (dp_wan_dit *dit, const dp_wan_span *span, GError **error)
 {
   span_geom g;
-  if (!need_context (dit, error) || !resolve_span (dit, span, FALSE, &g, error))
+  /* The timesteps' values do not matter to size, their count does. */
+  if (!need_context (dit, error) || !resolve_span (dit, span, FALSE, &g, error) ||
+      !resolve_times (span, 0.0f, &g, error))
     return FALSE;
   /* The cache tensors are not needed to size: count their rows. */
   g.Le = (int64_t) span->extra_frames * g.hw;

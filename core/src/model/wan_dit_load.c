@@ -287,18 +287,28 @@ alloc_time (dp_wan_dit *dit, GError **error)
     dp_tensor *t;
     dp_dtype dt;
     int64_t r, c;
-  } parts[] = {
+  } parts[5 + 2 * DP_WAN_TIME_SLOTS] = {
     { &dit->sinus, DP_F32, 1, fd },       { &dit->time_h, DP_F32, 1, D },
-    { &dit->temb, DP_F32, 1, D },         { &dit->temb_silu, DP_F32, 1, D },
-    { &dit->temb_silu_act, act, 1, D },   { &dit->e0_act, act, 1, 6 * D },
-    { &dit->e0, DP_F32, 6, D },
+    { &dit->temb_silu, DP_F32, 1, D },    { &dit->temb_silu_act, act, 1, D },
+    { &dit->e0_act, act, 1, 6 * D },
   };
+  for (int i = 0; i < DP_WAN_TIME_SLOTS; i++) {
+    parts[5 + 2 * i].t = &dit->temb[i];
+    parts[5 + 2 * i].dt = DP_F32;
+    parts[5 + 2 * i].r = 1;
+    parts[5 + 2 * i].c = D;
+    parts[6 + 2 * i].t = &dit->e0[i];
+    parts[6 + 2 * i].dt = DP_F32;
+    parts[6 + 2 * i].r = 6;
+    parts[6 + 2 * i].c = D;
+  }
   size_t total = 0;
   for (guint i = 0; i < G_N_ELEMENTS (parts); i++) {
     *parts[i].t = dp_tensor_view (NULL, parts[i].dt, 2, (int64_t[]){ parts[i].r, parts[i].c });
     total += (dp_tensor_nbytes (parts[i].t) + DP_ARENA_ALIGN - 1) / DP_ARENA_ALIGN * DP_ARENA_ALIGN;
   }
   dit->time_mem = be->ops->alloc (be, total);
+  dit->time_bytes = total;
   if (!dit->time_mem)
     return dp_backend_check (be, error) && FALSE;
   size_t off = 0;
@@ -417,9 +427,7 @@ dp_wan_dit_batch (const dp_wan_dit *dit)
 size_t
 dp_wan_dit_memory_bytes (const dp_wan_dit *dit)
 {
-  size_t time = 0;
-  if (dit->time_mem)
-    time = (size_t) ((uint8_t *) dit->e0.data - (uint8_t *) dit->time_mem) + dp_tensor_nbytes (&dit->e0);
+  size_t time = dit->time_mem ? dit->time_bytes : 0;
   /* A shared arena is counted once, by its owner. */
   return dp_weights_bytes (dit->weights) + dit->cross_bytes + (dit->arena_owner ? 0 : dit->arena.size) + time;
 }

@@ -13,6 +13,10 @@ G_BEGIN_DECLS
  * bounds its memory at full video sizes while keeping the GEMMs large. */
 #define DP_WAN_FFN_CHUNK_ROWS 8192
 
+/* Time-embedding slots: distinct timesteps one call may use (a DualParal
+ * window of a per-token model has two: its context frames' and its own). */
+#define DP_WAN_TIME_SLOTS DP_WAN_MAX_SPAN_TIMESTEPS
+
 /* One transformer block.  Matrices in be->weight_dtype, the rest F32. */
 typedef struct {
   dp_tensor sst; /* scale_shift_table viewed as [6, dim] */
@@ -40,15 +44,23 @@ struct dp_wan_dit {
   dp_tensor head_sst;                   /* [2, dim] F32 */
   dp_tensor proj_w, proj_b;             /* [out_channels * pt * ph * pw, dim] */
 
-  /* Time path, recomputed only when the timestep changes: persistent
-   * buffers carved from one backend allocation. */
+  /* Time path: temb = time_embedder(sinusoid(t)) and e0 = time_proj(SiLU(
+   * temb)) for up to DP_WAN_TIME_SLOTS timesteps, each recomputed only when
+   * its slot is taken by another timestep (least recently used).  A call
+   * with per-frame timesteps (Wan2.2 TI2V) holds one slot per distinct
+   * value; the scalar path uses one.  Persistent buffers carved from one
+   * backend allocation (time_bytes). */
   void *time_mem;
+  size_t time_bytes;
   float *sinus_host; /* [freq_dim] */
-  dp_tensor sinus, time_h, temb, temb_silu; /* F32 [1, freq_dim], [1, dim] x 3 */
-  dp_tensor temb_silu_act, e0_act;          /* act dtype [1, dim], [1, 6 dim] */
-  dp_tensor e0;                             /* F32 [6, dim] */
-  gboolean time_valid;
-  float time_value;
+  dp_tensor sinus, time_h, temb_silu;       /* scratch: F32 [1, freq_dim], [1, dim] x 2 */
+  dp_tensor temb_silu_act, e0_act;          /* scratch: act dtype [1, dim], [1, 6 dim] */
+  dp_tensor temb[DP_WAN_TIME_SLOTS];        /* F32 [1, dim] */
+  dp_tensor e0[DP_WAN_TIME_SLOTS];          /* F32 [6, dim] */
+  gboolean time_valid[DP_WAN_TIME_SLOTS];
+  float time_value[DP_WAN_TIME_SLOTS];
+  uint64_t time_used[DP_WAN_TIME_SLOTS];    /* time_clock when last used: LRU */
+  uint64_t time_clock;
 
   /* Text condition (dp_wan_dit_set_context / _use_context).  Up to
    * ctx_max slots of cross-attention K/V, each for one context key; cross_k

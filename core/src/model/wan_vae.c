@@ -393,6 +393,12 @@ dp_wan_vae_get_config (const dp_wan_vae *vae)
   return &vae->cfg;
 }
 
+dp_backend *
+dp_wan_vae_get_backend (const dp_wan_vae *vae)
+{
+  return vae->be;
+}
+
 int64_t
 dp_wan_vae_num_frames (const dp_wan_vae *vae, int64_t latent_frames)
 {
@@ -401,19 +407,38 @@ dp_wan_vae_num_frames (const dp_wan_vae *vae, int64_t latent_frames)
 
 /* ------------------------------------------------------------ decoder */
 
+/* One spatial tile of a (possibly tiled) decoder: a latent rectangle with
+ * its own causal caches, so that each tile streams exactly as an untiled
+ * decoder of its size would. */
+typedef struct {
+  int y0, x0, th, tw;          /* latent rectangle */
+  dp_tensor *caches;           /* views [C, CACHE_T, th_l, tw_l] into the decoder's cache_mem */
+  dp_tensor mean, std;         /* [z, 1, th, tw]: latents_mean / latents_std broadcast */
+  float *host;                 /* [out_channels, temporal_scale, th * s, tw * s] (several tiles only) */
+  gboolean host_pinned;
+  int64_t out_count;           /* values of the last decoded chunk */
+} vae_tile;
+
 struct dp_wan_vae_decoder {
   dp_wan_vae *vae;
   int h, w;                    /* latent size */
   int H, W;                    /* video size */
   int64_t position;            /* latent frames decoded since reset */
-  void *cache_mem;             /* all causal caches, one allocation */
+  void *cache_mem;             /* all causal caches of all tiles, one allocation */
   int64_t cache_floats;
-  dp_tensor *caches;           /* views [C, CACHE_T, h_l, w_l] into cache_mem */
-  dp_tensor mean, std;         /* [z, 1, h, w]: latents_mean / latents_std broadcast */
+  dp_tensor *cache_views;      /* n_tiles * caches->len views */
+  int tile_rows, tile_cols;    /* 1 x 1 when untiled */
+  vae_tile *tiles;             /* row-major */
+  int stride_h, stride_w;      /* tile strides in decoder-output pixels (before the unpatchify) */
+  int blend_h, blend_w;        /* overlaps to blend, same units */
   dp_arena io[2];              /* ping-pong layer outputs */
   dp_arena scratch;            /* per-layer temporaries */
+  /* Host buffers the decoder output is copied into are page-locked when the
+   * backend offers it (dp_backend_host_alloc): the copies are asynchronous
+   * and all tiles are queued before one sync. */
   float *host;                 /* [video_channels, temporal_scale, H, W] clamped output */
   float *host_raw;             /* [out_channels, temporal_scale, H/p, W/p] before the unpatchify (p > 1) */
+  gboolean host_pinned, host_raw_pinned;
 };
 
 /* One forward pass over a chunk.  measure: allocations only (sizing). */
@@ -667,12 +692,12 @@ dup_apply (vae_run *r, const vae_up_block *ub, dp_tensor *y, const dp_tensor *x)
 
 /* The decoder on one latent frame; leaves [out_channels, T, H, W] in r->x. */
 static void
-forward_chunk (vae_run *r, const dp_tensor *latents, int64_t index, const dp_tensor *mean,
-               const dp_tensor *std)
+forward_chunk (vae_run *r, const dp_tensor *latents, int64_t index, const vae_tile *tile)
 {
   dp_backend *be = r->be;
   const dp_wan_vae *vae = r->vae;
-  const int64_t z = vae->cfg.z_dim, h = latents->shape[latents->ndim - 2], w = latents->shape[latents->ndim - 1];
+  const int64_t z = vae->cfg.z_dim, h = tile->th, w = tile->tw;
+  const int64_t lh = latents->shape[latents->ndim - 2], lw = latents->shape[latents->ndim - 1];
 
   r->cur = 0;
   dp_arena_reset (r->io[0], 0);
@@ -680,10 +705,15 @@ forward_chunk (vae_run *r, const dp_tensor *latents, int64_t index, const dp_ten
   dp_arena_reset (r->scratch, 0);
   dp_tensor x = t4 (r->io[0], z, 1, h, w);
   if (!r->measure) {
-    /* pipeline_wan.py: latents / (1 / latents_std) + latents_mean. */
-    be->ops->copy_cols (be, &x, 0, latents, index * h * w, h * w);
-    be->ops->mul (be, &x, &x, std);
-    be->ops->add (be, &x, &x, mean);
+    /* pipeline_wan.py: latents / (1 / latents_std) + latents_mean.  A tile
+     * narrower than the latents is cut out row by row. */
+    if (w == lw)
+      be->ops->copy_cols (be, &x, 0, latents, (index * lh + tile->y0) * lw, h * w);
+    else
+      for (int64_t y = 0; y < h; y++)
+        be->ops->copy_cols (be, &x, y * w, latents, (index * lh + tile->y0 + y) * lw + tile->x0, w);
+    be->ops->mul (be, &x, &x, &tile->std);
+    be->ops->add (be, &x, &x, &tile->mean);
   }
   r->x = x;
 
@@ -729,12 +759,13 @@ forward_chunk (vae_run *r, const dp_tensor *latents, int64_t index, const dp_ten
 }
 
 static vae_run
-make_run (dp_wan_vae_decoder *dec, dp_arena *io0, dp_arena *io1, dp_arena *scratch, gboolean measure)
+make_run (dp_wan_vae_decoder *dec, const vae_tile *tile, dp_arena *io0, dp_arena *io1, dp_arena *scratch,
+          gboolean measure)
 {
   vae_run r = { 0 };
   r.be = dec->vae->be;
   r.vae = dec->vae;
-  r.caches = measure ? NULL : dec->caches;
+  r.caches = measure ? NULL : tile->caches;
   r.measure = measure;
   r.first = dec->position == 0;
   r.io[0] = io0;
@@ -754,8 +785,118 @@ nomem (dp_wan_vae_decoder *dec, const char *what, size_t bytes, GError **error)
   return FALSE;
 }
 
+/* ------------------------------------------------------------- tiling */
+
+int
+dp_wan_vae_tile_count (int latent_extent, int tile_latent, int stride_latent)
+{
+  if (latent_extent < 1)
+    return 0;
+  if (tile_latent < 1 || stride_latent < 1)
+    return 1;
+  return (latent_extent + stride_latent - 1) / stride_latent;
+}
+
+void
+dp_wan_vae_tile_span (int index, int latent_extent, int tile_latent, int stride_latent, int *start, int *size)
+{
+  if (tile_latent < 1 || stride_latent < 1) {
+    *start = 0;
+    *size = latent_extent;
+    return;
+  }
+  *start = index * stride_latent;
+  *size = MIN (tile_latent, latent_extent - *start);
+}
+
+int
+dp_wan_vae_blend_extent (int prev_size, int cur_size, int overlap)
+{
+  return MAX (0, MIN (MIN (prev_size, cur_size), overlap));
+}
+
+void
+dp_wan_vae_blend_weights (int i, int extent, float *prev_weight, float *cur_weight)
+{
+  /* diffusers' blend_v / blend_h: a * (1 - i / extent) + b * (i / extent),
+   * Python doubles rounded to the tensor's F32. */
+  const double t = (double) i / (double) extent;
+  *prev_weight = (float) (1.0 - t);
+  *cur_weight = (float) t;
+}
+
+gboolean
+dp_wan_vae_tiling_active (const dp_wan_vae_config *cfg, const dp_wan_vae_tiling *tiling, int latent_height,
+                          int latent_width)
+{
+  if (!tiling || tiling->tile_height <= 0 || tiling->tile_width <= 0)
+    return FALSE;
+  /* diffusers' _decode: tiles only when the latents exceed one tile. */
+  return latent_width > tiling->tile_width / cfg->spatial_scale ||
+         latent_height > tiling->tile_height / cfg->spatial_scale;
+}
+
+gboolean
+dp_wan_vae_tiling_check (const dp_wan_vae_config *cfg, const dp_wan_vae_tiling *tiling, GError **error)
+{
+  if (!tiling || (tiling->tile_height == 0 && tiling->tile_width == 0))
+    return TRUE;
+  const int s = cfg->spatial_scale;
+  const struct {
+    int tile, stride;
+    const char *axis;
+  } ax[2] = { { tiling->tile_height, tiling->stride_height, "height" },
+              { tiling->tile_width, tiling->stride_width, "width" } };
+  for (int i = 0; i < 2; i++) {
+    if (ax[i].tile < s || ax[i].tile % s != 0 || ax[i].tile > 16384) {
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID,
+                   "VAE tiling: tile %s %d must be a positive multiple of %d (the VAE's scale), at most 16384",
+                   ax[i].axis, ax[i].tile, s);
+      return FALSE;
+    }
+    if (ax[i].stride < s || ax[i].stride % s != 0 || ax[i].stride > ax[i].tile) {
+      g_set_error (error, DP_ERROR, DP_ERROR_INVALID,
+                   "VAE tiling: stride %s %d must be a positive multiple of %d and at most the tile's %d",
+                   ax[i].axis, ax[i].stride, s, ax[i].tile);
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
+void
+dp_wan_vae_tiling_default (int tile_pixels, int scale, dp_wan_vae_tiling *tiling)
+{
+  /* diffusers' defaults are 256 with a stride of 192: a quarter overlaps. */
+  scale = MAX (scale, 1);
+  int stride = tile_pixels - tile_pixels / 4;
+  stride -= stride % scale;
+  tiling->tile_height = tiling->tile_width = tile_pixels;
+  tiling->stride_height = tiling->stride_width = MAX (stride, scale);
+}
+
+/* ------------------------------------------------------------ decoder */
+
+static void
+tile_mean_std_free (dp_backend *be, vae_tile *t)
+{
+  dp_backend_tensor_free (be, &t->mean);
+  dp_backend_tensor_free (be, &t->std);
+}
+
+/* De-normalisation constants broadcast over one tile's latent frame. */
+static gboolean
+tile_mean_std (dp_wan_vae_decoder *dec, vae_tile *t, GError **error);
+
 dp_wan_vae_decoder *
 dp_wan_vae_decoder_new (dp_wan_vae *vae, int latent_height, int latent_width, GError **error)
+{
+  return dp_wan_vae_decoder_new_tiled (vae, latent_height, latent_width, NULL, error);
+}
+
+dp_wan_vae_decoder *
+dp_wan_vae_decoder_new_tiled (dp_wan_vae *vae, int latent_height, int latent_width, const dp_wan_vae_tiling *tiling,
+                              GError **error)
 {
   g_return_val_if_fail (vae != NULL, NULL);
   const dp_wan_vae_config *c = &vae->cfg;
@@ -766,6 +907,8 @@ dp_wan_vae_decoder_new (dp_wan_vae *vae, int latent_height, int latent_width, GE
                  latent_width, latent_height);
     return NULL;
   }
+  if (!dp_wan_vae_tiling_check (c, tiling, error))
+    return NULL;
   dp_wan_vae_decoder *dec = g_new0 (dp_wan_vae_decoder, 1);
   dec->vae = vae;
   dec->h = latent_height;
@@ -773,52 +916,63 @@ dp_wan_vae_decoder_new (dp_wan_vae *vae, int latent_height, int latent_width, GE
   dec->H = latent_height * c->spatial_scale;
   dec->W = latent_width * c->spatial_scale;
 
-  /* Causal caches, one allocation. */
-  const guint n_caches = vae->caches->len;
-  dec->caches = g_new0 (dp_tensor, MAX (n_caches, 1));
-  for (guint i = 0; i < n_caches; i++) {
-    const vae_cache_info *ci = &g_array_index (vae->caches, vae_cache_info, i);
-    dec->cache_floats += (int64_t) ci->channels * CACHE_T * ((int64_t) dec->h << ci->level) *
-                         ((int64_t) dec->w << ci->level);
+  /* The tile grid, in latent units; strides and overlaps in decoder-output
+   * pixels (diffusers blends before the unpatchify). */
+  const int p = c->patch_size, s_dec = c->spatial_scale / p;
+  int tile_lh = 0, tile_lw = 0, stride_lh = 0, stride_lw = 0;
+  if (dp_wan_vae_tiling_active (c, tiling, latent_height, latent_width)) {
+    tile_lh = tiling->tile_height / c->spatial_scale;
+    tile_lw = tiling->tile_width / c->spatial_scale;
+    stride_lh = tiling->stride_height / c->spatial_scale;
+    stride_lw = tiling->stride_width / c->spatial_scale;
+    dec->stride_h = tiling->stride_height / p;
+    dec->stride_w = tiling->stride_width / p;
+    dec->blend_h = tiling->tile_height / p - dec->stride_h;
+    dec->blend_w = tiling->tile_width / p - dec->stride_w;
   }
+  dec->tile_rows = dp_wan_vae_tile_count (dec->h, tile_lh, stride_lh);
+  dec->tile_cols = dp_wan_vae_tile_count (dec->w, tile_lw, stride_lw);
+  const int n_tiles = dec->tile_rows * dec->tile_cols;
+  dec->tiles = g_new0 (vae_tile, n_tiles);
+  for (int ty = 0; ty < dec->tile_rows; ty++)
+    for (int tx = 0; tx < dec->tile_cols; tx++) {
+      vae_tile *t = &dec->tiles[ty * dec->tile_cols + tx];
+      dp_wan_vae_tile_span (ty, dec->h, tile_lh, stride_lh, &t->y0, &t->th);
+      dp_wan_vae_tile_span (tx, dec->w, tile_lw, stride_lw, &t->x0, &t->tw);
+    }
+
+  /* Causal caches of every tile, one allocation. */
+  const guint n_caches = vae->caches->len;
+  for (int k = 0; k < n_tiles; k++)
+    for (guint i = 0; i < n_caches; i++) {
+      const vae_cache_info *ci = &g_array_index (vae->caches, vae_cache_info, i);
+      dec->cache_floats += (int64_t) ci->channels * CACHE_T * ((int64_t) dec->tiles[k].th << ci->level) *
+                           ((int64_t) dec->tiles[k].tw << ci->level);
+    }
   size_t cache_bytes = (size_t) dec->cache_floats * sizeof (float);
   dec->cache_mem = be->ops->alloc (be, MAX (cache_bytes, 1));
   if (!dec->cache_mem) {
     nomem (dec, "the causal caches", cache_bytes, error);
     goto fail;
   }
+  dec->cache_views = g_new0 (dp_tensor, MAX (n_caches, 1) * n_tiles);
   float *cp = dec->cache_mem;
-  for (guint i = 0; i < n_caches; i++) {
-    const vae_cache_info *ci = &g_array_index (vae->caches, vae_cache_info, i);
-    int64_t shape[4] = { ci->channels, CACHE_T, (int64_t) dec->h << ci->level, (int64_t) dec->w << ci->level };
-    dec->caches[i] = dp_tensor_view (cp, DP_F32, 4, shape);
-    cp += dp_tensor_nelem (&dec->caches[i]);
-  }
-
-  /* De-normalisation constants broadcast over the latent frame. */
-  int64_t zshape[4] = { c->z_dim, 1, dec->h, dec->w };
-  dp_tensor hm = dp_tensor_new_host (DP_F32, 4, zshape), hs = dp_tensor_new_host (DP_F32, 4, zshape);
-  const int64_t hw = (int64_t) dec->h * dec->w;
-  for (int k = 0; k < c->z_dim; k++)
-    for (int64_t i = 0; i < hw; i++) {
-      ((float *) hm.data)[k * hw + i] = c->latents_mean[k];
-      ((float *) hs.data)[k * hw + i] = c->latents_std[k];
+  for (int k = 0; k < n_tiles; k++) {
+    vae_tile *t = &dec->tiles[k];
+    t->caches = dec->cache_views + (size_t) k * MAX (n_caches, 1);
+    for (guint i = 0; i < n_caches; i++) {
+      const vae_cache_info *ci = &g_array_index (vae->caches, vae_cache_info, i);
+      int64_t shape[4] = { ci->channels, CACHE_T, (int64_t) t->th << ci->level, (int64_t) t->tw << ci->level };
+      t->caches[i] = dp_tensor_view (cp, DP_F32, 4, shape);
+      cp += dp_tensor_nelem (&t->caches[i]);
     }
-  dec->mean = dp_backend_tensor_new (be, DP_F32, 4, zshape);
-  dec->std = dp_backend_tensor_new (be, DP_F32, 4, zshape);
-  if (dec->mean.data && dec->std.data) {
-    be->ops->to_device (be, &dec->mean, &hm);
-    be->ops->to_device (be, &dec->std, &hs);
-  }
-  dp_tensor_free (&hm);
-  dp_tensor_free (&hs);
-  if (!dec->mean.data || !dec->std.data) {
-    nomem (dec, "the latent statistics", 2 * hw * c->z_dim * sizeof (float), error);
-    goto fail;
+    if (!tile_mean_std (dec, t, error))
+      goto fail;
   }
 
   /* Arena sizes: measure a first chunk (T = 1 throughout) and a later one
-   * (T grows at each temporal upsampler). */
+   * (T grows at each temporal upsampler), on the largest tile (the first:
+   * only the last row and column can be cut short). */
   dp_arena m_io0, m_io1, m_s;
   dp_arena_init_measure (&m_io0);
   dp_arena_init_measure (&m_io1);
@@ -827,8 +981,8 @@ dp_wan_vae_decoder_new (dp_wan_vae *vae, int latent_height, int latent_width, GE
   dp_tensor fake = dp_tensor_view (NULL, DP_F32, 4, lshape);
   for (int pass = 0; pass < 2; pass++) {
     dec->position = pass;
-    vae_run r = make_run (dec, &m_io0, &m_io1, &m_s, TRUE);
-    forward_chunk (&r, &fake, 0, &dec->mean, &dec->std);
+    vae_run r = make_run (dec, &dec->tiles[0], &m_io0, &m_io1, &m_s, TRUE);
+    forward_chunk (&r, &fake, 0, &dec->tiles[0]);
   }
   dec->position = 0;
   if (!dp_arena_init (&dec->io[0], be, dp_arena_peak (&m_io0), NULL) ||
@@ -839,14 +993,27 @@ dp_wan_vae_decoder_new (dp_wan_vae *vae, int latent_height, int latent_width, GE
   }
 
   size_t host_bytes = (size_t) c->video_channels * c->temporal_scale * dec->H * dec->W * sizeof (float);
-  dec->host = g_try_malloc (host_bytes);
+  dec->host = dp_backend_host_alloc (be, host_bytes, &dec->host_pinned);
   if (c->patch_size > 1)
-    dec->host_raw = g_try_malloc (host_bytes);
+    dec->host_raw = dp_backend_host_alloc (be, host_bytes, &dec->host_raw_pinned);
   if (!dec->host || (c->patch_size > 1 && !dec->host_raw)) {
     g_set_error (error, DP_ERROR, DP_ERROR_NOMEM, "VAE decoder %dx%d: cannot allocate %zu bytes of host memory",
                  dec->W, dec->H, host_bytes);
     goto fail;
   }
+  if (n_tiles > 1)
+    for (int k = 0; k < n_tiles; k++) {
+      vae_tile *t = &dec->tiles[k];
+      size_t tile_bytes = (size_t) c->out_channels * c->temporal_scale * (t->th * s_dec) * (t->tw * s_dec) *
+                          sizeof (float);
+      t->host = dp_backend_host_alloc (be, tile_bytes, &t->host_pinned);
+      if (!t->host) {
+        g_set_error (error, DP_ERROR, DP_ERROR_NOMEM,
+                     "VAE decoder %dx%d: cannot allocate %zu bytes of host memory for tile %d", dec->W, dec->H,
+                     tile_bytes, k);
+        goto fail;
+      }
+    }
   dp_wan_vae_decoder_reset (dec);
   if (!dp_backend_check (be, error))
     goto fail;
@@ -857,6 +1024,38 @@ fail:
   return NULL;
 }
 
+static gboolean
+tile_mean_std (dp_wan_vae_decoder *dec, vae_tile *t, GError **error)
+{
+  const dp_wan_vae_config *c = &dec->vae->cfg;
+  dp_backend *be = dec->vae->be;
+  int64_t zshape[4] = { c->z_dim, 1, t->th, t->tw };
+  const int64_t hw = (int64_t) t->th * t->tw;
+  dp_tensor hm = dp_tensor_new_host (DP_F32, 4, zshape), hs = dp_tensor_new_host (DP_F32, 4, zshape);
+  if (!hm.data || !hs.data) {
+    dp_tensor_free (&hm);
+    dp_tensor_free (&hs);
+    g_set_error (error, DP_ERROR, DP_ERROR_NOMEM, "VAE decoder: cannot allocate the latent statistics");
+    return FALSE;
+  }
+  for (int k = 0; k < c->z_dim; k++)
+    for (int64_t i = 0; i < hw; i++) {
+      ((float *) hm.data)[k * hw + i] = c->latents_mean[k];
+      ((float *) hs.data)[k * hw + i] = c->latents_std[k];
+    }
+  t->mean = dp_backend_tensor_new (be, DP_F32, 4, zshape);
+  t->std = dp_backend_tensor_new (be, DP_F32, 4, zshape);
+  if (t->mean.data && t->std.data) {
+    be->ops->to_device (be, &t->mean, &hm);
+    be->ops->to_device (be, &t->std, &hs);
+  }
+  dp_tensor_free (&hm);
+  dp_tensor_free (&hs);
+  if (!t->mean.data || !t->std.data)
+    return nomem (dec, "the latent statistics", 2 * hw * c->z_dim * sizeof (float), error);
+  return TRUE;
+}
+
 void
 dp_wan_vae_decoder_free (dp_wan_vae_decoder *dec)
 {
@@ -865,14 +1064,17 @@ dp_wan_vae_decoder_free (dp_wan_vae_decoder *dec)
   dp_backend *be = dec->vae->be;
   if (dec->cache_mem)
     be->ops->free (be, dec->cache_mem);
-  g_free (dec->caches);
-  dp_backend_tensor_free (be, &dec->mean);
-  dp_backend_tensor_free (be, &dec->std);
+  g_free (dec->cache_views);
+  for (int k = 0; dec->tiles && k < dec->tile_rows * dec->tile_cols; k++) {
+    tile_mean_std_free (be, &dec->tiles[k]);
+    dp_backend_host_free (be, dec->tiles[k].host, dec->tiles[k].host_pinned);
+  }
+  g_free (dec->tiles);
   dp_arena_release (&dec->io[0]);
   dp_arena_release (&dec->io[1]);
   dp_arena_release (&dec->scratch);
-  g_free (dec->host);
-  g_free (dec->host_raw);
+  dp_backend_host_free (be, dec->host, dec->host_pinned);
+  dp_backend_host_free (be, dec->host_raw, dec->host_raw_pinned);
   g_free (dec);
 }
 
@@ -912,8 +1114,78 @@ dp_wan_vae_decoder_position (const dp_wan_vae_decoder *dec)
 size_t
 dp_wan_vae_decoder_memory_bytes (const dp_wan_vae_decoder *dec)
 {
-  return (size_t) dec->cache_floats * sizeof (float) + dec->io[0].size + dec->io[1].size + dec->scratch.size +
-         dp_tensor_nbytes (&dec->mean) + dp_tensor_nbytes (&dec->std);
+  size_t bytes = (size_t) dec->cache_floats * sizeof (float) + dec->io[0].size + dec->io[1].size + dec->scratch.size;
+  for (int k = 0; k < dec->tile_rows * dec->tile_cols; k++)
+    bytes += dp_tensor_nbytes (&dec->tiles[k].mean) + dp_tensor_nbytes (&dec->tiles[k].std);
+  return bytes;
+}
+
+size_t
+dp_wan_vae_decoder_cache_bytes (const dp_wan_vae_decoder *dec)
+{
+  return (size_t) dec->cache_floats * sizeof (float);
+}
+
+void
+dp_wan_vae_decoder_get_tiles (const dp_wan_vae_decoder *dec, int *rows, int *cols)
+{
+  if (rows)
+    *rows = dec->tile_rows;
+  if (cols)
+    *cols = dec->tile_cols;
+}
+
+/* diffusers' tiled_decode on one chunk of n frames: in raster order each
+ * tile's first rows are blended with the (already blended) tile above, then
+ * its first columns with the tile on its left, in place; then the first
+ * stride rows and columns of each tile make up the frame.  raw:
+ * [out_channels, n, H/p, W/p]. */
+static void
+blend_tiles (dp_wan_vae_decoder *dec, int n, int channels, int s_dec, float *raw)
+{
+  const int64_t Hd = dec->H / (dec->vae->cfg.patch_size), Wd = dec->W / (dec->vae->cfg.patch_size);
+  const int64_t planes = (int64_t) channels * n;
+  for (int ty = 0; ty < dec->tile_rows; ty++)
+    for (int tx = 0; tx < dec->tile_cols; tx++) {
+      vae_tile *t = &dec->tiles[ty * dec->tile_cols + tx];
+      const int64_t th = (int64_t) t->th * s_dec, tw = (int64_t) t->tw * s_dec;
+      if (ty > 0) {
+        const vae_tile *a = &dec->tiles[(ty - 1) * dec->tile_cols + tx];
+        const int64_t ah = (int64_t) a->th * s_dec;
+        const int e = dp_wan_vae_blend_extent ((int) ah, (int) th, dec->blend_h);
+        for (int y = 0; y < e; y++) {
+          float wa, wb;
+          dp_wan_vae_blend_weights (y, e, &wa, &wb);
+          for (int64_t pl = 0; pl < planes; pl++) {
+            const float *src = a->host + (pl * ah + ah - e + y) * tw;
+            float *dst = t->host + (pl * th + y) * tw;
+            for (int64_t x = 0; x < tw; x++)
+              dst[x] = src[x] * wa + dst[x] * wb;
+          }
+        }
+      }
+      if (tx > 0) {
+        const vae_tile *a = &dec->tiles[ty * dec->tile_cols + tx - 1];
+        const int64_t aw = (int64_t) a->tw * s_dec;
+        const int e = dp_wan_vae_blend_extent ((int) aw, (int) tw, dec->blend_w);
+        for (int64_t pl = 0; pl < planes; pl++)
+          for (int64_t y = 0; y < th; y++) {
+            const float *src = a->host + (pl * th + y) * aw + aw - e;
+            float *dst = t->host + (pl * th + y) * tw;
+            for (int x = 0; x < e; x++) {
+              float wa, wb;
+              dp_wan_vae_blend_weights (x, e, &wa, &wb);
+              dst[x] = src[x] * wa + dst[x] * wb;
+            }
+          }
+      }
+      /* Its kept part: the first stride rows / columns (fewer at the edge). */
+      const int64_t oy = (int64_t) ty * dec->stride_h, ox = (int64_t) tx * dec->stride_w;
+      const int64_t kh = MIN (MIN (th, dec->stride_h), Hd - oy), kw = MIN (MIN (tw, dec->stride_w), Wd - ox);
+      for (int64_t pl = 0; pl < planes; pl++)
+        for (int64_t y = 0; y < kh; y++)
+          memcpy (raw + (pl * Hd + oy + y) * Wd + ox, t->host + (pl * th + y) * tw, (size_t) kw * sizeof (float));
+    }
 }
 
 /* Decodes one latent frame into dec->host ([out_channels, n, H, W], clamped). */
@@ -943,31 +1215,52 @@ push_frame (dp_wan_vae_decoder *dec, const dp_tensor *latents, int64_t index, in
     return FALSE;
   }
 
-  vae_run r = make_run (dec, &dec->io[0], &dec->io[1], &dec->scratch, FALSE);
-  forward_chunk (&r, latents, index, &dec->mean, &dec->std);
-  if (dec->io[0].overflow || dec->io[1].overflow || dec->scratch.overflow) {
-    g_set_error (error, DP_ERROR, DP_ERROR_FAILED, "VAE decoder: activation arena overflow (a sizing bug)");
-    return FALSE;
-  }
-  const dp_tensor out = r.x;
-  const int64_t n = out.shape[1], count = dp_tensor_nelem (&out);
-  const int p = c->patch_size;
+  const int p = c->patch_size, s_dec = c->spatial_scale / p;
+  const int n_tiles = dec->tile_rows * dec->tile_cols;
   float *raw = p > 1 ? dec->host_raw : dec->host;
-  dp_tensor host = dp_tensor_view (raw, DP_F32, 4, out.shape);
-  be->ops->to_host (be, &host, &out);
-  if (!be->ops->sync (be, error))
-    return FALSE;
-  for (int64_t i = 0; i < count; i++)
-    if (!isfinite (raw[i])) {
-      g_set_error (error, DP_ERROR, DP_ERROR_NUMERIC,
-                   "VAE decoder: the VAE produced %s decoding latent frame %" G_GINT64_FORMAT
-                   " (value %" G_GINT64_FORMAT " of %" G_GINT64_FORMAT "): its weights give non-finite numbers",
-                   dp_nonfinite_name (raw[i]), index, i, count);
+  int64_t n = 0;
+  /* Every tile's decode and copy are queued before one sync: the copies
+   * (asynchronous into page-locked memory) run in stream order behind each
+   * tile's last kernel, and the next tile's kernels reuse the arenas only
+   * after that copy.  Then the results are checked on the host. */
+  for (int k = 0; k < n_tiles; k++) {
+    vae_tile *t = &dec->tiles[k];
+    vae_run r = make_run (dec, t, &dec->io[0], &dec->io[1], &dec->scratch, FALSE);
+    forward_chunk (&r, latents, index, t);
+    if (dec->io[0].overflow || dec->io[1].overflow || dec->scratch.overflow) {
+      g_set_error (error, DP_ERROR, DP_ERROR_FAILED, "VAE decoder: activation arena overflow (a sizing bug)");
       return FALSE;
     }
+    const dp_tensor out = r.x;
+    t->out_count = dp_tensor_nelem (&out);
+    n = out.shape[1];
+    /* One tile (untiled) goes straight to the frame buffer. */
+    dp_tensor host = dp_tensor_view (n_tiles == 1 ? raw : t->host, DP_F32, 4, out.shape);
+    be->ops->to_host (be, &host, &out);
+  }
+  if (!be->ops->sync (be, error))
+    return FALSE;
+  for (int k = 0; k < n_tiles; k++) {
+    const float *dst = n_tiles == 1 ? raw : dec->tiles[k].host;
+    const int64_t count = dec->tiles[k].out_count;
+    for (int64_t i = 0; i < count; i++)
+      if (!isfinite (dst[i])) {
+        char where[32] = "";
+        if (n_tiles > 1)
+          g_snprintf (where, sizeof where, ", tile %d of %d", k + 1, n_tiles);
+        g_set_error (error, DP_ERROR, DP_ERROR_NUMERIC,
+                     "VAE decoder: the VAE produced %s decoding latent frame %" G_GINT64_FORMAT
+                     " (value %" G_GINT64_FORMAT " of %" G_GINT64_FORMAT "%s): its weights give non-finite numbers",
+                     dp_nonfinite_name (dst[i]), index, i, count, where);
+        return FALSE;
+      }
+  }
+  if (n_tiles > 1)
+    blend_tiles (dec, (int) n, c->out_channels, s_dec, raw);
+  const int64_t count = (int64_t) c->video_channels * n * dec->H * dec->W;
   if (p > 1) {
     /* diffusers' unpatchify: video[c, f, h*p + q2, w*p + q1] = out[c*p*p + q1*p + q2, f, h, w]. */
-    const int64_t h = out.shape[2], w = out.shape[3];
+    const int64_t h = dec->H / p, w = dec->W / p;
     for (int ch = 0; ch < c->video_channels; ch++)
       for (int q1 = 0; q1 < p; q1++)
         for (int q2 = 0; q2 < p; q2++) {

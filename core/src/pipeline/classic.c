@@ -28,17 +28,22 @@ encode_context (const dp_classic_parts *parts, const dp_classic_job *job, gboole
                 dp_tensor *context, int n_tokens[2], GError **error)
 {
   const int B = guided ? 2 : 1;
-  const int d = dp_umt5_get_config (parts->text_encoder)->d_model;
+  const int d = dp_umt5_holder_config (parts->text_encoder)->d_model;
   const char *texts[2] = { job->prompt, job->negative_prompt ? job->negative_prompt : "" };
   const char *names[2] = { "prompt", "negative prompt" };
+  dp_umt5 *t5 = dp_umt5_holder_acquire (parts->text_encoder, error);
 
+  if (!t5) {
+    g_prefix_error (error, "Loading the text encoder: ");
+    return FALSE;
+  }
   *context = dp_tensor_new_host (DP_F32, 3, (int64_t[]){ B, job->text_len, d });
   for (int b = 0; b < B; b++) {
     dp_tensor embeds = { 0 };
 
     if (cancelled (job, "while encoding the prompts", error))
       goto fail;
-    if (!dp_umt5_encode_prompt (parts->text_encoder, parts->tokenizer, texts[b], job->text_len,
+    if (!dp_umt5_encode_prompt (t5, parts->tokenizer, texts[b], job->text_len,
                                 &embeds, &n_tokens[b], error)) {
       g_prefix_error (error, "Encoding the %s: ", names[b]);
       goto fail;
@@ -47,9 +52,11 @@ encode_context (const dp_classic_parts *parts, const dp_classic_job *job, gboole
             (size_t) job->text_len * d * sizeof (float));
     dp_tensor_free (&embeds);
   }
+  dp_umt5_holder_release (parts->text_encoder);
   return TRUE;
 
 fail:
+  dp_umt5_holder_release (parts->text_encoder);
   dp_tensor_free (context);
   return FALSE;
 }
@@ -63,8 +70,8 @@ trace_copy (dp_backend *be, const dp_tensor *src, dp_tensor *host, GError **erro
 }
 
 static gboolean
-denoise (const dp_classic_parts *parts, const dp_classic_job *job, float guidance, dp_tensor *x,
-         dp_tensor *v, dp_tensor *trace_host, GError **error)
+denoise_steps (const dp_classic_parts *parts, const dp_classic_job *job, float guidance, dp_tensor *x,
+               dp_tensor *v, dp_tensor *trace_host, dp_wan_span *span, float *frame_t, GError **error)
 {
   dp_sampler *s = parts->sampler;
   const int steps = dp_sampler_num_steps (s);
@@ -78,7 +85,9 @@ denoise (const dp_classic_parts *parts, const dp_classic_job *job, float guidanc
       return FALSE;
     const double t = dp_sampler_timestep (s, i);
     const int expert = dp_classic_expert (parts->dit2 != NULL, job->boundary, t);
-    if (!dp_wan_dit_forward (expert ? parts->dit2 : parts->dit, NULL, x, (float) t,
+    for (int f = 0; frame_t && f < job->latent_frames; f++)
+      frame_t[f] = (float) t;
+    if (!dp_wan_dit_forward (expert ? parts->dit2 : parts->dit, span, x, (float) t,
                              expert ? (float) job->guidance2 : guidance, v, error)) {
       g_prefix_error (error, "Sampler step %d of %d, transformer: ", i + 1, steps);
       return FALSE;
@@ -114,6 +123,28 @@ denoise (const dp_classic_parts *parts, const dp_classic_job *job, float guidanc
     }
   }
   return TRUE;
+}
+
+static gboolean
+denoise (const dp_classic_parts *parts, const dp_classic_job *job, float guidance, dp_tensor *x,
+         dp_tensor *v, dp_tensor *trace_host, GError **error)
+{
+  dp_wan_span span;
+  float *frame_t = NULL;
+
+  dp_wan_span_init (&span, job->latent_frames, job->latent_height, job->latent_width);
+  if (job->per_token_time) {
+    frame_t = g_try_new (float, job->latent_frames);
+    if (!frame_t) {
+      g_set_error (error, DP_ERROR, DP_ERROR_NOMEM, "Out of memory for %d per-frame timesteps",
+                   job->latent_frames);
+      return FALSE;
+    }
+    span.frame_timesteps = frame_t;
+  }
+  gboolean ok = denoise_steps (parts, job, guidance, x, v, trace_host, &span, frame_t, error);
+  g_free (frame_t);
+  return ok;
 }
 
 /* Decodes x latent frame by latent frame and delivers each group of frames. */

@@ -33,7 +33,7 @@ G_BEGIN_DECLS
 typedef struct {
   dp_backend *be;
   const dp_tokenizer *tokenizer;
-  dp_umt5 *text_encoder;
+  dp_umt5_holder *text_encoder; /* acquired for the encode, released after it */
   dp_wan_dit *dit;
   dp_wan_vae_decoder *decoder;
   dp_sampler *sampler;
@@ -66,6 +66,10 @@ typedef struct {
                                  * (diffusers' WanPipeline: t >= boundary_timestep, compared in
                                  * float32 as torch promotes the scalar), dit2 otherwise */
   int channels, latent_frames, latent_height, latent_width;
+  /* Wan2.2 TI2V-5B (expand_timesteps): the transformer gets a timestep per
+   * frame, every frame at the step's t (diffusers' text-to-video mask of
+   * ones), which is bitwise the scalar path. */
+  gboolean per_token_time;
   uint64_t seed;
   /* NULL: Philox noise from seed (DP_CLASSIC_NOISE_STREAM); else the initial
    * latents, a host F32 tensor of the latent shape (tests). */
