@@ -7,7 +7,11 @@
  *                             shapes with random weights: the full 81-frame
  *                             480x832 video (21 latent frames, 32,760
  *                             tokens) and the DualParal blocks P+C = 8+2
- *                             and 4+2 (keys include the C cached frames)
+ *                             and 4+2 (keys include the C cached frames);
+ *                             --model 14b: Wan2.1-14B shapes, which are
+ *                             those of each Wan2.2 T2V-A14B expert (28 GB
+ *                             of BF16 weights at 40 layers; --layers N
+ *                             fewer)
  *   dualparal-bench --vae     Wan2.1's VAE decoding 81 frames at 832x480 and
  *                             1280x720 (--vae-size), untiled and, with
  *                             --vae-tile N, tiled
@@ -353,16 +357,21 @@ typedef struct {
 /* Times each case in each of the n_configs (>= 1) configurations. */
 static const random_wan_dit_size wan_1_3b = { .dim = 1536, .heads = 12, .ffn = 8960, .layers = 30, .text_dim = 4096,
                                                .freq_dim = 256, .channels = 16 };
+/* Wan2.1-14B, also the shape of each Wan2.2 T2V-A14B expert (one expert is
+ * timed: a pass runs one of them). */
+static const random_wan_dit_size wan_14b = { .dim = 5120, .heads = 40, .ffn = 13824, .layers = 40, .text_dim = 4096,
+                                             .freq_dim = 256, .channels = 16 };
 
+/* m: the shape the transformer in dir was written with; label names it. */
 static int
-bench_dit (dp_backend *be, const char *dir, int reps, int height, int width, const dit_config *configs,
-           int n_configs)
+bench_dit (dp_backend *be, const char *dir, const random_wan_dit_size *m_shape, const char *label, int reps,
+           int height, int width, const dit_config *configs, int n_configs)
 {
   const dp_backend_ops *fused_ops = be->ops;
   dp_backend_ops unfused_ops = *be->ops;
   unfused_ops.linear_gated_add = NULL;
   unfused_ops.rms_norm_rope_3d = NULL;
-  const random_wan_dit_size m = wan_1_3b;
+  const random_wan_dit_size m = *m_shape;
   const int B = 2, text_len = 512, tpf = (height / 2) * (width / 2);
   GError *err = NULL;
   int rc = 1;
@@ -375,7 +384,7 @@ bench_dit (dp_backend *be, const char *dir, int reps, int height, int width, con
     goto out;
   const int layers = dp_wan_dit_config (dit)->num_layers;
   double load_s = (g_get_monotonic_time () - t0) / 1e6;
-  printf ("# dit: Wan2.1-1.3B shapes, random BF16 weights (%d layers): loaded in %.1f s, %.2f GiB on the device\n",
+  printf ("# dit: %s shapes, random BF16 weights (%d layers): loaded in %.1f s, %.2f GiB on the device\n", label,
           layers, load_s, dp_wan_dit_memory_bytes (dit) / 1073741824.0);
   context = random_host (3, (int64_t[]){ B, text_len, m.text_dim }, 1.0f);
   if (!dp_wan_dit_set_context (dit, &context, &err))
@@ -842,8 +851,8 @@ main (int argc, char **argv)
   gboolean ops = FALSE, dit = FALSE, vae = FALSE, engine = FALSE, whole = FALSE, tiny = FALSE, vae_thread = FALSE;
   gboolean free_text = FALSE, vae_memory = FALSE;
   int vae_tile = 0, whole_steps = 50, vae_frames = 21;
-  char *vae_sizes = NULL;
-  int reps = 7, dit_reps = 3, layers = 30, height = 60, width = 104, variant = -1, steps = 10, block = 4, ctx = 2;
+  char *vae_sizes = NULL, *model_name = NULL;
+  int reps = 7, dit_reps = 3, layers = 0, height = 60, width = 104, variant = -1, steps = 10, block = 4, ctx = 2;
   gboolean compare_attn = FALSE, compare_fused = FALSE;
   char *device = NULL;
   GOptionEntry entries[] = {
@@ -879,7 +888,10 @@ main (int argc, char **argv)
     { "context-frames", 0, 0, G_OPTION_ARG_INT, &ctx, "--engine: context frames C (default 2)", "C" },
     { "repeat", 'n', 0, G_OPTION_ARG_INT, &reps, "Timed runs per op (default 7)", "N" },
     { "dit-repeat", 0, 0, G_OPTION_ARG_INT, &dit_reps, "Timed DiT forward passes per case (default 3)", "N" },
-    { "layers", 0, 0, G_OPTION_ARG_INT, &layers, "DiT layers (default 30, the 1.3B model)", "N" },
+    { "layers", 0, 0, G_OPTION_ARG_INT, &layers, "DiT layers (default: the model's, 30 for 1.3b, 40 for 14b)", "N" },
+    { "model", 0, 0, G_OPTION_ARG_STRING, &model_name,
+      "--dit, --engine, --whole: the transformer's shape, 1.3b (default) or 14b (Wan2.1-14B, one Wan2.2 A14B expert)",
+      "1.3b|14b" },
     { "attn-variant", 0, 0, G_OPTION_ARG_INT, &variant,
       "Flash-attention variant for --dit: 0 = 4 warps x 16 rows, 1 = 8 x 16, 2 = 4 x 32, 3 = wgmma (Hopper) "
       "(default: the backend's)", "N" },
@@ -905,7 +917,16 @@ main (int argc, char **argv)
   if (!ops && !dit && !vae && !engine && !whole && !vae_memory)
     ops = TRUE;
   random_wan_dit_size dit_size = wan_1_3b;
-  dit_size.layers = layers;
+  const char *model_label = "Wan2.1-1.3B";
+  if (g_strcmp0 (model_name, "14b") == 0) {
+    dit_size = wan_14b;
+    model_label = "Wan2.1-14B";
+  } else if (model_name && g_strcmp0 (model_name, "1.3b") != 0) {
+    g_printerr ("--model: \"%s\" is not 1.3b or 14b\n", model_name);
+    return 2;
+  }
+  if (layers > 0)
+    dit_size.layers = layers;
   /* umT5-XXL, with a small vocabulary: the embedding is never uploaded (the
    * prompt's rows are gathered on the host), so it only costs disk. */
   whole_cfg wc = { .text = { .vocab = 32128, .d_model = 4096, .d_kv = 64, .heads = 64, .d_ff = 10240, .layers = 24 },
@@ -914,6 +935,7 @@ main (int argc, char **argv)
                    .vae_tile = vae_tile };
   if (tiny) {
     /* Every code path at sizes the CPU runs in seconds. */
+    model_label = "tiny";
     dit_size = (random_wan_dit_size){ .dim = 256, .heads = 2, .ffn = 512, .layers = 2, .text_dim = 64,
                                       .freq_dim = 256, .channels = 16 };
     wc.text = (random_umt5_size){ .vocab = 1000, .d_model = 64, .d_kv = 16, .heads = 4, .d_ff = 128, .layers = 2 };
@@ -932,7 +954,7 @@ main (int argc, char **argv)
     if (vae_tile > 64 || vae_tile == 0)
       vae_tile = wc.vae_tile = vae_tile ? 64 : 0;
   }
-  if (reps < 1 || dit_reps < 1 || layers < 1 || steps < 1 || block < 1 || ctx < 0 || height < 2 || width < 2
+  if (reps < 1 || dit_reps < 1 || layers < 0 || steps < 1 || block < 1 || ctx < 0 || height < 2 || width < 2
       || height % 2 || width % 2 || vae_tile < 0 || whole_steps < 1 || vae_frames < 1) {
     g_printerr ("--repeat, --dit-repeat, --layers, --steps and --block-frames must be positive, --context-frames "
                 "not negative, --height and --width even\n");
@@ -966,7 +988,7 @@ main (int argc, char **argv)
       dit = engine = whole = FALSE;
       failures++;
     } else {
-      printf ("# random %s transformer (%d layers) written in %.1f s\n", tiny ? "tiny" : "Wan2.1-1.3B-shaped",
+      printf ("# random %s-shaped transformer (%d layers) written in %.1f s\n", model_label,
               m.layers, (g_get_monotonic_time () - t0) / 1e6);
     }
   }
@@ -988,7 +1010,7 @@ main (int argc, char **argv)
       printf ("# dit: flash-attention variant %d (-1: the backend's default, %d)\n", variant,
               dp_cuda_backend_default_attention_variant (be));
     }
-    failures += bench_dit (be, dit_dir, dit_reps, height, width, configs, n_configs);
+    failures += bench_dit (be, dit_dir, &dit_size, model_label, dit_reps, height, width, configs, n_configs);
   }
   if (vae_memory)
     failures += bench_vae_memory (be, vae_sizes ? vae_sizes : "832x480,1280x720,1920x1088", tiny ? "64" : "256,384,512");
@@ -1004,5 +1026,6 @@ main (int argc, char **argv)
   dp_backend_free (be);
   g_free (device);
   g_free (vae_sizes);
+  g_free (model_name);
   return failures ? 1 : 0;
 }

@@ -20,6 +20,8 @@
 # tools/gpu-vae-check.sh is the VAE's own check; "--compare-attn" adds the
 # mma.sync attention kernel); GPU_CHECK_SANITIZE=1 also
 # runs part of the tests under compute-sanitizer's memcheck;
+# GPU_CHECK_14B=1 also times the DiT at Wan2.1-14B shapes (one Wan2.2
+# A14B expert), ours beside the anchor's --model 14b;
 # GPU_CHECK_COMPILE=SECONDS also runs the anchor with --compile at the three
 # shapes under that time limit (torch.compile of 30 blocks takes minutes).
 # Each GPU test case runs in a process of its own, so one failure does not
@@ -102,6 +104,21 @@ if ! skip anchor && [ -n "${GPU_CHECK_COMPILE:-}" ] && [ -f .bench/pytorch_wan_a
   PYTHONUNBUFFERED=1 timeout "$GPU_CHECK_COMPILE" python3 .bench/pytorch_wan_anchor.py --model 1.3b --compile \
     --frames 21 --frames 8+2 --frames 4+2 2>&1 | tail -n 20 | tee "$OUT/anchor-compile.log"
   echo "anchor --compile exit ${PIPESTATUS[0]} (124: time limit)"
+fi
+# Wan2.1-14B shapes, the shape of each Wan2.2 T2V-A14B expert (issue 21):
+# ours and the anchor at --model 14b, both at full depth (40 layers) and the
+# same three cases, 2 timed forwards each (a 21-frame forward takes seconds
+# at 14B).  28 GB of random weights go to TMPDIR; a few minutes, not timed.
+if [ -n "${GPU_CHECK_14B:-}" ]; then
+  echo "== DiT forward at Wan2.1-14B / A14B-expert shapes (ours)"
+  timeout 300 "$BUILD/tools/dualparal-bench" --dit --model 14b --dit-repeat 2 2>&1 | tee "$OUT/bench-dit14b.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  if [ -f .bench/pytorch_wan_anchor.py ]; then
+    echo "== PyTorch anchor (eager), 14b"
+    PYTHONUNBUFFERED=1 timeout 200 python3 .bench/pytorch_wan_anchor.py --model 14b --repeat 2 --frames 21 \
+      --frames 8+2 --frames 4+2 2>&1 | tee "$OUT/anchor14b.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  fi
 fi
 echo "== gpu-check exit $status"
 exit $status
