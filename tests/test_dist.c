@@ -511,21 +511,26 @@ test_wire_bf16 (void)
   dp_generator_free (gen);
 }
 
-/* A Wan2.2 two-expert model (tests/data/wan22/tiny-wan22, the switch after
- * step 0): a worker process loads its layers of both experts, and 2
- * processes give the frames of 2 thread stages. */
+/* The Wan2.2 models, 9 frames (3 latent frames in blocks of P 1 + C 1, so
+ * windows have context frames) on 2 stages, threads or worker processes:
+ * - wan22/tiny-wan22, two experts (the switch after step 0): a worker
+ *   process loads its layers of both experts;
+ * - ti2v/tiny-ti2v, per-token timesteps: SETUP carries per_token_time, so
+ *   a worker's stage gives the context frames their own timestep as the
+ *   thread stages do. */
 static GByteArray *
-two_expert_run (dp_processes processes)
+wan22_run (const char *set, const char *model, dp_processes processes)
 {
   GError *err = NULL;
   dp_generator_params p;
   dist_params (&p, "cpu,cpu", processes, 4);
-  char *dir = dp_test_data_path ("wan22", "tiny-wan22", NULL);
+  char *dir = dp_test_data_path (set, model, NULL);
   p.model_dir = dir;
   p.num_frames = 9;
   p.block_frames = 1;
   p.context_frames = 1;
-  p.guidance_scale_2 = 3.0;
+  if (strcmp (set, "wan22") == 0)
+    p.guidance_scale_2 = 3.0;
   dp_generator *gen = dp_generator_new (&p, &err);
   g_assert_no_error (err);
   int w, h;
@@ -539,52 +544,18 @@ two_expert_run (dp_processes processes)
   return s.rgb;
 }
 
+/* data: "SET/MODEL" under tests/data; 2 processes give the frames of 2
+ * thread stages, bitwise. */
 static void
-test_two_experts (void)
+test_wan22_processes (gconstpointer data)
 {
-  GByteArray *threads = two_expert_run (DP_PROCESSES_THREADS);
-  GByteArray *procs = two_expert_run (DP_PROCESSES_SPAWN);
+  char **parts = g_strsplit (data, "/", 2);
+  GByteArray *threads = wan22_run (parts[0], parts[1], DP_PROCESSES_THREADS);
+  GByteArray *procs = wan22_run (parts[0], parts[1], DP_PROCESSES_SPAWN);
   g_assert_cmpmem (procs->data, procs->len, threads->data, threads->len);
   g_byte_array_unref (threads);
   g_byte_array_unref (procs);
-}
-
-/* Wan2.2 TI2V (tests/data/ti2v/tiny-ti2v, per-token timesteps): SETUP
- * carries per_token_time, so a worker's stage gives the context frames
- * their own timestep as the thread stages do; 3 latent frames in blocks of
- * P 1 + C 1, so windows have context frames. */
-static GByteArray *
-ti2v_run (dp_processes processes)
-{
-  GError *err = NULL;
-  dp_generator_params p;
-  dist_params (&p, "cpu,cpu", processes, 4);
-  char *dir = dp_test_data_path ("ti2v", "tiny-ti2v", NULL);
-  p.model_dir = dir;
-  p.num_frames = 9;
-  p.block_frames = 1;
-  p.context_frames = 1;
-  dp_generator *gen = dp_generator_new (&p, &err);
-  g_assert_no_error (err);
-  int w, h;
-  dp_generator_get_size (gen, &w, &h);
-  sink s = { g_byte_array_new (), 0, 0, 0, (guint) (w * h * 3) };
-  g_assert_true (dp_generator_run (gen, on_frames, &s, &err));
-  g_assert_no_error (err);
-  g_assert_cmpint (s.frames, ==, 9);
-  dp_generator_free (gen);
-  g_free (dir);
-  return s.rgb;
-}
-
-static void
-test_ti2v (void)
-{
-  GByteArray *threads = ti2v_run (DP_PROCESSES_THREADS);
-  GByteArray *procs = ti2v_run (DP_PROCESSES_SPAWN);
-  g_assert_cmpmem (procs->data, procs->len, threads->data, threads->len);
-  g_byte_array_unref (threads);
-  g_byte_array_unref (procs);
+  g_strfreev (parts);
 }
 
 /* ------------------------------------------------------------ refusals */
@@ -818,8 +789,8 @@ main (int argc, char **argv)
   g_test_add_func ("/dist/socket-transport", test_socket_transport);
   g_test_add_func ("/dist/identical", test_identical);
   g_test_add_func ("/dist/wire-bf16", test_wire_bf16);
-  g_test_add_func ("/dist/two-experts", test_two_experts);
-  g_test_add_func ("/dist/ti2v", test_ti2v);
+  g_test_add_data_func ("/dist/two-experts", "wan22/tiny-wan22", test_wan22_processes);
+  g_test_add_data_func ("/dist/ti2v", "ti2v/tiny-ti2v", test_wan22_processes);
   g_test_add_func ("/dist/steer", test_steer);
   g_test_add_data_func ("/dist/worker-killed", GINT_TO_POINTER (SIGKILL), test_fault);
   g_test_add_data_func ("/dist/worker-hung", GINT_TO_POINTER (SIGSTOP), test_fault);
