@@ -158,8 +158,10 @@ typedef struct {
                                 * vae_tile x vae_tile pixels, a quarter overlapping and
                                 * blended, each with its own causal caches; a multiple of the
                                 * VAE's scale (8), used only when the frame exceeds one tile.
-                                * Saves the decoder's activation memory (its peak) at 720p
-                                * and above; the frames differ slightly at the seams.
+                                * Shrinks the decoder's working memory, but each tile's
+                                * causal caches (larger by the overlaps) take it back, so
+                                * the total does not drop yet (docs/performance.md); the
+                                * frames differ slightly at the seams.
                                 * 0 (default): untiled */
   gboolean vae_thread;         /* DualParal engine: decode finished blocks on a thread of
                                 * their own, with the VAE on a backend of its own (its own
