@@ -118,6 +118,7 @@ struct _GstDualParalSrc {
                              * application thread reaches it under that lock) */
   GMutex gen_lock;
   gint gen_fps;             /* object lock */
+  gint size_step_w, size_step_h; /* the loaded model's size steps (0: none loaded), object lock */
   GstVideoInfo frame_info;  /* RGB at the generator's size: the queued frames */
   GstVideoInfo out_info;    /* negotiated; written in set_caps, object lock for queries */
   GstVideoConverter *converter; /* RGB -> out_info, NULL when out_info is RGB */
@@ -465,6 +466,7 @@ create_generator (GstDualParalSrc *self, gint width, gint height, GError **error
 
   GST_OBJECT_LOCK (self);
   self->gen_fps = dp_generator_fps (self->generator);
+  dp_generator_get_size_step (self->generator, &self->size_step_w, &self->size_step_h);
   GST_OBJECT_UNLOCK (self);
   return TRUE;
 }
@@ -798,11 +800,51 @@ gst_dual_paral_src_stop (GstBaseSrc *bsrc)
   GST_OBJECT_LOCK (self);
   self->running = FALSE;
   self->gen_fps = 0;
+  self->size_step_w = self->size_step_h = 0;
   self->block_seconds = 0.0;
   gst_video_info_init (&self->out_info);
   GST_OBJECT_UNLOCK (self);
   settings_clear (&self->run);
   return TRUE;
+}
+
+/* The template's caps, with the sizes the loaded model can make once it is
+ * loaded (start): multiples of 32 for Wan2.2 TI2V-5B rather than the
+ * template's 16, so that negotiation picks a size the model takes instead
+ * of failing on it. */
+static GstCaps *
+gst_dual_paral_src_get_caps (GstBaseSrc *bsrc, GstCaps *filter)
+{
+  GstDualParalSrc *self = GST_DUAL_PARAL_SRC (bsrc);
+  GstCaps *caps = gst_pad_get_pad_template_caps (GST_BASE_SRC_PAD (bsrc));
+  gint step_w, step_h;
+
+  GST_OBJECT_LOCK (self);
+  step_w = self->size_step_w;
+  step_h = self->size_step_h;
+  GST_OBJECT_UNLOCK (self);
+  if (step_w > 0 && step_h > 0 && (step_w != 16 || step_h != 16)) {
+    GValue range = G_VALUE_INIT;
+
+    caps = gst_caps_make_writable (caps);
+    g_value_init (&range, GST_TYPE_INT_RANGE);
+    for (guint i = 0; i < gst_caps_get_size (caps); i++) {
+      GstStructure *s = gst_caps_get_structure (caps, i);
+
+      gst_value_set_int_range_step (&range, step_w, 16384 / step_w * step_w, step_w);
+      gst_structure_set_value (s, "width", &range);
+      gst_value_set_int_range_step (&range, step_h, 16384 / step_h * step_h, step_h);
+      gst_structure_set_value (s, "height", &range);
+    }
+    g_value_unset (&range);
+  }
+  if (filter != NULL) {
+    GstCaps *both = gst_caps_intersect_full (filter, caps, GST_CAPS_INTERSECT_FIRST);
+
+    gst_caps_unref (caps);
+    caps = both;
+  }
+  return caps;
 }
 
 static GstCaps *
@@ -1932,6 +1974,7 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
 
   basesrc_class->start = GST_DEBUG_FUNCPTR (gst_dual_paral_src_start);
   basesrc_class->stop = GST_DEBUG_FUNCPTR (gst_dual_paral_src_stop);
+  basesrc_class->get_caps = GST_DEBUG_FUNCPTR (gst_dual_paral_src_get_caps);
   basesrc_class->fixate = GST_DEBUG_FUNCPTR (gst_dual_paral_src_fixate);
   basesrc_class->set_caps = GST_DEBUG_FUNCPTR (gst_dual_paral_src_set_caps);
   basesrc_class->decide_allocation = GST_DEBUG_FUNCPTR (gst_dual_paral_src_decide_allocation);

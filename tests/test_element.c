@@ -1816,6 +1816,54 @@ test_native_size_through_videoscale (void)
   g_assert_cmpint (size[1], ==, reference.height);
 }
 
+/* A Wan2.2 TI2V-5B model (tests/data/ti2v/tiny-ti2v, native 64 x 64) makes
+ * sizes in steps of 32, not 16: once loaded, the element offers those, so a
+ * downstream range of widths 80-100 negotiates 96 (the template's step of
+ * 16 would fixate 80, which the model refuses). */
+static void
+test_ti2v_size_step (void)
+{
+  GError *error = NULL;
+  GstElement *pipeline, *src;
+  GstPad *pad;
+  gchar *model;
+  gint size[2] = { 0, 0 };
+
+  if (!require_element ())
+    return;
+  model = g_build_filename (g_getenv ("DP_TEST_DATA") ? g_getenv ("DP_TEST_DATA") : "tests/data", "ti2v",
+                            "tiny-ti2v", NULL);
+  pipeline = gst_parse_launch ("dualparalsrc name=src ! video/x-raw,format=RGB,width=[80,100],"
+                               "height=[40,64] ! fakesink", &error);
+  g_assert_no_error (error);
+  src = gst_bin_get_by_name (GST_BIN (pipeline), "src");
+  g_object_set (src, "model", model, "prompt", "a red ball bouncing", "num-frames", 5, "steps", 1,
+                "devices", "cpu", NULL);
+  pad = gst_element_get_static_pad (src, "src");
+  gst_pad_add_probe (pad, GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM, note_caps_size, size, NULL);
+
+  /* Once the model is loaded (PAUSED), the pad's caps carry its steps. */
+  g_assert_cmpint (gst_element_set_state (pipeline, GST_STATE_PAUSED), !=, GST_STATE_CHANGE_FAILURE);
+  g_assert_cmpint (gst_element_get_state (pipeline, NULL, NULL, 60 * GST_SECOND), ==, GST_STATE_CHANGE_SUCCESS);
+  {
+    GstCaps *caps = gst_pad_query_caps (pad, NULL);
+    const GValue *w = gst_structure_get_value (gst_caps_get_structure (caps, 0), "width");
+
+    g_assert_true (GST_VALUE_HOLDS_INT_RANGE (w));
+    g_assert_cmpint (gst_value_get_int_range_step (w), ==, 32);
+    gst_caps_unref (caps);
+  }
+  gst_element_set_state (pipeline, GST_STATE_NULL);
+  gst_object_unref (pad);
+  gst_object_unref (src);
+
+  assert_no_error (run_to_end (pipeline, NULL, NULL));
+  gst_object_unref (pipeline);
+  g_free (model);
+  g_assert_cmpint (size[0], ==, 96);
+  g_assert_cmpint (size[1], ==, 64);
+}
+
 /* No model property: the embedded default model (DP_DEFAULT_MODEL_DIR from
  * tests/meson.build, the element's build-time default).  The element runs it
  * at its native size and frame rate; skipped while it is not shipped. */
@@ -2006,6 +2054,7 @@ main (int argc, char **argv)
   g_test_add_func ("/dualparalsrc/error/not-a-model", test_not_a_model);
   g_test_add_func ("/dualparalsrc/progress", test_progress_messages);
   g_test_add_func ("/dualparalsrc/live-timing", test_live_timing);
+  g_test_add_func ("/dualparalsrc/ti2v-size-step", test_ti2v_size_step);
   g_test_add_func ("/dualparalsrc/tags", test_tags);
   g_test_add_func ("/dualparalsrc/mp4", test_mp4_round_trip);
   g_test_add_func ("/dualparalsrc/default-model", test_default_model);

@@ -278,7 +278,8 @@ trace_video (const float *video, int n, int64_t first, void *data)
   r->video_frames = first + n;
 }
 
-/* data: "CASE" (Wan2.1, tests/data/pipeline) or "wan22/CASE" (two experts). */
+/* data: "CASE" (Wan2.1, tests/data/pipeline), "wan22/CASE" (two experts) or
+ * "ti2v/CASE" (per-token timesteps, the Wan2.2 VAE). */
 static void
 test_golden (gconstpointer data)
 {
@@ -316,6 +317,11 @@ test_golden (gconstpointer data)
   g_assert_cmpint (H, ==, json_object_get_int_member (g.root, "height"));
   g_assert_cmpint (dp_generator_text_len (gen), ==, json_object_get_int_member (g.root, "text_len"));
   g_assert_cmpint (dp_generator_fps (gen), ==, json_object_get_int_member (g.root, "fps"));
+  /* Size steps: VAE scale x patch, 8 x 2 (Wan2.1, A14B) or 16 x 2 (TI2V). */
+  int step_w, step_h;
+  dp_generator_get_size_step (gen, &step_w, &step_h);
+  g_assert_cmpint (step_w, ==, g_str_has_prefix (data, "ti2v/") ? 32 : 16);
+  g_assert_cmpint (step_h, ==, step_w);
 
   golden_run r = { &g, name, p.guidance_scale > 1.0 };
   if (json_object_has_member (c, "experts"))
@@ -1295,6 +1301,10 @@ test_ti2v_defaults (void)
   g_assert_cmpint (W, ==, DP_GENERATOR_TI2V_WIDTH);
   g_assert_cmpint (H, ==, DP_GENERATOR_TI2V_HEIGHT);
   g_assert_cmpint (dp_generator_fps (gen), ==, DP_GENERATOR_TI2V_FPS);
+  int step_w, step_h;
+  dp_generator_get_size_step (gen, &step_w, &step_h);
+  g_assert_cmpint (step_w, ==, 32);
+  g_assert_cmpint (step_h, ==, 32);
   dp_generator_free (gen);
   p.width = 48;
   p.height = 64;

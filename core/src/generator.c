@@ -24,6 +24,7 @@ struct dp_generator {
   char *device;          /* the backend spec: "cpu:N", "cuda:N" */
   char *devices;         /* the devices list, CPU threads given ("cpu:2,cpu:2") */
   int width, height;     /* pixels */
+  int width_step, height_step; /* sizes are multiples of these: VAE scale x patch */
   int num_frames;
   int text_len;
   int fps;
@@ -750,6 +751,8 @@ load_parts (dp_generator *gen, const dp_generator_params *p, GError **error)
     const int mult_h = vc->spatial_scale * wc->patch_h, mult_w = vc->spatial_scale * wc->patch_w;
     const int ts = vc->temporal_scale;
 
+    gen->width_step = mult_w;
+    gen->height_step = mult_h;
     if (gen->width % mult_w != 0 || gen->height % mult_h != 0) {
       g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "Size %dx%d is not valid for this model: the "
                    "width must be a multiple of %d and the height of %d", gen->width, gen->height,
@@ -1027,6 +1030,15 @@ dp_generator_get_size (const dp_generator *gen, int *width, int *height)
     *width = gen->width;
   if (height)
     *height = gen->height;
+}
+
+void
+dp_generator_get_size_step (const dp_generator *gen, int *width_step, int *height_step)
+{
+  if (width_step)
+    *width_step = gen->width_step;
+  if (height_step)
+    *height_step = gen->height_step;
 }
 
 int

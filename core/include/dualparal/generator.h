@@ -249,6 +249,10 @@ void dp_generator_free (dp_generator *gen);
 
 /* The frame size and rate the generator will produce. */
 void dp_generator_get_size (const dp_generator *gen, int *width, int *height);
+/* The sizes this model can make are multiples of these (pixels): the VAE's
+ * spatial scale times the transformer's patch, 16 for Wan2.1 and Wan2.2
+ * A14B, 32 for Wan2.2 TI2V-5B. */
+void dp_generator_get_size_step (const dp_generator *gen, int *width_step, int *height_step);
 int dp_generator_fps (const dp_generator *gen);
 /* Frames a run delivers (-1 when endless). */
 int64_t dp_generator_num_frames (const dp_generator *gen);
