@@ -196,12 +196,18 @@ def build(model_dir):
         f.write("\n")
 
 
-def run_case(pipe, case, noise):
-    if case["sampler"] == "unipc":
-        pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler_config_unipc)
+def use_sampler(pipe, sampler, unipc_config):
+    """The case's scheduler: UniPC from the model's config, or Euler at FLOW_SHIFT."""
+    if sampler == "unipc":
+        pipe.scheduler = UniPCMultistepScheduler.from_config(unipc_config)
     else:
         pipe.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=FLOW_SHIFT)
 
+
+def run_pipeline(pipe, case, noise, height=HEIGHT, width=WIDTH, num_frames=NUM_FRAMES, **kwargs):
+    """WanPipeline on PROMPT / NEGATIVE from the initial latents `noise` (kwargs go to the
+    pipeline): its output, and what the step callback saw (the latents after every step, the
+    prompt embeddings at step 0; uncond None when unguided)."""
     captured = dict(latents=[])
 
     def on_step(p, i, t, kw):
@@ -213,12 +219,18 @@ def run_case(pipe, case, noise):
         return {}
 
     with torch.no_grad():
-        out = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, height=HEIGHT, width=WIDTH,
-                   num_frames=NUM_FRAMES, num_inference_steps=case["steps"],
+        out = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, height=height, width=width,
+                   num_frames=num_frames, num_inference_steps=case["steps"],
                    guidance_scale=case["guidance"], latents=noise.clone(), output_type="np",
                    max_sequence_length=TEXT_LEN, callback_on_step_end=on_step,
                    callback_on_step_end_tensor_inputs=["latents", "prompt_embeds",
-                                                       "negative_prompt_embeds"])
+                                                       "negative_prompt_embeds"], **kwargs)
+    return out, captured
+
+
+def run_case(pipe, case, noise):
+    use_sampler(pipe, case["sampler"], pipe.scheduler_config_unipc)
+    out, captured = run_pipeline(pipe, case, noise)
     video = out.frames[0]  # [F, H, W, 3] float32 in [0, 1]
     frames = (video * 255).round().astype(np.uint8)  # numpy_to_pil
     sched = pipe.scheduler

@@ -56,14 +56,13 @@ import sys
 
 import numpy as np
 import torch
-from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler,
-                       WanPipeline, WanTransformer3DModel)
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 from diffusers.pipelines.wan import pipeline_wan
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_pipeline_golden import (FLOW_SHIFT, NEGATIVE, PROMPT, TEXT_LEN,  # noqa: E402
-                                  TRANSFORMER, randomize_transformer)
+                                  TRANSFORMER, randomize_transformer, run_pipeline, use_sampler)
 from make_vae_golden import randomize as randomize_vae  # noqa: E402
 from make_vae22_golden import MODEL as VAE22  # noqa: E402
 
@@ -103,32 +102,14 @@ def build(model_dir):
 
 
 def run_case(pipe, case, noise, unipc_config):
-    if case["sampler"] == "unipc":
-        pipe.scheduler = UniPCMultistepScheduler.from_config(unipc_config)
-    else:
-        pipe.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=FLOW_SHIFT)
+    use_sampler(pipe, case["sampler"], unipc_config)
     shapes = []
 
     def pre_hook(module, args, kwargs):
         shapes.append(tuple(kwargs["timestep"].shape))
 
     hook = pipe.transformer.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    captured = dict(latents=[])
-
-    def on_step(p, i, t, kw):
-        captured["latents"].append(kw["latents"][0].clone())
-        if i == 0:
-            captured["cond"] = kw["prompt_embeds"][0].clone()
-            captured["uncond"] = kw["negative_prompt_embeds"][0].clone()
-        return {}
-
-    with torch.no_grad():
-        out = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, height=HEIGHT, width=WIDTH,
-                   num_frames=NUM_FRAMES, num_inference_steps=case["steps"],
-                   guidance_scale=case["guidance"], latents=noise.clone(), output_type="np",
-                   max_sequence_length=TEXT_LEN, callback_on_step_end=on_step,
-                   callback_on_step_end_tensor_inputs=["latents", "prompt_embeds",
-                                                       "negative_prompt_embeds"])
+    out, captured = run_pipeline(pipe, case, noise, height=HEIGHT, width=WIDTH, num_frames=NUM_FRAMES)
     hook.remove()
     seq = noise.shape[2] * (noise.shape[3] // 2) * (noise.shape[4] // 2)
     assert shapes == [(1, seq)] * (2 * case["steps"]), shapes  # per-token timesteps, cond + uncond

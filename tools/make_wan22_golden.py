@@ -55,14 +55,14 @@ import sys
 
 import numpy as np
 import torch
-from diffusers import (FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline,
-                       WanTransformer3DModel)
+from diffusers import UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 from diffusers.pipelines.wan import pipeline_wan
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_pipeline_golden import (FLOW_SHIFT, FPS, HEIGHT, NEGATIVE, NUM_FRAMES, PROMPT,  # noqa: E402
-                                  TEXT_LEN, TRANSFORMER, WIDTH, randomize_transformer)
+                                  TEXT_LEN, TRANSFORMER, WIDTH, randomize_transformer, run_pipeline,
+                                  use_sampler)
 
 SEED = 2222
 BOUNDARY_RATIO = 0.9
@@ -95,31 +95,12 @@ def build(model_dir):
 
 
 def run_case(pipe, case, noise, unipc_config):
-    if case["sampler"] == "unipc":
-        pipe.scheduler = UniPCMultistepScheduler.from_config(unipc_config)
-    else:
-        pipe.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=FLOW_SHIFT)
-
+    use_sampler(pipe, case["sampler"], unipc_config)
     calls = []
     hooks = [pipe.transformer.register_forward_pre_hook(lambda m, a: calls.append(0)),
              pipe.transformer_2.register_forward_pre_hook(lambda m, a: calls.append(1))]
-    captured = dict(latents=[])
-
-    def on_step(p, i, t, kw):
-        captured["latents"].append(kw["latents"][0].clone())
-        if i == 0:
-            captured["cond"] = kw["prompt_embeds"][0].clone()
-            captured["uncond"] = kw["negative_prompt_embeds"][0].clone()
-        return {}
-
     kwargs = {} if case["guidance_2"] is None else dict(guidance_scale_2=case["guidance_2"])
-    with torch.no_grad():
-        out = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, height=HEIGHT, width=WIDTH,
-                   num_frames=NUM_FRAMES, num_inference_steps=case["steps"],
-                   guidance_scale=case["guidance"], latents=noise.clone(), output_type="np",
-                   max_sequence_length=TEXT_LEN, callback_on_step_end=on_step,
-                   callback_on_step_end_tensor_inputs=["latents", "prompt_embeds",
-                                                       "negative_prompt_embeds"], **kwargs)
+    out, captured = run_pipeline(pipe, case, noise, **kwargs)
     for h in hooks:
         h.remove()
     # Guided: two forwards (cond, uncond) of the same expert per step.
