@@ -1765,6 +1765,35 @@ generate (dp_engine_kind engine, const char *devices, int P, int C, int num_fram
   return generate_model ("pipeline/tiny-wan", 0.0, engine, devices, P, C, num_frames, stop_at, error);
 }
 
+/* A Wan2.2 model on the CPU, guidance_2 g2 (0: guidance's): 9 frames (one
+ * block) are the classic pipeline's on 1 and 2 stages; blocks_frames frames
+ * in blocks of P 2 + C 1 give the same frames on 1 and 2 stages.  Returns
+ * the classic frames and the 1-stage blocks' (the caller unrefs them). */
+static void
+check_stages_agree (const char *m, double g2, int blocks_frames, GByteArray **classic_out,
+                    GByteArray **blocks_out)
+{
+  GError *err = NULL;
+  GByteArray *classic = generate_model (m, g2, DP_ENGINE_CLASSIC, "cpu", 0, 0, 9, 0, &err);
+  g_assert_no_error (err);
+  GByteArray *one = generate_model (m, g2, DP_ENGINE_DUALPARAL, "cpu", 0, 0, 9, 0, &err);
+  g_assert_no_error (err);
+  GByteArray *two = generate_model (m, g2, DP_ENGINE_DUALPARAL, "cpu,cpu", 0, 0, 9, 0, &err);
+  g_assert_no_error (err);
+  g_assert_cmpmem (one->data, one->len, classic->data, classic->len);
+  g_assert_cmpmem (two->data, two->len, classic->data, classic->len);
+  GByteArray *blocks1 = generate_model (m, g2, DP_ENGINE_DUALPARAL, "cpu", 2, 1, blocks_frames, 0, &err);
+  g_assert_no_error (err);
+  GByteArray *blocks2 = generate_model (m, g2, DP_ENGINE_DUALPARAL, "cpu,cpu", 2, 1, blocks_frames, 0, &err);
+  g_assert_no_error (err);
+  g_assert_cmpmem (blocks2->data, blocks2->len, blocks1->data, blocks1->len);
+  g_byte_array_unref (one);
+  g_byte_array_unref (two);
+  g_byte_array_unref (blocks2);
+  *classic_out = classic;
+  *blocks_out = blocks1;
+}
+
 /* The Wan2.2 two-expert model (tests/data/wan22/tiny-wan22, boundary 900: 3
  * UniPC steps at 999, 857, 600 run transformer/ once, then transformer_2/ twice):
  * one block is the classic pipeline (which test_pipeline holds against
@@ -1776,24 +1805,13 @@ test_generator_wan22 (void)
 {
   GError *err = NULL;
   const char *m = "wan22/tiny-wan22";
-  GByteArray *classic = generate_model (m, 3.0, DP_ENGINE_CLASSIC, "cpu", 0, 0, 9, 0, &err);
-  g_assert_no_error (err);
-  GByteArray *one = generate_model (m, 3.0, DP_ENGINE_DUALPARAL, "cpu", 0, 0, 9, 0, &err);
-  g_assert_no_error (err);
-  GByteArray *two = generate_model (m, 3.0, DP_ENGINE_DUALPARAL, "cpu,cpu", 0, 0, 9, 0, &err);
-  g_assert_no_error (err);
-  g_assert_cmpmem (one->data, one->len, classic->data, classic->len);
-  g_assert_cmpmem (two->data, two->len, classic->data, classic->len);
+  GByteArray *classic, *blocks;
+  check_stages_agree (m, 3.0, 17, &classic, &blocks);
   /* guidance_2 matters. */
   GByteArray *g5 = generate_model (m, 0.0, DP_ENGINE_CLASSIC, "cpu", 0, 0, 9, 0, &err);
   g_assert_no_error (err);
   g_assert_true (g5->len == classic->len && memcmp (g5->data, classic->data, g5->len) != 0);
-  GByteArray *blocks1 = generate_model (m, 3.0, DP_ENGINE_DUALPARAL, "cpu", 2, 1, 17, 0, &err);
-  g_assert_no_error (err);
-  GByteArray *blocks2 = generate_model (m, 3.0, DP_ENGINE_DUALPARAL, "cpu,cpu", 2, 1, 17, 0, &err);
-  g_assert_no_error (err);
-  g_assert_cmpmem (blocks2->data, blocks2->len, blocks1->data, blocks1->len);
-  for (GByteArray **a = (GByteArray *[]){ classic, one, two, g5, blocks1, blocks2, NULL }; *a; a++)
+  for (GByteArray **a = (GByteArray *[]){ classic, g5, blocks, NULL }; *a; a++)
     g_byte_array_unref (*a);
 }
 
@@ -1858,25 +1876,12 @@ test_per_token (void)
 static void
 test_generator_ti2v (void)
 {
-  GError *err = NULL;
-  const char *m = "ti2v/tiny-ti2v";
-  GByteArray *classic = generate_model (m, 0.0, DP_ENGINE_CLASSIC, "cpu", 0, 0, 9, 0, &err);
-  g_assert_no_error (err);
-  GByteArray *one = generate_model (m, 0.0, DP_ENGINE_DUALPARAL, "cpu", 0, 0, 9, 0, &err);
-  g_assert_no_error (err);
-  GByteArray *two = generate_model (m, 0.0, DP_ENGINE_DUALPARAL, "cpu,cpu", 0, 0, 9, 0, &err);
-  g_assert_no_error (err);
+  GByteArray *classic, *blocks;
+  check_stages_agree ("ti2v/tiny-ti2v", 0.0, 21, &classic, &blocks);
   g_assert_cmpint (classic->len, ==, 9 * 64 * 64 * 3);
-  g_assert_cmpmem (one->data, one->len, classic->data, classic->len);
-  g_assert_cmpmem (two->data, two->len, classic->data, classic->len);
-  GByteArray *blocks1 = generate_model (m, 0.0, DP_ENGINE_DUALPARAL, "cpu", 2, 1, 21, 0, &err);
-  g_assert_no_error (err);
-  GByteArray *blocks2 = generate_model (m, 0.0, DP_ENGINE_DUALPARAL, "cpu,cpu", 2, 1, 21, 0, &err);
-  g_assert_no_error (err);
-  g_assert_cmpint (blocks1->len, ==, 21 * 64 * 64 * 3);
-  g_assert_cmpmem (blocks2->data, blocks2->len, blocks1->data, blocks1->len);
-  for (GByteArray **a = (GByteArray *[]){ classic, one, two, blocks1, blocks2, NULL }; *a; a++)
-    g_byte_array_unref (*a);
+  g_assert_cmpint (blocks->len, ==, 21 * 64 * 64 * 3);
+  g_byte_array_unref (classic);
+  g_byte_array_unref (blocks);
 }
 
 static void
