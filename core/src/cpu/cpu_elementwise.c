@@ -21,7 +21,10 @@ check_binary (dp_backend *be, const char *op, const dp_tensor *y, const dp_tenso
   return TRUE;
 }
 
-/* The loops' arguments: y = alpha a + beta b and the like. */
+/* The loops' arguments: y = alpha a + beta b and the like.  The loops read
+ * them into locals first: a float store through j->y could otherwise alias
+ * alpha and beta (floats in the same struct), forcing a reload every
+ * element.  y may be a or b (in place). */
 typedef struct {
   float *y;
   const float *a, *b, *g;
@@ -33,24 +36,31 @@ static void
 add_range (void *ctx, int64_t i0, int64_t i1, int worker)
 {
   const ew_job *j = ctx;
+  float *y = j->y;
+  const float *a = j->a, *b = j->b;
   for (int64_t i = i0; i < i1; i++)
-    j->y[i] = j->a[i] + j->b[i];
+    y[i] = a[i] + b[i];
 }
 
 static void
 mul_range (void *ctx, int64_t i0, int64_t i1, int worker)
 {
   const ew_job *j = ctx;
+  float *y = j->y;
+  const float *a = j->a, *b = j->b;
   for (int64_t i = i0; i < i1; i++)
-    j->y[i] = j->a[i] * j->b[i];
+    y[i] = a[i] * b[i];
 }
 
 static void
 axpby_range (void *ctx, int64_t i0, int64_t i1, int worker)
 {
   const ew_job *j = ctx;
+  float *y = j->y;
+  const float *a = j->a, *b = j->b;
+  const float alpha = j->alpha, beta = j->beta;
   for (int64_t i = i0; i < i1; i++)
-    j->y[i] = j->alpha * j->a[i] + j->beta * j->b[i];
+    y[i] = alpha * a[i] + beta * b[i];
 }
 
 /* y += a (gated_add without a gate). */
@@ -58,11 +68,13 @@ static void
 acc_range (void *ctx, int64_t i0, int64_t i1, int worker)
 {
   const ew_job *j = ctx;
+  float *y = j->y;
+  const float *a = j->a;
   for (int64_t i = i0; i < i1; i++)
-    j->y[i] += j->a[i];
+    y[i] += a[i];
 }
 
-/* Rows [r0, r1) of x += gate * y: y is j->y, x j->a, gate j->g. */
+/* Rows [r0, r1) of x += gate * y: x is j->y, y j->a, gate j->g. */
 static void
 gated_rows (void *ctx, int64_t r0, int64_t r1, int worker)
 {
