@@ -28,6 +28,9 @@ crms_tiles (void *ctx, int64_t t0, int64_t t1, int worker)
   const int64_t C = j->C, L = j->L;
   const float *xd = j->x, *g = j->gamma;
   float *yd = j->y;
+  /* Locals: a store through yd could alias the job's floats. */
+  const float eps = j->eps, scale = j->scale;
+  const dp_act act = j->act;
   for (int64_t tile = t0; tile < t1; tile++) {
     const int64_t l0 = tile * NORM_TILE;
     const int64_t nl = MIN (NORM_TILE, L - l0);
@@ -41,7 +44,7 @@ crms_tiles (void *ctx, int64_t t0, int64_t t1, int worker)
         ss[k] += (double) row[k] * row[k];
     }
     for (int64_t k = 0; k < nl; k++)
-      denom[k] = fmaxf ((float) sqrt (ss[k]), j->eps);
+      denom[k] = fmaxf ((float) sqrt (ss[k]), eps);
     /* Same operation order as diffusers: (x / norm) * sqrt(C) * gamma.
      * Reading row c before writing it keeps y == x (in place) correct. */
     for (int64_t c = 0; c < C; c++) {
@@ -49,7 +52,7 @@ crms_tiles (void *ctx, int64_t t0, int64_t t1, int worker)
       float *out = yd + c * L + l0;
       const float gc = g ? g[c] : 1.0f;
       for (int64_t k = 0; k < nl; k++)
-        out[k] = dp_cpu_act_1 (row[k] / denom[k] * j->scale * gc, j->act);
+        out[k] = dp_cpu_act_1 (row[k] / denom[k] * scale * gc, act);
     }
   }
 }
