@@ -652,9 +652,15 @@ test_conv3d_random (void)
     { 5, 2, 3, 5, 6, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1 },   /* pointwise fast path */
     { 2, 3, 4, 4, 2, 2, 2, 3, 1, 2, 1, 1, 1, 0, 2, 0 },   /* asymmetric t pad, odd kernel */
     { 2, 1, 5, 5, 3, 3, 3, 3, 1, 1, 1, 2, 0, 1, 1, 1 },   /* one frame, causal */
-    /* col matrix K * P = 1728 * 4900 floats > the 8 Mi-float budget: the
-     * output positions are processed in several chunks */
-    { 64, 2, 70, 70, 4, 3, 3, 3, 1, 1, 1, 2, 0, 1, 1, 1 },
+    /* im2col (stride 2 in t): col matrix K * P = 1728 * 4900 floats > the
+     * 8 Mi-float budget, so the output positions are processed in several chunks */
+    { 64, 3, 70, 70, 4, 3, 3, 3, 2, 1, 1, 2, 0, 1, 1, 1 },
+    /* direct (stride 1, <= 96 output channels): channel blocks of unequal
+     * size, rows not a multiple of the 16-pixel vector, t padding both sides */
+    { 5, 4, 9, 37, 25, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1 },
+    { 3, 2, 3, 3, 96, 1, 3, 3, 1, 1, 1, 0, 0, 1, 1, 1 },   /* 1-pixel-wide row parts, upsampler conv */
+    { 3, 2, 3, 4, 97, 1, 3, 3, 1, 1, 1, 0, 0, 1, 1, 0 },   /* above the limit: im2col at stride 1 */
+    { 2, 3, 6, 5, 3, 3, 1, 1, 1, 1, 1, 2, 0, 0, 0, 1 },    /* time_conv at stride 1, no spatial pad */
   };
   for (guint c = 0; c < G_N_ELEMENTS (cases); c++) {
     const int64_t *v = cases[c];

@@ -96,6 +96,10 @@ void dp_cpu_attention (dp_backend *be, dp_tensor *o, const dp_tensor *q, const d
                        const dp_tensor *v, const dp_attn_params *p);
 void dp_cpu_conv3d (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *w,
                     const dp_tensor *bias, const dp_conv3d_params *p);
+/* cpu_conv_direct.c: dp_cpu_conv3d's work, bias included, for stride 1 and
+ * shapes it has checked; FALSE (be failed) when out of memory. */
+gboolean dp_cpu_conv3d_direct (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor *w,
+                               const dp_tensor *bias, const dp_conv3d_params *p);
 void dp_cpu_upsample_nearest2x (dp_backend *be, dp_tensor *y, const dp_tensor *x);
 void dp_cpu_add (dp_backend *be, dp_tensor *y, const dp_tensor *a, const dp_tensor *b);
 void dp_cpu_mul (dp_backend *be, dp_tensor *y, const dp_tensor *a, const dp_tensor *b);
