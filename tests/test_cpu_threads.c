@@ -532,20 +532,24 @@ test_ops_bitwise (void)
     ((float *) cx.data)[i] = sinf ((float) i * 0.013f);
   for (int64_t i = 0; i < dp_tensor_nelem (&cw); i++)
     ((float *) cw.data)[i] = cosf ((float) i * 0.7f) * 0.05f;
+  /* the direct conv (stride 1) and im2col + GEMM (stride 2 in h and w) */
   dp_conv3d_params cp = { .stride_t = 1, .stride_h = 1, .stride_w = 1, .pad_t_front = 2, .pad_h = 1, .pad_w = 1 };
-  dp_tensor y[3], o[3], n[3], c[3];
+  dp_conv3d_params cp2 = { .stride_t = 1, .stride_h = 2, .stride_w = 2, .pad_t_front = 2, .pad_h = 1, .pad_w = 1 };
+  dp_tensor y[3], o[3], n[3], c[3], c2[3];
   for (int s = 0; s < 3; s++) {
     dp_backend *be = dp_backend_new (specs[s], NULL);
     y[s] = dp_tensor_new_host (DP_F32, 2, (int64_t[]){ M, N });
     o[s] = dp_tensor_new_host (DP_F32, 4, (int64_t[]){ 1, M, 4, 32 });
     n[s] = dp_tensor_new_host (DP_F32, 2, (int64_t[]){ M, K });
     c[s] = dp_tensor_new_host (DP_F32, 4, (int64_t[]){ 16, 3, 24, 24 });
+    c2[s] = dp_tensor_new_host (DP_F32, 4, (int64_t[]){ 16, 3, 12, 12 });
     be->ops->linear (be, &y[s], &x, &w, &bias, DP_ACT_GELU_TANH);
     dp_tensor q = dp_tensor_view (x.data, DP_F32, 4, (int64_t[]){ 1, M, 4, 32 });
     dp_attn_params ap = { .scale = 1.0f / sqrtf (32.0f) };
     be->ops->attention (be, &o[s], &q, &q, &q, &ap);
     be->ops->layer_norm (be, &n[s], &x, NULL, NULL, 1e-6f);
     be->ops->conv3d (be, &c[s], &cx, &cw, NULL, &cp);
+    be->ops->conv3d (be, &c2[s], &cx, &cw, NULL, &cp2);
     GError *err = NULL;
     g_assert_true (dp_backend_check (be, &err));
     dp_backend_free (be);
@@ -555,12 +559,14 @@ test_ops_bitwise (void)
     g_assert_cmpmem (o[0].data, dp_tensor_nbytes (&o[0]), o[s].data, dp_tensor_nbytes (&o[s]));
     g_assert_cmpmem (n[0].data, dp_tensor_nbytes (&n[0]), n[s].data, dp_tensor_nbytes (&n[s]));
     g_assert_cmpmem (c[0].data, dp_tensor_nbytes (&c[0]), c[s].data, dp_tensor_nbytes (&c[s]));
+    g_assert_cmpmem (c2[0].data, dp_tensor_nbytes (&c2[0]), c2[s].data, dp_tensor_nbytes (&c2[s]));
   }
   for (int s = 0; s < 3; s++) {
     dp_tensor_free (&y[s]);
     dp_tensor_free (&o[s]);
     dp_tensor_free (&n[s]);
     dp_tensor_free (&c[s]);
+    dp_tensor_free (&c2[s]);
   }
   dp_tensor_free (&x);
   dp_tensor_free (&w);

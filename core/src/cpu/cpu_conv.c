@@ -7,9 +7,9 @@
  * (ci, dt, dh, dw) = the weight's flattening, zeros where the window reads
  * padding), then one single-threaded CBLAS GEMM writes
  * y[:, to, chunk] = w [Cout, K] col straight into y through its row stride
- * To * Ho * Wo.  Each thread has its own column buffer; together they hold at
- * most CONV_COL_BUDGET floats (malloc'd per call), so the scratch stays
- * bounded whatever the input size.  A 1x1x1 convolution with stride 1 and no
+ * To * Ho * Wo.  Each thread has its own column buffer; up to
+ * CONV_SPLIT_THREADS threads they hold at most CONV_COL_BUDGET floats
+ * (malloc'd per call), so the scratch stays bounded whatever the input size.  A 1x1x1 convolution with stride 1 and no
  * padding skips the unrolling: it is one (parallel) GEMM on x. */
 #include "cpu/backend_cpu.h"
 #include "cpu/cpu_act.h"
@@ -20,6 +20,7 @@
 #include <string.h>
 
 #define CONV_COL_BUDGET (8 * 1024 * 1024) /* floats: 32 MiB */
+#define CONV_SPLIT_THREADS 8
 /* Output channels up to which a stride-1 conv is computed directly: 1.7-10x
  * faster than im2col + GEMM up to 64 channels, as fast at 96, slower from
  * 192 on, where the GEMM's blocking wins (docs/performance.md). */
@@ -161,10 +162,13 @@ dp_cpu_conv3d (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor
     dp_cpu_conv3d_direct (be, y, x, w, bias, p); /* adds the bias itself */
     return;
   } else {
+    /* The split never depends on the thread count: a GEMM's bits depend on
+     * its shape, and results must not change with threads.  Sized as for
+     * CONV_SPLIT_THREADS threads (the column buffers exceed the budget
+     * only with more), with tasks for twice as many (not below 64 columns). */
     const int nt = dp_cpu_threads (be);
-    int64_t chunk = MIN (P, MAX (1, CONV_COL_BUDGET / nt / K));
-    /* enough tasks to keep every thread busy (not below 64 columns) */
-    while (chunk > 64 && To * ((P + chunk - 1) / chunk) < 2 * nt)
+    int64_t chunk = MIN (P, MAX (1, CONV_COL_BUDGET / CONV_SPLIT_THREADS / K));
+    while (chunk > 64 && To * ((P + chunk - 1) / chunk) < 2 * CONV_SPLIT_THREADS)
       chunk = (chunk + 1) / 2;
     const int64_t nchunks = (P + chunk - 1) / chunk, ntasks = To * nchunks;
     float *col = malloc ((size_t) nt * (size_t) (K * chunk) * sizeof (float));
