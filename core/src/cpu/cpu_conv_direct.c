@@ -37,6 +37,7 @@ typedef float vec __attribute__ ((vector_size (VEC * sizeof (float))));
 typedef struct {
   int64_t Cin, T, H, W, To, Ho, Wo, Hp, Wp, plane, K, kt, kh, kw, pf, ph, pw;
   int64_t n_blocks, block_base, block_rem; /* output channel blocks: the first block_rem have one more */
+  gboolean pairs;                          /* two pixel vectors at a time */
   const float *x, *w_packed, *bias;
   float *x_padded, *y;
 } direct_job;
@@ -65,42 +66,70 @@ pad_planes (void *ctx, int64_t p0, int64_t p1, int worker)
   }
 }
 
-/* One output row of a block of n channels (n a constant once inlined, so
- * the accumulators stay in registers). */
+/* Output pixels [wo, wo + nv * VEC) of row ho (at most the row's end is
+ * stored) for a block of n channels.  n and nv are constants once inlined,
+ * so the n * nv accumulators stay in registers; with nv = 2 each weight
+ * loaded serves two vectors of pixels. */
+static inline __attribute__ ((always_inline)) void
+sum_pixels (const direct_job *j, int64_t to, int64_t ho, int64_t wo, int64_t co0, const float *wb, const int n,
+            const int nv)
+{
+  const int64_t Wp = j->Wp, kh = j->kh, kw = j->kw, T = j->T;
+  vec acc[2][MAX_BLOCK];
+#pragma GCC unroll 2
+  for (int v = 0; v < nv; v++)
+#pragma GCC unroll 12
+    for (int c = 0; c < n; c++)
+      acc[v][c] = (vec) { 0 } + (j->bias ? j->bias[co0 + c] : 0.0f);
+  const float *wk = wb;
+  for (int64_t ci = 0; ci < j->Cin; ci++) {
+    for (int64_t dt = 0; dt < j->kt; dt++) {
+      const int64_t ti = to - j->pf + dt;
+      if (ti < 0 || ti >= T) { /* time padding: zeros add nothing */
+        wk += kh * kw * n;
+        continue;
+      }
+      const float *xr = j->x_padded + (ci * T + ti) * j->plane + ho * Wp + wo;
+      for (int64_t dh = 0; dh < kh; dh++, xr += Wp)
+        for (int64_t dw = 0; dw < kw; dw++, wk += n) {
+          vec xv[2];
+#pragma GCC unroll 2
+          for (int v = 0; v < nv; v++)
+            memcpy (&xv[v], xr + dw + v * VEC, sizeof xv[v]);
+#pragma GCC unroll 12
+          for (int c = 0; c < n; c++) {
+            const float wc = wk[c];
+#pragma GCC unroll 2
+            for (int v = 0; v < nv; v++)
+              acc[v][c] += wc * xv[v];
+          }
+        }
+    }
+  }
+  const int64_t Wo = j->Wo;
+  float *yr = j->y + (co0 * j->To + to) * j->Ho * Wo + ho * Wo;
+#pragma GCC unroll 2
+  for (int v = 0; v < nv; v++) {
+    const int64_t w0 = wo + v * VEC;
+    const size_t bytes = (size_t) MIN (VEC, Wo - w0) * sizeof (float);
+#pragma GCC unroll 12
+    for (int c = 0; c < n; c++)
+      memcpy (yr + c * j->To * j->Ho * Wo + w0, &acc[v][c], bytes);
+  }
+}
+
+/* One output row of a block of n channels: pairs of pixel vectors where
+ * the registers hold them (AVX-512: 2 x 12 accumulators), then single ones
+ * (the last possibly partial).  Same sums, same order, either way. */
 static inline __attribute__ ((always_inline)) void
 row_block (const direct_job *j, int64_t to, int64_t ho, int64_t co0, const float *wb, const int n)
 {
-  const int64_t Wo = j->Wo, Wp = j->Wp, kh = j->kh, kw = j->kw, T = j->T;
-  const int64_t plane_y = j->Ho * Wo;
-  for (int64_t wo = 0; wo < Wo; wo += VEC) {
-    vec acc[MAX_BLOCK];
-#pragma GCC unroll 12
-    for (int c = 0; c < n; c++)
-      acc[c] = (vec) { 0 } + (j->bias ? j->bias[co0 + c] : 0.0f);
-    const float *wk = wb;
-    for (int64_t ci = 0; ci < j->Cin; ci++) {
-      for (int64_t dt = 0; dt < j->kt; dt++) {
-        const int64_t ti = to - j->pf + dt;
-        if (ti < 0 || ti >= T) { /* time padding: zeros add nothing */
-          wk += kh * kw * n;
-          continue;
-        }
-        const float *xr = j->x_padded + (ci * T + ti) * j->plane + ho * Wp + wo;
-        for (int64_t dh = 0; dh < kh; dh++, xr += Wp)
-          for (int64_t dw = 0; dw < kw; dw++, wk += n) {
-            vec xv;
-            memcpy (&xv, xr + dw, sizeof xv);
-#pragma GCC unroll 12
-            for (int c = 0; c < n; c++)
-              acc[c] += wk[c] * xv;
-          }
-      }
-    }
-    const size_t bytes = (size_t) MIN (VEC, Wo - wo) * sizeof (float);
-#pragma GCC unroll 12
-    for (int c = 0; c < n; c++)
-      memcpy (j->y + ((co0 + c) * j->To + to) * plane_y + ho * Wo + wo, &acc[c], bytes);
-  }
+  int64_t wo = 0;
+  if (j->pairs)
+    for (; wo + 2 * VEC <= j->Wo; wo += 2 * VEC)
+      sum_pixels (j, to, ho, wo, co0, wb, n, 2);
+  for (; wo < j->Wo; wo += VEC)
+    sum_pixels (j, to, ho, wo, co0, wb, n, 1);
 }
 
 /* Tasks [t0, t1): (output frame, channel block, output row) each. */
@@ -162,7 +191,7 @@ dp_cpu_conv3d_direct (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp
     return FALSE;
   }
   direct_job j = { Cin, T, H, W, To, Ho, Wo, Hp, Wp, plane, K, kt, kh, kw, p->pad_t_front, p->pad_h, p->pad_w,
-                   n_blocks, Cout / n_blocks, Cout % n_blocks, x->data, w_packed, bias ? bias->data : NULL,
+                   n_blocks, Cout / n_blocks, Cout % n_blocks, block_limit () == MAX_BLOCK, x->data, w_packed, bias ? bias->data : NULL,
                    x_padded, y->data };
   /* Weights of block b as [K][n]: the n channels' weights of one tap are adjacent. */
   const float *wd = w->data;
