@@ -134,7 +134,20 @@ dp_cpu_backend_new (int threads, GError **error)
                  "for the CPUs this process may use", threads, DP_CPU_MAX_THREADS);
     return NULL;
   }
+  /* The conv3d route, for benchmarks and comparisons (the CUDA backend's
+   * DP_CUDA_CONV is the same idea). */
+  dp_cpu_conv_route conv = DP_CPU_CONV_AUTO;
+  const char *route = g_getenv ("DP_CPU_CONV");
+  if (route && strcmp (route, "im2col") == 0)
+    conv = DP_CPU_CONV_IM2COL;
+  else if (route && strcmp (route, "direct") == 0)
+    conv = DP_CPU_CONV_DIRECT;
+  else if (route && route[0] && strcmp (route, "auto") != 0) {
+    g_set_error (error, DP_ERROR, DP_ERROR_INVALID, "cpu: DP_CPU_CONV=%s: use auto, direct or im2col", route);
+    return NULL;
+  }
   dp_cpu_state *st = g_new0 (dp_cpu_state, 1);
+  st->conv = conv;
   st->threads = threads > 0 ? threads : dp_cpu_available ();
   st->pool = dp_cpu_pool_new (st->threads);
   dp_backend *be = g_new0 (dp_backend, 1);

@@ -13,17 +13,24 @@ G_BEGIN_DECLS
 /* The backend's thread pool (cpu_pool.c). */
 typedef struct dp_cpu_pool dp_cpu_pool;
 
+/* How conv3d runs (cpu_conv.c): AUTO picks by shape; DIRECT computes every
+ * stride-1 conv directly; IM2COL always unrolls + GEMM.  Set from
+ * DP_CPU_CONV (auto, direct, im2col) when the backend is made. */
+typedef enum { DP_CPU_CONV_AUTO, DP_CPU_CONV_DIRECT, DP_CPU_CONV_IM2COL } dp_cpu_conv_route;
+
 /* be->priv of a CPU backend. */
 typedef struct {
   int threads;      /* threads of every operation (the caller included), >= 1 */
   dp_cpu_pool *pool; /* its threads - 1 workers, started on the first parallel loop */
+  dp_cpu_conv_route conv;
 } dp_cpu_state;
 
 /* threads: the threads every operation of this backend uses, the calling
  * thread and threads - 1 workers of the backend's own pool (so the setting
  * belongs to the backend, whichever thread calls it: DualParal's CPU stages
  * each have their own pool); 0 = dp_cpu_available ().  NULL with
- * DP_ERROR_INVALID outside 0..DP_CPU_MAX_THREADS. */
+ * DP_ERROR_INVALID outside 0..DP_CPU_MAX_THREADS, or with DP_CPU_CONV set to
+ * anything but auto, direct or im2col. */
 dp_backend *dp_cpu_backend_new (int threads, GError **error);
 
 /* The threads "auto" means: OMP_NUM_THREADS when set (its first number, as

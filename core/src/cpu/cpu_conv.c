@@ -152,13 +152,15 @@ dp_cpu_conv3d (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp_tensor
 
   const float *xd = x->data, *wd = w->data;
   float *yd = y->data;
+  const dp_cpu_conv_route route = ((const dp_cpu_state *) be->priv)->conv;
   if (Cin == 0) {
     memset (yd, 0, (size_t) (Cout * Ny) * sizeof (float));
   } else if (kt == 1 && kh == 1 && kw == 1 && p->stride_t == 1 && p->stride_h == 1 && p->stride_w == 1 &&
              p->pad_t_front == 0 && p->pad_t_back == 0 && p->pad_h == 0 && p->pad_w == 0) {
     /* pointwise: y [Cout, T*H*W] = w [Cout, Cin] x [Cin, T*H*W] */
     dp_cpu_sgemm (be, FALSE, Cout, Ny, Cin, wd, Cin, xd, Ny, 0.0f, yd, Ny);
-  } else if (Cout <= CONV_DIRECT_MAX_COUT && p->stride_t == 1 && p->stride_h == 1 && p->stride_w == 1) {
+  } else if (p->stride_t == 1 && p->stride_h == 1 && p->stride_w == 1 && route != DP_CPU_CONV_IM2COL &&
+             (Cout <= CONV_DIRECT_MAX_COUT || route == DP_CPU_CONV_DIRECT)) {
     dp_cpu_conv3d_direct (be, y, x, w, bias, p); /* adds the bias itself */
     return;
   } else {
