@@ -820,6 +820,11 @@ steer_harness_new (gint num_frames, guint queue_frames, const gchar *engine, Gst
 {
   GstHarness *h = gst_harness_new ("dualparalsrc");
 
+  /* Each push waits for the test's pull: generation keeps pace with the
+   * test, as behind a real sink.  Without it the harness queues every frame
+   * and a fast generator runs hundreds of frames ahead of the pulls (a
+   * change then shows only after all of them). */
+  gst_harness_set_blocking_push_mode (h);
   configure (h->element, num_frames);
   g_object_set (h->element, "queue-frames", queue_frames, NULL);
   gst_util_set_object_arg (G_OBJECT (h->element), "engine", engine);
