@@ -661,6 +661,9 @@ test_conv3d_random (void)
     { 3, 2, 3, 3, 96, 1, 3, 3, 1, 1, 1, 0, 0, 1, 1, 1 },   /* 1-pixel-wide row parts, upsampler conv */
     { 3, 2, 3, 4, 97, 1, 3, 3, 1, 1, 1, 0, 0, 1, 1, 0 },   /* above the limit: im2col at stride 1 */
     { 2, 3, 6, 5, 3, 3, 1, 1, 1, 1, 1, 2, 0, 0, 0, 1 },    /* time_conv at stride 1, no spatial pad */
+    /* direct, rows of 64 x 3 x 72 floats: a task's 4 MiB slab holds 75 of
+     * them, so the 100 output rows take two tasks per frame */
+    { 64, 3, 100, 70, 4, 3, 3, 3, 1, 1, 1, 2, 0, 1, 1, 1 },
   };
   for (guint c = 0; c < G_N_ELEMENTS (cases); c++) {
     const int64_t *v = cases[c];

@@ -5,11 +5,13 @@
  * decoder) im2col + GEMM spends most of its time moving data.  The column
  * matrix is kt * kh * kw (27) times the input, OpenBLAS packs it once
  * more, and its kernel then does only 2 * Cout flops per packed float.
- * Here the input is copied once, zero-padded in h and w, and each output
- * row is summed in registers: for 16 neighbouring output pixels and a
- * block of up to 12 output channels, every (input channel, tap) loads one
- * vector of input pixels and adds it, times one weight per channel, to the
- * channels' accumulators.
+ * Here each task (an output frame, a group of its rows) first copies the
+ * input rows it reads into its thread's slab, zero-padded in h and w (so
+ * the scratch stays small whatever the input), then sums each output row in
+ * registers: for 16 or 32 neighbouring output pixels and a block of up to
+ * 12 output channels, every (input channel, tap) loads the input pixels
+ * once and adds them, times one weight per channel, to the channels'
+ * accumulators.
  *
  * Every output value is summed by one thread in one fixed order (bias,
  * then ci, dt, dh, dw), whatever the thread count or channel blocking, so
@@ -25,6 +27,7 @@
 
 #define VEC 16          /* output pixels summed together (one AVX-512 register) */
 #define MAX_BLOCK 12    /* output channels summed together, at most */
+#define SLAB_BUDGET (1 << 20) /* floats of input a task copies, where the input allows (4 MiB) */
 
 typedef float vec __attribute__ ((vector_size (VEC * sizeof (float))));
 
@@ -35,11 +38,14 @@ typedef float vec __attribute__ ((vector_size (VEC * sizeof (float))));
 #endif
 
 typedef struct {
-  int64_t Cin, T, H, W, To, Ho, Wo, Hp, Wp, plane, K, kt, kh, kw, pf, ph, pw;
+  int64_t Cin, T, H, W, To, Ho, Wo, Wp, K, kt, kh, kw, pf, ph, pw;
+  int64_t rows, groups;   /* output rows per task; tasks (row groups) per output frame */
+  int64_t slab_plane;     /* floats of one (ci, dt) in a slab: rows + kh - 1 padded rows */
+  int64_t slab;           /* floats of one thread's slab */
   int64_t n_blocks, block_base, block_rem; /* output channel blocks: the first block_rem have one more */
-  gboolean pairs;                          /* two pixel vectors at a time */
+  gboolean pairs;         /* two pixel vectors at a time */
   const float *x, *w_packed, *bias;
-  float *x_padded, *y;
+  float *slabs, *y;
 } direct_job;
 
 /* First output channel and size of block b. */
@@ -50,29 +56,41 @@ block_span (const direct_job *j, int64_t b, int64_t *co0, int *n)
   *n = (int) (j->block_base + (b < j->block_rem));
 }
 
-/* Planes [p0, p1) of x (one (ci, t) each) into x_padded, ph rows and pw
- * columns of zeros around, zeros after (the vector loads of a row's last
- * pixels read past it). */
+/* The input that output rows [h0, h0 + n_rows) of frame `to` read, for
+ * every (ci, dt) whose frame exists, into slab: n_rows + kh - 1 rows of Wp,
+ * zeros where the window reads padding.  (Frames outside the input are
+ * time padding: their taps are skipped, not read.) */
 static void
-pad_planes (void *ctx, int64_t p0, int64_t p1, int worker)
+fill_slab (const direct_job *j, float *slab, int64_t to, int64_t h0, int64_t n_rows)
 {
-  const direct_job *j = ctx;
-  for (int64_t p = p0; p < p1; p++) {
-    float *dst = j->x_padded + p * j->plane;
-    const float *src = j->x + p * j->H * j->W;
-    memset (dst, 0, (size_t) j->plane * sizeof (float));
-    for (int64_t h = 0; h < j->H; h++)
-      memcpy (dst + (h + j->ph) * j->Wp + j->pw, src + h * j->W, (size_t) j->W * sizeof (float));
-  }
+  const int64_t W = j->W, Wp = j->Wp, pw = j->pw;
+  for (int64_t ci = 0; ci < j->Cin; ci++)
+    for (int64_t dt = 0; dt < j->kt; dt++) {
+      const int64_t ti = to - j->pf + dt;
+      if (ti < 0 || ti >= j->T)
+        continue;
+      float *dst = slab + (ci * j->kt + dt) * j->slab_plane;
+      for (int64_t r = 0; r < n_rows + j->kh - 1; r++, dst += Wp) {
+        const int64_t hi = h0 - j->ph + r;
+        if (hi < 0 || hi >= j->H) {
+          memset (dst, 0, (size_t) Wp * sizeof (float));
+          continue;
+        }
+        memset (dst, 0, (size_t) pw * sizeof (float));
+        memcpy (dst + pw, j->x + ((ci * j->T + ti) * j->H + hi) * W, (size_t) W * sizeof (float));
+        memset (dst + pw + W, 0, (size_t) (Wp - pw - W) * sizeof (float));
+      }
+    }
 }
 
 /* Output pixels [wo, wo + nv * VEC) of row ho (at most the row's end is
- * stored) for a block of n channels.  n and nv are constants once inlined,
- * so the n * nv accumulators stay in registers; with nv = 2 each weight
- * loaded serves two vectors of pixels. */
+ * stored) for a block of n channels, reading slab row r (= ho's first
+ * input row).  n and nv are constants once inlined, so the n * nv
+ * accumulators stay in registers; with nv = 2 each weight loaded serves
+ * two vectors of pixels. */
 static inline __attribute__ ((always_inline)) void
-sum_pixels (const direct_job *j, int64_t to, int64_t ho, int64_t wo, int64_t co0, const float *wb, const int n,
-            const int nv)
+sum_pixels (const direct_job *j, const float *slab, int64_t to, int64_t ho, int64_t r, int64_t wo, int64_t co0,
+            const float *wb, const int n, const int nv)
 {
   const int64_t Wp = j->Wp, kh = j->kh, kw = j->kw, T = j->T;
   vec acc[2][MAX_BLOCK];
@@ -89,7 +107,7 @@ sum_pixels (const direct_job *j, int64_t to, int64_t ho, int64_t wo, int64_t co0
         wk += kh * kw * n;
         continue;
       }
-      const float *xr = j->x_padded + (ci * T + ti) * j->plane + ho * Wp + wo;
+      const float *xr = slab + (ci * j->kt + dt) * j->slab_plane + r * Wp + wo;
       for (int64_t dh = 0; dh < kh; dh++, xr += Wp)
         for (int64_t dw = 0; dw < kw; dw++, wk += n) {
           vec xv[2];
@@ -118,36 +136,44 @@ sum_pixels (const direct_job *j, int64_t to, int64_t ho, int64_t wo, int64_t co0
   }
 }
 
-/* One output row of a block of n channels: pairs of pixel vectors where
- * the registers hold them (AVX-512: 2 x 12 accumulators), then single ones
- * (the last possibly partial).  Same sums, same order, either way. */
+/* Output rows [h0, h1) of frame `to` for a block of n channels: pairs of
+ * pixel vectors where the registers hold them (AVX-512: 2 x 12
+ * accumulators), then single ones (the last possibly partial).  Same sums,
+ * same order, either way. */
 static inline __attribute__ ((always_inline)) void
-row_block (const direct_job *j, int64_t to, int64_t ho, int64_t co0, const float *wb, const int n)
+rows_block (const direct_job *j, const float *slab, int64_t to, int64_t h0, int64_t h1, int64_t co0,
+            const float *wb, const int n)
 {
-  int64_t wo = 0;
-  if (j->pairs)
-    for (; wo + 2 * VEC <= j->Wo; wo += 2 * VEC)
-      sum_pixels (j, to, ho, wo, co0, wb, n, 2);
-  for (; wo < j->Wo; wo += VEC)
-    sum_pixels (j, to, ho, wo, co0, wb, n, 1);
+  for (int64_t ho = h0; ho < h1; ho++) {
+    int64_t wo = 0;
+    if (j->pairs)
+      for (; wo + 2 * VEC <= j->Wo; wo += 2 * VEC)
+        sum_pixels (j, slab, to, ho, ho - h0, wo, co0, wb, n, 2);
+    for (; wo < j->Wo; wo += VEC)
+      sum_pixels (j, slab, to, ho, ho - h0, wo, co0, wb, n, 1);
+  }
 }
 
-/* Tasks [t0, t1): (output frame, channel block, output row) each. */
+/* Tasks [t0, t1): (output frame, group of rows) each, every channel block. */
 static CONV_CLONES void
-conv_rows (void *ctx, int64_t t0, int64_t t1, int worker)
+conv_tasks (void *ctx, int64_t t0, int64_t t1, int worker)
 {
   const direct_job *j = ctx;
+  float *slab = j->slabs + worker * j->slab;
   for (int64_t task = t0; task < t1; task++) {
-    const int64_t ho = task % j->Ho, b = (task / j->Ho) % j->n_blocks, to = task / (j->Ho * j->n_blocks);
-    int64_t co0;
-    int n;
-    block_span (j, b, &co0, &n);
-    const float *wb = j->w_packed + co0 * j->K;
-    switch (n) {
-#define BLOCK(N) case N: row_block (j, to, ho, co0, wb, N); break;
-      BLOCK (1) BLOCK (2) BLOCK (3) BLOCK (4) BLOCK (5) BLOCK (6)
-      BLOCK (7) BLOCK (8) BLOCK (9) BLOCK (10) BLOCK (11) BLOCK (12)
+    const int64_t to = task / j->groups, h0 = (task % j->groups) * j->rows, h1 = MIN (j->Ho, h0 + j->rows);
+    fill_slab (j, slab, to, h0, h1 - h0);
+    for (int64_t b = 0; b < j->n_blocks; b++) {
+      int64_t co0;
+      int n;
+      block_span (j, b, &co0, &n);
+      const float *wb = j->w_packed + co0 * j->K;
+      switch (n) {
+#define BLOCK(N) case N: rows_block (j, slab, to, h0, h1, co0, wb, N); break;
+        BLOCK (1) BLOCK (2) BLOCK (3) BLOCK (4) BLOCK (5) BLOCK (6)
+        BLOCK (7) BLOCK (8) BLOCK (9) BLOCK (10) BLOCK (11) BLOCK (12)
 #undef BLOCK
+      }
     }
   }
 }
@@ -176,23 +202,34 @@ dp_cpu_conv3d_direct (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp
   const int64_t Cin = x->shape[0], T = x->shape[1], H = x->shape[2], W = x->shape[3];
   const int64_t Cout = w->shape[0], kt = w->shape[2], kh = w->shape[3], kw = w->shape[4];
   const int64_t To = y->shape[1], Ho = y->shape[2], Wo = y->shape[3];
-  const int64_t Hp = H + 2 * p->pad_h, Wp = W + 2 * p->pad_w, K = Cin * kt * kh * kw;
-  /* A row's last vector reads up to VEC - 1 + kw - 1 floats past the
-   * plane's last output position. */
-  const int64_t plane = Hp * Wp + VEC + kw;
+  const int64_t Wp = W + 2 * p->pad_w, K = Cin * kt * kh * kw;
+  const int nt = dp_cpu_threads (be);
+  const gboolean par = nt > 1 && Cout * K * To * Ho * Wo > DP_CPU_PAR_MIN;
+  /* Rows per task: a slab within SLAB_BUDGET where the input allows, and
+   * tasks enough for every thread (results do not depend on either). */
+  int64_t rows = MIN (Ho, MAX (1, SLAB_BUDGET / (Cin * kt * Wp) - (kh - 1)));
+  while (par && rows > 1 && To * ((Ho + rows - 1) / rows) < 2 * nt)
+    rows = (rows + 1) / 2;
+  const int64_t slab_plane = (rows + kh - 1) * Wp;
+  /* A row's last vector reads up to VEC - 1 + kw - 1 floats past its
+   * last output position: past the slab's end on its last row. */
+  const int64_t slab = Cin * kt * slab_plane + VEC + kw;
+  const int64_t n_slabs = par ? nt : 1;
   const int64_t n_blocks = (Cout + block_limit () - 1) / block_limit ();
-  float *x_padded = malloc ((size_t) (Cin * T * plane) * sizeof (float));
+  /* calloc: the slack and the rows a short last group leaves are zeros, never garbage */
+  float *slabs = calloc ((size_t) (n_slabs * slab), sizeof (float));
   float *w_packed = malloc ((size_t) (Cout * K) * sizeof (float));
-  if (!x_padded || !w_packed) {
-    free (x_padded);
+  if (!slabs || !w_packed) {
+    free (slabs);
     free (w_packed);
-    dp_backend_fail (be, DP_ERROR_NOMEM, "conv3d: cannot allocate the padded input (%" G_GINT64_FORMAT
-                     " floats)", Cin * T * plane);
+    dp_backend_fail (be, DP_ERROR_NOMEM, "conv3d: cannot allocate %" G_GINT64_FORMAT " input slabs of %"
+                     G_GINT64_FORMAT " floats", n_slabs, slab);
     return FALSE;
   }
-  direct_job j = { Cin, T, H, W, To, Ho, Wo, Hp, Wp, plane, K, kt, kh, kw, p->pad_t_front, p->pad_h, p->pad_w,
-                   n_blocks, Cout / n_blocks, Cout % n_blocks, block_limit () == MAX_BLOCK, x->data, w_packed, bias ? bias->data : NULL,
-                   x_padded, y->data };
+  const int64_t groups = (Ho + rows - 1) / rows;
+  direct_job j = { Cin, T, H, W, To, Ho, Wo, Wp, K, kt, kh, kw, p->pad_t_front, p->pad_h, p->pad_w,
+                   rows, groups, slab_plane, slab, n_blocks, Cout / n_blocks, Cout % n_blocks,
+                   block_limit () == MAX_BLOCK, x->data, w_packed, bias ? bias->data : NULL, slabs, y->data };
   /* Weights of block b as [K][n]: the n channels' weights of one tap are adjacent. */
   const float *wd = w->data;
   for (int64_t b = 0; b < n_blocks; b++) {
@@ -203,10 +240,8 @@ dp_cpu_conv3d_direct (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp
       for (int c = 0; c < n; c++)
         w_packed[co0 * K + k * n + c] = wd[(co0 + c) * K + k];
   }
-  const gboolean par = dp_cpu_threads (be) > 1 && Cout * K * To * Ho * Wo > DP_CPU_PAR_MIN;
-  dp_cpu_for (be, par && Cin * T * plane > DP_CPU_PAR_MIN, Cin * T, pad_planes, &j);
-  dp_cpu_for (be, par, To * n_blocks * Ho, conv_rows, &j);
-  free (x_padded);
+  dp_cpu_for (be, par, To * groups, conv_tasks, &j);
+  free (slabs);
   free (w_packed);
   return TRUE;
 }
