@@ -148,11 +148,13 @@ struct _GstDualParalSrc {
   GstClockTimeDiff ts_offset;
   guint64 ts_reanchors;
   gboolean tags_sent;
-  GstBuffer *held_frame;     /* popped, its clock wait cut by a pause: goes out next */
+  GstBuffer *held_frame;     /* popped, its wait cut by unlock (): goes out next */
 
-  /* Live clock wait (object lock): the waiting fill () and unlock (). */
+  /* Live waits (object lock): the waiting fill (), unlock () and the
+   * change to PLAYING (playing_cond). */
   GstClockID clock_id;
   gboolean unlocked;
+  GCond playing_cond;
 };
 
 #define gst_dual_paral_src_parent_class parent_class
@@ -1148,8 +1150,8 @@ gst_dual_paral_src_is_seekable (GstBaseSrc *bsrc)
   return FALSE; /* the generator makes frames in order, once */
 }
 
-/* unlock: flushing, and also the PLAYING -> PAUSED of a live source
- * (GstBaseSrc unlocks create () then). */
+/* unlock: flushing and stopping (GstBaseSrc 1.22 does not call it for the
+ * PLAYING -> PAUSED of a live source: fill () waits for PLAYING itself). */
 static gboolean
 gst_dual_paral_src_unlock (GstBaseSrc *bsrc)
 {
@@ -1160,6 +1162,7 @@ gst_dual_paral_src_unlock (GstBaseSrc *bsrc)
   self->unlocked = TRUE;
   if (self->clock_id != NULL)
     gst_clock_id_unschedule (self->clock_id);
+  g_cond_broadcast (&self->playing_cond);
   GST_OBJECT_UNLOCK (self);
   return TRUE;
 }
@@ -1210,6 +1213,21 @@ wait_until (GstDualParalSrc *self, GstClockTime pts)
   GST_OBJECT_UNLOCK (self);
   gst_clock_id_unref (id);
   return ret != GST_CLOCK_UNSCHEDULED;
+}
+
+/* Live: blocks while the element is not going to PLAYING (paused); FALSE
+ * when unlock () cut the wait (a flush or a stop). */
+static gboolean
+wait_playing (GstDualParalSrc *self)
+{
+  gboolean ok;
+
+  GST_OBJECT_LOCK (self);
+  while (GST_STATE_TARGET (self) != GST_STATE_PLAYING && !self->unlocked)
+    g_cond_wait (&self->playing_cond, GST_OBJECT_GET_LOCK (self));
+  ok = !self->unlocked;
+  GST_OBJECT_UNLOCK (self);
+  return ok;
 }
 
 typedef enum {
@@ -1405,10 +1423,16 @@ gst_dual_paral_src_fill (GstPushSrc *psrc, GstBuffer *buffer)
     GstClockTime now = 0;
     RunningTime rt = running_time_now (self, &now);
 
-    /* Pausing (or paused, or flushing) before the frame's time came: it goes
-     * out first after resuming, stamped then. */
-    if (rt == RUNNING_TIME_NOT_PLAYING)
-      goto hold;
+    /* Paused: the frame waits here for PLAYING and is stamped then.  Not
+     * GST_FLOW_FLUSHING: GstBaseSrc, seeing a paused live source, would
+     * first wait for PLAYING itself and then pause its task for the
+     * FLUSHING, after PLAYING has already restarted it: the stream would
+     * stop for good (seen under load, tests/test_element.c live-timing). */
+    while (rt == RUNNING_TIME_NOT_PLAYING) {
+      if (!wait_playing (self))
+        goto hold; /* a flush or a stop */
+      rt = running_time_now (self, &now);
+    }
     pts = live_timestamp (self, pts, rt == RUNNING_TIME_OK, now, buffer);
     if (rt == RUNNING_TIME_OK && pts > now && !wait_until (self, pts))
       goto hold;
@@ -1762,6 +1786,7 @@ gst_dual_paral_src_finalize (GObject *object)
   g_mutex_clear (&self->gen_lock);
   g_mutex_clear (&self->worker_lock);
   g_cond_clear (&self->worker_cond);
+  g_cond_clear (&self->playing_cond);
   G_OBJECT_CLASS (parent_class)->finalize (object);
 }
 
@@ -1798,6 +1823,7 @@ gst_dual_paral_src_init (GstDualParalSrc *self)
   g_mutex_init (&self->gen_lock);
   g_mutex_init (&self->worker_lock);
   g_cond_init (&self->worker_cond);
+  g_cond_init (&self->playing_cond);
   gst_video_info_init (&self->frame_info);
   gst_video_info_init (&self->out_info);
 
@@ -1809,6 +1835,23 @@ gst_dual_paral_src_init (GstDualParalSrc *self)
 /* Changeable while playing (DualParal engine; the classic engine refuses
  * with a warning). */
 #define STEERING_FLAGS (G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_PLAYING)
+
+/* Wakes a fill () waiting for PLAYING (wait_playing) once the element is
+ * PLAYING again: GstBaseSrc has then restarted its task and set the base
+ * time the frame is stamped against. */
+static GstStateChangeReturn
+gst_dual_paral_src_change_state (GstElement *element, GstStateChange transition)
+{
+  GstDualParalSrc *self = GST_DUAL_PARAL_SRC (element);
+  GstStateChangeReturn ret = GST_ELEMENT_CLASS (parent_class)->change_state (element, transition);
+
+  if (transition == GST_STATE_CHANGE_PAUSED_TO_PLAYING) {
+    GST_OBJECT_LOCK (self);
+    g_cond_broadcast (&self->playing_cond);
+    GST_OBJECT_UNLOCK (self);
+  }
+  return ret;
+}
 
 static void
 gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
@@ -1826,6 +1869,7 @@ gst_dual_paral_src_class_init (GstDualParalSrcClass *klass)
   gobject_class->set_property = gst_dual_paral_src_set_property;
   gobject_class->get_property = gst_dual_paral_src_get_property;
   gobject_class->finalize = gst_dual_paral_src_finalize;
+  element_class->change_state = GST_DEBUG_FUNCPTR (gst_dual_paral_src_change_state);
 
   g_object_class_install_property (gobject_class, PROP_PROMPT,
       g_param_spec_string ("prompt", "Prompt",

@@ -1484,7 +1484,9 @@ live_wait_shown (LiveRun *run, GstElement *pipeline, guint frames)
       g_mutex_lock (&run->lock);
       continue;
     }
-    g_assert_cmpint (g_get_monotonic_time (), <, deadline); /* a hang */
+    if (g_get_monotonic_time () >= deadline) /* a hang */
+      g_error ("no %u frames shown in 120 s: %u pushed, %u shown, %u QoS, %s", frames, run->pushed, run->shown,
+               run->qos, run->resumed ? "after the resume" : run->paused ? "pausing" : "before the pause");
     g_cond_wait_until (&run->cond, &run->lock, g_get_monotonic_time () + 100 * G_TIME_SPAN_MILLISECOND);
   }
   g_mutex_unlock (&run->lock);
