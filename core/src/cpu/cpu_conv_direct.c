@@ -28,6 +28,8 @@
 #define VEC 16          /* output pixels summed together (one AVX-512 register) */
 #define MAX_BLOCK 12    /* output channels summed together, at most */
 #define SLAB_BUDGET (1 << 20) /* floats of input a task copies, where the input allows (4 MiB) */
+#define TASKS_PER_THREAD 8
+#define MIN_ROWS 4
 
 typedef float vec __attribute__ ((vector_size (VEC * sizeof (float))));
 
@@ -206,9 +208,12 @@ dp_cpu_conv3d_direct (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp
   const int nt = dp_cpu_threads (be);
   const gboolean par = nt > 1 && Cout * K * To * Ho * Wo > DP_CPU_PAR_MIN;
   /* Rows per task: a slab within SLAB_BUDGET where the input allows, and
-   * tasks enough for every thread (results do not depend on either). */
+   * TASKS_PER_THREAD tasks per thread (down to MIN_ROWS rows: each task
+   * copies kh - 1 rows more than it computes), so that a thread the system
+   * stops for a while holds up little of the conv.  Results depend on
+   * neither. */
   int64_t rows = MIN (Ho, MAX (1, SLAB_BUDGET / (Cin * kt * Wp) - (kh - 1)));
-  while (par && rows > 1 && To * ((Ho + rows - 1) / rows) < 2 * nt)
+  while (par && rows > MIN_ROWS && To * ((Ho + rows - 1) / rows) < TASKS_PER_THREAD * nt)
     rows = (rows + 1) / 2;
   const int64_t slab_plane = (rows + kh - 1) * Wp;
   /* A row's last vector reads up to VEC - 1 + kw - 1 floats past its
