@@ -181,20 +181,21 @@ conv_tasks (void *ctx, int64_t t0, int64_t t1, int worker)
 }
 
 /* Channels summed together: as many as the registers hold (AVX-512: 32
- * registers of 16 floats; AVX2: 16 of 8, so a 16-float vector takes two). */
+ * registers of 16 floats; AVX2: 16 of 8, so a 16-float vector takes two).
+ * Read once: the CPU does not change. */
 static int
 block_limit (void)
 {
+  static int limit;
+  if (limit == 0) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  __builtin_cpu_init ();
-  if (__builtin_cpu_supports ("avx512f"))
-    return MAX_BLOCK;
-  if (__builtin_cpu_supports ("avx2"))
-    return 6;
-  return 3;
+    __builtin_cpu_init ();
+    limit = __builtin_cpu_supports ("avx512f") ? MAX_BLOCK : __builtin_cpu_supports ("avx2") ? 6 : 3;
 #else
-  return 4;
+    limit = 4;
 #endif
+  }
+  return limit; /* a race only writes the same value twice */
 }
 
 gboolean
@@ -220,7 +221,8 @@ dp_cpu_conv3d_direct (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp
    * last output position: past the slab's end on its last row. */
   const int64_t slab = Cin * kt * slab_plane + VEC + kw;
   const int64_t n_slabs = par ? nt : 1;
-  const int64_t n_blocks = (Cout + block_limit () - 1) / block_limit ();
+  const int limit = block_limit ();
+  const int64_t n_blocks = (Cout + limit - 1) / limit;
   /* calloc: the slack and the rows a short last group leaves are zeros, never garbage */
   float *slabs = calloc ((size_t) (n_slabs * slab), sizeof (float));
   float *w_packed = malloc ((size_t) (Cout * K) * sizeof (float));
@@ -234,7 +236,7 @@ dp_cpu_conv3d_direct (dp_backend *be, dp_tensor *y, const dp_tensor *x, const dp
   const int64_t groups = (Ho + rows - 1) / rows;
   direct_job j = { Cin, T, H, W, To, Ho, Wo, Wp, K, kt, kh, kw, p->pad_t_front, p->pad_h, p->pad_w,
                    rows, groups, slab_plane, slab, n_blocks, Cout / n_blocks, Cout % n_blocks,
-                   block_limit () == MAX_BLOCK, x->data, w_packed, bias ? bias->data : NULL, slabs, y->data };
+                   limit == MAX_BLOCK, x->data, w_packed, bias ? bias->data : NULL, slabs, y->data };
   /* Weights of block b as [K][n]: the n channels' weights of one tap are adjacent. */
   const float *wd = w->data;
   for (int64_t b = 0; b < n_blocks; b++) {
